@@ -1,4 +1,8 @@
-using static TorchSharp.torch;
-var t = ones(2, 3);
-Console.WriteLine(t.sum().item<float>());
-Console.WriteLine(TorchSharp.torch.get_num_threads());
+// manml: train, measure and analyse supervised local learning with Momentum Auxiliary Networks from the command line.
+using System.CommandLine;
+using Man.ML.Samples.Cli;
+
+var root = new RootCommand("Man.ML: supervised local learning with Momentum Auxiliary Networks (MAN).");
+root.Subcommands.Add(TrainCommand.Create());
+root.Subcommands.Add(MeasureMemoryCommand.Create());
+return root.Parse(args).Invoke();

@@ -1,0 +1,197 @@
+// manml train: train a CIFAR ResNet by end-to-end backprop or DGL, with or without MAN, on CIFAR-10 binary files.
+// Writes DIR/metrics.json (config, per-epoch figures, final figures) and DIR/model.ckpt (the trained backbone).
+using System.CommandLine;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Man.ML.Data;
+using Man.ML.Local;
+using Man.ML.Training;
+using Spectre.Console;
+
+namespace Man.ML.Samples.Cli;
+
+internal static class TrainCommand
+{
+    /// <summary>The bundled CIFAR-10 sample (copied next to the executable).</summary>
+    public static string BundledSample => Path.Combine(AppContext.BaseDirectory, "data", "cifar10-sample");
+
+    public static Command Create()
+    {
+        var model = new ModelOptions();
+        var data = new Option<string[]>("--data") { Description = "CIFAR-10 binary files or folders of them (default: the bundled sample).", AllowMultipleArgumentsPerToken = true };
+        var trainLimit = new Option<int?>("--train-limit") { Description = "Train on the first N training images only." };
+        var valSplit = new Option<int?>("--val-split") { Description = "Hold out the last N images of --data for validation (default 1000, unless --val is given)." };
+        var val = new Option<string[]>("--val") { Description = "Validation files instead of a held-out split.", AllowMultipleArgumentsPerToken = true };
+        var test = new Option<string[]>("--test") { Description = "Extra evaluation sets, each reported separately.", AllowMultipleArgumentsPerToken = true };
+        var epochs = new Option<int>("--epochs") { Description = "Epochs.", DefaultValueFactory = _ => 3 };
+        var output = new Option<string>("--out") { Description = "Output folder for metrics.json and model.ckpt.", DefaultValueFactory = _ => "runs/latest" };
+
+        var command = new Command("train", "Train a network by supervised local learning (DGL + MAN at K = 16 by default).");
+        foreach (var o in model.All.Concat(new Option[] { data, trainLimit, valSplit, val, test, epochs, output })) command.Options.Add(o);
+        command.SetAction((parse, cancellation) => Task.FromResult(CliErrors.Run(() =>
+        {
+            model.ApplyThreads(parse);
+            var options = model.ToTrainingOptions(parse, parse.GetValue(epochs));
+            options.Validate();
+            var outDir = parse.GetValue(output)!;
+            PrepareOutput(outDir);
+
+            var dataPaths = parse.GetValue(data) is { Length: > 0 } given ? given : new[] { BundledSample };
+            var valPaths = parse.GetValue(val) ?? Array.Empty<string>();
+            var testPaths = parse.GetValue(test) ?? Array.Empty<string>();
+            int? holdOut = parse.GetValue(valSplit);
+            if (valPaths.Length > 0 && holdOut is not null) throw new CliException("Give either --val or --val-split, not both.");
+            if (valPaths.Length == 0) holdOut ??= 1000;
+
+            using var all = CifarBinary.Read(dataPaths);
+            LabeledImages pool = all, validation;
+            if (holdOut is int n)
+            {
+                if (n < 1 || n >= all.Count)
+                    throw new CliException($"--val-split {n} must be between 1 and {all.Count - 1} (the data holds {all.Count} images).");
+                validation = all.Slice(all.Count - n, n, $"last {n} images of {all.Source}");
+                pool = all.Slice(0, all.Count - n, $"first {all.Count - n} images of {all.Source}");
+            }
+            else validation = CifarBinary.Read(valPaths);
+            var limit = parse.GetValue(trainLimit);
+            if (limit is int l)
+            {
+                if (l < 2 || l > pool.Count)
+                    throw new CliException($"--train-limit {l} must be between 2 and {pool.Count} (the training images available).");
+                pool = pool.Slice(0, l, $"first {l} training images of {all.Source}");
+            }
+            var tests = testPaths.Select(p => (Name: Path.GetFileName(Path.TrimEndingDirectorySeparator(p)), Data: CifarBinary.Read(new[] { p }))).ToList();
+
+            var trainer = new Trainer(options);
+            var (probe, plan, _) = trainer.Build(pool.ClassNames.Count, (int)pool.Images.shape[2]);
+            var config = Config(parse, options, model, dataPaths, limit, holdOut, valPaths, testPaths, outDir, pool.Count, validation.Count, plan.Describe(probe), plan.Source);
+            probe.Dispose();
+            AnsiConsole.MarkupLine($"[bold]manml train[/] {options.Architecture}, K={options.K} ({(plan.Source == SplitSource.ReferencePreset ? "reference split" : "balanced split")}), rule {options.Rule}{(options.Man is null ? "" : " + MAN")}, " +
+                                   $"{pool.Count} training / {validation.Count} validation images, {options.Epochs} epochs, batch {options.BatchSize}, lr {options.EffectiveLearningRate:0.###}");
+
+            TrainingResult result = RunWithProgress(trainer, pool, validation, tests, options.Epochs, cancellation);
+
+            ModelCheckpoint.Save(Path.Combine(outDir, "model.ckpt"), result.Network, new CheckpointInfo
+            {
+                Architecture = options.Architecture,
+                Classes = pool.ClassNames.Count,
+                ImageSize = (int)pool.Images.shape[2],
+                ClassNames = pool.ClassNames.ToArray(),
+                NormalizationMean = options.Augmentation.Normalization.Mean,
+                NormalizationStd = options.Augmentation.Normalization.Std,
+                TrainedWith = $"{options.Rule}{(options.Man is null ? "" : "+man")} K={options.K}, {options.Epochs} epochs, seed {options.Seed}",
+            });
+            var metrics = new JsonObject
+            {
+                ["config"] = config,
+                ["epochs"] = JsonSerializer.SerializeToNode(result.Epochs, Json),
+                ["final"] = JsonSerializer.SerializeToNode(result.Final, Json),
+            };
+            AtomicFile.WriteText(Path.Combine(outDir, "metrics.json"), metrics.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            PrintSummary(options, result, outDir);
+            foreach (var (_, d) in tests) d.Dispose();
+            if (!ReferenceEquals(validation, all)) validation.Dispose();
+            if (!ReferenceEquals(pool, all)) pool.Dispose();
+            return 0;
+        })));
+        return command;
+    }
+
+    private static readonly JsonSerializerOptions Json = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        DictionaryKeyPolicy = null,
+    };
+
+    private static void PrepareOutput(string outDir)
+    {
+        try
+        {
+            Directory.CreateDirectory(outDir);
+            var probe = Path.Combine(outDir, $".write-test-{Environment.ProcessId}");
+            File.WriteAllText(probe, "");
+            File.Delete(probe);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CliException($"--out '{outDir}' is not a writable folder: {e.Message}");
+        }
+    }
+
+    private static TrainingResult RunWithProgress(Trainer trainer, LabeledImages train, LabeledImages validation,
+        IReadOnlyList<(string Name, LabeledImages Data)> tests, int epochs, CancellationToken cancellation)
+    {
+        TrainingResult? result = null;
+        AnsiConsole.Progress()
+            .AutoClear(false)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
+            .Start(context =>
+            {
+                ProgressTask? task = null;
+                trainer.BatchCompleted += p =>
+                {
+                    if (p.Batch == 1) task = context.AddTask($"epoch {p.Epoch}/{epochs}", maxValue: p.BatchesPerEpoch);
+                    task!.Increment(1);
+                    task.Description = $"epoch {p.Epoch}/{epochs}  loss {p.Loss:0.000}  lr {p.LearningRate:0.0000}";
+                };
+                trainer.EpochCompleted += m =>
+                    task!.Description = $"epoch {m.Epoch}/{epochs}  loss {m.TrainLoss:0.000}  train {m.TrainAccuracy:P1}  val {m.ValAccuracy:P1}  ({m.Seconds:0}s)";
+                result = trainer.Train(train, validation, tests, cancellation);
+            });
+        return result!;
+    }
+
+    private static JsonObject Config(ParseResult parse, TrainingOptions options, ModelOptions model, string[] data, int? trainLimit,
+        int? valSplit, string[] val, string[] test, string outDir, int trainImages, int valImages, string split, SplitSource splitSource)
+    {
+        var man = options.Man;
+        return new JsonObject
+        {
+            ["data"] = new JsonArray(data.Select(d => (JsonNode)Path.GetFullPath(d)).ToArray()),
+            ["train_limit"] = trainLimit,
+            ["val_split"] = valSplit,
+            ["val"] = new JsonArray(val.Select(d => (JsonNode)Path.GetFullPath(d)).ToArray()),
+            ["test"] = new JsonArray(test.Select(d => (JsonNode)Path.GetFullPath(d)).ToArray()),
+            ["train_images"] = trainImages,
+            ["val_images"] = valImages,
+            ["arch"] = options.Architecture,
+            ["k"] = options.K,
+            ["split"] = split,
+            ["split_source"] = splitSource == SplitSource.ReferencePreset ? "reference-preset" : "balanced",
+            ["rule"] = options.Rule,
+            ["man"] = man is not null,
+            ["man_ablation"] = man is null ? null : man.Ablation switch
+            {
+                ManAblation.EmaOnly => "ema-only", ManAblation.LbOnly => "lb-only", ManAblation.ParameterCopy => "param-copy", _ => "none",
+            },
+            ["man_init"] = man is null ? null : man.Initialization == ManInitialization.Next ? "next" : "random",
+            ["ema_momentum"] = man?.Momentum,
+            ["epochs"] = options.Epochs,
+            ["batch_size"] = options.BatchSize,
+            ["lr"] = options.EffectiveLearningRate,
+            ["weight_decay"] = options.WeightDecay,
+            ["momentum"] = 0.9,
+            ["nesterov"] = true,
+            ["seed"] = options.Seed,
+            ["threads"] = TorchSharp.torch.get_num_threads(),
+            ["device"] = options.Device,
+            ["out"] = Path.GetFullPath(outDir),
+        };
+    }
+
+    private static void PrintSummary(TrainingOptions options, TrainingResult result, string outDir)
+    {
+        var table = new Table().Title($"{options.Architecture} K={options.K} {options.Rule}{(options.Man is null ? "" : "+MAN")}, seed {options.Seed}");
+        table.AddColumns("epoch", "train loss", "train acc", "val acc", "lr", "seconds");
+        foreach (var e in result.Epochs)
+            table.AddRow(e.Epoch.ToString(), e.TrainLoss.ToString("0.000"), e.TrainAccuracy.ToString("P2"),
+                e.ValAccuracy?.ToString("P2") ?? "-", e.Lr.ToString("0.0000"), e.Seconds.ToString("0.0"));
+        AnsiConsole.Write(table);
+        var f = result.Final;
+        AnsiConsole.MarkupLine($"final (last epoch): val accuracy [bold]{f.ValAccuracy:P2}[/]" +
+                               (f.TestAccuracy is null ? "" : ", " + string.Join(", ", f.TestAccuracy.Select(t => $"{Markup.Escape(t.Key)} {t.Value:P2}"))) +
+                               $"; {f.TrainSeconds:0.0} s training, {f.ImagesPerSecond:0.0} images/s; " +
+                               $"{f.ParametersBackbone:N0} backbone + {f.ParametersAuxiliary:N0} auxiliary parameters");
+        AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "metrics.json"))} and {Markup.Escape(Path.Combine(outDir, "model.ckpt"))}");
+    }
+}

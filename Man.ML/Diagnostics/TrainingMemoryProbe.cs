@@ -1,0 +1,52 @@
+// Peak training memory of one configuration, measured the way ENGINEERING.md §Memory prescribes: warm up, let the
+// collector run, reset the resident high-water mark, run the measured steps, report the peak above the resident size
+// just before them. Meaningful only in a process of its own started with MALLOC_MMAP_THRESHOLD_=65536 (so freed
+// tensor memory goes back to the OS); the caller starts such a process.
+using Man.ML.Local;
+using Man.ML.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Man.ML.Diagnostics;
+
+/// <summary>Peak resident memory of training steps above the pre-step baseline.</summary>
+/// <param name="PeakAboveBaselineBytes">VmHWM during the measured steps minus VmRSS just before them.</param>
+/// <param name="BaselineBytes">VmRSS just before the measured steps (weights, optimizer state, runtime).</param>
+/// <param name="Steps">Measured steps.</param>
+/// <param name="MallocThresholdSet">Whether MALLOC_MMAP_THRESHOLD_ was set in this process's environment.</param>
+public sealed record TrainingMemoryReport(long PeakAboveBaselineBytes, long BaselineBytes, int Steps, bool MallocThresholdSet)
+{
+    /// <summary>Peak above baseline in MiB.</summary>
+    public double PeakAboveBaselineMiB => PeakAboveBaselineBytes / (1024.0 * 1024.0);
+}
+
+/// <summary>Measures the peak memory of training steps on synthetic CIFAR-shaped data.</summary>
+public static class TrainingMemoryProbe
+{
+    /// <summary>Runs <paramref name="warmupSteps"/> then <paramref name="steps"/> measured steps of the configuration.</summary>
+    public static TrainingMemoryReport Measure(TrainingOptions options, int steps = 3, int warmupSteps = 2, int classes = 10, int imageSize = 32)
+    {
+        if (!ProcessMemory.IsSupported) throw new PlatformNotSupportedException("Memory probing reads /proc (Linux only).");
+        var trainer = new Trainer(options);
+        var device = Trainer.ResolveDevice(options.Device);
+        var (network, plan, rule) = trainer.Build(classes, imageSize);
+        using var local = new LocalTrainer(network, plan, rule, options.Man,
+            new OptimizerSettings { LearningRate = options.EffectiveLearningRate, WeightDecay = options.WeightDecay }, device);
+        local.SetTraining(true);
+        var generator = new Random(options.Seed);
+        var labels = Enumerable.Range(0, options.BatchSize).Select(_ => (long)generator.Next(classes)).ToArray();
+        using var y = tensor(labels, dtype: ScalarType.Int64).to(device);
+        using var x = randn(options.BatchSize, 3, imageSize, imageSize).to(device);
+
+        for (int i = 0; i < warmupSteps; i++) local.Step(x, y);
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        long baseline = ProcessMemory.ResidentBytes();
+        ProcessMemory.ResetPeak();
+        for (int i = 0; i < steps; i++) local.Step(x, y);
+        long peak = ProcessMemory.PeakResidentBytes();
+        network.Dispose();
+        return new TrainingMemoryReport(Math.Max(0, peak - baseline), baseline, steps,
+            Environment.GetEnvironmentVariable("MALLOC_MMAP_THRESHOLD_") is not null);
+    }
+}

@@ -1,0 +1,71 @@
+// DGL (Belilovsky et al., 2020) as adapted to CIFAR ResNets in the MAN line of work (AugLocal's "MLP-SR" head,
+// reference-code-spec.md §2.3 (b)): pool to ceil(S/4), three 1x1 conv-BN-ReLU layers, pool to at most 2x2, two
+// bias-free linear-BN-ReLU layers, a linear classifier; the local loss is cross-entropy with weight 1.
+using Man.ML.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Man.ML.Local;
+
+/// <summary>The DGL rule: an MLP-SR auxiliary classifier per segment, cross-entropy loss.</summary>
+public sealed class DglRule : ILocalLearningRule
+{
+    /// <summary>The rule's name.</summary>
+    public const string RuleName = "dgl";
+
+    /// <inheritdoc />
+    public string Name => RuleName;
+
+    /// <inheritdoc />
+    public bool IsLocal => true;
+
+    /// <inheritdoc />
+    public AuxiliaryHead CreateHead(HeadContext context) => new DglHead(context.Features, context.Classes);
+}
+
+/// <summary>DGL's MLP-SR auxiliary classifier for a C×S×S feature map.</summary>
+public sealed class DglHead : AuxiliaryHead
+{
+    private readonly int firstPool;
+    private readonly int secondPool;
+    private readonly Sequential convs;
+    private readonly Sequential mlp;
+
+    /// <summary>Creates the head for features of shape <paramref name="input"/>.</summary>
+    public DglHead(FeatureShape input, int classes) : base(nameof(DglHead))
+    {
+        int c = input.Channels;
+        int side = Math.Max(input.Height, input.Width);
+        firstPool = (side + 3) / 4;                 // ceil(S/4)
+        secondPool = Math.Min(firstPool, 2);
+        convs = nn.Sequential(
+            nn.Conv2d(c, c, 1, bias: false), nn.BatchNorm2d(c), nn.ReLU(inplace: true),
+            nn.Conv2d(c, c, 1, bias: false), nn.BatchNorm2d(c), nn.ReLU(inplace: true),
+            nn.Conv2d(c, c, 1, bias: false), nn.BatchNorm2d(c), nn.ReLU(inplace: true));
+        int features = c * secondPool * secondPool;
+        mlp = nn.Sequential(
+            nn.Linear(features, features, hasBias: false), nn.BatchNorm1d(features), nn.ReLU(inplace: true),
+            nn.Linear(features, features, hasBias: false), nn.BatchNorm1d(features), nn.ReLU(inplace: true),
+            nn.Linear(features, classes));
+        RegisterComponents();
+        Initialization.ApplyReference(this);
+    }
+
+    /// <inheritdoc />
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var h = nn.functional.adaptive_avg_pool2d(x, firstPool);           // (B, C, S/4, S/4)
+        h = convs.call(h);
+        h = nn.functional.adaptive_avg_pool2d(h, secondPool).flatten(1);   // (B, C·m²)
+        return mlp.call(h).MoveToOuterDisposeScope();                      // (B, classes)
+    }
+
+    /// <inheritdoc />
+    public override Tensor Loss(Tensor features, LocalTargets targets)
+    {
+        using var scope = NewDisposeScope();
+        return nn.functional.cross_entropy(call(features), targets.Labels).MoveToOuterDisposeScope();
+    }
+}

@@ -1,0 +1,168 @@
+// The Momentum Auxiliary Network (MAN, Su et al., ECCV 2024; METHOD.md §3). For every segment j but the last, let
+// next(j) be the first unit of segment j+1. MAN gives segment j two fresh units of next(j)'s exact shape: LB[j],
+// trainable (the paper's "learnable bias"), and EMA[j], whose parameters take no gradient and follow next(j) by an
+// exponential moving average. Segment j's auxiliary head then sees y = LB[j](x) + EMA[j](x) instead of x, i.e. a
+// picture of what the next segment will make of x. Gradients flow through both copies into segment j. At inference
+// MAN disappears with the auxiliary heads.
+using Man.ML.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Man.ML.Local;
+
+/// <summary>The ablations of the paper's Tables 4 and 5.</summary>
+public enum ManAblation
+{
+    /// <summary>Full MAN: y = LB(x) + EMA(x).</summary>
+    None,
+
+    /// <summary>EMA copy only: y = EMA(x).</summary>
+    EmaOnly,
+
+    /// <summary>Learnable copy only: y = LB(x).</summary>
+    LbOnly,
+
+    /// <summary>Parameter copy without averaging (m = 0): EMA[j] holds next(j)'s live parameters at every forward.</summary>
+    ParameterCopy,
+}
+
+/// <summary>How MAN's copies start.</summary>
+public enum ManInitialization
+{
+    /// <summary>Fresh random weights, initialised like every other layer (what the reference code ends up doing).</summary>
+    Random,
+
+    /// <summary>A copy of next(j)'s current weights (the paper's "deepcopy").</summary>
+    Next,
+}
+
+/// <summary>MAN settings.</summary>
+public sealed record MomentumOptions
+{
+    /// <summary>Default EMA momentum m (the MAN README's 0.995).</summary>
+    public const double DefaultMomentum = 0.995;
+
+    /// <summary>Which branches exist and how EMA follows next(j). Default: full MAN.</summary>
+    public ManAblation Ablation { get; init; } = ManAblation.None;
+
+    /// <summary>How the copies start. Default: random, as the reference code.</summary>
+    public ManInitialization Initialization { get; init; } = ManInitialization.Random;
+
+    /// <summary>EMA momentum m in θ_EMA ← m·θ_EMA + (1 − m)·θ_next. Default 0.995.</summary>
+    public double Momentum { get; init; } = DefaultMomentum;
+
+    /// <summary>Whether the trainable LB copy exists.</summary>
+    public bool HasLearnableCopy => Ablation != ManAblation.EmaOnly;
+
+    /// <summary>Whether the gradient-free EMA copy exists.</summary>
+    public bool HasEmaCopy => Ablation != ManAblation.LbOnly;
+}
+
+/// <summary>MAN's two copies of next(j) for one segment j.</summary>
+public sealed class MomentumBranch : nn.Module<Tensor, Tensor>
+{
+    private readonly nn.Module<Tensor, Tensor>? learnable;
+    private readonly nn.Module<Tensor, Tensor>? ema;
+
+    /// <summary>The trainable copy LB[j], if the ablation keeps it.</summary>
+    public nn.Module<Tensor, Tensor>? Learnable => learnable;
+
+    /// <summary>The gradient-free copy EMA[j], if the ablation keeps it.</summary>
+    public nn.Module<Tensor, Tensor>? Ema => ema;
+
+    /// <summary>Builds the copies of unit <paramref name="nextUnit"/> of <paramref name="network"/>.</summary>
+    public MomentumBranch(UnitChainNetwork network, int nextUnit, MomentumOptions options) : base(nameof(MomentumBranch))
+    {
+        var next = network.Units[nextUnit];
+        if (options.HasLearnableCopy)
+        {
+            learnable = network.CreateUnitLike(nextUnit);
+            if (options.Initialization == ManInitialization.Next) CopyParameters(next, learnable);
+        }
+        if (options.HasEmaCopy)
+        {
+            ema = network.CreateUnitLike(nextUnit);
+            if (options.Initialization == ManInitialization.Next || options.Ablation == ManAblation.ParameterCopy)
+                CopyParameters(next, ema);
+            foreach (var p in ema.parameters()) p.requires_grad = false;
+        }
+        RegisterComponents();
+    }
+
+    /// <summary>y = LB(x) + EMA(x), or the single branch an ablation keeps.</summary>
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        Tensor y;
+        // Not in place: the copies' ReLU outputs are saved for their backward.
+        if (learnable is not null && ema is not null) y = learnable.call(x) + ema.call(x); // (B, C', H', W')
+        else y = (learnable ?? ema)!.call(x);
+        return y.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>θ(EMA) ← m·θ(EMA) + (1 − m)·θ(next), parameters only (BatchNorm running statistics stay EMA's own).</summary>
+    public void UpdateEma(nn.Module<Tensor, Tensor> next, double momentum)
+    {
+        if (ema is null) return;
+        using var noGrad = no_grad();
+        foreach (var (e, n) in ema.parameters().Zip(next.parameters()))
+            e.mul_(momentum).add_(n, alpha: 1 - momentum);
+    }
+
+    /// <summary>Copies next(j)'s current parameters into EMA (the parameter-copy ablation, m = 0).</summary>
+    public void CopyEmaFrom(nn.Module<Tensor, Tensor> next)
+    {
+        if (ema is not null) CopyParameters(next, ema);
+    }
+
+    private static void CopyParameters(nn.Module source, nn.Module target)
+    {
+        using var noGrad = no_grad();
+        foreach (var (t, s) in target.parameters().Zip(source.parameters())) t.copy_(s);
+    }
+}
+
+/// <summary>MAN for a whole split: one <see cref="MomentumBranch"/> per segment but the last.</summary>
+public sealed class MomentumAuxiliaryNetwork : nn.Module
+{
+    private readonly TorchSharp.Modules.ModuleList<MomentumBranch> branches;
+    private readonly UnitChainNetwork network;
+    private readonly SplitPlan plan;
+
+    /// <summary>The settings.</summary>
+    public MomentumOptions Options { get; }
+
+    /// <summary>Branch of segment j (j from 0 to K−2).</summary>
+    public MomentumBranch this[int segment] => branches[segment];
+
+    /// <summary>Builds MAN's copies for every boundary of <paramref name="plan"/>.</summary>
+    public MomentumAuxiliaryNetwork(UnitChainNetwork network, SplitPlan plan, MomentumOptions options)
+        : base(nameof(MomentumAuxiliaryNetwork))
+    {
+        if (options.Momentum is < 0 or > 1 || double.IsNaN(options.Momentum))
+            throw new ArgumentOutOfRangeException(nameof(options), options.Momentum, "The EMA momentum must lie in [0, 1].");
+        this.network = network;
+        this.plan = plan;
+        Options = options;
+        branches = new TorchSharp.Modules.ModuleList<MomentumBranch>();
+        for (int j = 0; j < plan.K - 1; j++) branches.Add(new MomentumBranch(network, plan.NextUnit(j), options));
+        RegisterComponents();
+    }
+
+    /// <summary>The trainable parameters (the LB copies); the EMA copies are deliberately not among them.</summary>
+    public IEnumerable<TorchSharp.Modules.Parameter> TrainableParameters() =>
+        branches.SelectMany(b => b.Learnable?.parameters() ?? Enumerable.Empty<TorchSharp.Modules.Parameter>());
+
+    /// <summary>Called before segment j's forward: the parameter-copy ablation takes next(j)'s live parameters.</summary>
+    public void BeforeForward(int segment)
+    {
+        if (Options.Ablation == ManAblation.ParameterCopy) branches[segment].CopyEmaFrom(network.Units[plan.NextUnit(segment)]);
+    }
+
+    /// <summary>Called after segment j's local backward and before the optimizer step: the EMA update.</summary>
+    public void AfterLocalBackward(int segment)
+    {
+        if (Options.Ablation == ManAblation.ParameterCopy) return;
+        branches[segment].UpdateEma(network.Units[plan.NextUnit(segment)], Options.Momentum);
+    }
+}

@@ -1,0 +1,216 @@
+// CIFAR ResNets of depth 6n+2 (ResNet-32: n=5, ResNet-110: n=18) as in He et al. 2016 and the InfoPro/MAN reference
+// code: a 3x3 stem without max-pool, three stages of n BasicBlocks at 16/32/64 channels, projection shortcuts
+// (1x1 conv + BN, "option B") where the shape changes, then global average pooling and a linear layer.
+// Laid out after torchvision's resnet.py: small helpers, blocks that state their shape, one initialisation loop.
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Man.ML.Models;
+
+/// <summary>Stem of a CIFAR ResNet: conv 3x3 (no bias), batch norm, ReLU.</summary>
+public sealed class CifarStem : nn.Module<Tensor, Tensor>
+{
+    private readonly Conv2d conv;
+    private readonly BatchNorm2d bn;
+
+    /// <summary>Creates a stem from <paramref name="inChannels"/> to <paramref name="outChannels"/>.</summary>
+    public CifarStem(int inChannels, int outChannels) : base(nameof(CifarStem))
+    {
+        conv = CifarResNet.Conv3x3(inChannels, outChannels, 1);
+        bn = nn.BatchNorm2d(outChannels);
+        RegisterComponents();
+    }
+
+    /// <inheritdoc />
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        return bn.call(conv.call(x)).relu_().MoveToOuterDisposeScope(); // (B, C, H, W)
+    }
+}
+
+/// <summary>
+/// Residual BasicBlock: conv3x3(stride) → BN → ReLU → conv3x3 → BN, plus the shortcut (identity, or 1x1 conv + BN
+/// when stride or width changes), then ReLU.
+/// </summary>
+public sealed class BasicBlock : nn.Module<Tensor, Tensor>
+{
+    /// <summary>Output channels per width unit (1 for BasicBlock).</summary>
+    public const int Expansion = 1;
+
+    private readonly Conv2d conv1;
+    private readonly BatchNorm2d bn1;
+    private readonly Conv2d conv2;
+    private readonly BatchNorm2d bn2;
+    private readonly Sequential? downsample;
+
+    /// <summary>Input channels.</summary>
+    public int InChannels { get; }
+
+    /// <summary>Output channels.</summary>
+    public int OutChannels { get; }
+
+    /// <summary>Stride of the first convolution (and of the projection shortcut).</summary>
+    public int Stride { get; }
+
+    /// <summary>Whether the shortcut is a projection (1x1 conv + BN) rather than the identity.</summary>
+    public bool HasProjection => downsample is not null;
+
+    /// <summary>Creates a block from <paramref name="inChannels"/> to <paramref name="outChannels"/>.</summary>
+    public BasicBlock(int inChannels, int outChannels, int stride) : base(nameof(BasicBlock))
+    {
+        InChannels = inChannels;
+        OutChannels = outChannels;
+        Stride = stride;
+        conv1 = CifarResNet.Conv3x3(inChannels, outChannels, stride);
+        bn1 = nn.BatchNorm2d(outChannels);
+        conv2 = CifarResNet.Conv3x3(outChannels, outChannels, 1);
+        bn2 = nn.BatchNorm2d(outChannels);
+        if (stride != 1 || inChannels != outChannels)
+            downsample = nn.Sequential(CifarResNet.Conv1x1(inChannels, outChannels, stride), nn.BatchNorm2d(outChannels));
+        RegisterComponents();
+    }
+
+    /// <inheritdoc />
+    public override Tensor forward(Tensor x)
+    {
+        // A scope per block: intermediate handles die here; autograd keeps what backward needs by itself.
+        using var scope = NewDisposeScope();
+        var h = bn1.call(conv1.call(x)).relu_();          // (B, out, H/s, W/s)
+        h = bn2.call(conv2.call(h));
+        var identity = downsample is null ? x : downsample.call(x);
+        return h.add_(identity).relu_().MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>Classification head: global average pooling, flatten, linear.</summary>
+public sealed class PooledLinearHead : nn.Module<Tensor, Tensor>
+{
+    private readonly Linear fc;
+
+    /// <summary>Creates a head from <paramref name="channels"/> features to <paramref name="classes"/> logits.</summary>
+    public PooledLinearHead(int channels, int classes) : base(nameof(PooledLinearHead))
+    {
+        fc = nn.Linear(channels, classes);
+        RegisterComponents();
+    }
+
+    /// <inheritdoc />
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var pooled = nn.functional.adaptive_avg_pool2d(x, 1).flatten(1); // (B, C)
+        return fc.call(pooled).MoveToOuterDisposeScope();                // (B, classes)
+    }
+}
+
+/// <summary>A CIFAR ResNet of depth 6n+2, as a chain of 1 + 3n units plus a pooled linear head.</summary>
+public sealed class CifarResNet : UnitChainNetwork
+{
+    private static readonly int[] StageWidths = { 16, 32, 64 };
+
+    private readonly ModuleList<nn.Module<Tensor, Tensor>> units;
+    private readonly PooledLinearHead head;
+    private readonly List<UnitInfo> infos = new();
+    private readonly List<nn.Module<Tensor, Tensor>> unitView = new();
+    private readonly int[] blockStrides;
+
+    /// <summary>Depth 6n+2.</summary>
+    public int Depth { get; }
+
+    /// <summary>BasicBlocks per stage (n).</summary>
+    public int BlocksPerStage { get; }
+
+    /// <inheritdoc />
+    public override string Architecture => $"resnet{Depth}";
+
+    /// <inheritdoc />
+    public override int ClassCount { get; }
+
+    /// <inheritdoc />
+    public override FeatureShape InputShape { get; }
+
+    /// <inheritdoc />
+    public override IReadOnlyList<nn.Module<Tensor, Tensor>> Units => unitView;
+
+    /// <inheritdoc />
+    public override IReadOnlyList<UnitInfo> UnitInfos => infos;
+
+    /// <inheritdoc />
+    public override nn.Module<Tensor, Tensor> Head => head;
+
+    /// <summary>Creates a CIFAR ResNet of the given depth.</summary>
+    /// <param name="depth">6n+2 with n ≥ 1: 8, 14, 20, 32, 44, 56, 110, ...</param>
+    /// <param name="classes">Number of classes.</param>
+    /// <param name="imageSize">Side of the square input image (32 for CIFAR/SVHN, 96 for STL-10).</param>
+    public CifarResNet(int depth, int classes = 10, int imageSize = 32) : base($"resnet{depth}")
+    {
+        if (depth < 8 || (depth - 2) % 6 != 0)
+            throw new ArgumentOutOfRangeException(nameof(depth), depth, "A CIFAR ResNet has depth 6n+2 with n ≥ 1 (8, 14, 20, 32, 44, 56, 110, ...).");
+        if (classes < 2) throw new ArgumentOutOfRangeException(nameof(classes), classes, "At least two classes are needed.");
+        if (imageSize < 8) throw new ArgumentOutOfRangeException(nameof(imageSize), imageSize, "Images must be at least 8 pixels wide.");
+        Depth = depth;
+        BlocksPerStage = (depth - 2) / 6;
+        ClassCount = classes;
+        InputShape = new FeatureShape(3, imageSize, imageSize);
+
+        units = new ModuleList<nn.Module<Tensor, Tensor>>();
+        var strides = new List<int>();
+        units.Add(new CifarStem(3, StageWidths[0]));
+        var shape = new FeatureShape(StageWidths[0], imageSize, imageSize);
+        // Stem keeps conv, BN and ReLU outputs (ReLU in place on the BN output): about 2 maps of its output size.
+        infos.Add(new UnitInfo(0, "stem", 0, InputShape, shape, 2 * shape.Elements + InputShape.Elements));
+        int inChannels = StageWidths[0];
+        for (int stage = 0; stage < 3; stage++)
+        {
+            for (int i = 0; i < BlocksPerStage; i++)
+            {
+                int stride = (stage > 0 && i == 0) ? 2 : 1;
+                int outChannels = StageWidths[stage];
+                units.Add(new BasicBlock(inChannels, outChannels, stride));
+                strides.Add(stride);
+                var output = new FeatureShape(outChannels, (shape.Height + stride - 1) / stride, (shape.Width + stride - 1) / stride);
+                bool projection = stride != 1 || inChannels != outChannels;
+                // Saved for backward: block input, conv1 out, bn1/relu out, conv2 out, bn2/add/relu out (+ 2 for projection).
+                long saved = shape.Elements + output.Elements * (projection ? 6 : 4);
+                infos.Add(new UnitInfo(units.Count - 1, $"layer{stage + 1}[{i}]", stage + 1, shape, output, saved));
+                shape = output;
+                inChannels = outChannels;
+            }
+        }
+        blockStrides = strides.ToArray();
+        unitView.AddRange(units);
+        head = new PooledLinearHead(inChannels, classes);
+        RegisterComponents();
+        Initialization.ApplyReference(this);
+    }
+
+    /// <summary>ResNet-32 (n = 5, 0.46 M parameters for 10 classes).</summary>
+    public static CifarResNet ResNet32(int classes = 10, int imageSize = 32) => new(32, classes, imageSize);
+
+    /// <summary>ResNet-110 (n = 18, 1.7 M parameters for 10 classes).</summary>
+    public static CifarResNet ResNet110(int classes = 10, int imageSize = 32) => new(110, classes, imageSize);
+
+    /// <inheritdoc />
+    public override nn.Module<Tensor, Tensor> CreateUnitLike(int index)
+    {
+        if (index < 0 || index >= units.Count) throw new ArgumentOutOfRangeException(nameof(index));
+        nn.Module<Tensor, Tensor> unit;
+        if (index == 0)
+            unit = new CifarStem(3, StageWidths[0]);
+        else
+        {
+            var info = infos[index];
+            unit = new BasicBlock(info.Input.Channels, info.Output.Channels, blockStrides[index - 1]);
+        }
+        Initialization.ApplyReference(unit);
+        return unit;
+    }
+
+    internal static Conv2d Conv3x3(int inChannels, int outChannels, int stride) =>
+        nn.Conv2d(inChannels, outChannels, kernel_size: 3, stride: stride, padding: 1, bias: false);
+
+    internal static Conv2d Conv1x1(int inChannels, int outChannels, int stride) =>
+        nn.Conv2d(inChannels, outChannels, kernel_size: 1, stride: stride, bias: false);
+}

@@ -1,0 +1,167 @@
+// The epoch loop around LocalTrainer: seeding, shuffling, augmentation, the learning-rate schedule, evaluation,
+// progress events and cancellation (honoured between batches).
+using System.Diagnostics;
+using Man.ML.Data;
+using Man.ML.Local;
+using Man.ML.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Man.ML.Training;
+
+/// <summary>A finished run: the trained backbone and its figures.</summary>
+public sealed record TrainingResult(UnitChainNetwork Network, SplitPlan Plan, IReadOnlyList<EpochMetrics> Epochs,
+    FinalMetrics Final);
+
+/// <summary>Trains networks by supervised local learning.</summary>
+public sealed class Trainer
+{
+    /// <summary>The options.</summary>
+    public TrainingOptions Options { get; }
+
+    /// <summary>Raised after every mini-batch.</summary>
+    public event Action<BatchProgress>? BatchCompleted;
+
+    /// <summary>Raised after every epoch (with its evaluation).</summary>
+    public event Action<EpochMetrics>? EpochCompleted;
+
+    /// <summary>Creates a trainer; the options are validated here.</summary>
+    public Trainer(TrainingOptions options)
+    {
+        options.Validate();
+        Options = options;
+    }
+
+    /// <summary>Parses a device name (cpu, cuda, cuda:N) and checks it exists.</summary>
+    /// <exception cref="ArgumentException">Unknown device, or CUDA is not available.</exception>
+    public static Device ResolveDevice(string name)
+    {
+        var lower = name.ToLowerInvariant();
+        if (lower == "cpu") return CPU;
+        if (lower == "cuda" || lower.StartsWith("cuda:", StringComparison.Ordinal))
+        {
+            if (!cuda.is_available())
+                throw new ArgumentException($"Device '{name}' was asked for but CUDA is not available (reference a TorchSharp CUDA backend and run on a GPU machine).");
+            return device(lower);
+        }
+        throw new ArgumentException($"Unknown device '{name}': expected cpu, cuda or cuda:N.");
+    }
+
+    /// <summary>Builds the network, split and rule the options describe (seeded), without training.</summary>
+    public (UnitChainNetwork Network, SplitPlan Plan, ILocalLearningRule Rule) Build(int classes, int imageSize)
+    {
+        var rule = LocalLearningRules.Create(Options.Rule);
+        if (!rule.IsLocal && Options.K != 1)
+            throw new ArgumentException($"Rule '{rule.Name}' is end-to-end backprop and needs K = 1 (got K = {Options.K}).");
+        if (Options.Man is not null && Options.K == 1)
+            throw new ArgumentException("MAN needs K ≥ 2: with one segment there is no next segment to copy.");
+        manual_seed(Options.Seed);
+        var network = Architectures.Create(Options.Architecture, classes, imageSize);
+        var plan = SplitPlan.Create(network, Options.K);
+        return (network, plan, rule);
+    }
+
+    /// <summary>Trains on <paramref name="train"/>, evaluating on <paramref name="validation"/> after every epoch and
+    /// on each of <paramref name="tests"/> at the end.</summary>
+    public TrainingResult Train(LabeledImages train, LabeledImages? validation,
+        IReadOnlyList<(string Name, LabeledImages Data)>? tests = null, CancellationToken cancellation = default)
+    {
+        if (train.Count < Options.BatchSize && train.Count < 2)
+            throw new ArgumentException($"Training needs at least 2 images (got {train.Count}).");
+        var device = ResolveDevice(Options.Device);
+        var (network, plan, rule) = Build(train.ClassNames.Count, (int)train.Images.shape[2]);
+        using var local = new LocalTrainer(network, plan, rule, Options.Man,
+            new OptimizerSettings { LearningRate = Options.EffectiveLearningRate, WeightDecay = Options.WeightDecay }, device);
+
+        int batches = (train.Count + Options.BatchSize - 1) / Options.BatchSize;
+        // A last batch of one image would break batch norm: fold it into the previous one.
+        if (batches > 1 && train.Count % Options.BatchSize == 1) batches--;
+        var schedule = new CosineWarmupSchedule(Options.EffectiveLearningRate, Options.Epochs, batches);
+        var epochs = new List<EpochMetrics>();
+        double trainSeconds = 0;
+        long imagesSeen = 0;
+
+        for (int epoch = 0; epoch < Options.Epochs; epoch++)
+        {
+            local.SetTraining(true);
+            var random = new Random(unchecked(Options.Seed * 1_000_003 + epoch)); // order and augmentation of this epoch
+            var order = Permutation(train.Count, random);
+            var clock = Stopwatch.StartNew();
+            double lossSum = 0, firstRate = schedule.Rate(epoch, 0);
+            long correct = 0, seen = 0;
+            var segmentSums = new double[plan.K];
+            for (int b = 0; b < batches; b++)
+            {
+                cancellation.ThrowIfCancellationRequested();
+                int start = b * Options.BatchSize;
+                int end = b == batches - 1 ? train.Count : start + Options.BatchSize;
+                local.LearningRate = schedule.Rate(epoch, b);
+                StepResult result;
+                using (var scope = NewDisposeScope())
+                {
+                    var (pixels, labels) = train.Gather(order[start..end]);
+                    var x = Options.Augmentation.Apply(pixels, random).to(device);
+                    result = local.Step(x, labels.to(device));
+                }
+                lossSum += result.Loss * result.Count;
+                correct += result.Correct;
+                seen += result.Count;
+                for (int j = 0; j < plan.K; j++) segmentSums[j] += result.SegmentLosses[j] * result.Count;
+                BatchCompleted?.Invoke(new BatchProgress(epoch + 1, b + 1, batches, result.Loss, local.LearningRate));
+            }
+            double seconds = clock.Elapsed.TotalSeconds;
+            trainSeconds += seconds;
+            imagesSeen += seen;
+
+            var evalClock = Stopwatch.StartNew();
+            EvaluationResult? val = validation is null ? null
+                : Evaluation.Evaluate(network, validation, Options.Augmentation.Normalization, Options.EvaluationBatchSize, device, cancellation);
+            var metrics = new EpochMetrics
+            {
+                Epoch = epoch + 1,
+                TrainLoss = lossSum / seen,
+                TrainAccuracy = (double)correct / seen,
+                ValAccuracy = val?.Accuracy,
+                ValLoss = val?.Loss,
+                Lr = firstRate,
+                Seconds = seconds,
+                EvalSeconds = evalClock.Elapsed.TotalSeconds,
+                SegmentLosses = segmentSums.Select(s => s / seen).ToArray(),
+            };
+            epochs.Add(metrics);
+            EpochCompleted?.Invoke(metrics);
+        }
+
+        Dictionary<string, double>? testAccuracy = null;
+        if (tests is { Count: > 0 })
+        {
+            testAccuracy = new Dictionary<string, double>();
+            foreach (var (name, data) in tests)
+                testAccuracy[name] = Evaluation.Evaluate(network, data, Options.Augmentation.Normalization,
+                    Options.EvaluationBatchSize, device, cancellation).Accuracy;
+        }
+        var final = new FinalMetrics
+        {
+            ValAccuracy = epochs[^1].ValAccuracy,
+            TestAccuracy = testAccuracy,
+            TrainSeconds = trainSeconds,
+            ImagesPerSecond = imagesSeen / trainSeconds,
+            ParametersBackbone = network.ParameterCount(),
+            ParametersAuxiliary = local.AuxiliaryParameterCount(),
+        };
+        network.eval();
+        return new TrainingResult(network, plan, epochs, final);
+    }
+
+    private static long[] Permutation(int n, Random random)
+    {
+        var order = new long[n];
+        for (int i = 0; i < n; i++) order[i] = i;
+        for (int i = n - 1; i > 0; i--)
+        {
+            int j = random.Next(i + 1);
+            (order[i], order[j]) = (order[j], order[i]);
+        }
+        return order;
+    }
+}
