@@ -17,7 +17,7 @@ internal static class CliErrors
             var message = e is ArgumentException arg && arg.ParamName is not null
                 ? arg.Message.Replace($" (Parameter '{arg.ParamName}')", "")
                 : e.Message;
-            Console.Error.WriteLine($"manml: error: {message}");
+            Console.Error.WriteLine($"manml: error: {message.ReplaceLineEndings(" ")}");
             return 2;
         }
         catch (OperationCanceledException)

@@ -33,12 +33,34 @@ public sealed record OptimizerSettings
 /// <param name="SegmentLosses">Each segment's local loss (the last one equals <paramref name="Loss"/>).</param>
 public sealed record StepResult(float Loss, long Correct, long Count, float[] SegmentLosses);
 
+/// <summary>What one segment's part of a step produced.</summary>
+/// <param name="Output">The segment's output, detached from its graph; null for the last segment.</param>
+/// <param name="Loss">The segment's local loss.</param>
+/// <param name="Correct">Correct predictions of the network's head (last segment only, else 0).</param>
+public sealed record SegmentResult(Tensor? Output, float Loss, long Correct);
+
 /// <summary>Trains a <see cref="UnitChainNetwork"/> split into K segments with a local-learning rule and, optionally, MAN.</summary>
 public sealed class LocalTrainer : IDisposable
 {
-    private readonly ModuleList<AuxiliaryHead> heads = new();
+    private readonly AuxiliaryModules auxiliary;
+    private readonly ModuleList<AuxiliaryHead> heads;
     private readonly MomentumAuxiliaryNetwork? man;
     private readonly SGD optimizer;
+
+    // Everything that exists only for training, as one registered module tree (a ModuleList's items become children
+    // only when an owning module registers its components).
+    private sealed class AuxiliaryModules : nn.Module
+    {
+        public readonly ModuleList<AuxiliaryHead> heads;
+        public readonly MomentumAuxiliaryNetwork? man;
+
+        public AuxiliaryModules(IEnumerable<AuxiliaryHead> heads, MomentumAuxiliaryNetwork? man) : base(nameof(AuxiliaryModules))
+        {
+            this.heads = new ModuleList<AuxiliaryHead>(heads.ToArray());
+            this.man = man;
+            RegisterComponents();
+        }
+    }
 
     /// <summary>The network being trained.</summary>
     public UnitChainNetwork Network { get; }
@@ -54,6 +76,9 @@ public sealed class LocalTrainer : IDisposable
 
     /// <summary>Auxiliary head of each segment but the last.</summary>
     public IReadOnlyList<AuxiliaryHead> Heads => heads.ToList();
+
+    /// <summary>Every training-only module (auxiliary heads and MAN copies) as one module tree.</summary>
+    public nn.Module AuxiliaryModule => auxiliary;
 
     /// <summary>Sets up local learning of <paramref name="network"/> (moved to <paramref name="device"/>).</summary>
     /// <param name="network">The network; its units and head are trained in place.</param>
@@ -75,15 +100,17 @@ public sealed class LocalTrainer : IDisposable
         Plan = plan;
         Rule = rule;
         if (momentum is not null) man = new MomentumAuxiliaryNetwork(network, plan, momentum);
+        var headList = new List<AuxiliaryHead>();
         for (int j = 0; j < plan.K - 1; j++)
         {
             // With MAN the head sees the next unit's output (its copies'), otherwise the segment's own output.
             int featuresOf = man is null ? plan.Segments[j].End - 1 : plan.NextUnit(j);
-            heads.Add(rule.CreateHead(new HeadContext(network, plan, j, network.UnitInfos[featuresOf].Output)));
+            headList.Add(rule.CreateHead(new HeadContext(network, plan, j, network.UnitInfos[featuresOf].Output)));
         }
+        auxiliary = new AuxiliaryModules(headList, man);
+        heads = auxiliary.heads;
         network.to(device);
-        heads.to(device);
-        man?.to(device);
+        auxiliary.to(device);
 
         var trainable = network.parameters()
             .Concat(heads.parameters())
@@ -104,15 +131,13 @@ public sealed class LocalTrainer : IDisposable
     }
 
     /// <summary>Parameters of the auxiliary heads and MAN copies (training-time only; gone at inference).</summary>
-    public long AuxiliaryParameterCount() =>
-        heads.parameters().Sum(p => p.numel()) + (man?.parameters().Sum(p => p.numel()) ?? 0);
+    public long AuxiliaryParameterCount() => auxiliary.parameters().Sum(p => p.numel());
 
     /// <summary>Puts every module in training or evaluation mode.</summary>
     public void SetTraining(bool training)
     {
         Network.train(training);
-        heads.train(training);
-        man?.train(training);
+        auxiliary.train(training);
     }
 
     /// <summary>One mini-batch: every segment's local forward and backward in turn, then one optimizer step.</summary>
@@ -127,41 +152,57 @@ public sealed class LocalTrainer : IDisposable
         Tensor x = images;
         for (int j = 0; j < Plan.K; j++)
         {
-            Tensor? handOver = null;
-            using (var scope = NewDisposeScope())
-            {
-                var segment = Plan.Segments[j];
-                man?.BeforeForward(j);
-                var h = Network.ForwardUnits(x, segment.Start, segment.End);  // (B, C, H, W) of the segment's last unit
-                Tensor loss;
-                if (j == Plan.K - 1)
-                {
-                    var logits = Network.Head.call(h);                         // (B, classes)
-                    loss = nn.functional.cross_entropy(logits, labels);
-                    correct = logits.argmax(1).eq(labels).sum().item<long>();
-                }
-                else
-                {
-                    var y = man is null ? h : man[j].call(h);                  // MAN: the next unit's view of h
-                    loss = heads[j].Loss(y, targets);
-                    handOver = h.detach().MoveToOuterDisposeScope();           // gradient isolation
-                }
-                loss.backward();
-                segmentLosses[j] = loss.item<float>();
-            }
-            if (j < Plan.K - 1) man?.AfterLocalBackward(j);
+            var result = TrainSegment(j, x, targets);
+            segmentLosses[j] = result.Loss;
+            correct = result.Correct;
             if (!ReferenceEquals(x, images)) x.Dispose();
-            x = handOver!;
+            x = result.Output!;
         }
         optimizer.step();
         return new StepResult(segmentLosses[^1], correct, labels.shape[0], segmentLosses);
+    }
+
+    /// <summary>
+    /// Segment j's part of a step, in its own dispose scope: forward through its units, local loss (auxiliary head, or
+    /// the network's head for the last segment), backward, then MAN's EMA update. Gradients accumulate; the optimizer
+    /// is not stepped.
+    /// </summary>
+    /// <returns>The segment's output, detached (null for the last segment), its loss, and for the last segment the
+    /// number of correct predictions.</returns>
+    public SegmentResult TrainSegment(int segment, Tensor input, LocalTargets targets)
+    {
+        Tensor? handOver = null;
+        float lossValue;
+        long correct = 0;
+        using (var scope = NewDisposeScope())
+        {
+            var range = Plan.Segments[segment];
+            man?.BeforeForward(segment);
+            var h = Network.ForwardUnits(input, range.Start, range.End);  // (B, C, H, W) of the segment's last unit
+            Tensor loss;
+            if (segment == Plan.K - 1)
+            {
+                var logits = Network.Head.call(h);                         // (B, classes)
+                loss = nn.functional.cross_entropy(logits, targets.Labels);
+                correct = logits.argmax(1).eq(targets.Labels).sum().item<long>();
+            }
+            else
+            {
+                var y = man is null ? h : man[segment].call(h);            // MAN: the next unit's view of h
+                loss = heads[segment].Loss(y, targets);
+                handOver = h.detach().MoveToOuterDisposeScope();           // gradient isolation
+            }
+            loss.backward();
+            lossValue = loss.item<float>();
+        }
+        if (segment < Plan.K - 1) man?.AfterLocalBackward(segment);
+        return new SegmentResult(handOver, lossValue, correct);
     }
 
     /// <inheritdoc />
     public void Dispose()
     {
         optimizer.Dispose();
-        heads.Dispose();
-        man?.Dispose();
+        auxiliary.Dispose();
     }
 }

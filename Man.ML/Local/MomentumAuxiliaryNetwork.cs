@@ -126,7 +126,9 @@ public sealed class MomentumBranch : nn.Module<Tensor, Tensor>
 public sealed class MomentumAuxiliaryNetwork : nn.Module
 {
     private readonly TorchSharp.Modules.ModuleList<MomentumBranch> branches;
-    private readonly UnitChainNetwork network;
+    // The network's units are reached through a delegate, not a field: a module field would be registered as a child,
+    // making the backbone part of MAN (its parameters, its device moves, its disposal).
+    private readonly Func<int, nn.Module<Tensor, Tensor>> unitAt;
     private readonly SplitPlan plan;
 
     /// <summary>The settings.</summary>
@@ -141,7 +143,7 @@ public sealed class MomentumAuxiliaryNetwork : nn.Module
     {
         if (options.Momentum is < 0 or > 1 || double.IsNaN(options.Momentum))
             throw new ArgumentOutOfRangeException(nameof(options), options.Momentum, "The EMA momentum must lie in [0, 1].");
-        this.network = network;
+        unitAt = i => network.Units[i];
         this.plan = plan;
         Options = options;
         branches = new TorchSharp.Modules.ModuleList<MomentumBranch>();
@@ -156,13 +158,13 @@ public sealed class MomentumAuxiliaryNetwork : nn.Module
     /// <summary>Called before segment j's forward: the parameter-copy ablation takes next(j)'s live parameters.</summary>
     public void BeforeForward(int segment)
     {
-        if (Options.Ablation == ManAblation.ParameterCopy) branches[segment].CopyEmaFrom(network.Units[plan.NextUnit(segment)]);
+        if (Options.Ablation == ManAblation.ParameterCopy) branches[segment].CopyEmaFrom(unitAt(plan.NextUnit(segment)));
     }
 
     /// <summary>Called after segment j's local backward and before the optimizer step: the EMA update.</summary>
     public void AfterLocalBackward(int segment)
     {
         if (Options.Ablation == ManAblation.ParameterCopy) return;
-        branches[segment].UpdateEma(network.Units[plan.NextUnit(segment)], Options.Momentum);
+        branches[segment].UpdateEma(unitAt(plan.NextUnit(segment)), Options.Momentum);
     }
 }

@@ -1,0 +1,60 @@
+using System.Text.Json;
+
+namespace Man.ML.Tests;
+
+[TestClass]
+public sealed class CliTests
+{
+    private static void AssertCleanFailure(TestSupport.ProcessResult r, string expected)
+    {
+        Assert.AreNotEqual(0, r.ExitCode);
+        StringAssert.Contains(r.Stderr, expected);
+        Assert.IsFalse(r.Stderr.Contains("   at ") || r.Stdout.Contains("   at "), "a user mistake must not print a stack trace:\n" + r.Stderr);
+        Assert.AreEqual(1, r.Stderr.Trim().Split('\n').Length, "one line of error:\n" + r.Stderr);
+    }
+
+    [TestMethod]
+    public void AnUnknownArchitectureIsOneClearMessage() =>
+        AssertCleanFailure(TestSupport.RunManml(new[] { "train", "--arch", "resnet33", "--out", TestSupport.NewTempFolder() }), "resnet33");
+
+    [TestMethod]
+    public void ATooLargeKIsOneClearMessage() =>
+        AssertCleanFailure(TestSupport.RunManml(new[] { "train", "--k", "17", "--out", TestSupport.NewTempFolder() }), "between 1 and 16");
+
+    [TestMethod]
+    public void AMissingDataFileIsOneClearMessage() =>
+        AssertCleanFailure(TestSupport.RunManml(new[] { "train", "--data", "/no/such/file.bin", "--out", TestSupport.NewTempFolder() }), "/no/such/file.bin");
+
+    [TestMethod]
+    public void TrainWritesCompleteMetricsAndACheckpoint()
+    {
+        var outDir = TestSupport.NewTempFolder();
+        var r = TestSupport.RunManml(new[]
+        {
+            "train", "--data", TestSupport.BundledSample, "--train-limit", "96", "--val-split", "64", "--arch", "resnet8",
+            "--k", "2", "--rule", "dgl", "--man", "--epochs", "2", "--batch-size", "32", "--seed", "3", "--test", TestSupport.BundledSample, "--out", outDir,
+        });
+        Assert.AreEqual(0, r.ExitCode, r.Stderr + r.Stdout);
+        using var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "metrics.json")));
+        var root = json.RootElement;
+        var config = root.GetProperty("config");
+        Assert.AreEqual(2, config.GetProperty("k").GetInt32());
+        Assert.IsTrue(config.GetProperty("man").GetBoolean());
+        Assert.AreEqual(96, config.GetProperty("train_images").GetInt32());
+        Assert.AreEqual(64, config.GetProperty("val_images").GetInt32());
+        var epochs = root.GetProperty("epochs");
+        Assert.AreEqual(2, epochs.GetArrayLength());
+        foreach (var key in new[] { "train_loss", "train_accuracy", "val_accuracy", "lr", "seconds" })
+            Assert.AreEqual(JsonValueKind.Number, epochs[1].GetProperty(key).ValueKind, key);
+        var final = root.GetProperty("final");
+        foreach (var key in new[] { "val_accuracy", "train_seconds", "images_per_second", "parameters_backbone", "parameters_auxiliary" })
+            Assert.AreEqual(JsonValueKind.Number, final.GetProperty(key).ValueKind, key);
+        Assert.AreEqual(JsonValueKind.Number, final.GetProperty("test_accuracy").GetProperty("cifar10_sample.bin").ValueKind);
+        Assert.AreEqual(epochs[1].GetProperty("val_accuracy").GetDouble(), final.GetProperty("val_accuracy").GetDouble());
+        Assert.IsTrue(File.Exists(Path.Combine(outDir, "model.ckpt")));
+        var (net, info) = Man.ML.Training.ModelCheckpoint.Load(Path.Combine(outDir, "model.ckpt"));
+        Assert.AreEqual("resnet8", info.Architecture);
+        Assert.AreEqual(final.GetProperty("parameters_backbone").GetInt64(), net.ParameterCount());
+        Directory.Delete(outDir, true);
+    }
+}
