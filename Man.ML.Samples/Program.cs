@@ -5,4 +5,6 @@ using Man.ML.Samples.Cli;
 var root = new RootCommand("Man.ML: supervised local learning with Momentum Auxiliary Networks (MAN).");
 root.Subcommands.Add(TrainCommand.Create());
 root.Subcommands.Add(MeasureMemoryCommand.Create());
+root.Subcommands.Add(ImageFolderCommand.Create());
+root.Subcommands.Add(ScoreModelCommand.Create());
 return root.Parse(args).Invoke();

@@ -1,0 +1,46 @@
+// manml image-folder: the ML.NET sample (image folder -> LoadImages -> Man.ML trainer -> Evaluate -> save -> load ->
+// predict one image).
+using System.CommandLine;
+using Man.ML.MLNet;
+using Man.ML.Samples.MLNet;
+using Spectre.Console;
+
+namespace Man.ML.Samples.Cli;
+
+internal static class ImageFolderCommand
+{
+    public static Command Create()
+    {
+        var images = new Option<string>("--images") { Description = "Folder of class folders (or with train/ and val/ inside).", Required = true };
+        var epochs = new Option<int>("--epochs") { Description = "Epochs.", DefaultValueFactory = _ => 8 };
+        var arch = new Option<string>("--arch") { Description = "Architecture.", DefaultValueFactory = _ => "resnet32" };
+        var k = new Option<int>("--k") { Description = "Segments.", DefaultValueFactory = _ => 16 };
+        var batch = new Option<int>("--batch-size") { Description = "Mini-batch size.", DefaultValueFactory = _ => 64 };
+        var seed = new Option<int>("--seed") { Description = "Seed.", DefaultValueFactory = _ => 0 };
+        var output = new Option<string>("--out") { Description = "Output folder for the saved model.", DefaultValueFactory = _ => "runs/image-folder" };
+        var command = new Command("image-folder", "ML.NET sample: train a MAN-enhanced ResNet on an image folder, evaluate, save, load, predict.")
+        {
+            images, epochs, arch, k, batch, seed, output,
+        };
+        command.SetAction(parse => CliErrors.Run(() =>
+        {
+            var options = new ManImageClassificationTrainer.Options
+            {
+                Architecture = parse.GetValue(arch)!, K = parse.GetValue(k), Epochs = parse.GetValue(epochs),
+                BatchSize = parse.GetValue(batch), Seed = parse.GetValue(seed),
+            };
+            var outcome = ImageFolderSample.Run(parse.GetValue(images)!, parse.GetValue(output)!, options,
+                line => AnsiConsole.WriteLine(line), parse.GetValue(seed));
+            var table = new Table().Title("validation accuracy per class (recall)").AddColumns("class", "accuracy");
+            foreach (var (c, a) in outcome.PerClass) table.AddRow(Markup.Escape(c), a.ToString("P1"));
+            AnsiConsole.Write(table);
+            AnsiConsole.MarkupLine($"Evaluate on {outcome.ValidationImages} validation images (trained on {outcome.TrainImages}): " +
+                                   $"micro-accuracy [bold]{outcome.MicroAccuracy:P2}[/], macro-accuracy {outcome.MacroAccuracy:P2}, log-loss {outcome.LogLoss:0.000}");
+            AnsiConsole.MarkupLine($"saved and reloaded {Markup.Escape(outcome.ModelPath)}; PredictionEngine on {Markup.Escape(outcome.Example.ImagePath)} " +
+                                   $"(label {Markup.Escape(outcome.Example.Label)}): predicted [bold]{Markup.Escape(outcome.Prediction.PredictedLabelValue)}[/] " +
+                                   $"with probability {outcome.Prediction.Score.Max():P1}");
+            return 0;
+        }));
+        return command;
+    }
+}

@@ -1,0 +1,221 @@
+using System.Text.Json;
+using Man.ML.MLNet;
+using Man.ML.Samples.MLNet;
+using Microsoft.ML;
+using Microsoft.ML.Data;
+
+namespace Man.ML.Tests;
+
+[TestClass]
+public sealed class MLNetTests
+{
+    private static MLContext mlContext = null!;
+    private static ITransformer model = null!;
+    private static IDataView trainData = null!;
+    private static IDataView validationData = null!;
+    private static List<ImageRow> validationRows = null!;
+    private static string folder = "";
+
+    private static IEstimator<ITransformer> Preprocessing(MLContext context) =>
+        context.Transforms.Conversion.MapValueToKey("Label")
+            .Append(context.Transforms.LoadImages("Image", imageFolder: "", inputColumnName: nameof(ImageRow.ImagePath)));
+
+    private static ManImageClassificationTrainer.Options SmallOptions(int epochs = 3) => new()
+    {
+        Architecture = "resnet8", K = 2, Epochs = epochs, BatchSize = 64, Seed = 1,
+    };
+
+    [ClassInitialize]
+    public static void TrainSmallModel(TestContext _)
+    {
+        folder = TestSupport.NewTempFolder();
+        mlContext = new MLContext(0);
+        trainData = mlContext.Data.LoadFromEnumerable(ImageFolderSample.ListImages(ImageFolderFixture.Train));
+        validationRows = ImageFolderSample.ListImages(ImageFolderFixture.Validation);
+        validationData = mlContext.Data.LoadFromEnumerable(validationRows);
+        model = Preprocessing(mlContext)
+            .Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(SmallOptions()))
+            .Fit(trainData);
+    }
+
+    [ClassCleanup]
+    public static void Cleanup() => Directory.Delete(folder, true);
+
+    private static void AssertOutputSchema(DataViewSchema schema)
+    {
+        var score = schema["Score"];
+        Assert.IsInstanceOfType<VectorDataViewType>(score.Type);
+        Assert.AreEqual(10, ((VectorDataViewType)score.Type).Size);
+        Assert.AreEqual(NumberDataViewType.Single, ((VectorDataViewType)score.Type).ItemType);
+        var predicted = schema["PredictedLabel"];
+        Assert.IsInstanceOfType<KeyDataViewType>(predicted.Type);
+        Assert.AreEqual(10UL, ((KeyDataViewType)predicted.Type).Count);
+        var keyValues = default(VBuffer<ReadOnlyMemory<char>>);
+        predicted.GetKeyValues(ref keyValues);
+        CollectionAssert.AreEqual(new[] { "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck" },
+            keyValues.DenseValues().Select(v => v.ToString()).ToArray());
+    }
+
+    private static string[][] ScoreBits(ITransformer transformer, IDataView data) =>
+        transformer.Transform(data).GetColumn<VBuffer<float>>("Score")
+            .Select(v => v.DenseValues().Select(f => BitConverter.SingleToInt32Bits(f).ToString("x8")).ToArray()).ToArray();
+
+    [TestMethod]
+    public void OutputSchemaHasAFixedSizeScoreAndAKeyedPredictedLabelBeforeAndAfterSaving()
+    {
+        AssertOutputSchema(model.GetOutputSchema(trainData.Schema));
+        AssertOutputSchema(model.Transform(validationData).Schema);
+        var path = Path.Combine(folder, "schema.manml.zip");
+        mlContext.Model.SaveManModel(model, trainData.Schema, path);
+        var fresh = new MLContext(5);
+        var loaded = fresh.Model.LoadManModel(path, out var inputSchema);
+        Assert.AreEqual(trainData.Schema.Count, inputSchema.Count);
+        AssertOutputSchema(loaded.GetOutputSchema(inputSchema));
+        AssertOutputSchema(loaded.Transform(validationData).Schema);
+        // MapKeyToValue works on the loaded model's PredictedLabel.
+        var values = fresh.Transforms.Conversion.MapKeyToValue("PredictedLabelValue", "PredictedLabel")
+            .Fit(loaded.Transform(validationData)).Transform(loaded.Transform(validationData))
+            .GetColumn<ReadOnlyMemory<char>>("PredictedLabelValue").Select(v => v.ToString()).ToList();
+        Assert.AreEqual(200, values.Count);
+        Assert.IsTrue(values.All(v => v.Length > 0));
+    }
+
+    [TestMethod]
+    public void ALoadedModelScoresBitForBitIdenticallyInAFreshProcess()
+    {
+        var path = Path.Combine(folder, "process.manml.zip");
+        mlContext.Model.SaveManModel(model, trainData.Schema, path);
+        var expected = ScoreBits(model, validationData);
+        var result = TestSupport.RunManml(new[] { "score-model", "--model", path, "--images", ImageFolderFixture.Validation });
+        Assert.AreEqual(0, result.ExitCode, result.Stderr);
+        using var json = JsonDocument.Parse(result.Stdout);
+        var actual = json.RootElement.GetProperty("scores").EnumerateArray()
+            .Select(row => row.EnumerateArray().Select(v => v.GetString()!).ToArray()).ToArray();
+        Assert.AreEqual(expected.Length, actual.Length);
+        for (int i = 0; i < expected.Length; i++) CollectionAssert.AreEqual(expected[i], actual[i], $"row {i}");
+        StringAssert.Contains(json.RootElement.GetProperty("score_type").GetString(), "10");
+        StringAssert.Contains(json.RootElement.GetProperty("predicted_label_type").GetString(), "Key");
+    }
+
+    [TestMethod]
+    public void EvaluateIsAboveChanceAfterAShortRun()
+    {
+        var metrics = mlContext.MulticlassClassification.Evaluate(model.Transform(validationData));
+        Assert.IsTrue(metrics.MicroAccuracy > 0.15, $"micro-accuracy {metrics.MicroAccuracy:P1} on 200 images is not above chance (10%)");
+    }
+
+    [TestMethod]
+    public void APredictionEngineAgreesWithBatchedScoring()
+    {
+        var batched = model.Transform(validationData).GetColumn<VBuffer<float>>("Score").Take(3).Select(v => v.DenseValues().ToArray()).ToList();
+        using var engine = mlContext.Model.CreatePredictionEngine<ImageRow, EnginePrediction>(model);
+        for (int i = 0; i < 3; i++)
+        {
+            var single = engine.Predict(validationRows[i]).Score;
+            Assert.AreEqual(10, single.Length);
+            for (int c = 0; c < 10; c++) Assert.AreEqual(batched[i][c], single[c], 1e-4, $"image {i}, class {c}");
+            Assert.AreEqual(Array.IndexOf(single, single.Max()) + 1, (int)engine.Predict(validationRows[i]).PredictedLabel);
+        }
+    }
+
+    public sealed class EnginePrediction
+    {
+        public float[] Score { get; set; } = Array.Empty<float>();
+        public uint PredictedLabel { get; set; }
+    }
+
+    [TestMethod]
+    public void PixelVectorsFromExtractPixelsAndNonKeyLabelsAreAccepted()
+    {
+        var context = new MLContext(1);
+        var rows = ImageFolderSample.ListImages(ImageFolderFixture.Train).Where((_, i) => i % 10 == 0).ToList();
+        var data = context.Data.LoadFromEnumerable(rows);
+        var pipeline = context.Transforms.LoadImages("Image", "", nameof(ImageRow.ImagePath))
+            .Append(context.Transforms.ResizeImages("Image", 32, 32))
+            .Append(context.Transforms.ExtractPixels("Pixels", "Image"))
+            .Append(context.MulticlassClassification.Trainers.ManImageClassification(new ManImageClassificationTrainer.Options
+            {
+                ImageColumnName = "Pixels", Architecture = "resnet8", K = 2, Epochs = 1, BatchSize = 32,
+            }));
+        var fitted = pipeline.Fit(data);   // the label is a plain string here: mapped to a key by value
+        var scored = fitted.Transform(data);
+        Assert.AreEqual(rows.Count, scored.GetColumn<VBuffer<float>>("Score").Count());
+        var keyValues = default(VBuffer<ReadOnlyMemory<char>>);
+        scored.Schema["PredictedLabel"].GetKeyValues(ref keyValues);
+        CollectionAssert.AreEqual(rows.Select(r => r.Label).Distinct().OrderBy(l => l, StringComparer.Ordinal).ToArray(),
+            keyValues.DenseValues().Select(v => v.ToString()).ToArray());
+    }
+
+    [TestMethod]
+    public void AMissingColumnIsAnErrorNamingIt()
+    {
+        var prepared = Preprocessing(mlContext).Fit(trainData).Transform(trainData);
+        var e = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() =>
+            mlContext.MulticlassClassification.Trainers.ManImageClassification(new ManImageClassificationTrainer.Options { ImageColumnName = "Picture" }).Fit(prepared));
+        StringAssert.Contains(e.Message, "'Picture'");
+        var l = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() =>
+            mlContext.MulticlassClassification.Trainers.ManImageClassification(new ManImageClassificationTrainer.Options { LabelColumnName = "Class" }).Fit(prepared));
+        StringAssert.Contains(l.Message, "'Class'");
+    }
+
+    private sealed class TextImage { public string Image { get; set; } = ""; public string Label { get; set; } = ""; }
+
+    private sealed class ShortVector
+    {
+        [VectorType(100)] public float[] Image { get; set; } = new float[100];
+        public string Label { get; set; } = "";
+    }
+
+    [TestMethod]
+    public void AWrongColumnTypeOrVectorLengthIsAnErrorNamingTheColumn()
+    {
+        var text = mlContext.Data.LoadFromEnumerable(new[] { new TextImage { Image = "x", Label = "a" }, new TextImage { Image = "y", Label = "b" } });
+        var e = Assert.ThrowsExactly<ArgumentException>(() => mlContext.MulticlassClassification.Trainers.ManImageClassification(SmallOptions(1)).Fit(text));
+        StringAssert.Contains(e.Message, "Image column 'Image'");
+        var shortVectors = mlContext.Data.LoadFromEnumerable(new[] { new ShortVector { Label = "a" }, new ShortVector { Label = "b" } });
+        var v = Assert.ThrowsExactly<ArgumentException>(() => mlContext.MulticlassClassification.Trainers.ManImageClassification(SmallOptions(1)).Fit(shortVectors));
+        StringAssert.Contains(v.Message, "'Image'");
+        StringAssert.Contains(v.Message, "3072");
+    }
+
+    [TestMethod]
+    public void AnUndecodableImageIsAnErrorNamingColumnAndRow()
+    {
+        var broken = Path.Combine(folder, "broken");
+        Directory.CreateDirectory(Path.Combine(broken, "cat"));
+        Directory.CreateDirectory(Path.Combine(broken, "dog"));
+        File.Copy(Directory.GetFiles(Path.Combine(ImageFolderFixture.Train, "cat"))[0], Path.Combine(broken, "cat", "a.png"));
+        File.Copy(Directory.GetFiles(Path.Combine(ImageFolderFixture.Train, "dog"))[0], Path.Combine(broken, "dog", "b.png"));
+        File.WriteAllText(Path.Combine(broken, "dog", "c.png"), "this is not an image");
+        var rows = mlContext.Data.LoadFromEnumerable(ImageFolderSample.ListImages(broken));
+
+        // Encoded bytes (LoadRawImageBytes) and MLImage (LoadImages) alike.
+        var raw = mlContext.Transforms.Conversion.MapValueToKey("Label")
+            .Append(mlContext.Transforms.LoadRawImageBytes("Image", "", nameof(ImageRow.ImagePath)))
+            .Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(SmallOptions(1)));
+        var e = Assert.ThrowsExactly<InvalidDataException>(() => raw.Fit(rows));
+        StringAssert.Contains(e.Message, "Image column 'Image', row 2");
+        var loaded = Preprocessing(mlContext).Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(SmallOptions(1)));
+        var l = Assert.ThrowsExactly<InvalidDataException>(() => loaded.Fit(rows));
+        StringAssert.Contains(l.Message, "Image column 'Image', row 2");
+    }
+
+    [TestMethod]
+    public void CancellationStopsTrainingWithinOneBatch()
+    {
+        using var cancel = new CancellationTokenSource();
+        int lastBatch = 0, batchAtCancel = 0;
+        var options = SmallOptions(5);
+        options.BatchSize = 32;
+        options.CancellationToken = cancel.Token;
+        options.ProgressCallback = p =>
+        {
+            lastBatch = (p.Epoch - 1) * p.BatchesPerEpoch + p.Batch;
+            if (lastBatch == 3) { batchAtCancel = lastBatch; cancel.Cancel(); }
+        };
+        var pipeline = Preprocessing(mlContext).Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(options));
+        Assert.ThrowsExactly<OperationCanceledException>(() => pipeline.Fit(trainData));
+        Assert.AreEqual(3, batchAtCancel);
+        Assert.AreEqual(3, lastBatch, "training ran on after cancellation");
+    }
+}

@@ -1,0 +1,156 @@
+// Reading an image column of an IDataView into the network's input format (3 x S x S, uint8, planar RGB): an MLImage
+// (from LoadImages), encoded image bytes (from LoadRawImageBytes), or a pixel vector from ExtractPixels with its default
+// settings (planar RGB, values 0-255, known size 3·S·S). Images of another size are resized bilinearly (antialiased).
+// Every failure names the column, and the row where there is one.
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.Transforms.Image;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Man.ML.MLNet;
+
+/// <summary>How images arrive in a column.</summary>
+internal enum ImageColumnKind
+{
+    /// <summary>MLImage values (LoadImages).</summary>
+    Image,
+
+    /// <summary>Encoded image file bytes (LoadRawImageBytes).</summary>
+    EncodedBytes,
+
+    /// <summary>Float pixel vectors of length 3·S·S (ExtractPixels defaults).</summary>
+    Pixels,
+}
+
+/// <summary>Reads one image column row by row into uint8 RGB planes of a fixed size.</summary>
+internal sealed class ImageColumn
+{
+    public string Name { get; }
+    public ImageColumnKind Kind { get; }
+    public int ImageSize { get; }
+    public int PixelCount => 3 * ImageSize * ImageSize;
+
+    private ImageColumn(string name, ImageColumnKind kind, int imageSize)
+    {
+        Name = name;
+        Kind = kind;
+        ImageSize = imageSize;
+    }
+
+    /// <summary>Checks the column exists and has a type Man.ML can read.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">No such column.</exception>
+    /// <exception cref="ArgumentException">The column's type is not an image, bytes or a pixel vector of length 3·S·S.</exception>
+    public static ImageColumn Resolve(DataViewSchema schema, string name, int imageSize)
+    {
+        var column = schema.GetColumnOrNull(name)
+            ?? throw new ArgumentOutOfRangeException(nameof(name), $"Image column '{name}' was not found in the data (columns: {string.Join(", ", schema.Select(c => c.Name))}).");
+        var type = column.Type;
+        if (type is ImageDataViewType) return new ImageColumn(name, ImageColumnKind.Image, imageSize);
+        if (type is VectorDataViewType { ItemType: var item } vector)
+        {
+            if (item == NumberDataViewType.Byte) return new ImageColumn(name, ImageColumnKind.EncodedBytes, imageSize);
+            if (item == NumberDataViewType.Single)
+            {
+                int expected = 3 * imageSize * imageSize;
+                if (vector.Size != expected)
+                    throw new ArgumentException(
+                        $"Image column '{name}' is a pixel vector of {(vector.Size == 0 ? "unknown" : vector.Size.ToString())} values; " +
+                        $"expected exactly {expected} (3 x {imageSize} x {imageSize}, planar RGB from ExtractPixels) for ImageSize {imageSize}.");
+                return new ImageColumn(name, ImageColumnKind.Pixels, imageSize);
+            }
+        }
+        throw new ArgumentException(
+            $"Image column '{name}' has type {type}; expected an image (LoadImages), encoded image bytes (LoadRawImageBytes) or a Single pixel vector (ExtractPixels).");
+    }
+
+    /// <summary>A reader for the current row of <paramref name="row"/>, filling a 3·S·S byte buffer.</summary>
+    public Action<long, byte[]> CreateReader(DataViewRow row)
+    {
+        var column = row.Schema[Name];
+        switch (Kind)
+        {
+            case ImageColumnKind.Image:
+            {
+                var getter = row.GetGetter<MLImage>(column);
+                return (position, target) =>
+                {
+                    MLImage image = null!;
+                    try { getter(ref image); }
+                    catch (Exception e) when (e is not OperationCanceledException)
+                    {
+                        throw RowError(position, $"the image could not be loaded or decoded: {e.Message}", e);
+                    }
+                    if (image is null) throw RowError(position, "the image is missing.");
+                    FromImage(image, target, position);
+                };
+            }
+            case ImageColumnKind.EncodedBytes:
+            {
+                var getter = row.GetGetter<VBuffer<byte>>(column);
+                var buffer = default(VBuffer<byte>);
+                return (position, target) =>
+                {
+                    getter(ref buffer);
+                    var bytes = buffer.DenseValues().ToArray();
+                    if (bytes.Length == 0) throw RowError(position, "the image bytes are empty.");
+                    MLImage image;
+                    try { image = MLImage.CreateFromStream(new MemoryStream(bytes)); }
+                    catch (Exception e) { throw RowError(position, $"the bytes are not a decodable image: {e.Message}", e); }
+                    using (image) FromImage(image, target, position);
+                };
+            }
+            default:
+            {
+                var getter = row.GetGetter<VBuffer<float>>(column);
+                var buffer = default(VBuffer<float>);
+                return (position, target) =>
+                {
+                    getter(ref buffer);
+                    if (buffer.Length != PixelCount)
+                        throw RowError(position, $"the pixel vector has {buffer.Length} values, expected {PixelCount}.");
+                    int i = 0;
+                    foreach (var v in buffer.DenseValues())
+                    {
+                        if (float.IsNaN(v)) throw RowError(position, $"pixel {i} is NaN.");
+                        target[i++] = (byte)Math.Clamp(MathF.Round(v), 0, 255);
+                    }
+                };
+            }
+        }
+    }
+
+    private InvalidDataException RowError(long position, string message, Exception? inner = null) =>
+        new($"Image column '{Name}', row {position}: {message}", inner);
+
+    // MLImage pixels are 32-bit BGRA or RGBA, row-major; the network wants planar RGB at S x S.
+    private void FromImage(MLImage image, byte[] target, long position)
+    {
+        int w = image.Width, h = image.Height;
+        if (w <= 0 || h <= 0) throw RowError(position, "the image is empty.");
+        var pixels = image.Pixels;
+        int bytesPerPixel = image.BitsPerPixel / 8;
+        if (bytesPerPixel < 3) throw RowError(position, $"unsupported pixel format {image.PixelFormat}.");
+        bool bgr = image.PixelFormat == MLPixelFormat.Bgra32;
+        if (w == ImageSize && h == ImageSize)
+        {
+            int plane = w * h;
+            for (int p = 0; p < plane; p++)
+            {
+                int at = p * bytesPerPixel;
+                target[p] = pixels[at + (bgr ? 2 : 0)];
+                target[plane + p] = pixels[at + 1];
+                target[2 * plane + p] = pixels[at + (bgr ? 0 : 2)];
+            }
+            return;
+        }
+        using var scope = NewDisposeScope();
+        var raw = tensor(pixels.ToArray(), new long[] { h, w, bytesPerPixel }, dtype: ScalarType.Byte);
+        var rgb = (bgr ? raw.index_select(2, tensor(new long[] { 2, 1, 0 })) : raw.narrow(2, 0, 3))
+            .permute(2, 0, 1).unsqueeze(0).to_type(ScalarType.Float32);                       // (1, 3, H, W)
+        var resized = nn.functional.interpolate(rgb, new long[] { ImageSize, ImageSize }, mode: InterpolationMode.Bilinear,
+            align_corners: false, antialias: true);                                             // (1, 3, S, S)
+        var bytes = resized.round().clamp(0, 255).to_type(ScalarType.Byte).contiguous();
+        bytes.data<byte>().CopyTo(target);
+    }
+}

@@ -1,0 +1,265 @@
+// The ML.NET estimator: reads the image and label columns of an IDataView into memory, trains a CIFAR ResNet by
+// supervised local learning (DGL + MAN at K = 16 by default) through Man.ML's Trainer, and returns the transformer.
+// Progress goes to MLContext.Log; cancellation is honoured between batches (Options.CancellationToken, or ML.NET's own
+// cancellation of the MLContext).
+using Man.ML.Data;
+using Man.ML.Local;
+using Man.ML.Training;
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.Runtime;
+using static TorchSharp.torch;
+
+namespace Man.ML.MLNet;
+
+/// <summary>
+/// Trains a MAN-enhanced ResNet image classifier. Create it with
+/// <c>mlContext.MulticlassClassification.Trainers.ManImageClassification(options)</c>.
+/// </summary>
+public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassificationTransformer>
+{
+    /// <summary>Options of <see cref="ManImageClassificationTrainer"/>; every default is documented.</summary>
+    public sealed class Options
+    {
+        /// <summary>Label column: a key (MapValueToKey) or any type that can be mapped to one. Default "Label".</summary>
+        public string LabelColumnName { get; set; } = "Label";
+
+        /// <summary>
+        /// Image column: an MLImage (LoadImages), encoded image bytes (LoadRawImageBytes), or a Single pixel vector of
+        /// length 3·S·S from ExtractPixels with its default settings (planar RGB, 0–255). Default "Image".
+        /// </summary>
+        public string ImageColumnName { get; set; } = "Image";
+
+        /// <summary>Side S of the square network input; images of another size are resized (bilinear). Default 32.</summary>
+        public int ImageSize { get; set; } = 32;
+
+        /// <summary>Architecture: resnet32, resnet110 or resnet&lt;6n+2&gt;. Default "resnet32".</summary>
+        public string Architecture { get; set; } = "resnet32";
+
+        /// <summary>Number of gradient-isolated segments (1 = end-to-end). Default 16.</summary>
+        public int K { get; set; } = 16;
+
+        /// <summary>Learning rule: "dgl" or "e2e" (which needs K = 1). Default "dgl".</summary>
+        public string Rule { get; set; } = DglRule.RuleName;
+
+        /// <summary>Whether to add Momentum Auxiliary Networks. Default true.</summary>
+        public bool UseMan { get; set; } = true;
+
+        /// <summary>MAN ablation. Default none (full MAN).</summary>
+        public ManAblation ManAblation { get; set; } = ManAblation.None;
+
+        /// <summary>Initialisation of MAN's copies. Default random (as the reference code).</summary>
+        public ManInitialization ManInitialization { get; set; } = ManInitialization.Random;
+
+        /// <summary>EMA momentum of MAN. Default 0.995.</summary>
+        public double EmaMomentum { get; set; } = MomentumOptions.DefaultMomentum;
+
+        /// <summary>Epochs. Default 10.</summary>
+        public int Epochs { get; set; } = 10;
+
+        /// <summary>Mini-batch size. Default 128.</summary>
+        public int BatchSize { get; set; } = 128;
+
+        /// <summary>Initial learning rate; null means 0.1·BatchSize/128. Default null.</summary>
+        public double? LearningRate { get; set; }
+
+        /// <summary>Weight decay. Default 1e-4.</summary>
+        public double WeightDecay { get; set; } = 1e-4;
+
+        /// <summary>Seed of initialisation, data order and augmentation. Default 0.</summary>
+        public int Seed { get; set; }
+
+        /// <summary>Device: "cpu" or "cuda". Default "cpu".</summary>
+        public string Device { get; set; } = "cpu";
+
+        /// <summary>Random crop (reflect padding 4) and horizontal flip during training. Default true.</summary>
+        public bool Augment { get; set; } = true;
+
+        /// <summary>Images scored together by the transformer. Default 256.</summary>
+        public int ScoringBatchSize { get; set; } = 256;
+
+        /// <summary>Validation data in the same format as the training data, scored after every epoch. Default none.</summary>
+        public IDataView? ValidationSet { get; set; }
+
+        /// <summary>Called after every epoch with its figures (accuracy, loss, learning rate, local losses, time). Default none.</summary>
+        public Action<EpochMetrics>? MetricsCallback { get; set; }
+
+        /// <summary>Called after every mini-batch. Default none.</summary>
+        public Action<BatchProgress>? ProgressCallback { get; set; }
+
+        /// <summary>Cancels training between batches (Fit then throws <see cref="OperationCanceledException"/>). Default none.</summary>
+        public CancellationToken CancellationToken { get; set; }
+    }
+
+    private readonly IHostEnvironment environment;
+    private readonly Options options;
+
+    internal ManImageClassificationTrainer(IHostEnvironment environment, Options options)
+    {
+        this.environment = environment;
+        this.options = options;
+        ToTrainingOptions().Validate();
+        if (options.ImageSize < 8) throw new ArgumentOutOfRangeException(nameof(options), options.ImageSize, "ImageSize must be at least 8.");
+    }
+
+    private TrainingOptions ToTrainingOptions() => new()
+    {
+        Architecture = options.Architecture,
+        K = options.K,
+        Rule = options.Rule,
+        Man = options.UseMan
+            ? new MomentumOptions { Ablation = options.ManAblation, Initialization = options.ManInitialization, Momentum = options.EmaMomentum }
+            : null,
+        Epochs = options.Epochs,
+        BatchSize = options.BatchSize,
+        LearningRate = options.LearningRate,
+        WeightDecay = options.WeightDecay,
+        Seed = options.Seed,
+        Device = options.Device,
+        Augmentation = options.Augment ? ImageAugmentation.Cifar : new ImageAugmentation(0, false, false, Normalization.Cifar),
+    };
+
+    /// <inheritdoc />
+    public SchemaShape GetOutputSchema(SchemaShape inputSchema)
+    {
+        var image = inputSchema.FirstOrDefault(c => c.Name == options.ImageColumnName);
+        if (image.Name is null) throw new ArgumentOutOfRangeException(nameof(inputSchema), $"Image column '{options.ImageColumnName}' was not found.");
+        var label = inputSchema.FirstOrDefault(c => c.Name == options.LabelColumnName);
+        if (label.Name is null) throw new ArgumentOutOfRangeException(nameof(inputSchema), $"Label column '{options.LabelColumnName}' was not found.");
+        var columns = inputSchema.Where(c => c.Name is not ManImageClassificationTransformer.ScoreColumnName
+                                             and not ManImageClassificationTransformer.PredictedLabelColumnName).ToList();
+        columns.Add(MLNetInternals.Column(ManImageClassificationTransformer.ScoreColumnName, SchemaShape.Column.VectorKind.Vector,
+            NumberDataViewType.Single, false));
+        columns.Add(MLNetInternals.Column(ManImageClassificationTransformer.PredictedLabelColumnName, SchemaShape.Column.VectorKind.Scalar,
+            NumberDataViewType.UInt32, true, label.Annotations));
+        return new SchemaShape(columns);
+    }
+
+    /// <summary>Trains on <paramref name="input"/>.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The label or image column is missing.</exception>
+    /// <exception cref="ArgumentException">A column has a type Man.ML cannot read.</exception>
+    /// <exception cref="InvalidDataException">A row holds a missing label or an image that cannot be decoded.</exception>
+    /// <exception cref="OperationCanceledException">Training was cancelled.</exception>
+    public ManImageClassificationTransformer Fit(IDataView input)
+    {
+        var host = environment.Register(nameof(ManImageClassificationTrainer));
+        using var channel = host.Start("Training");
+        var (train, keyValues) = ReadLabeledImages(input, "training data", expectedClasses: null);
+        using var _ = train;
+        LabeledImages? validation = null;
+        if (options.ValidationSet is not null)
+            validation = ReadLabeledImages(options.ValidationSet, "validation set", train.ClassNames.Count).Images;
+        using var __ = validation;
+
+        var trainingOptions = ToTrainingOptions();
+        channel.Info(MessageSensitivity.None,
+            $"Man.ML: {trainingOptions.Architecture}, K={trainingOptions.K}, rule {trainingOptions.Rule}{(trainingOptions.Man is null ? "" : " + MAN")}, " +
+            $"{train.Count} training images of {train.ClassNames.Count} classes{(validation is null ? "" : $", {validation.Count} validation images")}, " +
+            $"{trainingOptions.Epochs} epochs, batch {trainingOptions.BatchSize}, lr {trainingOptions.EffectiveLearningRate:0.####}.");
+
+        using var cancellation = CancellationTokenSource.CreateLinkedTokenSource(options.CancellationToken);
+        var trainer = new Trainer(trainingOptions);
+        trainer.BatchCompleted += progress =>
+        {
+            options.ProgressCallback?.Invoke(progress);
+            if (MLNetInternals.IsCanceled(host)) cancellation.Cancel();
+        };
+        trainer.EpochCompleted += metrics =>
+        {
+            channel.Info(MessageSensitivity.None,
+                $"Man.ML epoch {metrics.Epoch}/{trainingOptions.Epochs}: train loss {metrics.TrainLoss:0.0000}, train accuracy {metrics.TrainAccuracy:P2}" +
+                (metrics.ValAccuracy is { } v ? $", validation accuracy {v:P2}, validation loss {metrics.ValLoss:0.0000}" : "") +
+                $", lr {metrics.Lr:0.#####}, {metrics.Seconds:0.0} s.");
+            options.MetricsCallback?.Invoke(metrics);
+        };
+        var result = trainer.Train(train, validation, cancellation: cancellation.Token);
+        channel.Info(MessageSensitivity.None,
+            $"Man.ML trained in {result.Final.TrainSeconds:0.0} s ({result.Final.ImagesPerSecond:0.0} images/s); final validation accuracy " +
+            $"{(result.Final.ValAccuracy is { } f ? f.ToString("P2") : "n/a")}.");
+        return new ManImageClassificationTransformer(result.Network, keyValues, trainingOptions.Augmentation.Normalization,
+            options.ImageColumnName, options.ImageSize, options.ScoringBatchSize, options.Device,
+            $"{trainingOptions.Architecture} {trainingOptions.Rule}{(trainingOptions.Man is null ? "" : "+man")} K={trainingOptions.K}, " +
+            $"{trainingOptions.Epochs} epochs, seed {trainingOptions.Seed}");
+    }
+
+    /// <summary>Reads every row's label and image into memory (uint8 images, 0-based class indices).</summary>
+    private (LabeledImages Images, LabelKeyValues? KeyValues) ReadLabeledImages(IDataView data, string what, int? expectedClasses)
+    {
+        var labelColumn = data.Schema.GetColumnOrNull(options.LabelColumnName)
+            ?? throw new ArgumentOutOfRangeException(nameof(data),
+                $"Label column '{options.LabelColumnName}' was not found in the {what} (columns: {string.Join(", ", data.Schema.Select(c => c.Name))}).");
+        if (labelColumn.Type is not KeyDataViewType)
+        {
+            // Any type MapValueToKey accepts becomes a key, classes in sorted order.
+            var mapped = $"{options.LabelColumnName}.Key";
+            try
+            {
+                var mapping = new MLContext().Transforms.Conversion.MapValueToKey(mapped, options.LabelColumnName,
+                    keyOrdinality: Microsoft.ML.Transforms.ValueToKeyMappingEstimator.KeyOrdinality.ByValue);
+                data = mapping.Fit(data).Transform(data);
+            }
+            catch (Exception e) when (e is ArgumentException or InvalidOperationException)
+            {
+                throw new ArgumentException($"Label column '{options.LabelColumnName}' has type {labelColumn.Type}, which cannot be mapped to a key: {e.Message}", e);
+            }
+            labelColumn = data.Schema[mapped];
+        }
+        var keyType = (KeyDataViewType)labelColumn.Type;
+        if (keyType.Count is 0 or > int.MaxValue) throw new ArgumentException($"Label column '{options.LabelColumnName}' is a key of unknown size.");
+        int classes = (int)keyType.Count;
+        if (classes < 2) throw new ArgumentException($"Label column '{options.LabelColumnName}' has {classes} class; at least 2 are needed.");
+        if (expectedClasses is { } n && n != classes)
+            throw new ArgumentException($"The {what}'s label column '{options.LabelColumnName}' has {classes} classes; the training data has {n}.");
+        var keyValues = LabelKeyValues.FromColumn(labelColumn);
+        var image = ImageColumn.Resolve(data.Schema, options.ImageColumnName, options.ImageSize);
+
+        var labels = new List<long>();
+        var pixels = new List<byte[]>();
+        using (var cursor = data.GetRowCursor(new[] { labelColumn, data.Schema[options.ImageColumnName] }))
+        {
+            var getLabel = cursor.GetGetter<uint>(labelColumn);
+            var readImage = image.CreateReader(cursor);
+            uint key = 0;
+            while (cursor.MoveNext())
+            {
+                options.CancellationToken.ThrowIfCancellationRequested();
+                getLabel(ref key);
+                if (key == 0 || key > classes)
+                    throw new InvalidDataException($"Label column '{options.LabelColumnName}', row {cursor.Position}: the label is missing or not one of the {classes} known classes.");
+                var buffer = new byte[image.PixelCount];
+                readImage(cursor.Position, buffer);
+                labels.Add(key - 1);
+                pixels.Add(buffer);
+            }
+        }
+        if (labels.Count < 2) throw new ArgumentException($"The {what} holds {labels.Count} rows; at least 2 are needed.");
+        var all = new byte[(long)pixels.Count * image.PixelCount];
+        for (int i = 0; i < pixels.Count; i++) Buffer.BlockCopy(pixels[i], 0, all, i * image.PixelCount, image.PixelCount);
+        var names = keyValues?.Names() ?? Enumerable.Range(0, classes).Select(i => i.ToString()).ToArray();
+        var images = new LabeledImages(
+            tensor(all, new long[] { labels.Count, 3, options.ImageSize, options.ImageSize }, dtype: ScalarType.Byte),
+            tensor(labels.ToArray(), dtype: ScalarType.Int64), names, what);
+        return (images, keyValues);
+    }
+}
+
+/// <summary>Catalog extension: <c>mlContext.MulticlassClassification.Trainers.ManImageClassification(...)</c>.</summary>
+public static class ManCatalog
+{
+    /// <summary>A trainer of MAN-enhanced ResNet image classifiers (supervised local learning with Momentum Auxiliary Networks).</summary>
+    public static ManImageClassificationTrainer ManImageClassification(
+        this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog, ManImageClassificationTrainer.Options options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return new ManImageClassificationTrainer(MLNetInternals.GetEnvironment(catalog), options);
+    }
+
+    /// <summary>A trainer with default options and the given columns.</summary>
+    public static ManImageClassificationTrainer ManImageClassification(
+        this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog,
+        string labelColumnName = "Label", string imageColumnName = "Image", int epochs = 10) =>
+        catalog.ManImageClassification(new ManImageClassificationTrainer.Options
+        {
+            LabelColumnName = labelColumnName, ImageColumnName = imageColumnName, Epochs = epochs,
+        });
+}

@@ -1,0 +1,120 @@
+// The fitted model as an ML.NET transformer: appends Score (one probability per class, a fixed-size vector) and
+// PredictedLabel (a key carrying the label's key values) to its input. Scoring inside Transform runs in batches; a
+// PredictionEngine scores one image at a time through the row-to-row mapper. Only the plain backbone is kept: MAN's
+// copies and the auxiliary heads exist during training only.
+using Man.ML.Data;
+using Man.ML.Models;
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Man.ML.MLNet;
+
+/// <summary>A trained MAN-enhanced image classifier, as an ML.NET transformer.</summary>
+public sealed class ManImageClassificationTransformer : ITransformer, IDisposable
+{
+    /// <summary>Name of the score column.</summary>
+    public const string ScoreColumnName = "Score";
+
+    /// <summary>Name of the predicted-label column.</summary>
+    public const string PredictedLabelColumnName = "PredictedLabel";
+
+    private readonly object scoringLock = new();
+    private readonly Device device;
+
+    internal UnitChainNetwork Network { get; }
+    internal LabelKeyValues? KeyValues { get; }
+    internal Normalization Normalization { get; }
+
+    /// <summary>The column the images are read from.</summary>
+    public string ImageColumnName { get; }
+
+    /// <summary>Side of the square network input; images of another size are resized to it.</summary>
+    public int ImageSize { get; }
+
+    /// <summary>Number of classes (the length of Score).</summary>
+    public int ClassCount => Network.ClassCount;
+
+    /// <summary>Images scored together inside <see cref="Transform"/>.</summary>
+    public int ScoringBatchSize { get; }
+
+    /// <summary>How the model was trained (architecture, rule, K, MAN, epochs, seed).</summary>
+    public string TrainedWith { get; }
+
+    /// <inheritdoc />
+    public bool IsRowToRowMapper => true;
+
+    internal ManImageClassificationTransformer(UnitChainNetwork network, LabelKeyValues? keyValues, Normalization normalization,
+        string imageColumnName, int imageSize, int scoringBatchSize, string device, string trainedWith)
+    {
+        Network = network;
+        KeyValues = keyValues;
+        Normalization = normalization;
+        ImageColumnName = imageColumnName;
+        ImageSize = imageSize;
+        ScoringBatchSize = Math.Max(1, scoringBatchSize);
+        TrainedWith = trainedWith;
+        this.device = Training.Trainer.ResolveDevice(device);
+        Network.to(this.device);
+        Network.eval();
+    }
+
+    /// <inheritdoc />
+    public DataViewSchema GetOutputSchema(DataViewSchema inputSchema)
+    {
+        ImageColumn.Resolve(inputSchema, ImageColumnName, ImageSize);
+        var builder = new DataViewSchema.Builder();
+        builder.AddColumns(inputSchema);
+        builder.AddColumn(ScoreColumnName, new VectorDataViewType(NumberDataViewType.Single, ClassCount), ScoreAnnotations());
+        var keyAnnotations = new DataViewSchema.Annotations.Builder();
+        KeyValues?.AddKeyValues(keyAnnotations);
+        builder.AddColumn(PredictedLabelColumnName, new KeyDataViewType(typeof(uint), ClassCount), keyAnnotations.ToAnnotations());
+        return builder.ToSchema();
+    }
+
+    private DataViewSchema.Annotations ScoreAnnotations()
+    {
+        var builder = new DataViewSchema.Annotations.Builder();
+        var names = KeyValues?.Names() ?? Enumerable.Range(0, ClassCount).Select(i => i.ToString()).ToArray();
+        ValueGetter<VBuffer<ReadOnlyMemory<char>>> slotNames = (ref VBuffer<ReadOnlyMemory<char>> dst) =>
+            new VBuffer<ReadOnlyMemory<char>>(names.Length, names.Select(n => n.AsMemory()).ToArray()).CopyTo(ref dst);
+        builder.Add("SlotNames", new VectorDataViewType(TextDataViewType.Instance, names.Length), slotNames);
+        // What ML.NET's own multiclass trainers attach, so that tools which look for a score column find this one.
+        builder.AddPrimitiveValue("ScoreColumnKind", TextDataViewType.Instance, "MulticlassClassification".AsMemory());
+        builder.AddPrimitiveValue("ScoreValueKind", TextDataViewType.Instance, "Score".AsMemory());
+        return builder.ToAnnotations();
+    }
+
+    /// <inheritdoc />
+    public IDataView Transform(IDataView input) => new ScoredDataView(this, input, GetOutputSchema(input.Schema));
+
+    /// <inheritdoc />
+    public IRowToRowMapper GetRowToRowMapper(DataViewSchema inputSchema) => new ScoringRowMapper(this, inputSchema, GetOutputSchema(inputSchema));
+
+    /// <summary>
+    /// ML.NET 5.0.1 does not let a third-party transformer write itself through <c>mlContext.Model.Save</c> (its save
+    /// context is internal); save with <c>mlContext.Model.SaveManModel</c> instead.
+    /// </summary>
+    void ICanSaveModel.Save(ModelSaveContext ctx) =>
+        throw new NotSupportedException(
+            "A model containing a Man.ML transformer is saved with mlContext.Model.SaveManModel(model, inputSchema, path) and " +
+            "loaded with mlContext.Model.LoadManModel(path, out schema): ML.NET 5.0.1 keeps its save context internal.");
+
+    /// <summary>Scores <paramref name="count"/> images held as uint8 planar RGB (count·3·S·S bytes); returns count·classes probabilities.</summary>
+    internal float[] Score(byte[] pixels, int count)
+    {
+        lock (scoringLock)
+        {
+            using var noGrad = no_grad();
+            using var scope = NewDisposeScope();
+            var x = tensor(pixels.AsSpan(0, count * 3 * ImageSize * ImageSize).ToArray(), new long[] { count, 3, ImageSize, ImageSize }, dtype: ScalarType.Byte)
+                .to(device).to_type(ScalarType.Float32).div_(255f);               // (B, 3, S, S) in [0, 1]
+            var probabilities = nn.functional.softmax(Network.call(Normalization.Apply(x)), 1).cpu(); // (B, classes)
+            return probabilities.data<float>().ToArray();
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose() => Network.Dispose();
+}
