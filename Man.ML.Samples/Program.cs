@@ -7,4 +7,5 @@ root.Subcommands.Add(TrainCommand.Create());
 root.Subcommands.Add(MeasureMemoryCommand.Create());
 root.Subcommands.Add(ImageFolderCommand.Create());
 root.Subcommands.Add(ScoreModelCommand.Create());
+root.Subcommands.Add(ScoringThroughputCommand.Create());
 return root.Parse(args).Invoke();

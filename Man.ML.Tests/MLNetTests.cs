@@ -218,4 +218,24 @@ public sealed class MLNetTests
         Assert.AreEqual(3, batchAtCancel);
         Assert.AreEqual(3, lastBatch, "training ran on after cancellation");
     }
+
+    [TestMethod]
+    public void MLContextsOwnCancellationStopsTrainingToo()
+    {
+        // ML.NET keeps MLContext.CancelExecution internal (its AutoML calls it); Man.ML honours it between batches.
+        var context = new MLContext(2);
+        var cancelExecution = typeof(MLContext).GetMethods(System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic)
+            .Single(m => m.Name.EndsWith("CancelExecution") && m.GetParameters().Length == 0);
+        int lastBatch = 0;
+        var options = SmallOptions(5);
+        options.BatchSize = 32;
+        options.ProgressCallback = p =>
+        {
+            lastBatch = (p.Epoch - 1) * p.BatchesPerEpoch + p.Batch;
+            if (lastBatch == 2) cancelExecution.Invoke(context, null);
+        };
+        var pipeline = Preprocessing(context).Append(context.MulticlassClassification.Trainers.ManImageClassification(options));
+        Assert.ThrowsExactly<OperationCanceledException>(() => pipeline.Fit(trainData));
+        Assert.AreEqual(2, lastBatch);
+    }
 }
