@@ -31,7 +31,8 @@ public static class TrainingMemoryProbe
         var device = Trainer.ResolveDevice(options.Device);
         var (network, plan, rule) = trainer.Build(classes, imageSize);
         using var local = new LocalTrainer(network, plan, rule, options.Man,
-            new OptimizerSettings { LearningRate = options.EffectiveLearningRate, WeightDecay = options.WeightDecay }, device);
+            new OptimizerSettings { LearningRate = options.EffectiveLearningRate, WeightDecay = options.WeightDecay }, device,
+            options.Augmentation.Normalization);
         local.SetTraining(true);
         var generator = new Random(options.Seed);
         var labels = Enumerable.Range(0, options.BatchSize).Select(_ => (long)generator.Next(classes)).ToArray();

@@ -8,11 +8,24 @@ using static TorchSharp.torch;
 
 namespace Man.ML.Local;
 
-/// <summary>The DGL rule: an MLP-SR auxiliary classifier per segment, cross-entropy loss.</summary>
-public sealed class DglRule : ILocalLearningRule
+/// <summary>Which DGL auxiliary head.</summary>
+public enum DglHeadKind
+{
+    /// <summary>AugLocal's MLP-SR adaptation (reference-code-spec.md §2.3 (b)); the default.</summary>
+    MlpSr,
+
+    /// <summary>MAN++'s head: pool 8x8, three 1x1 convs to 128 channels, three 512-wide linear layers (§2.3 (a)).</summary>
+    ManPlusPlus,
+}
+
+/// <summary>The DGL rule: an auxiliary classifier per segment, cross-entropy loss with weight 1.</summary>
+public sealed class DglRule(DglHeadKind head = DglHeadKind.MlpSr) : ILocalLearningRule
 {
     /// <summary>The rule's name.</summary>
     public const string RuleName = "dgl";
+
+    /// <summary>The auxiliary head used.</summary>
+    public DglHeadKind Head { get; } = head;
 
     /// <inheritdoc />
     public string Name => RuleName;
@@ -21,7 +34,9 @@ public sealed class DglRule : ILocalLearningRule
     public bool IsLocal => true;
 
     /// <inheritdoc />
-    public AuxiliaryHead CreateHead(HeadContext context) => new DglHead(context.Features, context.Classes);
+    public AuxiliaryHead CreateHead(HeadContext context) => Head == DglHeadKind.ManPlusPlus
+        ? new DglManPlusPlusHead(context.Features, context.Classes)
+        : new DglHead(context.Features, context.Classes);
 }
 
 /// <summary>DGL's MLP-SR auxiliary classifier for a C×S×S feature map.</summary>
@@ -60,6 +75,46 @@ public sealed class DglHead : AuxiliaryHead
         h = convs.call(h);
         h = nn.functional.adaptive_avg_pool2d(h, secondPool).flatten(1);   // (B, C·m²)
         return mlp.call(h).MoveToOuterDisposeScope();                      // (B, classes)
+    }
+
+    /// <inheritdoc />
+    public override Tensor Loss(Tensor features, LocalTargets targets)
+    {
+        using var scope = NewDisposeScope();
+        return nn.functional.cross_entropy(call(features), targets.Labels).MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>MAN++'s DGL head (reference-code-spec.md §2.3 (a)).</summary>
+public sealed class DglManPlusPlusHead : AuxiliaryHead
+{
+    private const int Width = 128, Hidden = 512;
+    private readonly Sequential convs;
+    private readonly Sequential mlp;
+
+    /// <summary>Creates the head for features of shape <paramref name="input"/>.</summary>
+    public DglManPlusPlusHead(FeatureShape input, int classes) : base(nameof(DglManPlusPlusHead))
+    {
+        convs = nn.Sequential(
+            nn.AdaptiveAvgPool2d(8),
+            nn.Conv2d(input.Channels, Width, 1, bias: false), nn.BatchNorm2d(Width), nn.ReLU(inplace: true),
+            nn.Conv2d(Width, Width, 1, bias: false), nn.BatchNorm2d(Width), nn.ReLU(inplace: true),
+            nn.Conv2d(Width, Width, 1, bias: false), nn.BatchNorm2d(Width), nn.ReLU(inplace: true),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten());
+        mlp = nn.Sequential(
+            nn.Linear(Width, Hidden), nn.BatchNorm1d(Hidden), nn.ReLU(inplace: true),
+            nn.Linear(Hidden, Hidden), nn.BatchNorm1d(Hidden), nn.ReLU(inplace: true),
+            nn.Linear(Hidden, Hidden), nn.BatchNorm1d(Hidden), nn.ReLU(inplace: true),
+            nn.Linear(Hidden, classes));
+        RegisterComponents();
+        Initialization.ApplyReference(this);
+    }
+
+    /// <inheritdoc />
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        return mlp.call(convs.call(x)).MoveToOuterDisposeScope(); // (B, classes)
     }
 
     /// <inheritdoc />

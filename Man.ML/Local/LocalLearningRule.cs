@@ -17,10 +17,16 @@ public sealed record LocalTargets(Tensor Labels, Tensor Images);
 /// <param name="Plan">Its split.</param>
 /// <param name="Segment">Index of the segment the head trains (never the last).</param>
 /// <param name="Features">Shape of the features the head consumes (with MAN: the output shape of the next unit).</param>
-public sealed record HeadContext(UnitChainNetwork Network, SplitPlan Plan, int Segment, FeatureShape Features)
+/// <param name="CopiedUnit">With MAN, the index of next(j), the unit whose copies feed the head; null without MAN.</param>
+/// <param name="Normalization">How input images were normalised (reconstruction targets are de-normalised with it).</param>
+public sealed record HeadContext(UnitChainNetwork Network, SplitPlan Plan, int Segment, FeatureShape Features, int? CopiedUnit,
+    Data.Normalization Normalization)
 {
     /// <summary>Number of classes.</summary>
     public int Classes => Network.ClassCount;
+
+    /// <summary>Whether the segment is trained with MAN.</summary>
+    public bool WithMan => CopiedUnit is not null;
 }
 
 /// <summary>An auxiliary head: a small network on a segment's features with the loss that trains the segment.</summary>
@@ -49,17 +55,33 @@ public interface ILocalLearningRule
 /// <summary>The rules Man.ML knows, by name.</summary>
 public static class LocalLearningRules
 {
-    /// <summary>Names accepted by <see cref="Create"/>.</summary>
-    public static IReadOnlyList<string> Names { get; } = new[] { EndToEndRule.RuleName, DglRule.RuleName };
+    /// <summary>Names accepted by <see cref="Create(string, RuleSettings)"/>.</summary>
+    public static IReadOnlyList<string> Names { get; } = new[] { EndToEndRule.RuleName, DglRule.RuleName, InfoProRule.RuleName, PredSimRule.RuleName };
 
-    /// <summary>Creates the rule called <paramref name="name"/> (case-insensitive).</summary>
+    /// <summary>Creates the rule called <paramref name="name"/> (case-insensitive) with its default settings.</summary>
     /// <exception cref="ArgumentException">No rule has that name.</exception>
-    public static ILocalLearningRule Create(string name) => name.ToLowerInvariant() switch
+    public static ILocalLearningRule Create(string name) => Create(name, new RuleSettings());
+
+    /// <summary>Creates the rule called <paramref name="name"/> with <paramref name="settings"/>.</summary>
+    /// <exception cref="ArgumentException">No rule has that name.</exception>
+    public static ILocalLearningRule Create(string name, RuleSettings settings) => name.ToLowerInvariant() switch
     {
         EndToEndRule.RuleName => new EndToEndRule(),
-        DglRule.RuleName => new DglRule(),
+        DglRule.RuleName => new DglRule(settings.DglHead),
+        InfoProRule.RuleName => new InfoProRule(settings.InfoPro),
+        PredSimRule.RuleName => new PredSimRule(),
         _ => throw new ArgumentException($"Unknown learning rule '{name}'; expected one of: {string.Join(", ", Names)}.", nameof(name)),
     };
+}
+
+/// <summary>Settings of every rule that has some; each rule reads its own.</summary>
+public sealed record RuleSettings
+{
+    /// <summary>DGL's auxiliary head. Default MLP-SR (AugLocal's adaptation).</summary>
+    public DglHeadKind DglHead { get; init; } = DglHeadKind.MlpSr;
+
+    /// <summary>InfoPro's settings; null members take the defaults of METHOD.md §2.</summary>
+    public InfoProSettings InfoPro { get; init; } = new();
 }
 
 /// <summary>End-to-end backprop: one segment, trained through the network's own head.</summary>

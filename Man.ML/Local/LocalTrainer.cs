@@ -87,8 +87,9 @@ public sealed class LocalTrainer : IDisposable
     /// <param name="momentum">MAN settings, or null to train without MAN.</param>
     /// <param name="optimizerSettings">SGD settings.</param>
     /// <param name="device">Where every module and tensor lives.</param>
+    /// <param name="normalization">How inputs were normalised (for rules that reconstruct the image); default CIFAR's.</param>
     public LocalTrainer(UnitChainNetwork network, SplitPlan plan, ILocalLearningRule rule, MomentumOptions? momentum,
-        OptimizerSettings optimizerSettings, Device device)
+        OptimizerSettings optimizerSettings, Device device, Data.Normalization? normalization = null)
     {
         if (plan.UnitCount != network.Units.Count)
             throw new ArgumentException($"The split covers {plan.UnitCount} units but the network has {network.Units.Count}.", nameof(plan));
@@ -105,7 +106,8 @@ public sealed class LocalTrainer : IDisposable
         {
             // With MAN the head sees the next unit's output (its copies'), otherwise the segment's own output.
             int featuresOf = man is null ? plan.Segments[j].End - 1 : plan.NextUnit(j);
-            headList.Add(rule.CreateHead(new HeadContext(network, plan, j, network.UnitInfos[featuresOf].Output)));
+            headList.Add(rule.CreateHead(new HeadContext(network, plan, j, network.UnitInfos[featuresOf].Output,
+                man is null ? null : plan.NextUnit(j), normalization ?? Data.Normalization.Cifar)));
         }
         auxiliary = new AuxiliaryModules(headList, man);
         heads = auxiliary.heads;

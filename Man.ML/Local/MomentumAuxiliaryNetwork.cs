@@ -51,6 +51,9 @@ public sealed record MomentumOptions
     /// <summary>EMA momentum m in θ_EMA ← m·θ_EMA + (1 − m)·θ_next. Default 0.995.</summary>
     public double Momentum { get; init; } = DefaultMomentum;
 
+    /// <summary>MAN++'s learnable mix y = s·LB + (2 − s)·EMA with a trainable scalar s (initialised to 1). Default false (y = LB + EMA).</summary>
+    public bool LearnableMix { get; init; }
+
     /// <summary>Whether the trainable LB copy exists.</summary>
     public bool HasLearnableCopy => Ablation != ManAblation.EmaOnly;
 
@@ -63,6 +66,10 @@ public sealed class MomentumBranch : nn.Module<Tensor, Tensor>
 {
     private readonly nn.Module<Tensor, Tensor>? learnable;
     private readonly nn.Module<Tensor, Tensor>? ema;
+    private readonly TorchSharp.Modules.Parameter? mix;
+
+    /// <summary>MAN++'s mixing scalar s, when the learnable mix is on.</summary>
+    public TorchSharp.Modules.Parameter? Mix => mix;
 
     /// <summary>The trainable copy LB[j], if the ablation keeps it.</summary>
     public nn.Module<Tensor, Tensor>? Learnable => learnable;
@@ -86,6 +93,12 @@ public sealed class MomentumBranch : nn.Module<Tensor, Tensor>
                 CopyParameters(next, ema);
             foreach (var p in ema.parameters()) p.requires_grad = false;
         }
+        if (options.LearnableMix)
+        {
+            if (learnable is null || ema is null)
+                throw new ArgumentException("MAN++'s learnable mix needs both the LB and the EMA copy (no ablation).", nameof(options));
+            mix = new TorchSharp.Modules.Parameter(ones(1));
+        }
         RegisterComponents();
     }
 
@@ -95,7 +108,8 @@ public sealed class MomentumBranch : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         Tensor y;
         // Not in place: the copies' ReLU outputs are saved for their backward.
-        if (learnable is not null && ema is not null) y = learnable.call(x) + ema.call(x); // (B, C', H', W')
+        if (mix is not null) y = mix * learnable!.call(x) + (2 - mix) * ema!.call(x);      // MAN++: s·LB + (2 − s)·EMA
+        else if (learnable is not null && ema is not null) y = learnable.call(x) + ema.call(x); // (B, C', H', W')
         else y = (learnable ?? ema)!.call(x);
         return y.MoveToOuterDisposeScope();
     }
@@ -153,7 +167,8 @@ public sealed class MomentumAuxiliaryNetwork : nn.Module
 
     /// <summary>The trainable parameters (the LB copies); the EMA copies are deliberately not among them.</summary>
     public IEnumerable<TorchSharp.Modules.Parameter> TrainableParameters() =>
-        branches.SelectMany(b => b.Learnable?.parameters() ?? Enumerable.Empty<TorchSharp.Modules.Parameter>());
+        branches.SelectMany(b => (b.Learnable?.parameters() ?? Enumerable.Empty<TorchSharp.Modules.Parameter>())
+            .Concat(b.Mix is null ? Enumerable.Empty<TorchSharp.Modules.Parameter>() : new[] { b.Mix }));
 
     /// <summary>Called before segment j's forward: the parameter-copy ablation takes next(j)'s live parameters.</summary>
     public void BeforeForward(int segment)

@@ -50,7 +50,7 @@ public sealed class Trainer
     /// <summary>Builds the network, split and rule the options describe (seeded), without training.</summary>
     public (UnitChainNetwork Network, SplitPlan Plan, ILocalLearningRule Rule) Build(int classes, int imageSize)
     {
-        var rule = LocalLearningRules.Create(Options.Rule);
+        var rule = LocalLearningRules.Create(Options.Rule, Options.RuleSettings);
         if (!rule.IsLocal && Options.K != 1)
             throw new ArgumentException($"Rule '{rule.Name}' is end-to-end backprop and needs K = 1 (got K = {Options.K}).");
         if (Options.Man is not null && Options.K == 1)
@@ -71,7 +71,8 @@ public sealed class Trainer
         var device = ResolveDevice(Options.Device);
         var (network, plan, rule) = Build(train.ClassNames.Count, (int)train.Images.shape[2]);
         using var local = new LocalTrainer(network, plan, rule, Options.Man,
-            new OptimizerSettings { LearningRate = Options.EffectiveLearningRate, WeightDecay = Options.WeightDecay }, device);
+            new OptimizerSettings { LearningRate = Options.EffectiveLearningRate, WeightDecay = Options.WeightDecay }, device,
+            Options.Augmentation.Normalization);
 
         int batches = (train.Count + Options.BatchSize - 1) / Options.BatchSize;
         // A last batch of one image would break batch norm: fold it into the previous one.

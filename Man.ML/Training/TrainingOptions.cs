@@ -13,8 +13,11 @@ public sealed record TrainingOptions
     /// <summary>Number of gradient-isolated segments; 1 is end-to-end. Default 16 (every unit its own segment on ResNet-32).</summary>
     public int K { get; init; } = 16;
 
-    /// <summary>Learning rule: e2e or dgl. Default dgl.</summary>
+    /// <summary>Learning rule: e2e, dgl, infopro or predsim. Default dgl.</summary>
     public string Rule { get; init; } = DglRule.RuleName;
+
+    /// <summary>Settings of the learning rules (DGL head, InfoPro classifier, loss and λ). Default: METHOD.md's defaults.</summary>
+    public RuleSettings RuleSettings { get; init; } = new();
 
     /// <summary>MAN settings, or null for no MAN. Default: MAN with the reference settings.</summary>
     public MomentumOptions? Man { get; init; } = new();

@@ -1,0 +1,309 @@
+// InfoPro (Wang et al., ICLR 2021) on CIFAR ResNets, as in the InfoPro and MAN reference code (reference-code-spec.md
+// §2.1, §3.6): a decoder that reconstructs the (de-normalised, augmented) input image from a segment's features and an
+// auxiliary classifier in one of six configurations; the local loss is λ1·BCE(reconstruction) + λ2·(CE or supervised
+// contrastive). λ is interpolated over the local-module index (InfoPro) or over the stage of the unit MAN copies (MAN's
+// code); a schedule that yields a negative weight is an error.
+using Man.ML.Data;
+using Man.ML.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Man.ML.Local;
+
+/// <summary>Configurations of InfoPro's auxiliary classifier: convolutions then fully connected layers.</summary>
+public enum AuxClassifierConfig
+{
+    /// <summary>GAP, one linear layer.</summary>
+    C0F1,
+    /// <summary>GAP, two linear layers.</summary>
+    C0F2,
+    /// <summary>One conv, GAP, one linear layer.</summary>
+    C1F1,
+    /// <summary>One conv, GAP, two linear layers (InfoPro's default).</summary>
+    C1F2,
+    /// <summary>One conv, GAP, three linear layers.</summary>
+    C1F3,
+    /// <summary>Two convs, GAP, two linear layers (MAN's default).</summary>
+    C2F2,
+}
+
+/// <summary>What the auxiliary classifier's loss is.</summary>
+public enum InfoProLossMode
+{
+    /// <summary>Cross-entropy on class logits.</summary>
+    CrossEntropy,
+    /// <summary>Supervised contrastive loss on 128-d embeddings, temperature 0.07.</summary>
+    Contrastive,
+}
+
+/// <summary>How λ varies across segments.</summary>
+public enum LambdaSchedule
+{
+    /// <summary>InfoPro: linear in the local-module index m, ratio m/(K−2).</summary>
+    ModuleIndex,
+    /// <summary>MAN's code: by the stage (1..3) of the unit MAN copies, ratio stage/(K−2).</summary>
+    CopiedUnitStage,
+}
+
+/// <summary>The four loss weights: λ1 = ixx, λ2 = ixy at the first (…1) and last (…2) local module.</summary>
+public readonly record struct InfoProLambdas(double Ixx1, double Ixy1, double Ixx2, double Ixy2)
+{
+    /// <summary>Parses "ixx1,ixy1,ixx2,ixy2".</summary>
+    public static InfoProLambdas Parse(string text)
+    {
+        var parts = text.Split(',', StringSplitOptions.TrimEntries);
+        if (parts.Length != 4 || !parts.All(p => double.TryParse(p, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out _)))
+            throw new ArgumentException($"λ must be four numbers 'ixx1,ixy1,ixx2,ixy2' (got '{text}').");
+        var v = parts.Select(p => double.Parse(p, System.Globalization.CultureInfo.InvariantCulture)).ToArray();
+        return new InfoProLambdas(v[0], v[1], v[2], v[3]);
+    }
+
+    /// <inheritdoc />
+    public override string ToString() => FormattableString.Invariant($"{Ixx1},{Ixy1},{Ixx2},{Ixy2}");
+}
+
+/// <summary>InfoPro settings; a null member takes the default for the run (METHOD.md §2: InfoPro alone 1c2f, contrastive,
+/// the InfoPro table's λ by module index; with MAN 2c2f, cross-entropy, λ (5, 0.5 → 0, 0) by copied-unit stage).</summary>
+public sealed record InfoProSettings
+{
+    /// <summary>Auxiliary classifier configuration.</summary>
+    public AuxClassifierConfig? Classifier { get; init; }
+
+    /// <summary>Loss of the auxiliary classifier.</summary>
+    public InfoProLossMode? LossMode { get; init; }
+
+    /// <summary>Loss weights.</summary>
+    public InfoProLambdas? Lambdas { get; init; }
+
+    /// <summary>λ schedule.</summary>
+    public LambdaSchedule? Schedule { get; init; }
+
+    /// <summary>Data set the InfoPro λ table is looked up for: cifar10, svhn or stl10. Default cifar10.</summary>
+    public string Dataset { get; init; } = "cifar10";
+}
+
+/// <summary>The InfoPro rule.</summary>
+public sealed class InfoProRule(InfoProSettings settings) : ILocalLearningRule
+{
+    /// <summary>The rule's name.</summary>
+    public const string RuleName = "infopro";
+
+    /// <summary>Weights MAN's README uses with InfoPro: (5, 0.5 → 0, 0).</summary>
+    public static readonly InfoProLambdas ManLambdas = new(5, 0.5, 0, 0);
+
+    /// <summary>The settings as given (nulls resolved per run).</summary>
+    public InfoProSettings Settings { get; } = settings;
+
+    /// <inheritdoc />
+    public string Name => RuleName;
+
+    /// <inheritdoc />
+    public bool IsLocal => true;
+
+    /// <summary>The classifier, loss mode, λ and schedule a segment gets, defaults resolved.</summary>
+    public (AuxClassifierConfig Classifier, InfoProLossMode Mode, InfoProLambdas Lambdas, LambdaSchedule Schedule) Resolve(HeadContext context)
+    {
+        var classifier = Settings.Classifier ?? (context.WithMan ? AuxClassifierConfig.C2F2 : AuxClassifierConfig.C1F2);
+        var mode = Settings.LossMode ?? (context.WithMan ? InfoProLossMode.CrossEntropy : InfoProLossMode.Contrastive);
+        var schedule = Settings.Schedule ?? (context.WithMan ? LambdaSchedule.CopiedUnitStage : LambdaSchedule.ModuleIndex);
+        InfoProLambdas lambdas;
+        if (Settings.Lambdas is { } given) lambdas = given;
+        else if (context.WithMan) lambdas = ManLambdas;
+        else if (context.Network is CifarResNet resnet && InfoProLambdaTable.TryGet(Settings.Dataset, resnet.Depth, context.Plan.K, out var table)) lambdas = table;
+        else
+            throw new ArgumentException(
+                $"InfoPro has no reference λ for {Settings.Dataset}, {context.Network.Architecture}, K={context.Plan.K}; give them as 'ixx1,ixy1,ixx2,ixy2' (--lambda).");
+        return (classifier, mode, lambdas, schedule);
+    }
+
+    /// <summary>λ1 (reconstruction) and λ2 (classification) of a segment.</summary>
+    /// <exception cref="ArgumentException">The schedule gives a negative weight.</exception>
+    public static (double Reconstruction, double Classification) Weights(HeadContext context, InfoProLambdas lambdas, LambdaSchedule schedule)
+    {
+        int k = context.Plan.K;
+        double ratio;
+        if (k <= 2) ratio = 0;
+        else if (schedule == LambdaSchedule.ModuleIndex) ratio = (double)context.Segment / (k - 2);
+        else ratio = (double)context.Network.UnitInfos[context.CopiedUnit ?? context.Plan.NextUnit(context.Segment)].Stage / (k - 2);
+        double l1 = lambdas.Ixx1 * (1 - ratio) + lambdas.Ixx2 * ratio;
+        double l2 = lambdas.Ixy1 * (1 - ratio) + lambdas.Ixy2 * ratio;
+        if (l1 < 0 || l2 < 0)
+            throw new ArgumentException(FormattableString.Invariant(
+                $"The λ schedule ({schedule}, λ = {lambdas}) gives segment {context.Segment} of K={k} negative weights ({l1:0.###}, {l2:0.###}); choose other λ or another schedule."));
+        if (l1 == 0 && l2 == 0)
+            throw new ArgumentException(FormattableString.Invariant(
+                $"The λ schedule ({schedule}, λ = {lambdas}) gives segment {context.Segment} of K={k} zero weights: it would not learn; choose other λ or another schedule."));
+        return (l1, l2);
+    }
+
+    /// <inheritdoc />
+    public AuxiliaryHead CreateHead(HeadContext context)
+    {
+        var (classifier, mode, lambdas, schedule) = Resolve(context);
+        var (reconstruction, classification) = Weights(context, lambdas, schedule);
+        return new InfoProHead(context.Features, context.Network.InputShape, context.Classes, classifier, mode, reconstruction,
+            classification, context.Normalization);
+    }
+}
+
+/// <summary>The reference λ of InfoPro's command file (reference-code-spec.md §2.1), by data set, depth and K.</summary>
+public static class InfoProLambdaTable
+{
+    private static readonly Dictionary<(string Dataset, int Depth, int K), InfoProLambdas> Table = new()
+    {
+        [("cifar10", 32, 2)] = new(5, 1, 0, 0),
+        [("cifar10", 32, 4)] = new(6, 0, 1, 2),
+        [("cifar10", 32, 8)] = new(5, 0, 0, 2),
+        [("cifar10", 32, 16)] = new(5, 0.05, 0.2, 0.5),
+        [("cifar10", 110, 2)] = new(5, 0.5, 0, 0),
+        [("cifar10", 110, 4)] = new(1, 0, 0, 1),
+        [("cifar10", 110, 8)] = new(5, 0, 0, 1),
+        [("cifar10", 110, 16)] = new(5, 0, 0.5, 1),
+        [("cifar10", 110, 55)] = new(5, 0, 0.5, 1),   // AugLocal's re-run of InfoPro at K=55
+        [("stl10", 110, 2)] = new(10, 1, 0, 0),
+        [("stl10", 110, 4)] = new(20, 0.2, 5, 2),
+        [("stl10", 110, 8)] = new(20, 0.2, 5, 1),
+        [("stl10", 110, 16)] = new(20, 0.5, 10, 0.1),
+        [("svhn", 110, 2)] = new(1, 0.1, 0, 0),
+        [("svhn", 110, 4)] = new(5, 0, 0.5, 1),
+        [("svhn", 110, 8)] = new(5, 0, 0.5, 2),
+        [("svhn", 110, 16)] = new(5, 0.2, 0.5, 1),
+    };
+
+    /// <summary>Looks up the λ InfoPro's authors ran.</summary>
+    public static bool TryGet(string dataset, int depth, int k, out InfoProLambdas lambdas) =>
+        Table.TryGetValue((dataset.ToLowerInvariant(), depth, k), out lambdas);
+}
+
+/// <summary>InfoPro's auxiliary network: decoder and classifier on one segment's features.</summary>
+public sealed class InfoProHead : AuxiliaryHead
+{
+    private const int DecoderWidth = 12, EmbeddingWidth = 128;
+    private readonly Sequential decoder;
+    private readonly Sequential classifier;
+    private readonly Tensor mean;
+    private readonly Tensor std;
+    private readonly long[] imageSize;
+
+    /// <summary>Weight of the reconstruction loss (λ1).</summary>
+    public double ReconstructionWeight { get; }
+
+    /// <summary>Weight of the classification loss (λ2).</summary>
+    public double ClassificationWeight { get; }
+
+    /// <summary>The classifier's loss.</summary>
+    public InfoProLossMode Mode { get; }
+
+    /// <summary>Creates the head.</summary>
+    public InfoProHead(FeatureShape input, FeatureShape image, int classes, AuxClassifierConfig config, InfoProLossMode mode,
+        double reconstructionWeight, double classificationWeight, Normalization normalization) : base(nameof(InfoProHead))
+    {
+        Mode = mode;
+        ReconstructionWeight = reconstructionWeight;
+        ClassificationWeight = classificationWeight;
+        imageSize = new long[] { image.Height, image.Width };
+        decoder = nn.Sequential(
+            nn.Conv2d(input.Channels, DecoderWidth, 3, padding: 1), nn.BatchNorm2d(DecoderWidth), nn.ReLU(inplace: true),
+            nn.Conv2d(DecoderWidth, image.Channels, 3, padding: 1), nn.Sigmoid());
+        classifier = AuxClassifier(input.Channels, config, mode == InfoProLossMode.CrossEntropy ? classes : EmbeddingWidth);
+        mean = tensor(normalization.Mean).view(1, -1, 1, 1);
+        std = tensor(normalization.Std).view(1, -1, 1, 1);
+        RegisterComponents();
+        Initialization.ApplyReference(this);
+    }
+
+    /// <summary>The classifier for <paramref name="channels"/> inputs: convolutions double the width (stride 2) until 64 channels, then keep it (stride 1).</summary>
+    public static Sequential AuxClassifier(int channels, AuxClassifierConfig config, int outputs)
+    {
+        int convs = config switch { AuxClassifierConfig.C0F1 or AuxClassifierConfig.C0F2 => 0, AuxClassifierConfig.C2F2 => 2, _ => 1 };
+        int linears = config switch { AuxClassifierConfig.C0F1 or AuxClassifierConfig.C1F1 => 1, AuxClassifierConfig.C1F3 => 3, _ => 2 };
+        var layers = new List<nn.Module<Tensor, Tensor>>();
+        int width = channels;
+        for (int c = 0; c < convs; c++)
+        {
+            bool first = c == 0;
+            int outWidth = first && channels < 64 ? 2 * channels : width;
+            int stride = first && channels < 64 ? 2 : 1;
+            layers.Add(nn.Conv2d(width, outWidth, 3, stride: stride, padding: 1, bias: false));
+            layers.Add(nn.BatchNorm2d(outWidth));
+            layers.Add(nn.ReLU(inplace: true));
+            width = outWidth;
+        }
+        layers.Add(nn.AdaptiveAvgPool2d(1));
+        layers.Add(nn.Flatten());
+        for (int f = 0; f < linears; f++)
+        {
+            bool last = f == linears - 1;
+            int outWidth = last ? outputs : EmbeddingWidth;
+            layers.Add(nn.Linear(width, outWidth));
+            if (!last) layers.Add(nn.ReLU(inplace: true));
+            width = outWidth;
+        }
+        return nn.Sequential(layers.ToArray());
+    }
+
+    /// <summary>The classifier's output: class logits or the 128-d embedding.</summary>
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        return classifier.call(x).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The decoder's reconstruction of the input image, (B, 3, H, W) in [0, 1].</summary>
+    public Tensor Reconstruct(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var up = nn.functional.interpolate(x, imageSize, mode: InterpolationMode.Bilinear, align_corners: true); // (B, C, H, W)
+        return decoder.call(up).MoveToOuterDisposeScope();
+    }
+
+    /// <inheritdoc />
+    public override Tensor Loss(Tensor features, LocalTargets targets)
+    {
+        using var scope = NewDisposeScope();
+        var loss = zeros(1, device: features.device).squeeze();
+        if (ReconstructionWeight != 0)
+        {
+            var target = targets.Images.mul(std.to(features.device)).add_(mean.to(features.device)).clamp_(0, 1); // de-normalised input
+            loss = loss + ReconstructionWeight * nn.functional.binary_cross_entropy(Reconstruct(features), target);
+        }
+        if (ClassificationWeight != 0)
+        {
+            var output = call(features);
+            var term = Mode == InfoProLossMode.CrossEntropy
+                ? nn.functional.cross_entropy(output, targets.Labels)
+                : SupervisedContrastiveLoss.Compute(output, targets.Labels);
+            loss = loss + ClassificationWeight * term;
+        }
+        return loss.MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>Supervised contrastive loss (Khosla et al., 2020) as InfoPro uses it: one view, all anchors.</summary>
+public static class SupervisedContrastiveLoss
+{
+    /// <summary>Temperature (and base temperature) of InfoPro: 0.07.</summary>
+    public const double Temperature = 0.07;
+
+    /// <summary>
+    /// Loss of embeddings <paramref name="features"/> (B, D) with <paramref name="labels"/> (B): L2-normalise, similarities
+    /// over the temperature, for each anchor the mean log-probability of its positives (same label, itself excluded)
+    /// against all other samples, negated and averaged over anchors; an anchor without positives contributes 0.
+    /// </summary>
+    public static Tensor Compute(Tensor features, Tensor labels, double temperature = Temperature, double baseTemperature = Temperature)
+    {
+        using var scope = NewDisposeScope();
+        long b = features.shape[0];
+        var f = nn.functional.normalize(features, dim: 1);                      // (B, D)
+        var logits = f.matmul(f.t()).div(temperature);                          // (B, B)
+        logits = logits - logits.max(1, keepdim: true).values.detach();
+        var notSelf = ones(b, b, device: features.device) - eye(b, device: features.device);
+        var positives = labels.unsqueeze(1).eq(labels.unsqueeze(0)).to_type(ScalarType.Float32) * notSelf;
+        var logProb = logits - (logits.exp() * notSelf).sum(1, keepdim: true).log();
+        var count = positives.sum(1);
+        count = where(count.eq(0), ones_like(count), count);
+        var meanPositive = (positives * logProb).sum(1) / count;
+        return (meanPositive.mean() * -(temperature / baseTemperature)).MoveToOuterDisposeScope();
+    }
+}
