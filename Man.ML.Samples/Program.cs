@@ -8,4 +8,6 @@ root.Subcommands.Add(MeasureMemoryCommand.Create());
 root.Subcommands.Add(ImageFolderCommand.Create());
 root.Subcommands.Add(ScoreModelCommand.Create());
 root.Subcommands.Add(ScoringThroughputCommand.Create());
+root.Subcommands.Add(PresetsCommand.Create());
+root.Subcommands.Add(SummarizeCommand.Create());
 return root.Parse(args).Invoke();

@@ -22,8 +22,9 @@ internal static class MeasureMemoryCommand
         command.SetAction(parse => CliErrors.Run(() =>
         {
             model.ApplyThreads(parse);
-            var options = model.ToTrainingOptions(parse, epochs: 1);
-            var report = TrainingMemoryProbe.Measure(options, parse.GetValue(steps), parse.GetValue(warmup));
+            var options = model.ToTrainingOptions(parse);
+            var report = TrainingMemoryProbe.Measure(options, parse.GetValue(steps), parse.GetValue(warmup),
+                imageSize: Man.ML.Data.DatasetKind.Get(options.Dataset).ImageSize);
             Console.WriteLine(JsonSerializer.Serialize(new
             {
                 arch = options.Architecture,

@@ -1,6 +1,8 @@
-// The options that describe what is trained (architecture, split, rule, MAN, optimisation), shared by every command
-// that builds a training configuration.
+// The options that describe what is trained (data set kind, architecture, split, rule and its heads, MAN,
+// optimisation), shared by every command that builds a training configuration. A --preset supplies a whole recipe;
+// any option given beside it overrides that part of it.
 using System.CommandLine;
+using Man.ML.Data;
 using Man.ML.Local;
 using Man.ML.Training;
 
@@ -8,13 +10,23 @@ namespace Man.ML.Samples.Cli;
 
 internal sealed class ModelOptions
 {
+    public Option<string?> Preset { get; } = new("--preset") { Description = "A paper experiment by name ('manml presets' lists them); other options override parts of it." };
+    public Option<string> Dataset { get; } = new("--dataset") { Description = "Data format and recipe: cifar10, svhn or stl10.", DefaultValueFactory = _ => "cifar10" };
     public Option<string> Arch { get; } = new("--arch") { Description = "Architecture: resnet32, resnet110 or resnet<6n+2>.", DefaultValueFactory = _ => "resnet32" };
     public Option<int> K { get; } = new("--k") { Description = "Number of gradient-isolated segments (1 = end-to-end).", DefaultValueFactory = _ => 16 };
-    public Option<string> Rule { get; } = new("--rule") { Description = "Learning rule: e2e or dgl.", DefaultValueFactory = _ => "dgl" };
+    public Option<string> Rule { get; } = new("--rule") { Description = "Learning rule: e2e, dgl, infopro or predsim.", DefaultValueFactory = _ => "dgl" };
     public Option<bool> Man { get; } = new("--man") { Description = "Add Momentum Auxiliary Networks (on by default only when neither --rule nor --k is given)." };
-    public Option<string?> ManAblation { get; } = new("--man-ablation") { Description = "MAN ablation: ema-only, lb-only or param-copy." };
+    public Option<bool> NoMan { get; } = new("--no-man") { Description = "Train without MAN (for example to override a preset)." };
+    public Option<string?> ManAblation { get; } = new("--man-ablation") { Description = "MAN ablation: ema-only, lb-only or param-copy (a live copy of the next unit, no LB)." };
     public Option<string> ManInit { get; } = new("--man-init") { Description = "Initialisation of MAN's copies: random (reference code) or next (copy of the next unit).", DefaultValueFactory = _ => "random" };
     public Option<double> EmaMomentum { get; } = new("--ema-momentum") { Description = "EMA momentum m of MAN's EMA copy.", DefaultValueFactory = _ => MomentumOptions.DefaultMomentum };
+    public Option<string> ManMix { get; } = new("--man-mix") { Description = "How MAN combines its copies: sum (LB + EMA) or learnable (MAN++: s·LB + (2 − s)·EMA).", DefaultValueFactory = _ => "sum" };
+    public Option<string> DglHead { get; } = new("--dgl-head") { Description = "DGL's auxiliary head: mlp-sr (default) or manpp (MAN++'s).", DefaultValueFactory = _ => "mlp-sr" };
+    public Option<string?> AuxConfig { get; } = new("--aux-config") { Description = "InfoPro's classifier: 0c1f, 0c2f, 1c1f, 1c2f, 1c3f or 2c2f (default 1c2f, with MAN 2c2f)." };
+    public Option<string?> InfoProLoss { get; } = new("--infopro-loss") { Description = "InfoPro's classifier loss: ce or contrast (default contrast, with MAN ce)." };
+    public Option<string?> Lambda { get; } = new("--lambda") { Description = "InfoPro's λ as ixx1,ixy1,ixx2,ixy2 (default InfoPro's table; with MAN 5,0.5,0,0)." };
+    public Option<string?> LambdaSchedule { get; } = new("--lambda-schedule") { Description = "How λ varies: module (InfoPro) or stage (MAN's code); default module, with MAN stage." };
+    public Option<int> Epochs { get; } = new("--epochs") { Description = "Epochs.", DefaultValueFactory = _ => 3 };
     public Option<int> BatchSize { get; } = new("--batch-size") { Description = "Mini-batch size.", DefaultValueFactory = _ => 128 };
     public Option<double?> Lr { get; } = new("--lr") { Description = "Initial learning rate (default 0.1·B/128)." };
     public Option<double> WeightDecay { get; } = new("--weight-decay") { Description = "Weight decay.", DefaultValueFactory = _ => 1e-4 };
@@ -22,57 +34,127 @@ internal sealed class ModelOptions
     public Option<int?> Threads { get; } = new("--threads") { Description = "CPU threads for libtorch (default: all cores)." };
     public Option<string> Device { get; } = new("--device") { Description = "Device: cpu or cuda.", DefaultValueFactory = _ => "cpu" };
 
-    public IEnumerable<Option> All => new Option[] { Arch, K, Rule, Man, ManAblation, ManInit, EmaMomentum, BatchSize, Lr, WeightDecay, Seed, Threads, Device };
+    public IEnumerable<Option> All => new Option[]
+    {
+        Preset, Dataset, Arch, K, Rule, Man, NoMan, ManAblation, ManInit, EmaMomentum, ManMix, DglHead, AuxConfig, InfoProLoss, Lambda,
+        LambdaSchedule, Epochs, BatchSize, Lr, WeightDecay, Seed, Threads, Device,
+    };
+
+    private static bool Given(ParseResult parse, Option option) => parse.GetResult(option) is { Implicit: false };
 
     /// <summary>
-    /// Builds training options. The default configuration is DGL + MAN at K = 16: MAN is on when --man is given, or
-    /// when neither --rule nor --k is (so naming a rule or a K without --man means that rule without MAN).
+    /// Builds training options. Without a preset the default configuration is DGL + MAN at K = 16: MAN is on when --man
+    /// is given, or when neither --rule nor --k is (naming a rule or a K without --man means that rule without MAN).
     /// </summary>
-    public TrainingOptions ToTrainingOptions(ParseResult parse, int epochs)
+    public TrainingOptions ToTrainingOptions(ParseResult parse)
     {
-        bool manByDefault = IsImplicit(parse, Rule) && IsImplicit(parse, K);
-        var ablation = parse.GetValue(ManAblation);
-        bool man = parse.GetValue(Man) || manByDefault;
-        if (!parse.GetValue(Man) && !manByDefault && (ablation is not null || !IsImplicit(parse, ManInit) || !IsImplicit(parse, EmaMomentum)))
-            throw new CliException("--man-ablation, --man-init and --ema-momentum need --man.");
+        var preset = parse.GetValue(Preset) is { } name ? ExperimentPresets.Get(name) : null;
+        var baseline = preset?.Options ?? new TrainingOptions { Man = null };
+        T Pick<T>(Option<T> option, T fallback) => Given(parse, option) ? parse.GetValue(option)! : fallback;
+
+        var datasetName = Pick(Dataset, baseline.Dataset);
+        var dataset = DatasetKind.Get(datasetName);
+        if (parse.GetValue(Man) && parse.GetValue(NoMan)) throw new CliException("Give --man or --no-man, not both.");
+        bool man = parse.GetValue(Man) || (!parse.GetValue(NoMan) && (preset is not null ? baseline.Man is not null : !Given(parse, Rule) && !Given(parse, K)));
+        bool manTuned = Given(parse, ManAblation) || Given(parse, ManInit) || Given(parse, EmaMomentum) || Given(parse, ManMix);
+        if (!man && manTuned) throw new CliException("--man-ablation, --man-init, --ema-momentum and --man-mix need MAN (--man).");
+
         MomentumOptions? momentum = null;
         if (man)
         {
-            momentum = new MomentumOptions
+            var start = baseline.Man ?? new MomentumOptions();
+            momentum = start with
             {
-                Ablation = ablation?.ToLowerInvariant() switch
+                Ablation = Given(parse, ManAblation) ? parse.GetValue(ManAblation)!.ToLowerInvariant() switch
                 {
-                    null => Local.ManAblation.None,
+                    "none" => Local.ManAblation.None,
                     "ema-only" => Local.ManAblation.EmaOnly,
                     "lb-only" => Local.ManAblation.LbOnly,
                     "param-copy" => Local.ManAblation.ParameterCopy,
-                    _ => throw new CliException($"--man-ablation '{ablation}' is not one of ema-only, lb-only, param-copy."),
-                },
-                Initialization = parse.GetValue(ManInit)!.ToLowerInvariant() switch
+                    var other => throw new CliException($"--man-ablation '{other}' is not one of ema-only, lb-only, param-copy."),
+                } : start.Ablation,
+                Initialization = Given(parse, ManInit) ? parse.GetValue(ManInit)!.ToLowerInvariant() switch
                 {
                     "random" => ManInitialization.Random,
                     "next" => ManInitialization.Next,
                     var other => throw new CliException($"--man-init '{other}' is not one of random, next."),
-                },
-                Momentum = parse.GetValue(EmaMomentum),
+                } : start.Initialization,
+                Momentum = Pick(EmaMomentum, start.Momentum),
+                LearnableMix = Given(parse, ManMix) ? parse.GetValue(ManMix)!.ToLowerInvariant() switch
+                {
+                    "sum" => false,
+                    "learnable" => true,
+                    var other => throw new CliException($"--man-mix '{other}' is not one of sum, learnable."),
+                } : start.LearnableMix,
             };
         }
+
+        var rules = baseline.RuleSettings;
+        if (Given(parse, DglHead))
+            rules = rules with
+            {
+                DglHead = parse.GetValue(DglHead)!.ToLowerInvariant() switch
+                {
+                    "mlp-sr" => DglHeadKind.MlpSr,
+                    "manpp" => DglHeadKind.ManPlusPlus,
+                    var other => throw new CliException($"--dgl-head '{other}' is not one of mlp-sr, manpp."),
+                },
+            };
+        var infoPro = rules.InfoPro;
+        if (Given(parse, AuxConfig))
+            infoPro = infoPro with
+            {
+                Classifier = parse.GetValue(AuxConfig)!.ToLowerInvariant() switch
+                {
+                    "0c1f" => AuxClassifierConfig.C0F1, "0c2f" => AuxClassifierConfig.C0F2, "1c1f" => AuxClassifierConfig.C1F1,
+                    "1c2f" => AuxClassifierConfig.C1F2, "1c3f" => AuxClassifierConfig.C1F3, "2c2f" => AuxClassifierConfig.C2F2,
+                    var other => throw new CliException($"--aux-config '{other}' is not one of 0c1f, 0c2f, 1c1f, 1c2f, 1c3f, 2c2f."),
+                },
+            };
+        if (Given(parse, InfoProLoss))
+            infoPro = infoPro with
+            {
+                LossMode = parse.GetValue(InfoProLoss)!.ToLowerInvariant() switch
+                {
+                    "ce" => InfoProLossMode.CrossEntropy,
+                    "contrast" => InfoProLossMode.Contrastive,
+                    var other => throw new CliException($"--infopro-loss '{other}' is not one of ce, contrast."),
+                },
+            };
+        if (Given(parse, Lambda)) infoPro = infoPro with { Lambdas = InfoProLambdas.Parse(parse.GetValue(Lambda)!) };
+        if (Given(parse, LambdaSchedule))
+            infoPro = infoPro with
+            {
+                Schedule = parse.GetValue(LambdaSchedule)!.ToLowerInvariant() switch
+                {
+                    "module" => Local.LambdaSchedule.ModuleIndex,
+                    "stage" => Local.LambdaSchedule.CopiedUnitStage,
+                    var other => throw new CliException($"--lambda-schedule '{other}' is not one of module, stage."),
+                },
+            };
+        rules = rules with { InfoPro = infoPro };
+
         return new TrainingOptions
         {
-            Architecture = parse.GetValue(Arch)!,
-            K = parse.GetValue(K),
-            Rule = parse.GetValue(Rule)!,
+            Dataset = dataset.Name,
+            Architecture = Pick(Arch, preset is null ? "resnet32" : baseline.Architecture),
+            K = Pick(K, preset is null ? 16 : baseline.K),
+            Rule = Pick(Rule, preset is null ? DglRule.RuleName : baseline.Rule),
+            RuleSettings = rules,
             Man = momentum,
-            Epochs = epochs,
-            BatchSize = parse.GetValue(BatchSize),
-            LearningRate = parse.GetValue(Lr),
-            WeightDecay = parse.GetValue(WeightDecay),
-            Seed = parse.GetValue(Seed),
-            Device = parse.GetValue(Device)!,
+            Epochs = Pick(Epochs, preset is null ? 3 : baseline.Epochs),
+            BatchSize = Pick(BatchSize, preset is null ? 128 : baseline.BatchSize),
+            // A preset's rate follows an overridden batch size by the linear-scaling rule unless --lr is given.
+            LearningRate = Given(parse, Lr) ? parse.GetValue(Lr)
+                : preset is not null && Given(parse, BatchSize) && baseline.LearningRate is { } presetRate
+                    ? presetRate * parse.GetValue(BatchSize) / baseline.BatchSize
+                    : baseline.LearningRate,
+            WeightDecay = Pick(WeightDecay, baseline.WeightDecay),
+            Seed = Pick(Seed, baseline.Seed),
+            Device = Pick(Device, baseline.Device),
+            Augmentation = dataset.Augmentation,
         };
     }
-
-    private static bool IsImplicit(ParseResult parse, Option option) => parse.GetResult(option) is null or { Implicit: true };
 
     public void ApplyThreads(ParseResult parse)
     {

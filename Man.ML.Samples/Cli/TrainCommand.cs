@@ -23,27 +23,30 @@ internal static class TrainCommand
         var valSplit = new Option<int?>("--val-split") { Description = "Hold out the last N images of --data for validation (default 1000, unless --val is given)." };
         var val = new Option<string[]>("--val") { Description = "Validation files instead of a held-out split.", AllowMultipleArgumentsPerToken = true };
         var test = new Option<string[]>("--test") { Description = "Extra evaluation sets, each reported separately.", AllowMultipleArgumentsPerToken = true };
-        var epochs = new Option<int>("--epochs") { Description = "Epochs.", DefaultValueFactory = _ => 3 };
         var output = new Option<string>("--out") { Description = "Output folder for metrics.json and model.ckpt.", DefaultValueFactory = _ => "runs/latest" };
 
         var command = new Command("train", "Train a network by supervised local learning (DGL + MAN at K = 16 by default).");
-        foreach (var o in model.All.Concat(new Option[] { data, trainLimit, valSplit, val, test, epochs, output })) command.Options.Add(o);
+        foreach (var o in model.All.Concat(new Option[] { data, trainLimit, valSplit, val, test, output })) command.Options.Add(o);
         command.SetAction((parse, cancellation) => Task.FromResult(CliErrors.Run(() =>
         {
             model.ApplyThreads(parse);
-            var options = model.ToTrainingOptions(parse, parse.GetValue(epochs));
+            var options = model.ToTrainingOptions(parse);
             options.Validate();
+            var dataset = DatasetKind.Get(options.Dataset);
             var outDir = parse.GetValue(output)!;
             PrepareOutput(outDir);
 
-            var dataPaths = parse.GetValue(data) is { Length: > 0 } given ? given : new[] { BundledSample };
+            string[] dataPaths;
+            if (parse.GetValue(data) is { Length: > 0 } given) dataPaths = given;
+            else if (dataset == DatasetKind.Cifar10) dataPaths = new[] { BundledSample };
+            else throw new CliException($"--dataset {dataset.Name} needs --data (no {dataset.Name} sample is bundled).");
             var valPaths = parse.GetValue(val) ?? Array.Empty<string>();
             var testPaths = parse.GetValue(test) ?? Array.Empty<string>();
             int? holdOut = parse.GetValue(valSplit);
             if (valPaths.Length > 0 && holdOut is not null) throw new CliException("Give either --val or --val-split, not both.");
             if (valPaths.Length == 0) holdOut ??= 1000;
 
-            using var all = CifarBinary.Read(dataPaths);
+            using var all = dataset.Read(dataPaths);
             LabeledImages pool = all, validation;
             if (holdOut is int n)
             {
@@ -52,7 +55,7 @@ internal static class TrainCommand
                 validation = all.Slice(all.Count - n, n, $"last {n} images of {all.Source}");
                 pool = all.Slice(0, all.Count - n, $"first {all.Count - n} images of {all.Source}");
             }
-            else validation = CifarBinary.Read(valPaths);
+            else validation = dataset.Read(valPaths);
             var limit = parse.GetValue(trainLimit);
             if (limit is int l)
             {
@@ -60,11 +63,11 @@ internal static class TrainCommand
                     throw new CliException($"--train-limit {l} must be between 2 and {pool.Count} (the training images available).");
                 pool = pool.Slice(0, l, $"first {l} training images of {all.Source}");
             }
-            var tests = testPaths.Select(p => (Name: Path.GetFileName(Path.TrimEndingDirectorySeparator(p)), Data: CifarBinary.Read(new[] { p }))).ToList();
+            var tests = testPaths.Select(p => (Name: Path.GetFileName(Path.TrimEndingDirectorySeparator(p)), Data: dataset.Read(new[] { p }))).ToList();
 
             var trainer = new Trainer(options);
             var (probe, plan, _) = trainer.Build(pool.ClassNames.Count, (int)pool.Images.shape[2]);
-            var config = Config(parse, options, model, dataPaths, limit, holdOut, valPaths, testPaths, outDir, pool.Count, validation.Count, plan.Describe(probe), plan.Source);
+            var config = Config(parse, options, parse.GetValue(model.Preset), dataPaths, limit, holdOut, valPaths, testPaths, outDir, pool.Count, validation.Count, plan.Describe(probe), plan.Source);
             probe.Dispose();
             AnsiConsole.MarkupLine($"[bold]manml train[/] {options.Architecture}, K={options.K} ({(plan.Source == SplitSource.ReferencePreset ? "reference split" : "balanced split")}), rule {options.Rule}{(options.Man is null ? "" : " + MAN")}, " +
                                    $"{pool.Count} training / {validation.Count} validation images, {options.Epochs} epochs, batch {options.BatchSize}, lr {options.EffectiveLearningRate:0.###}");
@@ -141,12 +144,14 @@ internal static class TrainCommand
         return result!;
     }
 
-    private static JsonObject Config(ParseResult parse, TrainingOptions options, ModelOptions model, string[] data, int? trainLimit,
+    private static JsonObject Config(ParseResult parse, TrainingOptions options, string? preset, string[] data, int? trainLimit,
         int? valSplit, string[] val, string[] test, string outDir, int trainImages, int valImages, string split, SplitSource splitSource)
     {
         var man = options.Man;
         return new JsonObject
         {
+            ["preset"] = preset,
+            ["dataset"] = options.Dataset,
             ["data"] = new JsonArray(data.Select(d => (JsonNode)Path.GetFullPath(d)).ToArray()),
             ["train_limit"] = trainLimit,
             ["val_split"] = valSplit,
@@ -159,6 +164,8 @@ internal static class TrainCommand
             ["split"] = split,
             ["split_source"] = splitSource == SplitSource.ReferencePreset ? "reference-preset" : "balanced",
             ["rule"] = options.Rule,
+            ["dgl_head"] = options.Rule == "dgl" ? (options.RuleSettings.DglHead == DglHeadKind.ManPlusPlus ? "manpp" : "mlp-sr") : null,
+            ["infopro"] = options.Rule == "infopro" ? InfoProConfig(options) : null,
             ["man"] = man is not null,
             ["man_ablation"] = man is null ? null : man.Ablation switch
             {
@@ -166,6 +173,7 @@ internal static class TrainCommand
             },
             ["man_init"] = man is null ? null : man.Initialization == ManInitialization.Next ? "next" : "random",
             ["ema_momentum"] = man?.Momentum,
+            ["man_mix"] = man is null ? null : man.LearnableMix ? "learnable" : "sum",
             ["epochs"] = options.Epochs,
             ["batch_size"] = options.BatchSize,
             ["lr"] = options.EffectiveLearningRate,
@@ -176,6 +184,28 @@ internal static class TrainCommand
             ["threads"] = TorchSharp.torch.get_num_threads(),
             ["device"] = options.Device,
             ["out"] = Path.GetFullPath(outDir),
+        };
+    }
+
+    // The InfoPro settings as resolved for the first segment (classifier, loss, λ, schedule, the first segment's weights).
+    private static JsonObject InfoProConfig(TrainingOptions options)
+    {
+        var trainer = new Trainer(options);
+        var (network, plan, rule) = trainer.Build(10, DatasetKind.Get(options.Dataset).ImageSize);
+        using var _ = network;
+        var infoPro = (InfoProRule)rule;
+        var context = new HeadContext(network, plan, 0, network.UnitInfos[0].Output, options.Man is null ? null : plan.NextUnit(0), options.Augmentation.Normalization);
+        var (classifier, mode, lambdas, schedule) = infoPro.Resolve(context);
+        return new JsonObject
+        {
+            ["aux_config"] = classifier switch
+            {
+                AuxClassifierConfig.C0F1 => "0c1f", AuxClassifierConfig.C0F2 => "0c2f", AuxClassifierConfig.C1F1 => "1c1f",
+                AuxClassifierConfig.C1F2 => "1c2f", AuxClassifierConfig.C1F3 => "1c3f", _ => "2c2f",
+            },
+            ["loss"] = mode == InfoProLossMode.CrossEntropy ? "ce" : "contrast",
+            ["lambda"] = lambdas.ToString(),
+            ["lambda_schedule"] = schedule == LambdaSchedule.ModuleIndex ? "module" : "stage",
         };
     }
 

@@ -41,7 +41,7 @@ public static class MatFile
         var (type, size, _) = ReadTag(reader);
         var body = reader.ReadBytes(size);
         if (body.Length != size) throw new EndOfStreamException();
-        Pad(reader, size);
+        if (type != MiCompressed) Pad(reader, size); // compressed elements are not padded
         if (type == MiCompressed)
         {
             using var inflated = new MemoryStream();

@@ -171,6 +171,19 @@ public static class InfoProLambdaTable
         [("svhn", 110, 16)] = new(5, 0.2, 0.5, 1),
     };
 
+    /// <summary>
+    /// λ for a Table 1 preset: the table's entry when InfoPro's authors ran that cell, otherwise the entry of the same data
+    /// set at the nearest K of ResNet-110 (the depth they ran on SVHN and STL-10), or of CIFAR-10 at the same depth.
+    /// </summary>
+    public static (InfoProLambdas Lambdas, string Source) ForPreset(string dataset, int depth, int k)
+    {
+        if (TryGet(dataset, depth, k, out var exact)) return (exact, "InfoPro's setting");
+        foreach (var (d, kk) in new[] { (depth, 16), (110, k), (110, k <= 8 ? 8 : 16), (110, 16) })
+            if (TryGet(dataset, d, kk, out var borrowed)) return (borrowed, $"borrowed from InfoPro's {dataset} ResNet-{d} K={kk}");
+        TryGet("cifar10", depth, 16, out var fallback);
+        return (fallback, $"borrowed from InfoPro's cifar10 ResNet-{depth} K=16");
+    }
+
     /// <summary>Looks up the λ InfoPro's authors ran.</summary>
     public static bool TryGet(string dataset, int depth, int k, out InfoProLambdas lambdas) =>
         Table.TryGetValue((dataset.ToLowerInvariant(), depth, k), out lambdas);

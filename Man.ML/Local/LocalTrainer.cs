@@ -179,7 +179,7 @@ public sealed class LocalTrainer : IDisposable
         using (var scope = NewDisposeScope())
         {
             var range = Plan.Segments[segment];
-            man?.BeforeForward(segment);
+            if (segment < Plan.K - 1) man?.BeforeForward(segment);
             var h = Network.ForwardUnits(input, range.Start, range.End);  // (B, C, H, W) of the segment's last unit
             Tensor loss;
             if (segment == Plan.K - 1)

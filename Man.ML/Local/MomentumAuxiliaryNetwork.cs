@@ -22,7 +22,10 @@ public enum ManAblation
     /// <summary>Learnable copy only: y = LB(x).</summary>
     LbOnly,
 
-    /// <summary>Parameter copy without averaging (m = 0): EMA[j] holds next(j)'s live parameters at every forward.</summary>
+    /// <summary>
+    /// Parameter copy without averaging (m = 0), the paper's Table 5 "Parameter" row: y = Copy(x) where Copy holds
+    /// next(j)'s live parameters at every forward (no learnable copy, as in Table 5).
+    /// </summary>
     ParameterCopy,
 }
 
@@ -55,7 +58,7 @@ public sealed record MomentumOptions
     public bool LearnableMix { get; init; }
 
     /// <summary>Whether the trainable LB copy exists.</summary>
-    public bool HasLearnableCopy => Ablation != ManAblation.EmaOnly;
+    public bool HasLearnableCopy => Ablation is not (ManAblation.EmaOnly or ManAblation.ParameterCopy);
 
     /// <summary>Whether the gradient-free EMA copy exists.</summary>
     public bool HasEmaCopy => Ablation != ManAblation.LbOnly;

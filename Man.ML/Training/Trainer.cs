@@ -50,7 +50,8 @@ public sealed class Trainer
     /// <summary>Builds the network, split and rule the options describe (seeded), without training.</summary>
     public (UnitChainNetwork Network, SplitPlan Plan, ILocalLearningRule Rule) Build(int classes, int imageSize)
     {
-        var rule = LocalLearningRules.Create(Options.Rule, Options.RuleSettings);
+        var settings = Options.RuleSettings with { InfoPro = Options.RuleSettings.InfoPro with { Dataset = Options.Dataset } };
+        var rule = LocalLearningRules.Create(Options.Rule, settings);
         if (!rule.IsLocal && Options.K != 1)
             throw new ArgumentException($"Rule '{rule.Name}' is end-to-end backprop and needs K = 1 (got K = {Options.K}).");
         if (Options.Man is not null && Options.K == 1)

@@ -7,6 +7,9 @@ namespace Man.ML.Training;
 /// <summary>Options of a local-learning training run.</summary>
 public sealed record TrainingOptions
 {
+    /// <summary>Data set kind (cifar10, svhn, stl10): selects InfoPro's λ table entry. Default cifar10.</summary>
+    public string Dataset { get; init; } = "cifar10";
+
     /// <summary>Architecture: resnet32, resnet110 or resnet&lt;6n+2&gt;. Default resnet32.</summary>
     public string Architecture { get; init; } = "resnet32";
 
