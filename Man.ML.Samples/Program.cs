@@ -10,4 +10,7 @@ root.Subcommands.Add(ScoreModelCommand.Create());
 root.Subcommands.Add(ScoringThroughputCommand.Create());
 root.Subcommands.Add(PresetsCommand.Create());
 root.Subcommands.Add(SummarizeCommand.Create());
+root.Subcommands.Add(MeasureSpeedCommand.Create());
+root.Subcommands.Add(BenchCommand.Create());
+root.Subcommands.Add(PlotCommand.Create());
 return root.Parse(args).Invoke();

@@ -40,7 +40,7 @@ public sealed class DglRule(DglHeadKind head = DglHeadKind.MlpSr) : ILocalLearni
 }
 
 /// <summary>DGL's MLP-SR auxiliary classifier for a C×S×S feature map.</summary>
-public sealed class DglHead : AuxiliaryHead
+public sealed class DglHead : AuxiliaryHead, IHasCost
 {
     private readonly int firstPool;
     private readonly int secondPool;
@@ -83,10 +83,25 @@ public sealed class DglHead : AuxiliaryHead
         using var scope = NewDisposeScope();
         return nn.functional.cross_entropy(call(features), targets.Labels).MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// Keeps the pooled map and, per 1x1 conv layer, its output and ReLU output; per hidden linear layer, its input's
+    /// BN input and ReLU output; the logits' softmax. Pooling keeps nothing of its input.
+    /// </summary>
+    public ModuleCost Cost(FeatureShape input)
+    {
+        int c = input.Channels;
+        long pooled = (long)c * firstPool * firstPool, features = (long)c * secondPool * secondPool;
+        long classes = ((TorchSharp.Modules.Linear)mlp[^1]).weight!.shape[0];
+        long saved = pooled * 7 + features * 5 + classes;
+        long flops = 3 * LayerCost.LinearFlops(c, c) * firstPool * firstPool + 2 * LayerCost.LinearFlops(features, features)
+                     + LayerCost.LinearFlops(features, classes);
+        return new ModuleCost(new FeatureShape((int)classes, 1, 1), 0, saved, false, flops);
+    }
 }
 
 /// <summary>MAN++'s DGL head (reference-code-spec.md §2.3 (a)).</summary>
-public sealed class DglManPlusPlusHead : AuxiliaryHead
+public sealed class DglManPlusPlusHead : AuxiliaryHead, IHasCost
 {
     private const int Width = 128, Hidden = 512;
     private readonly Sequential convs;
@@ -122,5 +137,16 @@ public sealed class DglManPlusPlusHead : AuxiliaryHead
     {
         using var scope = NewDisposeScope();
         return nn.functional.cross_entropy(call(features), targets.Labels).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Like <see cref="DglHead.Cost"/> with 128 channels at 8x8 and 512-wide linear layers.</summary>
+    public ModuleCost Cost(FeatureShape input)
+    {
+        long classes = ((TorchSharp.Modules.Linear)mlp[^1]).weight!.shape[0];
+        long pooled = 64L * input.Channels;
+        long saved = pooled + 6 * 64L * Width + Width + 3 * 2 * Hidden + classes;
+        long flops = 64L * (LayerCost.LinearFlops(input.Channels, Width) + 2 * LayerCost.LinearFlops(Width, Width))
+                     + LayerCost.LinearFlops(Width, Hidden) + 2 * LayerCost.LinearFlops(Hidden, Hidden) + LayerCost.LinearFlops(Hidden, classes);
+        return new ModuleCost(new FeatureShape((int)classes, 1, 1), 0, saved, false, flops);
     }
 }

@@ -190,11 +190,13 @@ public static class InfoProLambdaTable
 }
 
 /// <summary>InfoPro's auxiliary network: decoder and classifier on one segment's features.</summary>
-public sealed class InfoProHead : AuxiliaryHead
+public sealed class InfoProHead : AuxiliaryHead, IHasCost
 {
     private const int DecoderWidth = 12, EmbeddingWidth = 128;
     private readonly Sequential decoder;
     private readonly Sequential classifier;
+    private readonly AuxClassifierConfig config;
+    private readonly int outputs;
     private readonly Tensor mean;
     private readonly Tensor std;
     private readonly long[] imageSize;
@@ -219,7 +221,9 @@ public sealed class InfoProHead : AuxiliaryHead
         decoder = nn.Sequential(
             nn.Conv2d(input.Channels, DecoderWidth, 3, padding: 1), nn.BatchNorm2d(DecoderWidth), nn.ReLU(inplace: true),
             nn.Conv2d(DecoderWidth, image.Channels, 3, padding: 1), nn.Sigmoid());
-        classifier = AuxClassifier(input.Channels, config, mode == InfoProLossMode.CrossEntropy ? classes : EmbeddingWidth);
+        this.config = config;
+        outputs = mode == InfoProLossMode.CrossEntropy ? classes : EmbeddingWidth;
+        classifier = AuxClassifier(input.Channels, config, outputs);
         mean = tensor(normalization.Mean).view(1, -1, 1, 1);
         std = tensor(normalization.Std).view(1, -1, 1, 1);
         RegisterComponents();
@@ -269,6 +273,51 @@ public sealed class InfoProHead : AuxiliaryHead
         using var scope = NewDisposeScope();
         var up = nn.functional.interpolate(x, imageSize, mode: InterpolationMode.Bilinear, align_corners: true); // (B, C, H, W)
         return decoder.call(up).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Decoder (when λ1 ≠ 0): the resized map (conv input), conv output, ReLU output, the sigmoid output and the
+    /// reconstruction target. Classifier (when λ2 ≠ 0): its input, per conv its output and ReLU output, per linear layer
+    /// its input, the output's softmax or similarity matrix. Its input counts once.
+    /// </summary>
+    public ModuleCost Cost(FeatureShape input)
+    {
+        long image = imageSize[0] * imageSize[1];
+        long saved = 0, flops = 0;
+        bool keepsInput = false;
+        if (ReconstructionWeight != 0)
+        {
+            var up = new FeatureShape(input.Channels, (int)imageSize[0], (int)imageSize[1]);
+            saved += up.Elements + 2 * DecoderWidth * image + 2 * 3 * image;
+            flops += LayerCost.ConvFlops(up, new FeatureShape(DecoderWidth, up.Height, up.Width), 3)
+                     + LayerCost.ConvFlops(new FeatureShape(DecoderWidth, up.Height, up.Width), new FeatureShape(3, up.Height, up.Width), 3);
+        }
+        if (ClassificationWeight != 0)
+        {
+            int convs = config switch { AuxClassifierConfig.C0F1 or AuxClassifierConfig.C0F2 => 0, AuxClassifierConfig.C2F2 => 2, _ => 1 };
+            int linears = config switch { AuxClassifierConfig.C0F1 or AuxClassifierConfig.C1F1 => 1, AuxClassifierConfig.C1F3 => 3, _ => 2 };
+            var shape = input;
+            keepsInput = convs > 0;
+            for (int c = 0; c < convs; c++)
+            {
+                bool first = c == 0;
+                var output = LayerCost.ConvOutput(shape, first && input.Channels < 64 ? 2 * input.Channels : shape.Channels, 3,
+                    first && input.Channels < 64 ? 2 : 1, 1);
+                flops += LayerCost.ConvFlops(shape, output, 3);
+                saved += 2 * output.Elements;
+                shape = output;
+            }
+            long width = shape.Channels;
+            for (int f = 0; f < linears; f++)
+            {
+                long outWidth = f == linears - 1 ? outputs : EmbeddingWidth;
+                flops += LayerCost.LinearFlops(width, outWidth);
+                saved += width;
+                width = outWidth;
+            }
+            saved += outputs;
+        }
+        return new ModuleCost(new FeatureShape(outputs, 1, 1), keepsInput ? input.Elements : 0, saved, false, flops);
     }
 
     /// <inheritdoc />

@@ -65,7 +65,7 @@ public sealed record MomentumOptions
 }
 
 /// <summary>MAN's two copies of next(j) for one segment j.</summary>
-public sealed class MomentumBranch : nn.Module<Tensor, Tensor>
+public sealed class MomentumBranch : nn.Module<Tensor, Tensor>, IHasCost
 {
     private readonly nn.Module<Tensor, Tensor>? learnable;
     private readonly nn.Module<Tensor, Tensor>? ema;
@@ -116,6 +116,20 @@ public sealed class MomentumBranch : nn.Module<Tensor, Tensor>
         else y = (learnable ?? ema)!.call(x);
         return y.MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// Both copies keep the shared input once and their own tensors; their sum y is a new tensor (kept by the head that
+    /// consumes it). Forward FLOPs are both copies'.
+    /// </summary>
+    public ModuleCost Cost(FeatureShape input)
+    {
+        var copies = new[] { learnable, ema }.OfType<IHasCost>().Select(c => c.Cost(input)).ToList();
+        return new ModuleCost(copies[0].Output, copies.Max(c => c.SavedInput), copies.Sum(c => c.SavedInternal), false,
+            copies.Sum(c => c.ForwardFlops));
+    }
+
+    /// <summary>Forward FLOPs of the gradient-free EMA copy alone (its backward computes input gradients only).</summary>
+    public long EmaForwardFlops(FeatureShape input) => ema is IHasCost c ? c.Cost(input).ForwardFlops : 0;
 
     /// <summary>θ(EMA) ← m·θ(EMA) + (1 − m)·θ(next), parameters only (BatchNorm running statistics stay EMA's own).</summary>
     public void UpdateEma(nn.Module<Tensor, Tensor> next, double momentum)

@@ -32,7 +32,7 @@ public sealed class PredSimRule : ILocalLearningRule
 }
 
 /// <summary>PredSim's similarity and prediction heads on one segment's features.</summary>
-public sealed class PredSimHead : AuxiliaryHead
+public sealed class PredSimHead : AuxiliaryHead, IHasCost
 {
     /// <summary>Most features the prediction head's pooling leaves.</summary>
     public const int MaxPredictionFeatures = 1024;
@@ -89,6 +89,19 @@ public sealed class PredSimHead : AuxiliaryHead
         var simLoss = nn.functional.mse_loss(similarity, SimilarityMatrix(oneHot).detach());
         var predLoss = nn.functional.cross_entropy(call(features), targets.Labels);
         return (PredSimRule.SimilarityWeight * simLoss + PredSimRule.PredictionWeight * predLoss).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Keeps its input (the similarity conv's), the conv output (for the standard deviations), the per-channel standard
+    /// deviations and normalised rows, the B×B matrix (per sample: B entries; counted as the channel count here, a small
+    /// term), the pooled features and the logits' softmax.
+    /// </summary>
+    public ModuleCost Cost(FeatureShape input)
+    {
+        long pooled = input.Channels * (input.Height / poolKernel[0]) * (input.Width / poolKernel[1]);
+        long saved = input.Elements + 3L * input.Channels + pooled + classes;
+        long flops = LayerCost.ConvFlops(input, input, 3) + LayerCost.LinearFlops(pooled, classes);
+        return new ModuleCost(new FeatureShape(classes, 1, 1), input.Elements, saved, false, flops);
     }
 
     /// <summary>

@@ -9,7 +9,7 @@ using static TorchSharp.torch;
 namespace Man.ML.Models;
 
 /// <summary>Stem of a CIFAR ResNet: conv 3x3 (no bias), batch norm, ReLU.</summary>
-public sealed class CifarStem : nn.Module<Tensor, Tensor>
+public sealed class CifarStem : nn.Module<Tensor, Tensor>, IHasCost
 {
     private readonly Conv2d conv;
     private readonly BatchNorm2d bn;
@@ -28,13 +28,20 @@ public sealed class CifarStem : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         return bn.call(conv.call(x)).relu_().MoveToOuterDisposeScope(); // (B, C, H, W)
     }
+
+    /// <summary>Keeps its input (conv), the conv output (BN's input) and the ReLU output.</summary>
+    public ModuleCost Cost(FeatureShape input)
+    {
+        var output = LayerCost.ConvOutput(input, (int)conv.weight!.shape[0], 3, 1, 1);
+        return new ModuleCost(output, input.Elements, 2 * output.Elements, true, LayerCost.ConvFlops(input, output, 3));
+    }
 }
 
 /// <summary>
 /// Residual BasicBlock: conv3x3(stride) → BN → ReLU → conv3x3 → BN, plus the shortcut (identity, or 1x1 conv + BN
 /// when stride or width changes), then ReLU.
 /// </summary>
-public sealed class BasicBlock : nn.Module<Tensor, Tensor>
+public sealed class BasicBlock : nn.Module<Tensor, Tensor>, IHasCost
 {
     /// <summary>Output channels per width unit (1 for BasicBlock).</summary>
     public const int Expansion = 1;
@@ -82,10 +89,22 @@ public sealed class BasicBlock : nn.Module<Tensor, Tensor>
         var identity = downsample is null ? x : downsample.call(x);
         return h.add_(identity).relu_().MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// Keeps its input (conv1 and the projection), conv1's output (BN1's input), the ReLU output (conv2's input), conv2's
+    /// output (BN2's input), the projection conv's output (its BN's input) and the final ReLU's output.
+    /// </summary>
+    public ModuleCost Cost(FeatureShape input)
+    {
+        var output = LayerCost.ConvOutput(input, OutChannels, 3, Stride, 1);
+        long flops = LayerCost.ConvFlops(input, output, 3) + LayerCost.ConvFlops(output, output, 3)
+                     + (HasProjection ? LayerCost.ConvFlops(input, output, 1) : 0);
+        return new ModuleCost(output, input.Elements, (HasProjection ? 5 : 4) * output.Elements, true, flops);
+    }
 }
 
 /// <summary>Classification head: global average pooling, flatten, linear.</summary>
-public sealed class PooledLinearHead : nn.Module<Tensor, Tensor>
+public sealed class PooledLinearHead : nn.Module<Tensor, Tensor>, IHasCost
 {
     private readonly Linear fc;
 
@@ -102,6 +121,14 @@ public sealed class PooledLinearHead : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         var pooled = nn.functional.adaptive_avg_pool2d(x, 1).flatten(1); // (B, C)
         return fc.call(pooled).MoveToOuterDisposeScope();                // (B, classes)
+    }
+
+    /// <summary>Keeps the pooled features (the linear layer's input) and the logits' softmax (cross-entropy).</summary>
+    public ModuleCost Cost(FeatureShape input)
+    {
+        long classes = fc.weight!.shape[0];
+        return new ModuleCost(new FeatureShape((int)classes, 1, 1), 0, input.Channels + classes, false,
+            LayerCost.LinearFlops(input.Channels, classes));
     }
 }
 
@@ -159,8 +186,8 @@ public sealed class CifarResNet : UnitChainNetwork
         var strides = new List<int>();
         units.Add(new CifarStem(3, StageWidths[0]));
         var shape = new FeatureShape(StageWidths[0], imageSize, imageSize);
-        // Stem keeps conv, BN and ReLU outputs (ReLU in place on the BN output): about 2 maps of its output size.
-        infos.Add(new UnitInfo(0, "stem", 0, InputShape, shape, 2 * shape.Elements + InputShape.Elements));
+        var stemCost = ((CifarStem)units[0]).Cost(InputShape);
+        infos.Add(new UnitInfo(0, "stem", 0, InputShape, shape, stemCost.SavedInput + stemCost.SavedInternal));
         int inChannels = StageWidths[0];
         for (int stage = 0; stage < 3; stage++)
         {
@@ -168,13 +195,13 @@ public sealed class CifarResNet : UnitChainNetwork
             {
                 int stride = (stage > 0 && i == 0) ? 2 : 1;
                 int outChannels = StageWidths[stage];
-                units.Add(new BasicBlock(inChannels, outChannels, stride));
+                var block = new BasicBlock(inChannels, outChannels, stride);
+                units.Add(block);
                 strides.Add(stride);
-                var output = new FeatureShape(outChannels, (shape.Height + stride - 1) / stride, (shape.Width + stride - 1) / stride);
-                bool projection = stride != 1 || inChannels != outChannels;
-                // Saved for backward: block input, conv1 out, bn1/relu out, conv2 out, bn2/add/relu out (+ 2 for projection).
-                long saved = shape.Elements + output.Elements * (projection ? 6 : 4);
-                infos.Add(new UnitInfo(units.Count - 1, $"layer{stage + 1}[{i}]", stage + 1, shape, output, saved));
+                var cost = block.Cost(shape);
+                var output = cost.Output;
+                // The block's own tensors plus its input (the previous unit keeps that one too; it only weighs the split).
+                infos.Add(new UnitInfo(units.Count - 1, $"layer{stage + 1}[{i}]", stage + 1, shape, output, cost.SavedInput + cost.SavedInternal));
                 shape = output;
                 inChannels = outChannels;
             }

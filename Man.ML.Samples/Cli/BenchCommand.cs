@@ -1,0 +1,248 @@
+// manml bench: training memory, speed and their floors for a set of configurations, each measured in child processes
+// (memory with MALLOC_MMAP_THRESHOLD_=65536, time without it), written as DIR/bench.json, DIR/bench.md and PNG plots.
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+using Man.ML.Diagnostics;
+using Man.ML.Local;
+using Man.ML.Training;
+using Spectre.Console;
+
+namespace Man.ML.Samples.Cli;
+
+internal static partial class BenchCommand
+{
+    /// <summary>One configuration: architecture, K, rule, MAN.</summary>
+    internal sealed record Config(string Arch, int K, string Rule, bool Man)
+    {
+        public string Name => $"{Arch}-k{K}-{Rule}{(Man ? "-man" : "")}";
+
+        public static Config Parse(string name)
+        {
+            var m = ConfigPattern().Match(name.Trim().ToLowerInvariant());
+            if (!m.Success)
+                throw new CliException($"--configs entry '{name}' is not ARCH-kK-RULE[-man] (for example resnet32-k16-dgl-man).");
+            var config = new Config(m.Groups[1].Value, int.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture), m.Groups[3].Value, m.Groups[4].Success);
+            if (config.Rule == "e2e" && (config.K != 1 || config.Man)) throw new CliException($"--configs entry '{name}': e2e runs at K = 1 without MAN.");
+            return config;
+        }
+
+        /// <summary>Child-process arguments describing the configuration.</summary>
+        public IEnumerable<string> Arguments(int batch)
+        {
+            var args = new List<string> { "--arch", Arch, "--k", K.ToString(CultureInfo.InvariantCulture), "--rule", Rule, "--batch-size", batch.ToString(CultureInfo.InvariantCulture) };
+            args.Add(Man ? "--man" : "--no-man");
+            // Both InfoPro terms everywhere, so that every configuration pays for its decoder and classifier.
+            if (Rule == InfoProRule.RuleName) args.AddRange(new[] { "--lambda", "5,0.5,1,0.5", "--lambda-schedule", "module" });
+            return args;
+        }
+    }
+
+    [GeneratedRegex(@"^(resnet\d+)-k(\d+)-(e2e|dgl|infopro|predsim)(-man)?$")]
+    private static partial Regex ConfigPattern();
+
+    /// <summary>ResNet-32 at K ∈ {1, 2, 4, 8, 16} and ResNet-110 at K ∈ {1, 32, 55}; every local K for every rule, with and without MAN.</summary>
+    internal static IReadOnlyList<Config> Defaults()
+    {
+        var list = new List<Config>();
+        foreach (var (arch, ks) in new[] { ("resnet32", new[] { 2, 4, 8, 16 }), ("resnet110", new[] { 32, 55 }) })
+        {
+            list.Add(new Config(arch, 1, "e2e", false));
+            foreach (int k in ks)
+                foreach (var rule in new[] { "dgl", "infopro", "predsim" })
+                    foreach (bool man in new[] { false, true })
+                        list.Add(new Config(arch, k, rule, man));
+        }
+        return list;
+    }
+
+    public static Command Create()
+    {
+        var output = new Option<string>("--out") { Description = "Output folder.", Required = true };
+        var configs = new Option<string?>("--configs") { Description = "Comma-separated configurations ARCH-kK-RULE[-man] (default: the full set)." };
+        var batch = new Option<int>("--batch-size") { Description = "Batch size.", DefaultValueFactory = _ => 128 };
+        var steps = new Option<int>("--steps") { Description = "Timed steps per configuration (after 2 warm-up steps).", DefaultValueFactory = _ => 3 };
+        var device = new Option<string>("--device") { Description = "Device: cpu or cuda.", DefaultValueFactory = _ => "cpu" };
+        var command = new Command("bench", "Measure training memory, step time and their floors for a set of configurations.")
+        {
+            output, configs, batch, steps, device,
+        };
+        command.SetAction(parse => CliErrors.Run(() =>
+        {
+            var outDir = parse.GetValue(output)!;
+            Directory.CreateDirectory(outDir);
+            var list = parse.GetValue(configs) is { } text ? text.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(Config.Parse).ToList() : Defaults().ToList();
+            int b = parse.GetValue(batch), n = parse.GetValue(steps);
+            string dev = parse.GetValue(device)!;
+            if (b < 2 || n < 1) throw new CliException("--batch-size must be at least 2 and --steps at least 1.");
+            if (dev != "cpu" && !TorchSharp.torch.cuda.is_available()) throw new CliException($"--device {dev}: CUDA is not available here.");
+            TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
+            double peak = MatrixRate.MeasureGflops(Trainer.ResolveDevice(dev));
+            var commandLine = "manml bench " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1).SkipWhile(a => a != "bench").Skip(1));
+            AnsiConsole.MarkupLine($"peak float32 matrix rate of this libtorch: [bold]{peak:0.0} GFLOP/s[/] ({TorchSharp.torch.get_num_threads()} threads); {list.Count} configurations");
+
+            var results = new List<JsonObject>();
+            foreach (var config in list)
+            {
+                var clock = Stopwatch.StartNew();
+                var result = Measure(config, b, n, dev, peak);
+                results.Add(result);
+                AnsiConsole.MarkupLine(Markup.Escape($"{config.Name}: {Summary(result)} ({clock.Elapsed.TotalSeconds:0} s)"));
+            }
+            var report = new JsonObject
+            {
+                ["command"] = commandLine,
+                ["date"] = DateTime.UtcNow.ToString("u", CultureInfo.InvariantCulture),
+                ["device"] = dev,
+                ["threads"] = TorchSharp.torch.get_num_threads(),
+                ["peak_matrix_gflops"] = Math.Round(peak, 1),
+                ["batch_size"] = b,
+                ["timed_steps"] = n,
+                ["configurations"] = new JsonArray(results.ToArray<JsonNode?>()),
+            };
+            AtomicFile.WriteText(Path.Combine(outDir, "bench.json"), report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            AtomicFile.WriteText(Path.Combine(outDir, "bench.md"), Markdown(report, results));
+            Plot(outDir, results);
+            AnsiConsole.MarkupLine(Markup.Escape($"wrote {Path.Combine(outDir, "bench.json")}, bench.md and plots"));
+            return 0;
+        }));
+        return command;
+    }
+
+    private static string Summary(JsonObject r) => r["error"] is { } e
+        ? $"failed: {e}"
+        : FormattableString.Invariant($"peak {r["peak_memory_mb"]} MiB (floor {r["activation_floor_mb"]}), {r["step_ms_median"]} ms/step, {r["images_per_second"]} img/s, {r["achieved_gflops"]} GFLOP/s");
+
+    private static JsonObject Measure(Config config, int batch, int steps, string device, double peak)
+    {
+        var result = new JsonObject
+        {
+            ["name"] = config.Name, ["arch"] = config.Arch, ["k"] = config.K, ["rule"] = config.Rule, ["man"] = config.Man, ["batch_size"] = batch,
+        };
+        try
+        {
+            var cost = Cost(config, batch);
+            var common = config.Arguments(batch).Concat(new[] { "--device", device }).ToList();
+            var memory = RunChild(new[] { "measure-memory" }.Concat(common).Concat(new[] { "--steps", "2", "--warmup", "2" }),
+                new Dictionary<string, string> { ["MALLOC_MMAP_THRESHOLD_"] = "65536" });
+            var speed = RunChild(new[] { "measure-speed" }.Concat(common).Concat(new[] { "--steps", steps.ToString(CultureInfo.InvariantCulture), "--warmup", "2" }), null);
+            var times = speed["step_ms"]!.AsArray().Select(t => t!.GetValue<double>()).OrderBy(t => t).ToArray();
+            double median = times[times.Length / 2];
+            double peakMemory = memory["peak_memory_mb"]!.GetValue<double>();
+            double floor = cost.ActivationFloorBytes / 1048576.0;
+            result["peak_memory_mb"] = Math.Round(peakMemory, 1);
+            result["step_ms_median"] = Math.Round(median, 1);
+            result["step_ms_min"] = Math.Round(times[0], 1);
+            result["step_ms_max"] = Math.Round(times[^1], 1);
+            result["images_per_second"] = Math.Round(batch / (median / 1000), 1);
+            result["activation_floor_mb"] = Math.Round(floor, 1);
+            result["man_floor_mb"] = Math.Round(cost.ManFloorBytes / 1048576.0, 1);
+            result["peak_over_floor"] = Math.Round(peakMemory / floor, 2);
+            result["gflops_per_step"] = Math.Round(cost.StepGflops, 2);
+            result["achieved_gflops"] = Math.Round(cost.StepGflops / (median / 1000), 1);
+            result["achieved_over_peak"] = Math.Round(cost.StepGflops / (median / 1000) / peak, 3);
+        }
+        catch (Exception e) when (e is CliException or ArgumentException or InvalidOperationException or JsonException)
+        {
+            result["error"] = e.Message.ReplaceLineEndings(" ");
+        }
+        return result;
+    }
+
+    private static TrainingCostReport Cost(Config config, int batch)
+    {
+        var options = new TrainingOptions
+        {
+            Architecture = config.Arch, K = config.K, Rule = config.Rule, BatchSize = batch,
+            Man = config.Man ? new MomentumOptions() : null,
+            RuleSettings = config.Rule == InfoProRule.RuleName
+                ? new RuleSettings { InfoPro = new InfoProSettings { Lambdas = InfoProLambdas.Parse("5,0.5,1,0.5"), Schedule = LambdaSchedule.ModuleIndex } }
+                : new RuleSettings(),
+        };
+        var (network, plan, rule) = new Trainer(options).Build(10, 32);
+        using var local = new LocalTrainer(network, plan, rule, options.Man, new OptimizerSettings(), TorchSharp.torch.CPU);
+        var report = TrainingCost.Compute(local, batch);
+        network.Dispose();
+        return report;
+    }
+
+    private static JsonObject RunChild(IEnumerable<string> args, IDictionary<string, string>? environment)
+    {
+        var self = Environment.ProcessPath!;
+        var info = new ProcessStartInfo(self) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        if (Path.GetFileNameWithoutExtension(self) == "dotnet") info.ArgumentList.Add(typeof(BenchCommand).Assembly.Location);
+        foreach (var a in args) info.ArgumentList.Add(a);
+        if (environment is not null) foreach (var (k, v) in environment) info.Environment[k] = v;
+        using var process = Process.Start(info)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(TimeSpan.FromMinutes(15)))
+        {
+            process.Kill(entireProcessTree: true);
+            throw new InvalidOperationException($"'{string.Join(' ', args)}' did not finish in 15 minutes.");
+        }
+        if (process.ExitCode != 0) throw new InvalidOperationException($"'{string.Join(' ', args)}' failed: {stderr.Result.Trim()}");
+        var line = stdout.Result.Trim().Split('\n')[^1];
+        return JsonNode.Parse(line)!.AsObject();
+    }
+
+    private static string Markdown(JsonObject report, IReadOnlyList<JsonObject> results)
+    {
+        var md = new StringBuilder();
+        md.AppendLine("# manml bench");
+        md.AppendLine();
+        md.AppendLine(FormattableString.Invariant($"`{report["command"]}` on {report["date"]}: device {report["device"]}, {report["threads"]} threads, batch {report["batch_size"]}, median of {report["timed_steps"]} timed steps after 2 warm-up steps."));
+        md.AppendLine(FormattableString.Invariant($"Peak float32 matrix rate of this libtorch, measured in the same run: **{report["peak_matrix_gflops"]} GFLOP/s**."));
+        md.AppendLine();
+        md.AppendLine("Peak memory: VmHWM minus VmRSS before the measured steps, in a child process with `MALLOC_MMAP_THRESHOLD_=65536`. Floor: float32 activations the largest segment (with its auxiliary head and MAN's copies) keeps for backward, from layer shapes. GFLOP: convolution and linear layers, forward + both gradients (EMA copies: forward + input gradient).");
+        md.AppendLine();
+        md.AppendLine("| name | arch | K | rule | MAN | peak MiB | floor MiB | peak/floor | MAN floor MiB | step ms (median) | min | max | images/s | GFLOP/step | GFLOP/s | of peak |");
+        md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        foreach (var r in results)
+        {
+            if (r["error"] is { } e) { md.AppendLine($"| {r["name"]} | {r["arch"]} | {r["k"]} | {r["rule"]} | {r["man"]} | failed: {e} |||||||||||"); continue; }
+            md.AppendLine(FormattableString.Invariant(
+                $"| {r["name"]} | {r["arch"]} | {r["k"]} | {r["rule"]} | {((bool)r["man"]! ? "yes" : "no")} | {r["peak_memory_mb"]} | {r["activation_floor_mb"]} | {r["peak_over_floor"]} | {r["man_floor_mb"]} | {r["step_ms_median"]} | {r["step_ms_min"]} | {r["step_ms_max"]} | {r["images_per_second"]} | {r["gflops_per_step"]} | {r["achieved_gflops"]} | {r["achieved_over_peak"]} |"));
+        }
+        return md.ToString();
+    }
+
+    private static void Plot(string outDir, IReadOnlyList<JsonObject> results)
+    {
+        var ok = results.Where(r => r["error"] is null).ToList();
+        foreach (var arch in ok.Select(r => r["arch"]!.GetValue<string>()).Distinct())
+        {
+            var rows = ok.Where(r => r["arch"]!.GetValue<string>() == arch).ToList();
+            var e2e = rows.FirstOrDefault(r => r["rule"]!.GetValue<string>() == "e2e");
+            var groups = rows.Where(r => r["rule"]!.GetValue<string>() != "e2e")
+                .GroupBy(r => $"{r["rule"]}{((bool)r["man"]! ? " + MAN" : "")}").ToList();
+            ChartSeries Series(string name, IEnumerable<JsonObject> points, string key) => new(name,
+                points.Select(p => (double)p["k"]!.GetValue<int>()).ToList(), points.Select(p => p[key]!.GetValue<double>()).ToList());
+            IEnumerable<JsonObject> WithE2e(IEnumerable<JsonObject> g) => (e2e is null ? g : g.Prepend(e2e)).OrderBy(p => p["k"]!.GetValue<int>());
+            if (groups.Count == 0) continue;
+            Charts.Line(Path.Combine(outDir, $"memory-vs-k-{arch}.png"), $"{arch}: peak training memory (K = 1 is E2E)", "K (segments)", "MiB",
+                groups.Select(g => Series(g.Key, WithE2e(g), "peak_memory_mb")).ToList(), logX: true);
+            Charts.Line(Path.Combine(outDir, $"throughput-vs-k-{arch}.png"), $"{arch}: training throughput (K = 1 is E2E)", "K (segments)", "images/s",
+                groups.Select(g => Series(g.Key, WithE2e(g), "images_per_second")).ToList(), logX: true);
+        }
+        // MAN's overhead per rule: MAN / no MAN, memory and time, averaged over the local configurations measured both ways.
+        var pairs = ok.Where(r => (bool)r["man"]!)
+            .Select(m => (Man: m, Plain: ok.FirstOrDefault(p => !(bool)p["man"]! && p["arch"]!.ToString() == m["arch"]!.ToString()
+                                                                && p["k"]!.GetValue<int>() == m["k"]!.GetValue<int>() && p["rule"]!.ToString() == m["rule"]!.ToString())))
+            .Where(p => p.Plain is not null).ToList();
+        if (pairs.Count == 0) return;
+        var rules = pairs.Select(p => p.Man["rule"]!.GetValue<string>()).Distinct().ToList();
+        double Mean(string rule, string key) => pairs.Where(p => p.Man["rule"]!.GetValue<string>() == rule)
+            .Average(p => p.Man[key]!.GetValue<double>() / p.Plain![key]!.GetValue<double>());
+        Charts.Bars(Path.Combine(outDir, "man-overhead.png"), "MAN's overhead (MAN / without MAN, mean over K)", "ratio", rules,
+            new (string, IReadOnlyList<double>)[]
+            {
+                ("peak memory", rules.Select(r => Mean(r, "peak_memory_mb")).ToList()),
+                ("step time", rules.Select(r => Mean(r, "step_ms_median")).ToList()),
+            });
+    }
+}
