@@ -13,4 +13,5 @@ root.Subcommands.Add(SummarizeCommand.Create());
 root.Subcommands.Add(MeasureSpeedCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(PlotCommand.Create());
+root.Subcommands.Add(ProfileCommand.Create());
 return root.Parse(args).Invoke();

@@ -2,7 +2,7 @@
 // §2.1, §3.6): a decoder that reconstructs the (de-normalised, augmented) input image from a segment's features and an
 // auxiliary classifier in one of six configurations; the local loss is λ1·BCE(reconstruction) + λ2·(CE or supervised
 // contrastive). λ is interpolated over the local-module index (InfoPro) or over the stage of the unit MAN copies (MAN's
-// code); a schedule that yields a negative weight is an error.
+// code); a schedule that yields a negative weight, or zero for both terms (a segment that would not learn), is an error.
 using Man.ML.Data;
 using Man.ML.Models;
 using TorchSharp;

@@ -1,0 +1,36 @@
+// manml profile: per-unit forward and backward times of a network beside their FLOPs, and the peak matrix rate.
+using System.CommandLine;
+using Man.ML.Diagnostics;
+using Man.ML.Models;
+using Spectre.Console;
+
+namespace Man.ML.Samples.Cli;
+
+internal static class ProfileCommand
+{
+    public static Command Create()
+    {
+        var arch = new Option<string>("--arch") { Description = "Architecture.", DefaultValueFactory = _ => "resnet32" };
+        var batch = new Option<int>("--batch-size") { Description = "Batch size.", DefaultValueFactory = _ => 128 };
+        var repeats = new Option<int>("--repeats") { Description = "Timed repeats per unit (median reported).", DefaultValueFactory = _ => 5 };
+        var command = new Command("profile", "Per-unit forward and backward time and achieved GFLOP/s of a network's training step.") { arch, batch, repeats };
+        command.SetAction(parse => CliErrors.Run(() =>
+        {
+            TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
+            double peak = MatrixRate.MeasureGflops();
+            using var network = Architectures.Create(parse.GetValue(arch)!);
+            var profiles = UnitProfiler.Profile(network, parse.GetValue(batch), parse.GetValue(repeats));
+            var table = new Table().Title($"{network.Architecture}, batch {parse.GetValue(batch)}; peak matrix rate {peak:0.0} GFLOP/s")
+                .AddColumns("unit", "forward ms", "backward ms", "GFLOP", "GFLOP/s", "of peak");
+            foreach (var p in profiles)
+                table.AddRow(p.Name, p.ForwardMs.ToString("0.0"), p.BackwardMs.ToString("0.0"), p.StepGflop.ToString("0.00"),
+                    p.AchievedGflops.ToString("0.0"), (p.AchievedGflops / peak).ToString("0.00"));
+            double f = profiles.Sum(p => p.ForwardMs), b = profiles.Sum(p => p.BackwardMs), g = profiles.Sum(p => p.StepGflop);
+            table.AddRow("[bold]all units[/]", f.ToString("0.0"), b.ToString("0.0"), g.ToString("0.00"), (g / ((f + b) / 1000)).ToString("0.0"),
+                (g / ((f + b) / 1000) / peak).ToString("0.00"));
+            AnsiConsole.Write(table);
+            return 0;
+        }));
+        return command;
+    }
+}
