@@ -14,4 +14,7 @@ root.Subcommands.Add(MeasureSpeedCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(PlotCommand.Create());
 root.Subcommands.Add(ProfileCommand.Create());
+root.Subcommands.Add(AnalysisCommands.Probe());
+root.Subcommands.Add(AnalysisCommands.CkaCommand());
+root.Subcommands.Add(AnalysisCommands.Features());
 return root.Parse(args).Invoke();
