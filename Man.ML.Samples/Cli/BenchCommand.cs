@@ -208,7 +208,53 @@ internal static partial class BenchCommand
             md.AppendLine(FormattableString.Invariant(
                 $"| {r["name"]} | {r["arch"]} | {r["k"]} | {r["rule"]} | {((bool)r["man"]! ? "yes" : "no")} | {r["peak_memory_mb"]} | {r["activation_floor_mb"]} | {r["peak_over_floor"]} | {r["man_floor_mb"]} | {r["step_ms_median"]} | {r["step_ms_min"]} | {r["step_ms_max"]} | {r["images_per_second"]} | {r["gflops_per_step"]} | {r["achieved_gflops"]} | {r["achieved_over_peak"]} |"));
         }
+        Targets(md, report, results.Where(r => r["error"] is null).ToList());
         return md.ToString();
+    }
+
+    // The issue's targets, as measured ratios (only where the configurations they need were measured).
+    private static void Targets(StringBuilder md, JsonObject report, IReadOnlyList<JsonObject> ok)
+    {
+        string F(double v) => v.ToString("0.00", CultureInfo.InvariantCulture);
+        JsonObject? Find(string name) => ok.FirstOrDefault(r => r["name"]!.GetValue<string>() == name);
+        double Get(JsonObject r, string key) => r[key]!.GetValue<double>();
+        md.AppendLine();
+        md.AppendLine("## Targets (measured ratios)");
+        md.AppendLine();
+        md.AppendLine("| target | measured | limit | met |");
+        md.AppendLine("|---|---|---|---|");
+        void Row(string what, double value, string limit, bool met) => md.AppendLine($"| {what} | {F(value)} | {limit} | {(met ? "yes" : "**no**")} |");
+        if (Find("resnet32-k1-e2e") is { } e2e)
+        {
+            if (Find("resnet32-k16-dgl") is { } dgl) { double r = Get(dgl, "peak_memory_mb") / Get(e2e, "peak_memory_mb"); Row("ResNet-32 DGL K=16 peak / K=1 peak", r, "≤ 0.45", r <= 0.45); }
+            if (Find("resnet32-k16-dgl-man") is { } man) { double r = Get(man, "peak_memory_mb") / Get(e2e, "peak_memory_mb"); Row("ResNet-32 DGL+MAN K=16 peak / K=1 peak", r, "≤ 0.65", r <= 0.65); }
+        }
+        if (ok.Count > 0)
+        {
+            var worst = ok.MaxBy(r => Get(r, "peak_over_floor"))!;
+            Row($"largest peak / activation floor ({worst["name"]})", Get(worst, "peak_over_floor"), "≤ 1.5", Get(worst, "peak_over_floor") <= 1.5);
+        }
+        double peak = report["peak_matrix_gflops"]!.GetValue<double>();
+        foreach (var e2eRow in ok.Where(r => r["rule"]!.GetValue<string>() == "e2e"))
+        {
+            double r = Get(e2eRow, "achieved_gflops") / peak;
+            Row($"{e2eRow["arch"]} E2E achieved GFLOP/s / peak matrix rate", r, "≥ 0.7", r >= 0.7);
+            var locals = ok.Where(x => x["arch"]!.ToString() == e2eRow["arch"]!.ToString() && x["rule"]!.GetValue<string>() != "e2e").ToList();
+            if (locals.Count == 0) continue;
+            var slowest = locals.MinBy(x => Get(x, "achieved_gflops"))!;
+            double ratio = Get(slowest, "achieved_gflops") / Get(e2eRow, "achieved_gflops");
+            Row($"{e2eRow["arch"]} lowest local achieved GFLOP/s / K=1's ({slowest["name"]})", ratio, "≥ 0.9", ratio >= 0.9);
+        }
+        var pairs = ok.Where(r => (bool)r["man"]!).Select(m => (Man: m, Plain: Find(m["name"]!.GetValue<string>()[..^"-man".Length]))).Where(p => p.Plain is not null).ToList();
+        if (pairs.Count == 0) return;
+        md.AppendLine();
+        md.AppendLine("MAN's memory overhead at every K beside what its copies' activations alone account for (floor of the largest segment's copies):");
+        md.AppendLine();
+        md.AppendLine("| configuration | peak without MAN MiB | peak with MAN MiB | overhead MiB | copies' activations MiB | step time ratio |");
+        md.AppendLine("|---|---|---|---|---|---|");
+        foreach (var (m, p) in pairs)
+            md.AppendLine(FormattableString.Invariant(
+                $"| {m["name"]} | {Get(p!, "peak_memory_mb")} | {Get(m, "peak_memory_mb")} | {Get(m, "peak_memory_mb") - Get(p!, "peak_memory_mb"):0.0} | {Get(m, "man_floor_mb")} | {Get(m, "step_ms_median") / Get(p!, "step_ms_median"):0.00} |"));
     }
 
     private static void Plot(string outDir, IReadOnlyList<JsonObject> results)
