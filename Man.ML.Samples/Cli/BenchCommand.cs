@@ -65,7 +65,7 @@ internal static partial class BenchCommand
         var output = new Option<string>("--out") { Description = "Output folder.", Required = true };
         var configs = new Option<string?>("--configs") { Description = "Comma-separated configurations ARCH-kK-RULE[-man] (default: the full set)." };
         var batch = new Option<int>("--batch-size") { Description = "Batch size.", DefaultValueFactory = _ => 128 };
-        var steps = new Option<int>("--steps") { Description = "Timed steps per configuration (after 2 warm-up steps).", DefaultValueFactory = _ => 3 };
+        var steps = new Option<int>("--steps") { Description = "Timed steps per configuration (after 1 warm-up step).", DefaultValueFactory = _ => 3 };
         var device = new Option<string>("--device") { Description = "Device: cpu or cuda.", DefaultValueFactory = _ => "cpu" };
         var command = new Command("bench", "Measure training memory, step time and their floors for a set of configurations.")
         {
@@ -127,9 +127,9 @@ internal static partial class BenchCommand
         {
             var cost = Cost(config, batch);
             var common = config.Arguments(batch).Concat(new[] { "--device", device }).ToList();
-            var memory = RunChild(new[] { "measure-memory" }.Concat(common).Concat(new[] { "--steps", "2", "--warmup", "2" }),
+            var memory = RunChild(new[] { "measure-memory" }.Concat(common).Concat(new[] { "--steps", "1", "--warmup", "1" }),
                 new Dictionary<string, string> { ["MALLOC_MMAP_THRESHOLD_"] = "65536" });
-            var speed = RunChild(new[] { "measure-speed" }.Concat(common).Concat(new[] { "--steps", steps.ToString(CultureInfo.InvariantCulture), "--warmup", "2" }), null);
+            var speed = RunChild(new[] { "measure-speed" }.Concat(common).Concat(new[] { "--steps", steps.ToString(CultureInfo.InvariantCulture), "--warmup", "1" }), null);
             var times = speed["step_ms"]!.AsArray().Select(t => t!.GetValue<double>()).OrderBy(t => t).ToArray();
             double median = times[times.Length / 2];
             double peakMemory = memory["peak_memory_mb"]!.GetValue<double>();
@@ -195,7 +195,7 @@ internal static partial class BenchCommand
         var md = new StringBuilder();
         md.AppendLine("# manml bench");
         md.AppendLine();
-        md.AppendLine(FormattableString.Invariant($"`{report["command"]}` on {report["date"]}: device {report["device"]}, {report["threads"]} threads, batch {report["batch_size"]}, median of {report["timed_steps"]} timed steps after 2 warm-up steps."));
+        md.AppendLine(FormattableString.Invariant($"`{report["command"]}` on {report["date"]}: device {report["device"]}, {report["threads"]} threads, batch {report["batch_size"]}, median of {report["timed_steps"]} timed steps after 1 warm-up step; memory: 1 measured step after 1 warm-up step."));
         md.AppendLine(FormattableString.Invariant($"Peak float32 matrix rate of this libtorch, measured in the same run: **{report["peak_matrix_gflops"]} GFLOP/s**."));
         md.AppendLine();
         md.AppendLine("Peak memory: VmHWM minus VmRSS before the measured steps, in a child process with `MALLOC_MMAP_THRESHOLD_=65536`. Floor: float32 activations the largest segment (with its auxiliary head and MAN's copies) keeps for backward, from layer shapes. GFLOP: convolution and linear layers, forward + both gradients (EMA copies: forward + input gradient).");
