@@ -23,7 +23,7 @@ internal static class ProfileCommand
             var table = new Table().Title($"{network.Architecture}, batch {parse.GetValue(batch)}; peak matrix rate {peak:0.0} GFLOP/s")
                 .AddColumns("unit", "forward ms", "backward ms", "GFLOP", "GFLOP/s", "of peak");
             foreach (var p in profiles)
-                table.AddRow(p.Name, p.ForwardMs.ToString("0.0"), p.BackwardMs.ToString("0.0"), p.StepGflop.ToString("0.00"),
+                table.AddRow(Markup.Escape(p.Name), p.ForwardMs.ToString("0.0"), p.BackwardMs.ToString("0.0"), p.StepGflop.ToString("0.00"),
                     p.AchievedGflops.ToString("0.0"), (p.AchievedGflops / peak).ToString("0.00"));
             double f = profiles.Sum(p => p.ForwardMs), b = profiles.Sum(p => p.BackwardMs), g = profiles.Sum(p => p.StepGflop);
             table.AddRow("[bold]all units[/]", f.ToString("0.0"), b.ToString("0.0"), g.ToString("0.00"), (g / ((f + b) / 1000)).ToString("0.0"),
