@@ -65,7 +65,7 @@ public sealed class TrainingTests
         var man = Assert.ThrowsExactly<ArgumentException>(() =>
             new Trainer(new TrainingOptions { Architecture = "resnet8", Rule = "dgl", K = 1 }).Train(train, null));
         StringAssert.Contains(man.Message, "MAN");
-        Assert.ThrowsExactly<ArgumentException>(() => new Trainer(new TrainingOptions { Rule = "predsim" }).Build(10, 32));
+        Assert.ThrowsExactly<ArgumentException>(() => new Trainer(new TrainingOptions { Rule = "forward-forward" }).Build(10, 32));
     }
 
     [TestMethod]
