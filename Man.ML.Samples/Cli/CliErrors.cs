@@ -5,6 +5,15 @@ namespace Man.ML.Samples.Cli;
 
 internal static class CliErrors
 {
+    /// <summary>The metrics.json of a finished run folder, or a clear error.</summary>
+    public static System.Text.Json.JsonElement ReadRunMetrics(string dir)
+    {
+        var path = Path.Combine(dir, "metrics.json");
+        if (!File.Exists(path)) throw new CliException($"'{path}' does not exist: is '{dir}' a finished run?");
+        try { return System.Text.Json.JsonDocument.Parse(File.ReadAllText(path)).RootElement; }
+        catch (System.Text.Json.JsonException e) { throw new CliException($"'{path}' is not valid JSON: {e.Message}"); }
+    }
+
     public static int Run(Func<int> action)
     {
         try

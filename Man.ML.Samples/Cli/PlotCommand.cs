@@ -18,11 +18,7 @@ internal static class PlotCommand
             var series = new List<ChartSeries>();
             foreach (var dir in parse.GetValue(runs)!)
             {
-                var path = Path.Combine(dir, "metrics.json");
-                if (!File.Exists(path)) throw new CliException($"'{path}' does not exist: is '{dir}' a finished run?");
-                JsonElement root;
-                try { root = JsonDocument.Parse(File.ReadAllText(path)).RootElement; }
-                catch (JsonException e) { throw new CliException($"'{path}' is not valid JSON: {e.Message}"); }
+                var root = CliErrors.ReadRunMetrics(dir);
                 var name = Path.GetFileName(Path.TrimEndingDirectorySeparator(dir));
                 var epochs = root.GetProperty("epochs").EnumerateArray().ToList();
                 var x = epochs.Select(e => (double)e.GetProperty("epoch").GetInt32()).ToList();

@@ -17,11 +17,7 @@ internal static class SummarizeCommand
             Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
             foreach (var dir in parse.GetValue(runs)!)
             {
-                var path = Path.Combine(dir, "metrics.json");
-                if (!File.Exists(path)) throw new CliException($"'{path}' does not exist: is '{dir}' a finished run?");
-                JsonElement root;
-                try { root = JsonDocument.Parse(File.ReadAllText(path)).RootElement; }
-                catch (JsonException e) { throw new CliException($"'{path}' is not valid JSON: {e.Message}"); }
+                var root = CliErrors.ReadRunMetrics(dir);
                 var c = root.GetProperty("config");
                 var f = root.GetProperty("final");
                 string Fmt(double v, string format) => v.ToString(format, CultureInfo.InvariantCulture);

@@ -27,12 +27,9 @@ public static class TrainingMemoryProbe
     public static TrainingMemoryReport Measure(TrainingOptions options, int steps = 3, int warmupSteps = 2, int classes = 10, int imageSize = 32)
     {
         if (!ProcessMemory.IsSupported) throw new PlatformNotSupportedException("Memory probing reads /proc (Linux only).");
-        var trainer = new Trainer(options);
         var device = Trainer.ResolveDevice(options.Device);
-        var (network, plan, rule) = trainer.Build(classes, imageSize);
-        using var local = new LocalTrainer(network, plan, rule, options.Man,
-            new OptimizerSettings { LearningRate = options.EffectiveLearningRate, WeightDecay = options.WeightDecay }, device,
-            options.Augmentation.Normalization);
+        using var local = new Trainer(options).CreateLocalTrainer(classes, imageSize, device);
+        var network = local.Network;
         local.SetTraining(true);
         var generator = new Random(options.Seed);
         var labels = Enumerable.Range(0, options.BatchSize).Select(_ => (long)generator.Next(classes)).ToArray();

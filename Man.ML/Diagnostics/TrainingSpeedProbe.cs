@@ -14,10 +14,8 @@ public static class TrainingSpeedProbe
     public static IReadOnlyList<double> Measure(TrainingOptions options, int steps = 5, int warmupSteps = 2, int classes = 10, int imageSize = 32)
     {
         var device = Trainer.ResolveDevice(options.Device);
-        var (network, plan, rule) = new Trainer(options).Build(classes, imageSize);
-        using var local = new LocalTrainer(network, plan, rule, options.Man,
-            new OptimizerSettings { LearningRate = options.EffectiveLearningRate, WeightDecay = options.WeightDecay }, device,
-            options.Augmentation.Normalization);
+        using var local = new Trainer(options).CreateLocalTrainer(classes, imageSize, device);
+        var network = local.Network;
         local.SetTraining(true);
         var generator = new Random(options.Seed);
         using var y = tensor(Enumerable.Range(0, options.BatchSize).Select(_ => (long)generator.Next(classes)).ToArray()).to(device);

@@ -62,6 +62,15 @@ public sealed class Trainer
         return (network, plan, rule);
     }
 
+    /// <summary>Builds the network and its local trainer (auxiliary heads, MAN, optimizer) on <paramref name="device"/>.</summary>
+    public LocalTrainer CreateLocalTrainer(int classes, int imageSize, Device device)
+    {
+        var (network, plan, rule) = Build(classes, imageSize);
+        return new LocalTrainer(network, plan, rule, Options.Man,
+            new OptimizerSettings { LearningRate = Options.EffectiveLearningRate, WeightDecay = Options.WeightDecay }, device,
+            Options.Augmentation.Normalization);
+    }
+
     /// <summary>Trains on <paramref name="train"/>, evaluating on <paramref name="validation"/> after every epoch and
     /// on each of <paramref name="tests"/> at the end.</summary>
     public TrainingResult Train(LabeledImages train, LabeledImages? validation,
@@ -70,10 +79,8 @@ public sealed class Trainer
         if (train.Count < Options.BatchSize && train.Count < 2)
             throw new ArgumentException($"Training needs at least 2 images (got {train.Count}).");
         var device = ResolveDevice(Options.Device);
-        var (network, plan, rule) = Build(train.ClassNames.Count, (int)train.Images.shape[2]);
-        using var local = new LocalTrainer(network, plan, rule, Options.Man,
-            new OptimizerSettings { LearningRate = Options.EffectiveLearningRate, WeightDecay = Options.WeightDecay }, device,
-            Options.Augmentation.Normalization);
+        using var local = CreateLocalTrainer(train.ClassNames.Count, (int)train.Images.shape[2], device);
+        var (network, plan) = (local.Network, local.Plan);
 
         int batches = (train.Count + Options.BatchSize - 1) / Options.BatchSize;
         // A last batch of one image would break batch norm: fold it into the previous one.
