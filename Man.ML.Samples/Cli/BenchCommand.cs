@@ -128,7 +128,10 @@ internal static partial class BenchCommand
             var cost = Cost(config, batch);
             var common = config.Arguments(batch).Concat(new[] { "--device", device }).ToList();
             var memory = RunChild(new[] { "measure-memory" }.Concat(common).Concat(new[] { "--steps", "1", "--warmup", "1" }),
-                new Dictionary<string, string> { ["MALLOC_MMAP_THRESHOLD_"] = "65536" });
+                device == "cpu"
+                    ? new Dictionary<string, string> { ["MALLOC_MMAP_THRESHOLD_"] = "65536" }
+                    // NVML sees the whole device; without caching, PyTorch's usage tracks live tensors.
+                    : new Dictionary<string, string> { ["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1" });
             var speed = RunChild(new[] { "measure-speed" }.Concat(common).Concat(new[] { "--steps", steps.ToString(CultureInfo.InvariantCulture), "--warmup", "1" }), null);
             var times = speed["step_ms"]!.AsArray().Select(t => t!.GetValue<double>()).OrderBy(t => t).ToArray();
             double median = times[times.Length / 2];
@@ -198,7 +201,10 @@ internal static partial class BenchCommand
         md.AppendLine(FormattableString.Invariant($"`{report["command"]}` on {report["date"]}: device {report["device"]}, {report["threads"]} threads, batch {report["batch_size"]}, median of {report["timed_steps"]} timed steps after 1 warm-up step; memory: 1 measured step after 1 warm-up step."));
         md.AppendLine(FormattableString.Invariant($"Peak float32 matrix rate of this libtorch, measured in the same run: **{report["peak_matrix_gflops"]} GFLOP/s**."));
         md.AppendLine();
-        md.AppendLine("Peak memory: VmHWM minus VmRSS before the measured steps, in a child process with `MALLOC_MMAP_THRESHOLD_=65536`. Floor: float32 activations the largest segment (with its auxiliary head and MAN's copies) keeps for backward, from layer shapes. GFLOP: convolution and linear layers, forward + both gradients (EMA copies: forward + input gradient).");
+        md.AppendLine((report["device"]!.GetValue<string>() == "cpu"
+            ? "Peak memory: VmHWM minus VmRSS before the measured steps, in a child process with `MALLOC_MMAP_THRESHOLD_=65536`."
+            : "Peak memory: device memory sampled through NVML every millisecond during the measured steps minus the use before them, in a child process with `PYTORCH_NO_CUDA_MEMORY_CACHING=1` (so the caching allocator keeps nothing back and the figure tracks live tensors; with caching, reserved blocks would count).") +
+            " Floor: float32 activations the largest segment (with its auxiliary head and MAN's copies) keeps for backward, from layer shapes. GFLOP: convolution and linear layers, forward + both gradients (EMA copies: forward + input gradient).");
         md.AppendLine();
         md.AppendLine("| name | arch | K | rule | MAN | peak MiB | floor MiB | peak/floor | MAN floor MiB | step ms (median) | min | max | images/s | GFLOP/step | GFLOP/s | of peak |");
         md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");

@@ -13,7 +13,8 @@ namespace Man.ML.Diagnostics;
 /// <param name="PeakAboveBaselineBytes">VmHWM during the measured steps minus VmRSS just before them.</param>
 /// <param name="BaselineBytes">VmRSS just before the measured steps (weights, optimizer state, runtime).</param>
 /// <param name="Steps">Measured steps.</param>
-/// <param name="MallocThresholdSet">Whether MALLOC_MMAP_THRESHOLD_ was set in this process's environment.</param>
+/// <param name="MallocThresholdSet">Whether the memory-tracking setting was in this process's environment
+/// (CPU: MALLOC_MMAP_THRESHOLD_; CUDA: PYTORCH_NO_CUDA_MEMORY_CACHING=1).</param>
 public sealed record TrainingMemoryReport(long PeakAboveBaselineBytes, long BaselineBytes, int Steps, bool MallocThresholdSet)
 {
     /// <summary>Peak above baseline in MiB.</summary>
@@ -26,6 +27,7 @@ public static class TrainingMemoryProbe
     /// <summary>Runs <paramref name="warmupSteps"/> then <paramref name="steps"/> measured steps of the configuration.</summary>
     public static TrainingMemoryReport Measure(TrainingOptions options, int steps = 3, int warmupSteps = 2, int classes = 10, int imageSize = 32)
     {
+        if (options.Device.StartsWith("cuda", StringComparison.OrdinalIgnoreCase)) return MeasureCuda(options, steps, warmupSteps, classes, imageSize);
         if (!ProcessMemory.IsSupported) throw new PlatformNotSupportedException("Memory probing reads /proc (Linux only).");
         var device = Trainer.ResolveDevice(options.Device);
         using var local = new Trainer(options).CreateLocalTrainer(classes, imageSize, device);
@@ -46,5 +48,28 @@ public static class TrainingMemoryProbe
         network.Dispose();
         return new TrainingMemoryReport(Math.Max(0, peak - baseline), baseline, steps,
             Environment.GetEnvironmentVariable("MALLOC_MMAP_THRESHOLD_") is not null);
+    }
+
+    // On CUDA: device memory sampled through NVML around the measured steps (the baseline holds weights, gradients and
+    // optimizer state after warm-up). Meaningful with PYTORCH_NO_CUDA_MEMORY_CACHING=1, else it includes the allocator's cache.
+    private static TrainingMemoryReport MeasureCuda(TrainingOptions options, int steps, int warmupSteps, int classes, int imageSize)
+    {
+        var device = Trainer.ResolveDevice(options.Device);
+        using var local = new Trainer(options).CreateLocalTrainer(classes, imageSize, device);
+        local.SetTraining(true);
+        var generator = new Random(options.Seed);
+        using var y = tensor(Enumerable.Range(0, options.BatchSize).Select(_ => (long)generator.Next(classes)).ToArray()).to(device);
+        using var x = randn(options.BatchSize, 3, imageSize, imageSize).to(device);
+        for (int i = 0; i < warmupSteps; i++) local.Step(x, y);
+        cuda.synchronize();
+        using var sampler = new CudaMemorySampler(device.index < 0 ? 0 : device.index);
+        long baseline = sampler.UsedBytes();
+        sampler.ResetPeak();
+        for (int i = 0; i < steps; i++) local.Step(x, y);
+        cuda.synchronize();
+        long peak = sampler.PeakBytes;
+        local.Network.Dispose();
+        return new TrainingMemoryReport(Math.Max(0, peak - baseline), baseline, steps,
+            Environment.GetEnvironmentVariable("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1");
     }
 }
