@@ -17,4 +17,4 @@ root.Subcommands.Add(ProfileCommand.Create());
 root.Subcommands.Add(AnalysisCommands.Probe());
 root.Subcommands.Add(AnalysisCommands.CkaCommand());
 root.Subcommands.Add(AnalysisCommands.Features());
-return root.Parse(args).Invoke();
+return root.Parse(TrainCommand.WithResumedArguments(args)).Invoke();

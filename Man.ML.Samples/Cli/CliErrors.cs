@@ -29,6 +29,11 @@ internal static class CliErrors
             Console.Error.WriteLine($"manml: error: {message.ReplaceLineEndings(" ")}");
             return 2;
         }
+        catch (Man.ML.Training.NonFiniteTrainingException e)
+        {
+            Console.Error.WriteLine($"manml: training stopped: {e.Message}");
+            return 3;
+        }
         catch (OperationCanceledException)
         {
             Console.Error.WriteLine("manml: cancelled.");

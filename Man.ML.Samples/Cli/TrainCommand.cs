@@ -15,6 +15,23 @@ internal static class TrainCommand
     /// <summary>The bundled CIFAR-10 sample (copied next to the executable).</summary>
     public static string BundledSample => Path.Combine(AppContext.BaseDirectory, "data", "cifar10-sample");
 
+    private const string ArgumentsFile = "run.args.json";
+
+    /// <summary>
+    /// `manml train --resume DIR` continues with the options the run was started with (saved in DIR/run.args.json when
+    /// it began): those arguments come first, then whatever is given now.
+    /// </summary>
+    public static string[] WithResumedArguments(string[] args)
+    {
+        if (args.Length == 0 || args[0] != "train") return args;
+        int at = Array.IndexOf(args, "--resume");
+        if (at < 0 || at + 1 >= args.Length) return args;
+        var saved = Path.Combine(args[at + 1], ArgumentsFile);
+        if (!File.Exists(saved)) return args;
+        var original = System.Text.Json.JsonSerializer.Deserialize<string[]>(File.ReadAllText(saved)) ?? Array.Empty<string>();
+        return new[] { "train" }.Concat(original).Concat(args.Skip(1)).ToArray();
+    }
+
     public static Command Create()
     {
         var model = new ModelOptions();
@@ -23,18 +40,39 @@ internal static class TrainCommand
         var valSplit = new Option<int?>("--val-split") { Description = "Hold out the last N images of --data for validation (default 1000, unless --val is given)." };
         var val = new Option<string[]>("--val") { Description = "Validation files instead of a held-out split.", AllowMultipleArgumentsPerToken = true };
         var test = new Option<string[]>("--test") { Description = "Extra evaluation sets, each reported separately.", AllowMultipleArgumentsPerToken = true };
-        var output = new Option<string>("--out") { Description = "Output folder for metrics.json and model.ckpt.", DefaultValueFactory = _ => "runs/latest" };
+        var output = new Option<string>("--out") { Description = "Output folder for metrics.json and model.ckpt (default runs/latest, or the --resume folder).", DefaultValueFactory = _ => "runs/latest" };
+        var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "Write DIR/run.ckpt (everything needed to resume) every N epochs and at the end; 0: never.", DefaultValueFactory = _ => 0 };
+        var resume = new Option<string?>("--resume") { Description = "Continue the run whose folder holds run.ckpt (same options); writes there unless --out is given." };
+        var onNonFinite = new Option<string>("--on-nonfinite") { Description = "On a NaN or infinite loss or gradient: stop (default) or skip-step.", DefaultValueFactory = _ => "stop" };
 
         var command = new Command("train", "Train a network by supervised local learning (DGL + MAN at K = 16 by default).");
-        foreach (var o in model.All.Concat(new Option[] { data, trainLimit, valSplit, val, test, output })) command.Options.Add(o);
+        foreach (var o in model.All.Concat(new Option[] { data, trainLimit, valSplit, val, test, output, checkpointEvery, resume, onNonFinite })) command.Options.Add(o);
         command.SetAction((parse, cancellation) => Task.FromResult(CliErrors.Run(() =>
         {
             model.ApplyThreads(parse);
             var options = model.ToTrainingOptions(parse);
             options.Validate();
             var dataset = DatasetKind.Get(options.Dataset);
-            var outDir = parse.GetValue(output)!;
+            var resumeDir = parse.GetValue(resume);
+            var outDir = resumeDir is not null && parse.GetResult(output) is null or { Implicit: true } ? resumeDir : parse.GetValue(output)!;
+            string? resumeFrom = null;
+            if (resumeDir is not null)
+            {
+                resumeFrom = Path.Combine(resumeDir, "run.ckpt");
+                if (!File.Exists(resumeFrom)) throw new CliException($"--resume '{resumeDir}' holds no run.ckpt (train with --checkpoint-every N to write one).");
+            }
+            int every = parse.GetValue(checkpointEvery);
+            if (every < 0) throw new CliException($"--checkpoint-every must be 0 or more (got {every}).");
+            var policy = parse.GetValue(onNonFinite)!.ToLowerInvariant() switch
+            {
+                "stop" => NonFinitePolicy.Stop,
+                "skip-step" => NonFinitePolicy.SkipStep,
+                var other => throw new CliException($"--on-nonfinite '{other}' is not one of stop, skip-step."),
+            };
             PrepareOutput(outDir);
+            if (every > 0 && resumeDir is null)
+                AtomicFile.WriteText(Path.Combine(outDir, ArgumentsFile), JsonSerializer.Serialize(
+                    parse.Tokens.Where(t => t.Type != System.CommandLine.Parsing.TokenType.Command).Select(t => t.Value).ToArray()));
 
             string[] dataPaths;
             if (parse.GetValue(data) is { Length: > 0 } given) dataPaths = given;
@@ -65,7 +103,13 @@ internal static class TrainCommand
             }
             var tests = testPaths.Select(p => (Name: Path.GetFileName(Path.TrimEndingDirectorySeparator(p)), Data: dataset.Read(new[] { p }))).ToList();
 
-            var trainer = new Trainer(options);
+            var trainer = new Trainer(options)
+            {
+                CheckpointPath = every > 0 || resumeFrom is not null ? Path.Combine(outDir, "run.ckpt") : null,
+                CheckpointEvery = every,
+                ResumeFrom = resumeFrom,
+                OnNonFinite = policy,
+            };
             var (probe, plan, _) = trainer.Build(pool.ClassNames.Count, (int)pool.Images.shape[2]);
             var config = Config(parse, options, parse.GetValue(model.Preset), dataPaths, limit, holdOut, valPaths, testPaths, outDir, pool.Count, validation.Count, plan.Describe(probe), plan.Source);
             probe.Dispose();
@@ -184,6 +228,9 @@ internal static class TrainCommand
             ["threads"] = TorchSharp.torch.get_num_threads(),
             ["device"] = options.Device,
             ["out"] = Path.GetFullPath(outDir),
+            ["checkpoint_every"] = parse.GetValue<int>("--checkpoint-every"),
+            ["resume"] = parse.GetValue<string?>("--resume"),
+            ["on_nonfinite"] = parse.GetValue<string>("--on-nonfinite"),
         };
     }
 

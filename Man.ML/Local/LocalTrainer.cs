@@ -31,7 +31,28 @@ public sealed record OptimizerSettings
 /// <param name="Correct">Correct predictions of the network's head on the batch.</param>
 /// <param name="Count">Batch size.</param>
 /// <param name="SegmentLosses">Each segment's local loss (the last one equals <paramref name="Loss"/>).</param>
-public sealed record StepResult(float Loss, long Correct, long Count, float[] SegmentLosses);
+/// <param name="Skipped">Whether the step was dropped because of a non-finite value (<see cref="NonFinitePolicy.SkipStep"/>).</param>
+public sealed record StepResult(float Loss, long Correct, long Count, float[] SegmentLosses, bool Skipped = false);
+
+/// <summary>What to do when a loss or gradient is NaN or infinite.</summary>
+public enum NonFinitePolicy
+{
+    /// <summary>Stop training with <see cref="NonFiniteException"/> (the default).</summary>
+    Stop,
+
+    /// <summary>Drop the step (no optimizer update) and go on.</summary>
+    SkipStep,
+}
+
+/// <summary>A segment's loss or a gradient became NaN or infinite.</summary>
+public sealed class NonFiniteException(string what, int segment) : Exception($"{what} of segment {segment} is not finite.")
+{
+    /// <summary>What was not finite ("the local loss", "a gradient").</summary>
+    public string What { get; } = what;
+
+    /// <summary>The segment (for a gradient: the first whose parameters hold one).</summary>
+    public int Segment { get; } = segment;
+}
 
 /// <summary>What one segment's part of a step produced.</summary>
 /// <param name="Output">The segment's output, detached from its graph; null for the last segment.</param>
@@ -145,23 +166,63 @@ public sealed class LocalTrainer : IDisposable
     /// <summary>One mini-batch: every segment's local forward and backward in turn, then one optimizer step.</summary>
     /// <param name="images">Augmented, normalised images, (B, C, H, W), on the trainer's device.</param>
     /// <param name="labels">Class indices, (B), int64, on the trainer's device.</param>
-    public StepResult Step(Tensor images, Tensor labels)
+    public StepResult Step(Tensor images, Tensor labels) => Step(images, labels, NonFinitePolicy.Stop);
+
+    /// <summary>One mini-batch with a policy for NaN or infinite losses and gradients.</summary>
+    /// <exception cref="NonFiniteException">A loss or gradient is not finite and the policy is <see cref="NonFinitePolicy.Stop"/>; no update was made.</exception>
+    public StepResult Step(Tensor images, Tensor labels, NonFinitePolicy policy)
     {
         optimizer.zero_grad();
         var targets = new LocalTargets(labels, images);
         var segmentLosses = new float[Plan.K];
         long correct = 0;
         Tensor x = images;
-        for (int j = 0; j < Plan.K; j++)
+        // A dropped step must leave no trace: batch-norm statistics move during the forward passes, so keep them.
+        // (and MAN's EMA copies move after each local backward).
+        var buffers = policy == NonFinitePolicy.SkipStep
+            ? Network.buffers().Concat(auxiliary.buffers()).Concat(auxiliary.parameters().Where(p => !p.requires_grad)).ToList()
+            : null;
+        var saved = buffers?.Select(b => b.detach().clone().DetachFromDisposeScope()).ToList();
+        try
         {
-            var result = TrainSegment(j, x, targets);
-            segmentLosses[j] = result.Loss;
-            correct = result.Correct;
-            if (!ReferenceEquals(x, images)) x.Dispose();
-            x = result.Output!;
+            for (int j = 0; j < Plan.K; j++)
+            {
+                var result = TrainSegment(j, x, targets);
+                segmentLosses[j] = result.Loss;
+                correct = result.Correct;
+                if (!ReferenceEquals(x, images)) x.Dispose();
+                x = result.Output!;
+            }
+            CheckGradients();
+        }
+        catch (NonFiniteException) when (policy == NonFinitePolicy.SkipStep)
+        {
+            if (!ReferenceEquals(x, images)) x?.Dispose();
+            optimizer.zero_grad();
+            using (no_grad()) foreach (var (buffer, copy) in buffers!.Zip(saved!)) buffer.copy_(copy);
+            return new StepResult(float.NaN, 0, labels.shape[0], segmentLosses, Skipped: true);
+        }
+        finally
+        {
+            if (saved is not null) foreach (var copy in saved) copy.Dispose();
         }
         optimizer.step();
         return new StepResult(segmentLosses[^1], correct, labels.shape[0], segmentLosses);
+    }
+
+    // Every gradient, segment by segment, so the message can name the first segment that holds a bad one.
+    private void CheckGradients()
+    {
+        using var scope = NewDisposeScope();
+        for (int j = 0; j < Plan.K; j++)
+        {
+            var range = Plan.Segments[j];
+            var parameters = Enumerable.Range(range.Start, range.Length).SelectMany(u => Network.Units[u].parameters())
+                .Concat(j < Plan.K - 1 ? heads[j].parameters() : Network.Head.parameters())
+                .Concat(j < Plan.K - 1 && man is not null ? man[j].parameters() : Enumerable.Empty<Parameter>());
+            foreach (var p in parameters)
+                if (p.grad is { } g && !g.isfinite().all().item<bool>()) throw new NonFiniteException("A gradient", j);
+        }
     }
 
     /// <summary>
@@ -194,8 +255,9 @@ public sealed class LocalTrainer : IDisposable
                 loss = heads[segment].Loss(y, targets);
                 handOver = h.detach().MoveToOuterDisposeScope();           // gradient isolation
             }
-            loss.backward();
             lossValue = loss.item<float>();
+            if (!float.IsFinite(lossValue)) throw new NonFiniteException("The local loss", segment); // before any gradient is made
+            loss.backward();
         }
         if (segment < Plan.K - 1) man?.AfterLocalBackward(segment);
         return new SegmentResult(handOver, lossValue, correct);

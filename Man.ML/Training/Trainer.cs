@@ -9,6 +9,9 @@ using static TorchSharp.torch;
 
 namespace Man.ML.Training;
 
+/// <summary>Training stopped at a NaN or infinite loss or gradient; the message names the segment, the step and the last good checkpoint.</summary>
+public sealed class NonFiniteTrainingException(string message, Exception inner) : Exception(message, inner);
+
 /// <summary>A finished run: the trained backbone and its figures.</summary>
 public sealed record TrainingResult(UnitChainNetwork Network, SplitPlan Plan, IReadOnlyList<EpochMetrics> Epochs,
     FinalMetrics Final);
@@ -24,6 +27,24 @@ public sealed class Trainer
 
     /// <summary>Raised after every epoch (with its evaluation).</summary>
     public event Action<EpochMetrics>? EpochCompleted;
+
+    /// <summary>Raised after a run checkpoint is written, with its path and the epochs it holds.</summary>
+    public event Action<string, int>? CheckpointWritten;
+
+    /// <summary>Where run checkpoints are written (null: none). Written atomically, replacing the previous one.</summary>
+    public string? CheckpointPath { get; init; }
+
+    /// <summary>Write a run checkpoint every this many epochs (0: never; the last epoch always when a path is set).</summary>
+    public int CheckpointEvery { get; init; }
+
+    /// <summary>A run checkpoint to continue from (same configuration), or null.</summary>
+    public string? ResumeFrom { get; init; }
+
+    /// <summary>What to do with a NaN or infinite loss or gradient. Default: stop.</summary>
+    public NonFinitePolicy OnNonFinite { get; init; } = NonFinitePolicy.Stop;
+
+    /// <summary>Steps dropped so far for non-finite values (with <see cref="NonFinitePolicy.SkipStep"/>).</summary>
+    public int SkippedSteps { get; private set; }
 
     /// <summary>Creates a trainer; the options are validated here.</summary>
     public Trainer(TrainingOptions options)
@@ -87,10 +108,16 @@ public sealed class Trainer
         if (batches > 1 && train.Count % Options.BatchSize == 1) batches--;
         var schedule = new CosineWarmupSchedule(Options.EffectiveLearningRate, Options.Epochs, batches);
         var epochs = new List<EpochMetrics>();
-        double trainSeconds = 0;
-        long imagesSeen = 0;
+        string? lastCheckpoint = null;
+        if (ResumeFrom is not null)
+        {
+            epochs.AddRange(TrainingCheckpoint.Restore(ResumeFrom, Options, local).Epochs);
+            lastCheckpoint = ResumeFrom;
+        }
+        double trainSeconds = epochs.Sum(e => e.Seconds);
+        long imagesSeen = (long)epochs.Count * train.Count;
 
-        for (int epoch = 0; epoch < Options.Epochs; epoch++)
+        for (int epoch = epochs.Count; epoch < Options.Epochs; epoch++)
         {
             local.SetTraining(true);
             var random = new Random(unchecked(Options.Seed * 1_000_003 + epoch)); // order and augmentation of this epoch
@@ -110,7 +137,18 @@ public sealed class Trainer
                 {
                     var (pixels, labels) = train.Gather(order[start..end]);
                     var x = Options.Augmentation.Apply(pixels, random).to(device);
-                    result = local.Step(x, labels.to(device));
+                    try { result = local.Step(x, labels.to(device), OnNonFinite); }
+                    catch (NonFiniteException e)
+                    {
+                        throw new NonFiniteTrainingException(
+                            $"{e.What} of segment {e.Segment} became NaN or infinite at epoch {epoch + 1}, step {b + 1}; training stopped before applying it. " +
+                            (lastCheckpoint is null ? "There is no checkpoint of this run." : $"The last good checkpoint is '{lastCheckpoint}' ({epochs.Count} epochs)."), e);
+                    }
+                }
+                if (result.Skipped)
+                {
+                    SkippedSteps++;
+                    continue;
                 }
                 lossSum += result.Loss * result.Count;
                 correct += result.Correct;
@@ -139,6 +177,13 @@ public sealed class Trainer
             };
             epochs.Add(metrics);
             EpochCompleted?.Invoke(metrics);
+            bool last = epoch == Options.Epochs - 1;
+            if (CheckpointPath is not null && (last || (CheckpointEvery > 0 && (epoch + 1) % CheckpointEvery == 0)))
+            {
+                TrainingCheckpoint.Save(CheckpointPath, Options, local, epochs);
+                lastCheckpoint = CheckpointPath;
+                CheckpointWritten?.Invoke(CheckpointPath, epochs.Count);
+            }
         }
 
         Dictionary<string, double>? testAccuracy = null;

@@ -1,0 +1,110 @@
+using Man.ML.Data;
+using Man.ML.Local;
+using Man.ML.Models;
+using Man.ML.Training;
+using static TorchSharp.torch;
+
+namespace Man.ML.Tests;
+
+[TestClass]
+public sealed class ResumeTests
+{
+    private static TrainingOptions Tiny(int k = 2) => new() { Architecture = "resnet8", K = k, Epochs = 3, BatchSize = 32, Seed = 3 };
+
+    private static LabeledImages Sample(int start, int count)
+    {
+        using var all = CifarBinary.Read(new[] { TestSupport.BundledSample });
+        return all.Slice(start, count);
+    }
+
+    private static byte[] Weights(UnitChainNetwork network)
+    {
+        using var memory = new MemoryStream();
+        using (var writer = new BinaryWriter(memory, System.Text.Encoding.UTF8, leaveOpen: true)) network.save(writer);
+        return memory.ToArray();
+    }
+
+    [TestMethod]
+    public void ResumingAtEveryEpochBoundaryGivesTheUninterruptedRunBitForBit()
+    {
+        var dir = TestSupport.NewTempFolder();
+        try
+        {
+            using var train = Sample(0, 96);
+            using var val = Sample(5000, 40);
+            var full = new Trainer(Tiny()) { CheckpointPath = Path.Combine(dir, "run.ckpt"), CheckpointEvery = 1 };
+            full.CheckpointWritten += (path, epochs) => File.Copy(path, Path.Combine(dir, $"after-{epochs}.ckpt"));
+            var reference = full.Train(train, val);
+            var expected = Weights(reference.Network);
+            for (int boundary = 1; boundary < 3; boundary++)
+            {
+                var resumed = new Trainer(Tiny()) { ResumeFrom = Path.Combine(dir, $"after-{boundary}.ckpt"), CheckpointPath = Path.Combine(dir, $"resumed-{boundary}.ckpt") }
+                    .Train(train, val);
+                CollectionAssert.AreEqual(expected, Weights(resumed.Network), $"resumed after epoch {boundary}");
+                Assert.AreEqual(3, resumed.Epochs.Count);
+                for (int e = 0; e < 3; e++)
+                {
+                    Assert.AreEqual(reference.Epochs[e].TrainLoss, resumed.Epochs[e].TrainLoss, 0.0, $"epoch {e + 1} after resuming at {boundary}");
+                    Assert.AreEqual(reference.Epochs[e].ValAccuracy, resumed.Epochs[e].ValAccuracy);
+                }
+            }
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [TestMethod]
+    public void BadCheckpointsAreClearErrors()
+    {
+        var dir = TestSupport.NewTempFolder();
+        try
+        {
+            using var train = Sample(0, 64);
+            var path = Path.Combine(dir, "run.ckpt");
+            new Trainer(Tiny() with { Epochs = 1 }) { CheckpointPath = path }.Train(train, null);
+            Assert.AreEqual(1, TrainingCheckpoint.ReadHeader(path).EpochsCompleted);
+
+            var other = Assert.ThrowsExactly<InvalidDataException>(() => new Trainer(Tiny(k: 3) with { Epochs = 1 }) { ResumeFrom = path }.Train(train, null));
+            StringAssert.Contains(other.Message, "another configuration");
+
+            var bytes = File.ReadAllBytes(path);
+            var truncated = Path.Combine(dir, "cut.ckpt");
+            File.WriteAllBytes(truncated, bytes[..(bytes.Length / 2)]);
+            StringAssert.Contains(Assert.ThrowsExactly<InvalidDataException>(() => new Trainer(Tiny() with { Epochs = 1 }) { ResumeFrom = truncated }.Train(train, null)).Message, "truncated");
+
+            var newer = Path.Combine(dir, "newer.ckpt");
+            var patched = (byte[])bytes.Clone();
+            BitConverter.GetBytes(99).CopyTo(patched, "MANML-RUN\n".Length);
+            File.WriteAllBytes(newer, patched);
+            StringAssert.Contains(Assert.ThrowsExactly<InvalidDataException>(() => TrainingCheckpoint.ReadHeader(newer)).Message, "format version 99");
+
+            var foreign = Path.Combine(dir, "foreign.ckpt");
+            File.WriteAllText(foreign, "not a checkpoint at all");
+            StringAssert.Contains(Assert.ThrowsExactly<InvalidDataException>(() => TrainingCheckpoint.ReadHeader(foreign)).Message, "not a Man.ML run checkpoint");
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [TestMethod]
+    public void ANonFiniteLossStopsTrainingOrSkipsTheStep()
+    {
+        using var net = new CifarResNet(8);
+        using var trainer = new LocalTrainer(net, SplitPlan.Create(net, 2), new DglRule(), new MomentumOptions(), new OptimizerSettings(), CPU);
+        trainer.SetTraining(true);
+        using var bad = full(4, 3, 32, 32, float.NaN);
+        using var labels = tensor(new long[] { 0, 1, 2, 3 });
+        var e = Assert.ThrowsExactly<NonFiniteException>(() => trainer.Step(bad, labels));
+        Assert.AreEqual(0, e.Segment);
+        var before = Weights(net);
+        var skipped = trainer.Step(bad, labels, NonFinitePolicy.SkipStep);
+        Assert.IsTrue(skipped.Skipped);
+        CollectionAssert.AreEqual(before, Weights(net), "a skipped step must not change the weights");
+
+        // Through the trainer: an absurd learning rate blows the weights up; the message names segment, step and checkpoint.
+        using var train = Sample(0, 64);
+        var stop = Assert.ThrowsExactly<NonFiniteTrainingException>(() =>
+            new Trainer(Tiny() with { LearningRate = 1e30, Epochs = 2 }).Train(train, null));
+        StringAssert.Contains(stop.Message, "of segment");
+        StringAssert.Contains(stop.Message, "step");
+        StringAssert.Contains(stop.Message, "no checkpoint");
+    }
+}
