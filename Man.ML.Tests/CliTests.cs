@@ -26,6 +26,16 @@ public sealed class CliTests
         AssertCleanFailure(TestSupport.RunManml(new[] { "train", "--data", "/no/such/file.bin", "--out", TestSupport.NewTempFolder() }), "/no/such/file.bin");
 
     [TestMethod]
+    public void AnUnwritableOutputFolderIsReportedBeforeTraining()
+    {
+        var file = Path.Combine(TestSupport.NewTempFolder(), "a-file");
+        File.WriteAllText(file, "");
+        var r = TestSupport.RunManml(new[] { "train", "--out", Path.Combine(file, "run"), "--epochs", "1" });
+        AssertCleanFailure(r, "is not a writable folder");
+        Assert.IsFalse(r.Stdout.Contains("epoch 1"), "training started");
+    }
+
+    [TestMethod]
     public void TrainWritesCompleteMetricsAndACheckpoint()
     {
         var outDir = TestSupport.NewTempFolder();

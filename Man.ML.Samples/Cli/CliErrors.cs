@@ -21,7 +21,8 @@ internal static class CliErrors
             return action();
         }
         catch (Exception e) when (e is CliException or ArgumentException or FileNotFoundException or DirectoryNotFoundException
-                                      or InvalidDataException or UnauthorizedAccessException or PlatformNotSupportedException)
+                                      or InvalidDataException or UnauthorizedAccessException or PlatformNotSupportedException
+                                      or IOException) // a full disk at a write: files are written atomically, the previous one survives
         {
             var message = e is ArgumentException arg && arg.ParamName is not null
                 ? arg.Message.Replace($" (Parameter '{arg.ParamName}')", "")

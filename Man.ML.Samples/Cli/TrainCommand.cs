@@ -111,6 +111,7 @@ internal static class TrainCommand
                 OnNonFinite = policy,
             };
             var (probe, plan, _) = trainer.Build(pool.ClassNames.Count, (int)pool.Images.shape[2]);
+            CheckFreeSpace(outDir, probe.ParameterCount());
             var config = Config(parse, options, parse.GetValue(model.Preset), dataPaths, limit, holdOut, valPaths, testPaths, outDir, pool.Count, validation.Count, plan.Describe(probe), plan.Source);
             probe.Dispose();
             AnsiConsole.MarkupLine($"[bold]manml train[/] {options.Architecture}, K={options.K} ({(plan.Source == SplitSource.ReferencePreset ? "reference split" : "balanced split")}), rule {options.Rule}{(options.Man is null ? "" : " + MAN")}, " +
@@ -149,6 +150,17 @@ internal static class TrainCommand
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
         DictionaryKeyPolicy = null,
     };
+
+    // What can be checked before training: room for the model and, with checkpoints, a run checkpoint (backbone,
+    // auxiliary networks and MAN's copies, optimizer momentum: about 4 × the backbone's parameters, as an estimate) plus
+    // the temporary copy an atomic write needs beside the previous one.
+    private static void CheckFreeSpace(string outDir, long backboneParameters)
+    {
+        long needed = backboneParameters * sizeof(float) * 8 + (16L << 20);
+        long free = new DriveInfo(Path.GetFullPath(outDir)).AvailableFreeSpace;
+        if (free < needed)
+            throw new CliException($"--out '{outDir}' has {free >> 20} MiB free; this run's files need about {needed >> 20} MiB.");
+    }
 
     private static void PrepareOutput(string outDir)
     {

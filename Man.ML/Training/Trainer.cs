@@ -101,6 +101,20 @@ public sealed class Trainer
             throw new ArgumentException($"Training needs at least 2 images (got {train.Count}).");
         var device = ResolveDevice(Options.Device);
         using var local = CreateLocalTrainer(train.ClassNames.Count, (int)train.Images.shape[2], device);
+        try
+        {
+            return Run(local, train, validation, tests, device, cancellation);
+        }
+        catch
+        {
+            local.Network.Dispose(); // a failed or cancelled run releases everything it held
+            throw;
+        }
+    }
+
+    private TrainingResult Run(LocalTrainer local, LabeledImages train, LabeledImages? validation,
+        IReadOnlyList<(string Name, LabeledImages Data)>? tests, Device device, CancellationToken cancellation)
+    {
         var (network, plan) = (local.Network, local.Plan);
 
         int batches = (train.Count + Options.BatchSize - 1) / Options.BatchSize;
