@@ -11,12 +11,6 @@ public sealed class ResumeTests
 {
     private static TrainingOptions Tiny(int k = 2) => new() { Architecture = "resnet8", K = k, Epochs = 3, BatchSize = 32, Seed = 3 };
 
-    private static LabeledImages Sample(int start, int count)
-    {
-        using var all = CifarBinary.Read(new[] { TestSupport.BundledSample });
-        return all.Slice(start, count);
-    }
-
     private static byte[] Weights(UnitChainNetwork network)
     {
         using var memory = new MemoryStream();
@@ -30,8 +24,8 @@ public sealed class ResumeTests
         var dir = TestSupport.NewTempFolder();
         try
         {
-            using var train = Sample(0, 96);
-            using var val = Sample(5000, 40);
+            using var train = TestSupport.SampleImages(0, 96);
+            using var val = TestSupport.SampleImages(5000, 40);
             var full = new Trainer(Tiny()) { CheckpointPath = Path.Combine(dir, "run.ckpt"), CheckpointEvery = 1 };
             full.CheckpointWritten += (path, epochs) => File.Copy(path, Path.Combine(dir, $"after-{epochs}.ckpt"));
             var reference = full.Train(train, val);
@@ -58,7 +52,7 @@ public sealed class ResumeTests
         var dir = TestSupport.NewTempFolder();
         try
         {
-            using var train = Sample(0, 64);
+            using var train = TestSupport.SampleImages(0, 64);
             var path = Path.Combine(dir, "run.ckpt");
             new Trainer(Tiny() with { Epochs = 1 }) { CheckpointPath = path }.Train(train, null);
             Assert.AreEqual(1, TrainingCheckpoint.ReadHeader(path).EpochsCompleted);
@@ -100,7 +94,7 @@ public sealed class ResumeTests
         CollectionAssert.AreEqual(before, Weights(net), "a skipped step must not change the weights");
 
         // Through the trainer: an absurd learning rate blows the weights up; the message names segment, step and checkpoint.
-        using var train = Sample(0, 64);
+        using var train = TestSupport.SampleImages(0, 64);
         var stop = Assert.ThrowsExactly<NonFiniteTrainingException>(() =>
             new Trainer(Tiny() with { LearningRate = 1e30, Epochs = 2 }).Train(train, null));
         StringAssert.Contains(stop.Message, "of segment");

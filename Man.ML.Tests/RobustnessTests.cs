@@ -11,19 +11,13 @@ public sealed class RobustnessTests
 {
     public TestContext TestContext { get; set; } = null!;
 
-    private static LabeledImages Sample(int start, int count)
-    {
-        using var all = CifarBinary.Read(new[] { TestSupport.BundledSample });
-        return all.Slice(start, count);
-    }
-
     private static long LiveTensors() => DisposeScopeManager.Statistics.ThreadTotalLiveCount;
 
     [TestMethod]
     public void LiveTensorsAndMemoryStayFlatOverTwentyEpochsAndCancellingReleasesEverything()
     {
-        using var train = Sample(0, 64);
-        using var val = Sample(5000, 32);
+        using var train = TestSupport.SampleImages(0, 64);
+        using var val = TestSupport.SampleImages(5000, 32);
         var live = new List<long>();
         var resident = new List<long>();
         var trainer = new Trainer(new TrainingOptions { Architecture = "resnet8", K = 2, Epochs = 20, BatchSize = 32, Seed = 1 });

@@ -19,6 +19,13 @@ internal static class TestSupport
 
     public static string BundledSample => Path.Combine(RepositoryRoot, "Man.ML.Samples", "data", "cifar10-sample", "cifar10_sample.bin");
 
+    /// <summary>Images <paramref name="start"/> to <paramref name="start"/> + <paramref name="count"/> of the bundled CIFAR-10 sample.</summary>
+    public static Man.ML.Data.LabeledImages SampleImages(int start, int count)
+    {
+        using var all = Man.ML.Data.CifarBinary.Read(new[] { BundledSample });
+        return all.Slice(start, count);
+    }
+
     /// <summary>The manml program built beside the tests (the test project references Man.ML.Samples).</summary>
     public static string ManmlDll => Path.Combine(AppContext.BaseDirectory, "manml.dll");
 

@@ -9,17 +9,11 @@ namespace Man.ML.Tests;
 [TestClass]
 public sealed class TrainingTests
 {
-    private static LabeledImages Sample(int count)
-    {
-        using var all = CifarBinary.Read(new[] { TestSupport.BundledSample });
-        return all.Slice(0, count);
-    }
-
     [TestMethod]
     public void ATinyRunLowersItsTrainingLoss()
     {
         manual_seed(0);
-        using var data = Sample(64);
+        using var data = TestSupport.SampleImages(0, 64);
         using var net = new CifarResNet(8);
         var plan = SplitPlan.Create(net, 2);
         using var trainer = new LocalTrainer(net, plan, new DglRule(), new MomentumOptions(), new OptimizerSettings { LearningRate = 0.05 }, CPU);
@@ -38,8 +32,8 @@ public sealed class TrainingTests
     [TestMethod]
     public void TheSameSeedGivesTheSameLossesTwice()
     {
-        using var train = Sample(96);
-        using var val = Sample(40);
+        using var train = TestSupport.SampleImages(0, 96);
+        using var val = TestSupport.SampleImages(0, 40);
         var a = TinyRun(train, val, seed: 4);
         var b = TinyRun(train, val, seed: 4);
         var c = TinyRun(train, val, seed: 5);
@@ -58,7 +52,7 @@ public sealed class TrainingTests
     [TestMethod]
     public void EndToEndNeedsKOfOneAndManNeedsTwoSegments()
     {
-        using var train = Sample(8);
+        using var train = TestSupport.SampleImages(0, 8);
         var e2e = Assert.ThrowsExactly<ArgumentException>(() =>
             new Trainer(new TrainingOptions { Architecture = "resnet8", Rule = "e2e", K = 2, Man = null }).Train(train, null));
         StringAssert.Contains(e2e.Message, "K = 1");
