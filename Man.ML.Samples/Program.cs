@@ -4,13 +4,13 @@ using Man.ML.Samples.Cli;
 
 var root = new RootCommand("Man.ML: supervised local learning with Momentum Auxiliary Networks (MAN).");
 root.Subcommands.Add(TrainCommand.Create());
-root.Subcommands.Add(MeasureMemoryCommand.Create());
+root.Subcommands.Add(MeasureCommands.Memory());
 root.Subcommands.Add(ImageFolderCommand.Create());
 root.Subcommands.Add(ScoreModelCommand.Create());
 root.Subcommands.Add(ScoringThroughputCommand.Create());
 root.Subcommands.Add(PresetsCommand.Create());
 root.Subcommands.Add(SummarizeCommand.Create());
-root.Subcommands.Add(MeasureSpeedCommand.Create());
+root.Subcommands.Add(MeasureCommands.Speed());
 root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(PlotCommand.Create());
 root.Subcommands.Add(ProfileCommand.Create());

@@ -1,0 +1,56 @@
+// manml measure-memory and manml measure-speed: one configuration measured in this process on synthetic data, printed as
+// one JSON object. manml bench and the memory guard test start them as child processes (memory with
+// MALLOC_MMAP_THRESHOLD_=65536, speed without it).
+using System.CommandLine;
+using System.Text.Json;
+using Man.ML.Data;
+using Man.ML.Diagnostics;
+using Man.ML.Training;
+
+namespace Man.ML.Samples.Cli;
+
+internal static class MeasureCommands
+{
+    public static Command Memory() => Create("measure-memory",
+        "Peak training memory (MiB above the pre-step resident size) of one configuration on synthetic CIFAR-shaped data. " +
+        "Run with MALLOC_MMAP_THRESHOLD_=65536 in the environment.", defaultSteps: 3,
+        (options, steps, warmup, imageSize) =>
+        {
+            var report = TrainingMemoryProbe.Measure(options, steps, warmup, imageSize: imageSize);
+            return new
+            {
+                arch = options.Architecture,
+                k = options.K,
+                rule = options.Rule,
+                man = options.Man is not null,
+                batch_size = options.BatchSize,
+                peak_memory_mb = Math.Round(report.PeakAboveBaselineMiB, 1),
+                baseline_mb = Math.Round(report.BaselineBytes / 1048576.0, 1),
+                steps = report.Steps,
+                malloc_mmap_threshold_set = report.MallocThresholdSet,
+            };
+        });
+
+    public static Command Speed() => Create("measure-speed", "Step times (ms) of one configuration on synthetic data.", defaultSteps: 5,
+        (options, steps, warmup, imageSize) => new { step_ms = TrainingSpeedProbe.Measure(options, steps, warmup, imageSize: imageSize) });
+
+    private static Command Create(string name, string description, int defaultSteps, Func<TrainingOptions, int, int, int, object> measure)
+    {
+        var model = new ModelOptions();
+        var steps = new Option<int>("--steps") { Description = "Measured steps.", DefaultValueFactory = _ => defaultSteps };
+        var warmup = new Option<int>("--warmup") { Description = "Warm-up steps before measuring.", DefaultValueFactory = _ => 2 };
+        var command = new Command(name, description);
+        foreach (var o in model.All) command.Options.Add(o);
+        command.Options.Add(steps);
+        command.Options.Add(warmup);
+        command.SetAction(parse => CliErrors.Run(() =>
+        {
+            model.ApplyThreads(parse);
+            var options = model.ToTrainingOptions(parse);
+            var result = measure(options, parse.GetValue(steps), parse.GetValue(warmup), DatasetKind.Get(options.Dataset).ImageSize);
+            Console.WriteLine(JsonSerializer.Serialize(result));
+            return 0;
+        }));
+        return command;
+    }
+}
