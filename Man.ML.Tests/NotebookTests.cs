@@ -66,6 +66,7 @@ public sealed class NotebookTests
         Assert.AreEqual(0, errors.Count, $"{name}.ipynb: a cell failed:\n" + string.Join("\n", errors));
         Assert.AreEqual(0, r.ExitCode, $"dotnet-repl exited with {r.ExitCode} on {name}.ipynb:\n{r.Stdout}{r.Stderr}");
         Console.WriteLine($"{name}.ipynb ran in {stopwatch.Elapsed.TotalSeconds:F0} s:\n{text}");
+        Directory.Delete(Path.GetDirectoryName(output)!, true);   // kept only when the run failed
         return new NotebookRun(text.ToString(), images, stopwatch.Elapsed);
     }
 
