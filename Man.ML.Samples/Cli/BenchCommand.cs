@@ -9,6 +9,7 @@ using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 using Man.ML.Diagnostics;
 using Man.ML.Local;
+using Man.ML.Models;
 using Man.ML.Training;
 using Spectre.Console;
 
@@ -16,34 +17,54 @@ namespace Man.ML.Samples.Cli;
 
 internal static partial class BenchCommand
 {
-    /// <summary>One configuration: architecture, K, rule, MAN.</summary>
-    internal sealed record Config(string Arch, int K, string Rule, bool Man)
+    /// <summary>One configuration: architecture, K, rule, MAN and, optionally, a split table (name suffix @TABLE).</summary>
+    internal sealed record Config(string Arch, int K, string Rule, bool Man, string? Split = null)
     {
-        public string Name => $"{Arch}-k{K}-{Rule}{(Man ? "-man" : "")}";
+        public string Name => $"{Arch}-k{K}-{Rule}{(Man ? "-man" : "")}{(Split is null ? "" : "@" + Split)}";
+
+        public bool ImageNet => Architectures.FamilyOf(Arch) == NetworkFamily.ImageNet;
 
         public static Config Parse(string name)
         {
             var m = ConfigPattern().Match(name.Trim().ToLowerInvariant());
             if (!m.Success)
-                throw new CliException($"--configs entry '{name}' is not ARCH-kK-RULE[-man] (for example resnet32-k16-dgl-man).");
-            var config = new Config(m.Groups[1].Value, int.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture), m.Groups[3].Value, m.Groups[4].Success);
+                throw new CliException($"--configs entry '{name}' is not ARCH-kK-RULE[-man][@TABLE] (for example resnet32-k16-dgl-man or resnet101-k4-infopro-man@manpp).");
+            var config = new Config(m.Groups[1].Value, int.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture), m.Groups[3].Value, m.Groups[4].Success,
+                m.Groups[5].Success ? m.Groups[5].Value : null);
             if (config.Rule == "e2e" && (config.K != 1 || config.Man)) throw new CliException($"--configs entry '{name}': e2e runs at K = 1 without MAN.");
             return config;
         }
 
         /// <summary>Child-process arguments describing the configuration.</summary>
-        public IEnumerable<string> Arguments(int batch)
+        public IEnumerable<string> Arguments(int batch, int? imageSize)
         {
             var args = new List<string> { "--arch", Arch, "--k", K.ToString(CultureInfo.InvariantCulture), "--rule", Rule, "--batch-size", batch.ToString(CultureInfo.InvariantCulture) };
             args.Add(Man ? "--man" : "--no-man");
-            // Both InfoPro terms everywhere, so that every configuration pays for its decoder and classifier.
-            if (Rule == InfoProRule.RuleName) args.AddRange(new[] { "--lambda", "5,0.5,1,0.5", "--lambda-schedule", "module" });
+            if (Split is not null) args.AddRange(new[] { "--split", Split });
+            if (imageSize is int size) args.AddRange(new[] { "--image-size", size.ToString(CultureInfo.InvariantCulture) });
+            // Both InfoPro terms everywhere, so that every configuration pays for its decoder and classifier (ImageNet's
+            // default weights, 5 and 0.75 or 1 on every segment, already do).
+            if (Rule == InfoProRule.RuleName && !ImageNet) args.AddRange(new[] { "--lambda", "5,0.5,1,0.5", "--lambda-schedule", "module" });
             return args;
         }
     }
 
-    [GeneratedRegex(@"^(resnet\d+)-k(\d+)-(e2e|dgl|infopro|predsim)(-man)?$")]
+    [GeneratedRegex(@"^(resnet\d+|resnext\d+_\d+x\d+d|vgg\d+_bn)-k(\d+)-(e2e|dgl|infopro|predsim)(-man)?(?:@(man|manpp|infopro|dgl|balanced))?$")]
     private static partial Regex ConfigPattern();
+
+    /// <summary>
+    /// The ImageNet memory table (paper's Table 3): ResNet-101, ResNet-152 and ResNeXt-101 32x8d, E2E against InfoPro at
+    /// K = 2 (MAN's table) and K = 4 (MAN++'s table, MAN's first-commit table and the balancing rule), each with and without MAN.
+    /// </summary>
+    internal static IReadOnlyList<Config> ImageNetTable() =>
+        new[] { "resnet101", "resnet152", "resnext101_32x8d" }.SelectMany(arch => new[]
+        {
+            new Config(arch, 1, "e2e", false),
+            new Config(arch, 2, "infopro", false), new Config(arch, 2, "infopro", true),
+            new Config(arch, 4, "infopro", false), new Config(arch, 4, "infopro", true),
+            new Config(arch, 4, "infopro", false, SplitTables.Man), new Config(arch, 4, "infopro", true, SplitTables.Man),
+            new Config(arch, 4, "infopro", false, SplitTables.Balanced), new Config(arch, 4, "infopro", true, SplitTables.Balanced),
+        }).ToList();
 
     /// <summary>ResNet-32 at K ∈ {1, 2, 4, 8, 16} and ResNet-110 at K ∈ {1, 32, 55}; every local K for every rule, with and without MAN.</summary>
     internal static IReadOnlyList<Config> Defaults()
@@ -63,19 +84,27 @@ internal static partial class BenchCommand
     public static Command Create()
     {
         var output = new Option<string>("--out") { Description = "Output folder.", Required = true };
-        var configs = new Option<string?>("--configs") { Description = "Comma-separated configurations ARCH-kK-RULE[-man] (default: the full set)." };
+        var configs = new Option<string?>("--configs") { Description = "Comma-separated configurations ARCH-kK-RULE[-man][@TABLE], or 'imagenet' for the ImageNet memory table (default: the CIFAR set)." };
+        var imageSize = new Option<int?>("--image-size") { Description = "Input side (default: 32 for CIFAR networks, 224 for ImageNet ones)." };
         var batch = new Option<int>("--batch-size") { Description = "Batch size.", DefaultValueFactory = _ => 128 };
         var steps = new Option<int>("--steps") { Description = "Timed steps per configuration (after 1 warm-up step).", DefaultValueFactory = _ => 3 };
         var device = new Option<string>("--device") { Description = "Device: cpu or cuda.", DefaultValueFactory = _ => "cpu" };
         var command = new Command("bench", "Measure training memory, step time and their floors for a set of configurations.")
         {
-            output, configs, batch, steps, device,
+            output, configs, batch, steps, device, imageSize,
         };
         command.SetAction(parse => CliErrors.Run(() =>
         {
             var outDir = parse.GetValue(output)!;
             Directory.CreateDirectory(outDir);
-            var list = parse.GetValue(configs) is { } text ? text.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(Config.Parse).ToList() : Defaults().ToList();
+            var list = parse.GetValue(configs) switch
+            {
+                null => Defaults().ToList(),
+                "imagenet" => ImageNetTable().ToList(),
+                var text => text.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(Config.Parse).ToList(),
+            };
+            int? size = parse.GetValue(imageSize);
+            if (size is < 32) throw new CliException($"--image-size must be at least 32 (got {size}).");
             int b = parse.GetValue(batch), n = parse.GetValue(steps);
             string dev = parse.GetValue(device)!;
             if (b < 2 || n < 1) throw new CliException("--batch-size must be at least 2 and --steps at least 1.");
@@ -89,7 +118,7 @@ internal static partial class BenchCommand
             foreach (var config in list)
             {
                 var clock = Stopwatch.StartNew();
-                var result = Measure(config, b, n, dev, peak);
+                var result = Measure(config, b, n, dev, peak, size);
                 results.Add(result);
                 AnsiConsole.MarkupLine(Markup.Escape($"{config.Name}: {Summary(result)} ({clock.Elapsed.TotalSeconds:0} s)"));
             }
@@ -117,16 +146,19 @@ internal static partial class BenchCommand
         ? $"failed: {e}"
         : FormattableString.Invariant($"peak {r["peak_memory_mb"]} MiB (floor {r["activation_floor_mb"]}), {r["step_ms_median"]} ms/step, {r["images_per_second"]} img/s, {r["achieved_gflops"]} GFLOP/s");
 
-    private static JsonObject Measure(Config config, int batch, int steps, string device, double peak)
+    private static JsonObject Measure(Config config, int batch, int steps, string device, double peak, int? imageSize)
     {
+        int side = imageSize ?? (config.ImageNet ? 224 : 32);
         var result = new JsonObject
         {
             ["name"] = config.Name, ["arch"] = config.Arch, ["k"] = config.K, ["rule"] = config.Rule, ["man"] = config.Man, ["batch_size"] = batch,
+            ["image_size"] = side,
         };
         try
         {
-            var cost = Cost(config, batch);
-            var common = config.Arguments(batch).Concat(new[] { "--device", device }).ToList();
+            var cost = Cost(config, batch, side, out string split);
+            result["split"] = split;
+            var common = config.Arguments(batch, imageSize).Concat(new[] { "--device", device }).ToList();
             var memory = RunChild(new[] { "measure-memory" }.Concat(common).Concat(new[] { "--steps", "1", "--warmup", "1" }),
                 device == "cpu"
                     ? new Dictionary<string, string> { ["MALLOC_MMAP_THRESHOLD_"] = "65536" }
@@ -138,6 +170,7 @@ internal static partial class BenchCommand
             double peakMemory = memory["peak_memory_mb"]!.GetValue<double>();
             double floor = cost.ActivationFloorBytes / 1048576.0;
             result["peak_memory_mb"] = Math.Round(peakMemory, 1);
+            result["baseline_mb"] = memory["baseline_mb"]!.GetValue<double>();
             result["step_ms_median"] = Math.Round(median, 1);
             result["step_ms_min"] = Math.Round(times[0], 1);
             result["step_ms_max"] = Math.Round(times[^1], 1);
@@ -156,17 +189,18 @@ internal static partial class BenchCommand
         return result;
     }
 
-    private static TrainingCostReport Cost(Config config, int batch)
+    private static TrainingCostReport Cost(Config config, int batch, int imageSize, out string split)
     {
         var options = new TrainingOptions
         {
-            Architecture = config.Arch, K = config.K, Rule = config.Rule, BatchSize = batch,
+            Architecture = config.Arch, K = config.K, Rule = config.Rule, BatchSize = batch, SplitTable = config.Split,
             Man = config.Man ? new MomentumOptions() : null,
-            RuleSettings = config.Rule == InfoProRule.RuleName
+            RuleSettings = config.Rule == InfoProRule.RuleName && !config.ImageNet
                 ? new RuleSettings { InfoPro = new InfoProSettings { Lambdas = InfoProLambdas.Parse("5,0.5,1,0.5"), Schedule = LambdaSchedule.ModuleIndex } }
                 : new RuleSettings(),
         };
-        var (network, plan, rule) = new Trainer(options).Build(10, 32);
+        var (network, plan, rule) = new Trainer(options).Build(config.ImageNet ? 1000 : 10, imageSize);
+        split = (plan.Table is { } table ? $"{table}: " : "balanced: ") + plan.Describe(network);
         using var local = new LocalTrainer(network, plan, rule, options.Man, new OptimizerSettings(), TorchSharp.torch.CPU);
         var report = TrainingCost.Compute(local, batch);
         network.Dispose();
@@ -215,6 +249,7 @@ internal static partial class BenchCommand
                 $"| {r["name"]} | {r["arch"]} | {r["k"]} | {r["rule"]} | {((bool)r["man"]! ? "yes" : "no")} | {r["peak_memory_mb"]} | {r["activation_floor_mb"]} | {r["peak_over_floor"]} | {r["man_floor_mb"]} | {r["step_ms_median"]} | {r["step_ms_min"]} | {r["step_ms_max"]} | {r["images_per_second"]} | {r["gflops_per_step"]} | {r["achieved_gflops"]} | {r["achieved_over_peak"]} |"));
         }
         Targets(md, report, results.Where(r => r["error"] is null).ToList());
+        MemoryTable(md, results.Where(r => r["error"] is null).ToList());
         return md.ToString();
     }
 
@@ -261,6 +296,62 @@ internal static partial class BenchCommand
         foreach (var (m, p) in pairs)
             md.AppendLine(FormattableString.Invariant(
                 $"| {m["name"]} | {Get(p!, "peak_memory_mb")} | {Get(m, "peak_memory_mb")} | {Get(m, "peak_memory_mb") - Get(p!, "peak_memory_mb"):0.0} | {Get(m, "man_floor_mb")} | {Get(m, "step_ms_median") / Get(p!, "step_ms_median"):0.00} |"));
+    }
+
+    // The paper's Table 3: relative GPU memory saving against E2E, InfoPro alone and InfoPro*(= + MAN), by (arch, K).
+    private static readonly Dictionary<(string Arch, int K, bool Man), double> PaperSavings = new()
+    {
+        [("resnet101", 2, false)] = 38.8, [("resnet101", 2, true)] = 37.5, [("resnet101", 4, false)] = 47.3, [("resnet101", 4, true)] = 45.8,
+        [("resnet152", 2, false)] = 40.9, [("resnet152", 2, true)] = 39.4, [("resnet152", 4, false)] = 48.7, [("resnet152", 4, true)] = 47.1,
+        [("resnext101_32x8d", 2, false)] = 39.9, [("resnext101_32x8d", 2, true)] = 38.9, [("resnext101_32x8d", 4, false)] = 46.7, [("resnext101_32x8d", 4, true)] = 45.5,
+    };
+
+    // Savings of every local configuration against its architecture's E2E run, beside Table 3, and MAN's increase over
+    // the same configuration without MAN; with the issue's targets for InfoPro + MAN.
+    private static void MemoryTable(StringBuilder md, IReadOnlyList<JsonObject> ok)
+    {
+        var e2eRows = ok.Where(r => r["rule"]!.GetValue<string>() == "e2e" && Architectures.FamilyOf(r["arch"]!.GetValue<string>()) == NetworkFamily.ImageNet).ToList();
+        if (e2eRows.Count == 0) return;
+        double Get(JsonObject r, string key) => r[key]!.GetValue<double>();
+        string Pct(double v) => v.ToString("0.0", CultureInfo.InvariantCulture) + " %";
+        md.AppendLine();
+        md.AppendLine("## ImageNet memory table (beside the paper's Table 3)");
+        md.AppendLine();
+        md.AppendLine("Saving = 1 − peak / E2E peak, peak above the pre-step baseline (activations, gradients and workspace of a step); " +
+                      "'total' adds the baseline (weights, optimizer state, runtime) to both. Table 3 measured total GPU memory at batch 128 per GPU.");
+        md.AppendLine();
+        md.AppendLine("| arch | configuration | split | peak MiB | saving | total MiB | total saving | Table 3 saving | MAN over no MAN |");
+        md.AppendLine("|---|---|---|---|---|---|---|---|---|");
+        var targets = new List<(string What, double Value, string Limit, bool Met)>();
+        foreach (var e2e in e2eRows)
+        {
+            string arch = e2e["arch"]!.GetValue<string>();
+            double e2ePeak = Get(e2e, "peak_memory_mb"), e2eTotal = e2ePeak + Get(e2e, "baseline_mb");
+            md.AppendLine(FormattableString.Invariant($"| {arch} | E2E | — | {e2ePeak} | — | {e2eTotal:0.0} | — | — | — |"));
+            foreach (var r in ok.Where(r => r["arch"]!.GetValue<string>() == arch && r["rule"]!.GetValue<string>() != "e2e"))
+            {
+                int k = r["k"]!.GetValue<int>();
+                bool man = (bool)r["man"]!;
+                double saving = 100 * (1 - Get(r, "peak_memory_mb") / e2ePeak);
+                double total = Get(r, "peak_memory_mb") + Get(r, "baseline_mb");
+                var plain = man ? ok.FirstOrDefault(p => p["name"]!.GetValue<string>() == r["name"]!.GetValue<string>().Replace("-man", "")) : null;
+                double? increase = plain is null ? null : 100 * (Get(r, "peak_memory_mb") / Get(plain, "peak_memory_mb") - 1);
+                string paper = r["rule"]!.GetValue<string>() == "infopro" && PaperSavings.TryGetValue((arch, k, man), out var p0) ? Pct(p0) : "—";
+                md.AppendLine(FormattableString.Invariant(
+                    $"| {arch} | {r["rule"]} K={k}{(man ? " + MAN" : "")} | {r["split"]} | {r["peak_memory_mb"]} | {Pct(saving)} | {total:0.0} | {Pct(100 * (1 - total / e2eTotal))} | {paper} | {(increase is { } inc ? (inc >= 0 ? "+" : "") + Pct(inc) : "—")} |"));
+                if (r["rule"]!.GetValue<string>() != "infopro" || !man) continue;
+                string name = r["name"]!.GetValue<string>();
+                if (k == 2) targets.Add(($"{name} saving", saving, "≥ 37 %", saving >= 37));
+                if (k == 4) targets.Add(($"{name} saving", saving, "≥ 45 %", saving >= 45));
+                if (increase is { } i) targets.Add(($"{name}: MAN over InfoPro alone", i, "≤ 3 %", i <= 3));
+            }
+        }
+        if (targets.Count == 0) return;
+        md.AppendLine();
+        md.AppendLine("| target | measured | limit | met |");
+        md.AppendLine("|---|---|---|---|");
+        foreach (var (what, value, limit, met) in targets)
+            md.AppendLine(FormattableString.Invariant($"| {what} | {Pct(value)} | {limit} | {(met ? "yes" : "**no**")} |"));
     }
 
     private static void Plot(string outDir, IReadOnlyList<JsonObject> results)
