@@ -85,13 +85,14 @@ internal static partial class BenchCommand
     {
         var output = new Option<string>("--out") { Description = "Output folder.", Required = true };
         var configs = new Option<string?>("--configs") { Description = "Comma-separated configurations ARCH-kK-RULE[-man][@TABLE], or 'imagenet' for the ImageNet memory table (default: the CIFAR set)." };
+        var memoryOnly = new Option<bool>("--memory-only") { Description = "Measure peak memory only (no timing child process)." };
         var imageSize = new Option<int?>("--image-size") { Description = "Input side (default: 32 for CIFAR networks, 224 for ImageNet ones)." };
         var batch = new Option<int>("--batch-size") { Description = "Batch size.", DefaultValueFactory = _ => 128 };
         var steps = new Option<int>("--steps") { Description = "Timed steps per configuration (after 1 warm-up step).", DefaultValueFactory = _ => 3 };
         var device = new Option<string>("--device") { Description = "Device: cpu or cuda.", DefaultValueFactory = _ => "cpu" };
         var command = new Command("bench", "Measure training memory, step time and their floors for a set of configurations.")
         {
-            output, configs, batch, steps, device, imageSize,
+            output, configs, batch, steps, device, imageSize, memoryOnly,
         };
         command.SetAction(parse => CliErrors.Run(() =>
         {
@@ -118,7 +119,7 @@ internal static partial class BenchCommand
             foreach (var config in list)
             {
                 var clock = Stopwatch.StartNew();
-                var result = Measure(config, b, n, dev, peak, size);
+                var result = Measure(config, b, parse.GetValue(memoryOnly) ? 0 : n, dev, peak, size);
                 results.Add(result);
                 AnsiConsole.MarkupLine(Markup.Escape($"{config.Name}: {Summary(result)} ({clock.Elapsed.TotalSeconds:0} s)"));
             }
@@ -130,7 +131,7 @@ internal static partial class BenchCommand
                 ["threads"] = TorchSharp.torch.get_num_threads(),
                 ["peak_matrix_gflops"] = Math.Round(peak, 1),
                 ["batch_size"] = b,
-                ["timed_steps"] = n,
+                ["timed_steps"] = parse.GetValue(memoryOnly) ? 0 : n,
                 ["configurations"] = new JsonArray(results.ToArray<JsonNode?>()),
             };
             AtomicFile.WriteText(Path.Combine(outDir, "bench.json"), report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
@@ -144,7 +145,9 @@ internal static partial class BenchCommand
 
     private static string Summary(JsonObject r) => r["error"] is { } e
         ? $"failed: {e}"
-        : FormattableString.Invariant($"peak {r["peak_memory_mb"]} MiB (floor {r["activation_floor_mb"]}), {r["step_ms_median"]} ms/step, {r["images_per_second"]} img/s, {r["achieved_gflops"]} GFLOP/s");
+        : r["step_ms_median"] is null
+            ? FormattableString.Invariant($"peak {r["peak_memory_mb"]} MiB (floor {r["activation_floor_mb"]})")
+            : FormattableString.Invariant($"peak {r["peak_memory_mb"]} MiB (floor {r["activation_floor_mb"]}), {r["step_ms_median"]} ms/step, {r["images_per_second"]} img/s, {r["achieved_gflops"]} GFLOP/s");
 
     private static JsonObject Measure(Config config, int batch, int steps, string device, double peak, int? imageSize)
     {
@@ -164,21 +167,22 @@ internal static partial class BenchCommand
                     ? new Dictionary<string, string> { ["MALLOC_MMAP_THRESHOLD_"] = "65536" }
                     // NVML sees the whole device; without caching, PyTorch's usage tracks live tensors.
                     : new Dictionary<string, string> { ["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1" });
-            var speed = RunChild(new[] { "measure-speed" }.Concat(common).Concat(new[] { "--steps", steps.ToString(CultureInfo.InvariantCulture), "--warmup", "1" }), null);
-            var times = speed["step_ms"]!.AsArray().Select(t => t!.GetValue<double>()).OrderBy(t => t).ToArray();
-            double median = times[times.Length / 2];
             double peakMemory = memory["peak_memory_mb"]!.GetValue<double>();
             double floor = cost.ActivationFloorBytes / 1048576.0;
             result["peak_memory_mb"] = Math.Round(peakMemory, 1);
             result["baseline_mb"] = memory["baseline_mb"]!.GetValue<double>();
-            result["step_ms_median"] = Math.Round(median, 1);
-            result["step_ms_min"] = Math.Round(times[0], 1);
-            result["step_ms_max"] = Math.Round(times[^1], 1);
-            result["images_per_second"] = Math.Round(batch / (median / 1000), 1);
             result["activation_floor_mb"] = Math.Round(floor, 1);
             result["man_floor_mb"] = Math.Round(cost.ManFloorBytes / 1048576.0, 1);
             result["peak_over_floor"] = Math.Round(peakMemory / floor, 2);
             result["gflops_per_step"] = Math.Round(cost.StepGflops, 2);
+            if (steps == 0) return result; // --memory-only
+            var speed = RunChild(new[] { "measure-speed" }.Concat(common).Concat(new[] { "--steps", steps.ToString(CultureInfo.InvariantCulture), "--warmup", "1" }), null);
+            var times = speed["step_ms"]!.AsArray().Select(t => t!.GetValue<double>()).OrderBy(t => t).ToArray();
+            double median = times[times.Length / 2];
+            result["step_ms_median"] = Math.Round(median, 1);
+            result["step_ms_min"] = Math.Round(times[0], 1);
+            result["step_ms_max"] = Math.Round(times[^1], 1);
+            result["images_per_second"] = Math.Round(batch / (median / 1000), 1);
             result["achieved_gflops"] = Math.Round(cost.StepGflops / (median / 1000), 1);
             result["achieved_over_peak"] = Math.Round(cost.StepGflops / (median / 1000) / peak, 3);
         }
@@ -232,7 +236,9 @@ internal static partial class BenchCommand
         var md = new StringBuilder();
         md.AppendLine("# manml bench");
         md.AppendLine();
-        md.AppendLine(FormattableString.Invariant($"`{report["command"]}` on {report["date"]}: device {report["device"]}, {report["threads"]} threads, batch {report["batch_size"]}, median of {report["timed_steps"]} timed steps after 1 warm-up step; memory: 1 measured step after 1 warm-up step."));
+        md.AppendLine(FormattableString.Invariant($"`{report["command"]}` on {report["date"]}: device {report["device"]}, {report["threads"]} threads, batch {report["batch_size"]}, ") +
+            (report["timed_steps"]!.GetValue<int>() == 0 ? "memory only (no timing); " : FormattableString.Invariant($"median of {report["timed_steps"]} timed steps after 1 warm-up step; ")) +
+            "memory: 1 measured step after 1 warm-up step.");
         md.AppendLine(FormattableString.Invariant($"Peak float32 matrix rate of this libtorch, measured in the same run: **{report["peak_matrix_gflops"]} GFLOP/s**."));
         md.AppendLine();
         md.AppendLine((report["device"]!.GetValue<string>() == "cpu"
@@ -276,17 +282,17 @@ internal static partial class BenchCommand
             Row($"largest peak / activation floor ({worst["name"]})", Get(worst, "peak_over_floor"), "≤ 1.5", Get(worst, "peak_over_floor") <= 1.5);
         }
         double peak = report["peak_matrix_gflops"]!.GetValue<double>();
-        foreach (var e2eRow in ok.Where(r => r["rule"]!.GetValue<string>() == "e2e"))
+        foreach (var e2eRow in ok.Where(r => r["rule"]!.GetValue<string>() == "e2e" && r["achieved_gflops"] is not null))
         {
             double r = Get(e2eRow, "achieved_gflops") / peak;
             Row($"{e2eRow["arch"]} E2E achieved GFLOP/s / peak matrix rate", r, "≥ 0.7", r >= 0.7);
-            var locals = ok.Where(x => x["arch"]!.ToString() == e2eRow["arch"]!.ToString() && x["rule"]!.GetValue<string>() != "e2e").ToList();
+            var locals = ok.Where(x => x["arch"]!.ToString() == e2eRow["arch"]!.ToString() && x["rule"]!.GetValue<string>() != "e2e" && x["achieved_gflops"] is not null).ToList();
             if (locals.Count == 0) continue;
             var slowest = locals.MinBy(x => Get(x, "achieved_gflops"))!;
             double ratio = Get(slowest, "achieved_gflops") / Get(e2eRow, "achieved_gflops");
             Row($"{e2eRow["arch"]} lowest local achieved GFLOP/s / K=1's ({slowest["name"]})", ratio, "≥ 0.9", ratio >= 0.9);
         }
-        var pairs = ok.Where(r => (bool)r["man"]!).Select(m => (Man: m, Plain: Find(m["name"]!.GetValue<string>()[..^"-man".Length]))).Where(p => p.Plain is not null).ToList();
+        var pairs = ok.Where(r => (bool)r["man"]!).Select(m => (Man: m, Plain: Find(PlainName(m["name"]!.GetValue<string>())))).Where(p => p.Plain is not null).ToList();
         if (pairs.Count == 0) return;
         md.AppendLine();
         md.AppendLine("MAN's memory overhead at every K beside what its copies' activations alone account for (floor of the largest segment's copies):");
@@ -295,8 +301,11 @@ internal static partial class BenchCommand
         md.AppendLine("|---|---|---|---|---|---|");
         foreach (var (m, p) in pairs)
             md.AppendLine(FormattableString.Invariant(
-                $"| {m["name"]} | {Get(p!, "peak_memory_mb")} | {Get(m, "peak_memory_mb")} | {Get(m, "peak_memory_mb") - Get(p!, "peak_memory_mb"):0.0} | {Get(m, "man_floor_mb")} | {Get(m, "step_ms_median") / Get(p!, "step_ms_median"):0.00} |"));
+                $"| {m["name"]} | {Get(p!, "peak_memory_mb")} | {Get(m, "peak_memory_mb")} | {Get(m, "peak_memory_mb") - Get(p!, "peak_memory_mb"):0.0} | {Get(m, "man_floor_mb")} | {(m["step_ms_median"] is null || p!["step_ms_median"] is null ? "—" : (Get(m, "step_ms_median") / Get(p!, "step_ms_median")).ToString("0.00", CultureInfo.InvariantCulture))} |"));
     }
+
+    // The name of a MAN configuration's counterpart without MAN.
+    private static string PlainName(string name) => name.Replace("-man@", "@", StringComparison.Ordinal) is var n && n != name ? n : name[..^"-man".Length];
 
     // The paper's Table 3: relative GPU memory saving against E2E, InfoPro alone and InfoPro*(= + MAN), by (arch, K).
     private static readonly Dictionary<(string Arch, int K, bool Man), double> PaperSavings = new()
@@ -334,11 +343,11 @@ internal static partial class BenchCommand
                 bool man = (bool)r["man"]!;
                 double saving = 100 * (1 - Get(r, "peak_memory_mb") / e2ePeak);
                 double total = Get(r, "peak_memory_mb") + Get(r, "baseline_mb");
-                var plain = man ? ok.FirstOrDefault(p => p["name"]!.GetValue<string>() == r["name"]!.GetValue<string>().Replace("-man", "")) : null;
+                var plain = man ? ok.FirstOrDefault(p => p["name"]!.GetValue<string>() == PlainName(r["name"]!.GetValue<string>())) : null;
                 double? increase = plain is null ? null : 100 * (Get(r, "peak_memory_mb") / Get(plain, "peak_memory_mb") - 1);
                 string paper = r["rule"]!.GetValue<string>() == "infopro" && PaperSavings.TryGetValue((arch, k, man), out var p0) ? Pct(p0) : "—";
                 md.AppendLine(FormattableString.Invariant(
-                    $"| {arch} | {r["rule"]} K={k}{(man ? " + MAN" : "")} | {r["split"]} | {r["peak_memory_mb"]} | {Pct(saving)} | {total:0.0} | {Pct(100 * (1 - total / e2eTotal))} | {paper} | {(increase is { } inc ? (inc >= 0 ? "+" : "") + Pct(inc) : "—")} |"));
+                    $"| {arch} | {r["rule"]} K={k}{(man ? " + MAN" : "")} | {r["split"]!.GetValue<string>().Replace("|", "\\|")} | {r["peak_memory_mb"]} | {Pct(saving)} | {total:0.0} | {Pct(100 * (1 - total / e2eTotal))} | {paper} | {(increase is { } inc ? (inc >= 0 ? "+" : "") + Pct(inc) : "—")} |"));
                 if (r["rule"]!.GetValue<string>() != "infopro" || !man) continue;
                 string name = r["name"]!.GetValue<string>();
                 if (k == 2) targets.Add(($"{name} saving", saving, "≥ 37 %", saving >= 37));
@@ -362,17 +371,19 @@ internal static partial class BenchCommand
             var rows = ok.Where(r => r["arch"]!.GetValue<string>() == arch).ToList();
             var e2e = rows.FirstOrDefault(r => r["rule"]!.GetValue<string>() == "e2e");
             var groups = rows.Where(r => r["rule"]!.GetValue<string>() != "e2e")
-                .GroupBy(r => $"{r["rule"]}{((bool)r["man"]! ? " + MAN" : "")}").ToList();
+                .GroupBy(r => $"{r["rule"]}{((bool)r["man"]! ? " + MAN" : "")}{(r["name"]!.GetValue<string>().Split('@') is { Length: 2 } at ? " @" + at[1] : "")}").ToList();
             ChartSeries Series(string name, IEnumerable<JsonObject> points, string key) => new(name,
                 points.Select(p => (double)p["k"]!.GetValue<int>()).ToList(), points.Select(p => p[key]!.GetValue<double>()).ToList());
             IEnumerable<JsonObject> WithE2e(IEnumerable<JsonObject> g) => (e2e is null ? g : g.Prepend(e2e)).OrderBy(p => p["k"]!.GetValue<int>());
             if (groups.Count == 0) continue;
             Charts.Line(Path.Combine(outDir, $"memory-vs-k-{arch}.png"), $"{arch}: peak training memory (K = 1 is E2E)", "K (segments)", "MiB",
                 groups.Select(g => Series(g.Key, WithE2e(g), "peak_memory_mb")).ToList(), logX: true);
-            Charts.Line(Path.Combine(outDir, $"throughput-vs-k-{arch}.png"), $"{arch}: training throughput (K = 1 is E2E)", "K (segments)", "images/s",
+            if (rows.All(r => r["images_per_second"] is not null))
+                Charts.Line(Path.Combine(outDir, $"throughput-vs-k-{arch}.png"), $"{arch}: training throughput (K = 1 is E2E)", "K (segments)", "images/s",
                 groups.Select(g => Series(g.Key, WithE2e(g), "images_per_second")).ToList(), logX: true);
         }
         // MAN's overhead per rule: MAN / no MAN, memory and time, averaged over the local configurations measured both ways.
+        if (ok.Any(r => r["step_ms_median"] is null)) return;
         var pairs = ok.Where(r => (bool)r["man"]!)
             .Select(m => (Man: m, Plain: ok.FirstOrDefault(p => !(bool)p["man"]! && p["arch"]!.ToString() == m["arch"]!.ToString()
                                                                 && p["k"]!.GetValue<int>() == m["k"]!.GetValue<int>() && p["rule"]!.ToString() == m["rule"]!.ToString())))

@@ -1,4 +1,5 @@
-// manml train: train a CIFAR ResNet by end-to-end backprop or DGL, with or without MAN, on CIFAR-10 binary files.
+// manml train: train a network (CIFAR ResNets on CIFAR-10/SVHN/STL-10 files, ImageNet networks on the ImageNet folder
+// layout) by end-to-end backprop or a local-learning rule, with or without MAN.
 // Writes DIR/metrics.json (config, per-epoch figures, final figures) and DIR/model.ckpt (the trained backbone).
 using System.CommandLine;
 using System.Text.Json;
