@@ -39,11 +39,27 @@ internal static class TestSupport
     public sealed record ProcessResult(int ExitCode, string Stdout, string Stderr);
 
     /// <summary>Runs manml in a child process.</summary>
-    public static ProcessResult RunManml(IEnumerable<string> args, IDictionary<string, string>? environment = null, int timeoutSeconds = 300)
+    public static ProcessResult RunManml(IEnumerable<string> args, IDictionary<string, string>? environment = null, int timeoutSeconds = 300) =>
+        Run("dotnet", args.Prepend(ManmlDll), environment: environment, timeoutSeconds: timeoutSeconds);
+
+    /// <summary>The build configuration these tests were compiled in (the one `dotnet test -c ...` built).</summary>
+#if DEBUG
+    public const string Configuration = "Debug";
+#else
+    public const string Configuration = "Release";
+#endif
+
+    /// <summary>Runs a program in a child process and collects its output; fails the test when it outlives the timeout.</summary>
+    /// <remarks>MSBuild's variables from the `dotnet test` that started this process are not passed on, so a child
+    /// `dotnet build` or `dotnet pack` evaluates its project as it would from a shell.</remarks>
+    public static ProcessResult Run(string program, IEnumerable<string> args, string? workingDirectory = null,
+        IDictionary<string, string>? environment = null, int timeoutSeconds = 300)
     {
-        var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        info.ArgumentList.Add(ManmlDll);
+        var info = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in args) info.ArgumentList.Add(a);
+        if (workingDirectory is not null) info.WorkingDirectory = workingDirectory;
+        foreach (var key in info.Environment.Keys.Where(k => k.StartsWith("MSBuild", StringComparison.OrdinalIgnoreCase)).ToList())
+            info.Environment.Remove(key);
         if (environment is not null) foreach (var (k, v) in environment) info.Environment[k] = v;
         using var process = Process.Start(info)!;
         var stdout = process.StandardOutput.ReadToEndAsync();
@@ -51,7 +67,7 @@ internal static class TestSupport
         if (!process.WaitForExit(timeoutSeconds * 1000))
         {
             process.Kill(entireProcessTree: true);
-            Assert.Fail($"manml {string.Join(' ', args)} did not finish in {timeoutSeconds} s.");
+            Assert.Fail($"{program} {string.Join(' ', args)} did not finish in {timeoutSeconds} s.");
         }
         return new ProcessResult(process.ExitCode, stdout.Result, stderr.Result);
     }
