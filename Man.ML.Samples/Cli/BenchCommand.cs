@@ -9,6 +9,7 @@ using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 using Man.ML.Diagnostics;
 using Man.ML.Local;
+using Man.ML.Models;
 using Man.ML.Training;
 using Spectre.Console;
 
@@ -16,34 +17,54 @@ namespace Man.ML.Samples.Cli;
 
 internal static partial class BenchCommand
 {
-    /// <summary>One configuration: architecture, K, rule, MAN.</summary>
-    internal sealed record Config(string Arch, int K, string Rule, bool Man)
+    /// <summary>One configuration: architecture, K, rule, MAN and, optionally, a split table (name suffix @TABLE).</summary>
+    internal sealed record Config(string Arch, int K, string Rule, bool Man, string? Split = null)
     {
-        public string Name => $"{Arch}-k{K}-{Rule}{(Man ? "-man" : "")}";
+        public string Name => $"{Arch}-k{K}-{Rule}{(Man ? "-man" : "")}{(Split is null ? "" : "@" + Split)}";
+
+        public bool ImageNet => Architectures.FamilyOf(Arch) == NetworkFamily.ImageNet;
 
         public static Config Parse(string name)
         {
             var m = ConfigPattern().Match(name.Trim().ToLowerInvariant());
             if (!m.Success)
-                throw new CliException($"--configs entry '{name}' is not ARCH-kK-RULE[-man] (for example resnet32-k16-dgl-man).");
-            var config = new Config(m.Groups[1].Value, int.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture), m.Groups[3].Value, m.Groups[4].Success);
+                throw new CliException($"--configs entry '{name}' is not ARCH-kK-RULE[-man][@TABLE] (for example resnet32-k16-dgl-man or resnet101-k4-infopro-man@manpp).");
+            var config = new Config(m.Groups[1].Value, int.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture), m.Groups[3].Value, m.Groups[4].Success,
+                m.Groups[5].Success ? m.Groups[5].Value : null);
             if (config.Rule == "e2e" && (config.K != 1 || config.Man)) throw new CliException($"--configs entry '{name}': e2e runs at K = 1 without MAN.");
             return config;
         }
 
         /// <summary>Child-process arguments describing the configuration.</summary>
-        public IEnumerable<string> Arguments(int batch)
+        public IEnumerable<string> Arguments(int batch, int? imageSize)
         {
             var args = new List<string> { "--arch", Arch, "--k", K.ToString(CultureInfo.InvariantCulture), "--rule", Rule, "--batch-size", batch.ToString(CultureInfo.InvariantCulture) };
             args.Add(Man ? "--man" : "--no-man");
-            // Both InfoPro terms everywhere, so that every configuration pays for its decoder and classifier.
-            if (Rule == InfoProRule.RuleName) args.AddRange(new[] { "--lambda", "5,0.5,1,0.5", "--lambda-schedule", "module" });
+            if (Split is not null) args.AddRange(new[] { "--split", Split });
+            if (imageSize is int size) args.AddRange(new[] { "--image-size", size.ToString(CultureInfo.InvariantCulture) });
+            // Both InfoPro terms everywhere, so that every configuration pays for its decoder and classifier (ImageNet's
+            // default weights, 5 and 0.75 or 1 on every segment, already do).
+            if (Rule == InfoProRule.RuleName && !ImageNet) args.AddRange(new[] { "--lambda", "5,0.5,1,0.5", "--lambda-schedule", "module" });
             return args;
         }
     }
 
-    [GeneratedRegex(@"^(resnet\d+)-k(\d+)-(e2e|dgl|infopro|predsim)(-man)?$")]
+    [GeneratedRegex(@"^(resnet\d+|resnext\d+_\d+x\d+d|vgg\d+_bn)-k(\d+)-(e2e|dgl|infopro|predsim)(-man)?(?:@(man|manpp|infopro|dgl|balanced))?$")]
     private static partial Regex ConfigPattern();
+
+    /// <summary>
+    /// The ImageNet memory table (paper's Table 3): ResNet-101, ResNet-152 and ResNeXt-101 32x8d, E2E against InfoPro at
+    /// K = 2 (MAN's table) and K = 4 (MAN++'s table, MAN's first-commit table and the balancing rule), each with and without MAN.
+    /// </summary>
+    internal static IReadOnlyList<Config> ImageNetTable() =>
+        new[] { "resnet101", "resnet152", "resnext101_32x8d" }.SelectMany(arch => new[]
+        {
+            new Config(arch, 1, "e2e", false),
+            new Config(arch, 2, "infopro", false), new Config(arch, 2, "infopro", true),
+            new Config(arch, 4, "infopro", false), new Config(arch, 4, "infopro", true),
+            new Config(arch, 4, "infopro", false, SplitTables.Man), new Config(arch, 4, "infopro", true, SplitTables.Man),
+            new Config(arch, 4, "infopro", false, SplitTables.Balanced), new Config(arch, 4, "infopro", true, SplitTables.Balanced),
+        }).ToList();
 
     /// <summary>ResNet-32 at K ∈ {1, 2, 4, 8, 16} and ResNet-110 at K ∈ {1, 32, 55}; every local K for every rule, with and without MAN.</summary>
     internal static IReadOnlyList<Config> Defaults()
@@ -63,19 +84,28 @@ internal static partial class BenchCommand
     public static Command Create()
     {
         var output = new Option<string>("--out") { Description = "Output folder.", Required = true };
-        var configs = new Option<string?>("--configs") { Description = "Comma-separated configurations ARCH-kK-RULE[-man] (default: the full set)." };
+        var configs = new Option<string?>("--configs") { Description = "Comma-separated configurations ARCH-kK-RULE[-man][@TABLE], or 'imagenet' for the ImageNet memory table (default: the CIFAR set)." };
+        var memoryOnly = new Option<bool>("--memory-only") { Description = "Measure peak memory only (no timing child process)." };
+        var imageSize = new Option<int?>("--image-size") { Description = "Input side (default: 32 for CIFAR networks, 224 for ImageNet ones)." };
         var batch = new Option<int>("--batch-size") { Description = "Batch size.", DefaultValueFactory = _ => 128 };
         var steps = new Option<int>("--steps") { Description = "Timed steps per configuration (after 1 warm-up step).", DefaultValueFactory = _ => 3 };
         var device = new Option<string>("--device") { Description = "Device: cpu or cuda.", DefaultValueFactory = _ => "cpu" };
         var command = new Command("bench", "Measure training memory, step time and their floors for a set of configurations.")
         {
-            output, configs, batch, steps, device,
+            output, configs, batch, steps, device, imageSize, memoryOnly,
         };
         command.SetAction(parse => CliErrors.Run(() =>
         {
             var outDir = parse.GetValue(output)!;
             Directory.CreateDirectory(outDir);
-            var list = parse.GetValue(configs) is { } text ? text.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(Config.Parse).ToList() : Defaults().ToList();
+            var list = parse.GetValue(configs) switch
+            {
+                null => Defaults().ToList(),
+                "imagenet" => ImageNetTable().ToList(),
+                var text => text.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(Config.Parse).ToList(),
+            };
+            int? size = parse.GetValue(imageSize);
+            if (size is < 32) throw new CliException($"--image-size must be at least 32 (got {size}).");
             int b = parse.GetValue(batch), n = parse.GetValue(steps);
             string dev = parse.GetValue(device)!;
             if (b < 2 || n < 1) throw new CliException("--batch-size must be at least 2 and --steps at least 1.");
@@ -89,7 +119,7 @@ internal static partial class BenchCommand
             foreach (var config in list)
             {
                 var clock = Stopwatch.StartNew();
-                var result = Measure(config, b, n, dev, peak);
+                var result = Measure(config, b, parse.GetValue(memoryOnly) ? 0 : n, dev, peak, size);
                 results.Add(result);
                 AnsiConsole.MarkupLine(Markup.Escape($"{config.Name}: {Summary(result)} ({clock.Elapsed.TotalSeconds:0} s)"));
             }
@@ -101,7 +131,7 @@ internal static partial class BenchCommand
                 ["threads"] = TorchSharp.torch.get_num_threads(),
                 ["peak_matrix_gflops"] = Math.Round(peak, 1),
                 ["batch_size"] = b,
-                ["timed_steps"] = n,
+                ["timed_steps"] = parse.GetValue(memoryOnly) ? 0 : n,
                 ["configurations"] = new JsonArray(results.ToArray<JsonNode?>()),
             };
             AtomicFile.WriteText(Path.Combine(outDir, "bench.json"), report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
@@ -115,37 +145,44 @@ internal static partial class BenchCommand
 
     private static string Summary(JsonObject r) => r["error"] is { } e
         ? $"failed: {e}"
-        : FormattableString.Invariant($"peak {r["peak_memory_mb"]} MiB (floor {r["activation_floor_mb"]}), {r["step_ms_median"]} ms/step, {r["images_per_second"]} img/s, {r["achieved_gflops"]} GFLOP/s");
+        : r["step_ms_median"] is null
+            ? FormattableString.Invariant($"peak {r["peak_memory_mb"]} MiB (floor {r["activation_floor_mb"]})")
+            : FormattableString.Invariant($"peak {r["peak_memory_mb"]} MiB (floor {r["activation_floor_mb"]}), {r["step_ms_median"]} ms/step, {r["images_per_second"]} img/s, {r["achieved_gflops"]} GFLOP/s");
 
-    private static JsonObject Measure(Config config, int batch, int steps, string device, double peak)
+    private static JsonObject Measure(Config config, int batch, int steps, string device, double peak, int? imageSize)
     {
+        int side = imageSize ?? (config.ImageNet ? 224 : 32);
         var result = new JsonObject
         {
             ["name"] = config.Name, ["arch"] = config.Arch, ["k"] = config.K, ["rule"] = config.Rule, ["man"] = config.Man, ["batch_size"] = batch,
+            ["image_size"] = side,
         };
         try
         {
-            var cost = Cost(config, batch);
-            var common = config.Arguments(batch).Concat(new[] { "--device", device }).ToList();
+            var cost = Cost(config, batch, side, out string split);
+            result["split"] = split;
+            var common = config.Arguments(batch, imageSize).Concat(new[] { "--device", device }).ToList();
             var memory = RunChild(new[] { "measure-memory" }.Concat(common).Concat(new[] { "--steps", "1", "--warmup", "1" }),
                 device == "cpu"
                     ? new Dictionary<string, string> { ["MALLOC_MMAP_THRESHOLD_"] = "65536" }
                     // NVML sees the whole device; without caching, PyTorch's usage tracks live tensors.
                     : new Dictionary<string, string> { ["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1" });
-            var speed = RunChild(new[] { "measure-speed" }.Concat(common).Concat(new[] { "--steps", steps.ToString(CultureInfo.InvariantCulture), "--warmup", "1" }), null);
-            var times = speed["step_ms"]!.AsArray().Select(t => t!.GetValue<double>()).OrderBy(t => t).ToArray();
-            double median = times[times.Length / 2];
             double peakMemory = memory["peak_memory_mb"]!.GetValue<double>();
             double floor = cost.ActivationFloorBytes / 1048576.0;
             result["peak_memory_mb"] = Math.Round(peakMemory, 1);
-            result["step_ms_median"] = Math.Round(median, 1);
-            result["step_ms_min"] = Math.Round(times[0], 1);
-            result["step_ms_max"] = Math.Round(times[^1], 1);
-            result["images_per_second"] = Math.Round(batch / (median / 1000), 1);
+            result["baseline_mb"] = memory["baseline_mb"]!.GetValue<double>();
             result["activation_floor_mb"] = Math.Round(floor, 1);
             result["man_floor_mb"] = Math.Round(cost.ManFloorBytes / 1048576.0, 1);
             result["peak_over_floor"] = Math.Round(peakMemory / floor, 2);
             result["gflops_per_step"] = Math.Round(cost.StepGflops, 2);
+            if (steps == 0) return result; // --memory-only
+            var speed = RunChild(new[] { "measure-speed" }.Concat(common).Concat(new[] { "--steps", steps.ToString(CultureInfo.InvariantCulture), "--warmup", "1" }), null);
+            var times = speed["step_ms"]!.AsArray().Select(t => t!.GetValue<double>()).OrderBy(t => t).ToArray();
+            double median = times[times.Length / 2];
+            result["step_ms_median"] = Math.Round(median, 1);
+            result["step_ms_min"] = Math.Round(times[0], 1);
+            result["step_ms_max"] = Math.Round(times[^1], 1);
+            result["images_per_second"] = Math.Round(batch / (median / 1000), 1);
             result["achieved_gflops"] = Math.Round(cost.StepGflops / (median / 1000), 1);
             result["achieved_over_peak"] = Math.Round(cost.StepGflops / (median / 1000) / peak, 3);
         }
@@ -156,17 +193,18 @@ internal static partial class BenchCommand
         return result;
     }
 
-    private static TrainingCostReport Cost(Config config, int batch)
+    private static TrainingCostReport Cost(Config config, int batch, int imageSize, out string split)
     {
         var options = new TrainingOptions
         {
-            Architecture = config.Arch, K = config.K, Rule = config.Rule, BatchSize = batch,
+            Architecture = config.Arch, K = config.K, Rule = config.Rule, BatchSize = batch, SplitTable = config.Split,
             Man = config.Man ? new MomentumOptions() : null,
-            RuleSettings = config.Rule == InfoProRule.RuleName
+            RuleSettings = config.Rule == InfoProRule.RuleName && !config.ImageNet
                 ? new RuleSettings { InfoPro = new InfoProSettings { Lambdas = InfoProLambdas.Parse("5,0.5,1,0.5"), Schedule = LambdaSchedule.ModuleIndex } }
                 : new RuleSettings(),
         };
-        var (network, plan, rule) = new Trainer(options).Build(10, 32);
+        var (network, plan, rule) = new Trainer(options).Build(config.ImageNet ? 1000 : 10, imageSize);
+        split = (plan.Table is { } table ? $"{table}: " : "balanced: ") + plan.Describe(network);
         using var local = new LocalTrainer(network, plan, rule, options.Man, new OptimizerSettings(), TorchSharp.torch.CPU);
         var report = TrainingCost.Compute(local, batch);
         network.Dispose();
@@ -198,7 +236,9 @@ internal static partial class BenchCommand
         var md = new StringBuilder();
         md.AppendLine("# manml bench");
         md.AppendLine();
-        md.AppendLine(FormattableString.Invariant($"`{report["command"]}` on {report["date"]}: device {report["device"]}, {report["threads"]} threads, batch {report["batch_size"]}, median of {report["timed_steps"]} timed steps after 1 warm-up step; memory: 1 measured step after 1 warm-up step."));
+        md.AppendLine(FormattableString.Invariant($"`{report["command"]}` on {report["date"]}: device {report["device"]}, {report["threads"]} threads, batch {report["batch_size"]}, ") +
+            (report["timed_steps"]!.GetValue<int>() == 0 ? "memory only (no timing); " : FormattableString.Invariant($"median of {report["timed_steps"]} timed steps after 1 warm-up step; ")) +
+            "memory: 1 measured step after 1 warm-up step.");
         md.AppendLine(FormattableString.Invariant($"Peak float32 matrix rate of this libtorch, measured in the same run: **{report["peak_matrix_gflops"]} GFLOP/s**."));
         md.AppendLine();
         md.AppendLine((report["device"]!.GetValue<string>() == "cpu"
@@ -215,6 +255,7 @@ internal static partial class BenchCommand
                 $"| {r["name"]} | {r["arch"]} | {r["k"]} | {r["rule"]} | {((bool)r["man"]! ? "yes" : "no")} | {r["peak_memory_mb"]} | {r["activation_floor_mb"]} | {r["peak_over_floor"]} | {r["man_floor_mb"]} | {r["step_ms_median"]} | {r["step_ms_min"]} | {r["step_ms_max"]} | {r["images_per_second"]} | {r["gflops_per_step"]} | {r["achieved_gflops"]} | {r["achieved_over_peak"]} |"));
         }
         Targets(md, report, results.Where(r => r["error"] is null).ToList());
+        MemoryTable(md, results.Where(r => r["error"] is null).ToList());
         return md.ToString();
     }
 
@@ -241,17 +282,17 @@ internal static partial class BenchCommand
             Row($"largest peak / activation floor ({worst["name"]})", Get(worst, "peak_over_floor"), "≤ 1.5", Get(worst, "peak_over_floor") <= 1.5);
         }
         double peak = report["peak_matrix_gflops"]!.GetValue<double>();
-        foreach (var e2eRow in ok.Where(r => r["rule"]!.GetValue<string>() == "e2e"))
+        foreach (var e2eRow in ok.Where(r => r["rule"]!.GetValue<string>() == "e2e" && r["achieved_gflops"] is not null))
         {
             double r = Get(e2eRow, "achieved_gflops") / peak;
             Row($"{e2eRow["arch"]} E2E achieved GFLOP/s / peak matrix rate", r, "≥ 0.7", r >= 0.7);
-            var locals = ok.Where(x => x["arch"]!.ToString() == e2eRow["arch"]!.ToString() && x["rule"]!.GetValue<string>() != "e2e").ToList();
+            var locals = ok.Where(x => x["arch"]!.ToString() == e2eRow["arch"]!.ToString() && x["rule"]!.GetValue<string>() != "e2e" && x["achieved_gflops"] is not null).ToList();
             if (locals.Count == 0) continue;
             var slowest = locals.MinBy(x => Get(x, "achieved_gflops"))!;
             double ratio = Get(slowest, "achieved_gflops") / Get(e2eRow, "achieved_gflops");
             Row($"{e2eRow["arch"]} lowest local achieved GFLOP/s / K=1's ({slowest["name"]})", ratio, "≥ 0.9", ratio >= 0.9);
         }
-        var pairs = ok.Where(r => (bool)r["man"]!).Select(m => (Man: m, Plain: Find(m["name"]!.GetValue<string>()[..^"-man".Length]))).Where(p => p.Plain is not null).ToList();
+        var pairs = ok.Where(r => (bool)r["man"]!).Select(m => (Man: m, Plain: Find(PlainName(m["name"]!.GetValue<string>())))).Where(p => p.Plain is not null).ToList();
         if (pairs.Count == 0) return;
         md.AppendLine();
         md.AppendLine("MAN's memory overhead at every K beside what its copies' activations alone account for (floor of the largest segment's copies):");
@@ -260,7 +301,66 @@ internal static partial class BenchCommand
         md.AppendLine("|---|---|---|---|---|---|");
         foreach (var (m, p) in pairs)
             md.AppendLine(FormattableString.Invariant(
-                $"| {m["name"]} | {Get(p!, "peak_memory_mb")} | {Get(m, "peak_memory_mb")} | {Get(m, "peak_memory_mb") - Get(p!, "peak_memory_mb"):0.0} | {Get(m, "man_floor_mb")} | {Get(m, "step_ms_median") / Get(p!, "step_ms_median"):0.00} |"));
+                $"| {m["name"]} | {Get(p!, "peak_memory_mb")} | {Get(m, "peak_memory_mb")} | {Get(m, "peak_memory_mb") - Get(p!, "peak_memory_mb"):0.0} | {Get(m, "man_floor_mb")} | {(m["step_ms_median"] is null || p!["step_ms_median"] is null ? "—" : (Get(m, "step_ms_median") / Get(p!, "step_ms_median")).ToString("0.00", CultureInfo.InvariantCulture))} |"));
+    }
+
+    // The name of a MAN configuration's counterpart without MAN.
+    private static string PlainName(string name) => name.Replace("-man@", "@", StringComparison.Ordinal) is var n && n != name ? n : name[..^"-man".Length];
+
+    // The paper's Table 3: relative GPU memory saving against E2E, InfoPro alone and InfoPro*(= + MAN), by (arch, K).
+    private static readonly Dictionary<(string Arch, int K, bool Man), double> PaperSavings = new()
+    {
+        [("resnet101", 2, false)] = 38.8, [("resnet101", 2, true)] = 37.5, [("resnet101", 4, false)] = 47.3, [("resnet101", 4, true)] = 45.8,
+        [("resnet152", 2, false)] = 40.9, [("resnet152", 2, true)] = 39.4, [("resnet152", 4, false)] = 48.7, [("resnet152", 4, true)] = 47.1,
+        [("resnext101_32x8d", 2, false)] = 39.9, [("resnext101_32x8d", 2, true)] = 38.9, [("resnext101_32x8d", 4, false)] = 46.7, [("resnext101_32x8d", 4, true)] = 45.5,
+    };
+
+    // Savings of every local configuration against its architecture's E2E run, beside Table 3, and MAN's increase over
+    // the same configuration without MAN; with the issue's targets for InfoPro + MAN.
+    private static void MemoryTable(StringBuilder md, IReadOnlyList<JsonObject> ok)
+    {
+        var e2eRows = ok.Where(r => r["rule"]!.GetValue<string>() == "e2e" && Architectures.FamilyOf(r["arch"]!.GetValue<string>()) == NetworkFamily.ImageNet).ToList();
+        if (e2eRows.Count == 0) return;
+        double Get(JsonObject r, string key) => r[key]!.GetValue<double>();
+        string Pct(double v) => v.ToString("0.0", CultureInfo.InvariantCulture) + " %";
+        md.AppendLine();
+        md.AppendLine("## ImageNet memory table (beside the paper's Table 3)");
+        md.AppendLine();
+        md.AppendLine("Saving = 1 − peak / E2E peak, peak above the pre-step baseline (activations, gradients and workspace of a step); " +
+                      "'total' adds the baseline (weights, optimizer state, runtime) to both. Table 3 measured total GPU memory at batch 128 per GPU.");
+        md.AppendLine();
+        md.AppendLine("| arch | configuration | split | peak MiB | saving | total MiB | total saving | Table 3 saving | MAN over no MAN |");
+        md.AppendLine("|---|---|---|---|---|---|---|---|---|");
+        var targets = new List<(string What, double Value, string Limit, bool Met)>();
+        foreach (var e2e in e2eRows)
+        {
+            string arch = e2e["arch"]!.GetValue<string>();
+            double e2ePeak = Get(e2e, "peak_memory_mb"), e2eTotal = e2ePeak + Get(e2e, "baseline_mb");
+            md.AppendLine(FormattableString.Invariant($"| {arch} | E2E | — | {e2ePeak} | — | {e2eTotal:0.0} | — | — | — |"));
+            foreach (var r in ok.Where(r => r["arch"]!.GetValue<string>() == arch && r["rule"]!.GetValue<string>() != "e2e"))
+            {
+                int k = r["k"]!.GetValue<int>();
+                bool man = (bool)r["man"]!;
+                double saving = 100 * (1 - Get(r, "peak_memory_mb") / e2ePeak);
+                double total = Get(r, "peak_memory_mb") + Get(r, "baseline_mb");
+                var plain = man ? ok.FirstOrDefault(p => p["name"]!.GetValue<string>() == PlainName(r["name"]!.GetValue<string>())) : null;
+                double? increase = plain is null ? null : 100 * (Get(r, "peak_memory_mb") / Get(plain, "peak_memory_mb") - 1);
+                string paper = r["rule"]!.GetValue<string>() == "infopro" && PaperSavings.TryGetValue((arch, k, man), out var p0) ? Pct(p0) : "—";
+                md.AppendLine(FormattableString.Invariant(
+                    $"| {arch} | {r["rule"]} K={k}{(man ? " + MAN" : "")} | {r["split"]!.GetValue<string>().Replace("|", "\\|")} | {r["peak_memory_mb"]} | {Pct(saving)} | {total:0.0} | {Pct(100 * (1 - total / e2eTotal))} | {paper} | {(increase is { } inc ? (inc >= 0 ? "+" : "") + Pct(inc) : "—")} |"));
+                if (r["rule"]!.GetValue<string>() != "infopro" || !man) continue;
+                string name = r["name"]!.GetValue<string>();
+                if (k == 2) targets.Add(($"{name} saving", saving, "≥ 37 %", saving >= 37));
+                if (k == 4) targets.Add(($"{name} saving", saving, "≥ 45 %", saving >= 45));
+                if (increase is { } i) targets.Add(($"{name}: MAN over InfoPro alone", i, "≤ 3 %", i <= 3));
+            }
+        }
+        if (targets.Count == 0) return;
+        md.AppendLine();
+        md.AppendLine("| target | measured | limit | met |");
+        md.AppendLine("|---|---|---|---|");
+        foreach (var (what, value, limit, met) in targets)
+            md.AppendLine(FormattableString.Invariant($"| {what} | {Pct(value)} | {limit} | {(met ? "yes" : "**no**")} |"));
     }
 
     private static void Plot(string outDir, IReadOnlyList<JsonObject> results)
@@ -271,17 +371,19 @@ internal static partial class BenchCommand
             var rows = ok.Where(r => r["arch"]!.GetValue<string>() == arch).ToList();
             var e2e = rows.FirstOrDefault(r => r["rule"]!.GetValue<string>() == "e2e");
             var groups = rows.Where(r => r["rule"]!.GetValue<string>() != "e2e")
-                .GroupBy(r => $"{r["rule"]}{((bool)r["man"]! ? " + MAN" : "")}").ToList();
+                .GroupBy(r => $"{r["rule"]}{((bool)r["man"]! ? " + MAN" : "")}{(r["name"]!.GetValue<string>().Split('@') is { Length: 2 } at ? " @" + at[1] : "")}").ToList();
             ChartSeries Series(string name, IEnumerable<JsonObject> points, string key) => new(name,
                 points.Select(p => (double)p["k"]!.GetValue<int>()).ToList(), points.Select(p => p[key]!.GetValue<double>()).ToList());
             IEnumerable<JsonObject> WithE2e(IEnumerable<JsonObject> g) => (e2e is null ? g : g.Prepend(e2e)).OrderBy(p => p["k"]!.GetValue<int>());
             if (groups.Count == 0) continue;
             Charts.Line(Path.Combine(outDir, $"memory-vs-k-{arch}.png"), $"{arch}: peak training memory (K = 1 is E2E)", "K (segments)", "MiB",
                 groups.Select(g => Series(g.Key, WithE2e(g), "peak_memory_mb")).ToList(), logX: true);
-            Charts.Line(Path.Combine(outDir, $"throughput-vs-k-{arch}.png"), $"{arch}: training throughput (K = 1 is E2E)", "K (segments)", "images/s",
+            if (rows.All(r => r["images_per_second"] is not null))
+                Charts.Line(Path.Combine(outDir, $"throughput-vs-k-{arch}.png"), $"{arch}: training throughput (K = 1 is E2E)", "K (segments)", "images/s",
                 groups.Select(g => Series(g.Key, WithE2e(g), "images_per_second")).ToList(), logX: true);
         }
         // MAN's overhead per rule: MAN / no MAN, memory and time, averaged over the local configurations measured both ways.
+        if (ok.Any(r => r["step_ms_median"] is null)) return;
         var pairs = ok.Where(r => (bool)r["man"]!)
             .Select(m => (Man: m, Plain: ok.FirstOrDefault(p => !(bool)p["man"]! && p["arch"]!.ToString() == m["arch"]!.ToString()
                                                                 && p["k"]!.GetValue<int>() == m["k"]!.GetValue<int>() && p["rule"]!.ToString() == m["rule"]!.ToString())))

@@ -12,11 +12,11 @@ namespace Man.ML.Samples.Cli;
 internal static class MeasureCommands
 {
     public static Command Memory() => Create("measure-memory",
-        "Peak training memory (MiB above the pre-step resident size) of one configuration on synthetic CIFAR-shaped data. " +
+        "Peak training memory (MiB above the pre-step resident size) of one configuration on synthetic data shaped like the data set's (CIFAR 32x32x10 classes, ImageNet 224x224x1000). " +
         "Run with MALLOC_MMAP_THRESHOLD_=65536 in the environment.", defaultSteps: 3,
-        (options, steps, warmup, imageSize) =>
+        (options, steps, warmup, classes, imageSize) =>
         {
-            var report = TrainingMemoryProbe.Measure(options, steps, warmup, imageSize: imageSize);
+            var report = TrainingMemoryProbe.Measure(options, steps, warmup, classes, imageSize);
             return new
             {
                 arch = options.Architecture,
@@ -24,6 +24,7 @@ internal static class MeasureCommands
                 rule = options.Rule,
                 man = options.Man is not null,
                 batch_size = options.BatchSize,
+                image_size = imageSize,
                 peak_memory_mb = Math.Round(report.PeakAboveBaselineMiB, 1),
                 baseline_mb = Math.Round(report.BaselineBytes / 1048576.0, 1),
                 steps = report.Steps,
@@ -32,9 +33,9 @@ internal static class MeasureCommands
         });
 
     public static Command Speed() => Create("measure-speed", "Step times (ms) of one configuration on synthetic data.", defaultSteps: 5,
-        (options, steps, warmup, imageSize) => new { step_ms = TrainingSpeedProbe.Measure(options, steps, warmup, imageSize: imageSize) });
+        (options, steps, warmup, classes, imageSize) => new { step_ms = TrainingSpeedProbe.Measure(options, steps, warmup, classes, imageSize) });
 
-    private static Command Create(string name, string description, int defaultSteps, Func<TrainingOptions, int, int, int, object> measure)
+    private static Command Create(string name, string description, int defaultSteps, Func<TrainingOptions, int, int, int, int, object> measure)
     {
         var model = new ModelOptions();
         var steps = new Option<int>("--steps") { Description = "Measured steps.", DefaultValueFactory = _ => defaultSteps };
@@ -47,7 +48,8 @@ internal static class MeasureCommands
         {
             model.ApplyThreads(parse);
             var options = model.ToTrainingOptions(parse);
-            var result = measure(options, parse.GetValue(steps), parse.GetValue(warmup), DatasetKind.Get(options.Dataset).ImageSize);
+            var dataset = DatasetKind.Get(options.Dataset);
+            var result = measure(options, parse.GetValue(steps), parse.GetValue(warmup), dataset.Classes, options.ImageSize ?? dataset.ImageSize);
             Console.WriteLine(JsonSerializer.Serialize(result));
             return 0;
         }));

@@ -11,8 +11,11 @@ namespace Man.ML.Samples.Cli;
 internal sealed class ModelOptions
 {
     public Option<string?> Preset { get; } = new("--preset") { Description = "A paper experiment by name ('manml presets' lists them); other options override parts of it." };
-    public Option<string> Dataset { get; } = new("--dataset") { Description = "Data format and recipe: cifar10, svhn or stl10.", DefaultValueFactory = _ => "cifar10" };
-    public Option<string> Arch { get; } = new("--arch") { Description = "Architecture: resnet32, resnet110 or resnet<6n+2>.", DefaultValueFactory = _ => "resnet32" };
+    public Option<string> Dataset { get; } = new("--dataset") { Description = "Data format and recipe: cifar10, svhn, stl10 or imagenet (default cifar10; imagenet for ImageNet architectures).", DefaultValueFactory = _ => "cifar10" };
+    public Option<string> Arch { get; } = new("--arch") { Description = "Architecture: resnet32, resnet110, resnet<6n+2> (CIFAR); resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, vgg11/13/16/19_bn (ImageNet).", DefaultValueFactory = _ => "resnet32" };
+    public Option<string?> Split { get; } = new("--split") { Description = "Split table: man, manpp, infopro, dgl, or balanced (default: the architecture's reference table at this K when there is one, else balanced)." };
+    public Option<int?> ImageSize { get; } = new("--image-size") { Description = "Network input side for ImageNet-layout data and synthetic measurements (default: the data set's, 224 for ImageNet)." };
+    public Option<int> Workers { get; } = new("--workers") { Description = "Background threads decoding image files (default 0: half the cores).", DefaultValueFactory = _ => 0 };
     public Option<int> K { get; } = new("--k") { Description = "Number of gradient-isolated segments (1 = end-to-end).", DefaultValueFactory = _ => 16 };
     public Option<string> Rule { get; } = new("--rule") { Description = "Learning rule: e2e, dgl, infopro or predsim.", DefaultValueFactory = _ => "dgl" };
     public Option<bool> Man { get; } = new("--man") { Description = "Add Momentum Auxiliary Networks (on by default only when neither --rule nor --k is given)." };
@@ -36,7 +39,7 @@ internal sealed class ModelOptions
 
     public IEnumerable<Option> All => new Option[]
     {
-        Preset, Dataset, Arch, K, Rule, Man, NoMan, ManAblation, ManInit, EmaMomentum, ManMix, DglHead, AuxConfig, InfoProLoss, Lambda,
+        Preset, Dataset, Arch, K, Split, ImageSize, Workers, Rule, Man, NoMan, ManAblation, ManInit, EmaMomentum, ManMix, DglHead, AuxConfig, InfoProLoss, Lambda,
         LambdaSchedule, Epochs, BatchSize, Lr, WeightDecay, Seed, Threads, Device,
     };
 
@@ -52,7 +55,9 @@ internal sealed class ModelOptions
         var baseline = preset?.Options ?? new TrainingOptions { Man = null };
         T Pick<T>(Option<T> option, T fallback) => Given(parse, option) ? parse.GetValue(option)! : fallback;
 
-        var datasetName = Pick(Dataset, baseline.Dataset);
+        var archName = Pick(Arch, preset is null ? "resnet32" : baseline.Architecture);
+        var datasetName = Given(parse, Dataset) || preset is not null ? Pick(Dataset, baseline.Dataset)
+            : Models.Architectures.FamilyOf(archName) == Models.NetworkFamily.ImageNet ? DatasetKind.ImageNet.Name : baseline.Dataset;
         var dataset = DatasetKind.Get(datasetName);
         if (parse.GetValue(Man) && parse.GetValue(NoMan)) throw new CliException("Give --man or --no-man, not both.");
         bool man = parse.GetValue(Man) || (!parse.GetValue(NoMan) && (preset is not null ? baseline.Man is not null : !Given(parse, Rule) && !Given(parse, K)));
@@ -137,7 +142,10 @@ internal sealed class ModelOptions
         return new TrainingOptions
         {
             Dataset = dataset.Name,
-            Architecture = Pick(Arch, preset is null ? "resnet32" : baseline.Architecture),
+            Architecture = archName,
+            SplitTable = Given(parse, Split) ? parse.GetValue(Split) : baseline.SplitTable,
+            ImageSize = Given(parse, ImageSize) ? parse.GetValue(ImageSize) : baseline.ImageSize,
+            DataWorkers = Pick(Workers, baseline.DataWorkers),
             K = Pick(K, preset is null ? 16 : baseline.K),
             Rule = Pick(Rule, preset is null ? DglRule.RuleName : baseline.Rule),
             RuleSettings = rules,

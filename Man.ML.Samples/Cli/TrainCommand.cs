@@ -1,4 +1,5 @@
-// manml train: train a CIFAR ResNet by end-to-end backprop or DGL, with or without MAN, on CIFAR-10 binary files.
+// manml train: train a network (CIFAR ResNets on CIFAR-10/SVHN/STL-10 files, ImageNet networks on the ImageNet folder
+// layout) by end-to-end backprop or a local-learning rule, with or without MAN.
 // Writes DIR/metrics.json (config, per-epoch figures, final figures) and DIR/model.ckpt (the trained backbone).
 using System.CommandLine;
 using System.Text.Json;
@@ -35,18 +36,19 @@ internal static class TrainCommand
     public static Command Create()
     {
         var model = new ModelOptions();
-        var data = new Option<string[]>("--data") { Description = "CIFAR-10 binary files or folders of them (default: the bundled sample).", AllowMultipleArgumentsPerToken = true };
-        var trainLimit = new Option<int?>("--train-limit") { Description = "Train on the first N training images only." };
+        var data = new Option<string[]>("--data") { Description = "Training data: CIFAR-10/SVHN/STL-10 files or folders of them (default: the bundled CIFAR-10 sample); for --dataset imagenet the folder holding train/<class>/ and val/.", AllowMultipleArgumentsPerToken = true };
+        var trainLimit = new Option<int?>("--train-limit") { Description = "Train on the first N training images only (ImageNet layout: N images spread evenly over the classes)." };
         var valSplit = new Option<int?>("--val-split") { Description = "Hold out the last N images of --data for validation (default 1000, unless --val is given)." };
         var val = new Option<string[]>("--val") { Description = "Validation files instead of a held-out split.", AllowMultipleArgumentsPerToken = true };
         var test = new Option<string[]>("--test") { Description = "Extra evaluation sets, each reported separately.", AllowMultipleArgumentsPerToken = true };
         var output = new Option<string>("--out") { Description = "Output folder for metrics.json and model.ckpt (default runs/latest, or the --resume folder).", DefaultValueFactory = _ => "runs/latest" };
         var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "Write DIR/run.ckpt (everything needed to resume) every N epochs and at the end; 0: never.", DefaultValueFactory = _ => 0 };
         var resume = new Option<string?>("--resume") { Description = "Continue the run whose folder holds run.ckpt (same options); writes there unless --out is given." };
+        var valLabels = new Option<string?>("--val-labels") { Description = "ImageNet layout: label file of a flat val/ folder ('FILE LABEL' lines; default: val_labels.txt, val.txt, LOC_val_solution.csv or labels.txt beside or inside val/)." };
         var onNonFinite = new Option<string>("--on-nonfinite") { Description = "On a NaN or infinite loss or gradient: stop (default) or skip-step.", DefaultValueFactory = _ => "stop" };
 
         var command = new Command("train", "Train a network by supervised local learning (DGL + MAN at K = 16 by default).");
-        foreach (var o in model.All.Concat(new Option[] { data, trainLimit, valSplit, val, test, output, checkpointEvery, resume, onNonFinite })) command.Options.Add(o);
+        foreach (var o in model.All.Concat(new Option[] { data, trainLimit, valSplit, val, test, output, checkpointEvery, resume, valLabels, onNonFinite })) command.Options.Add(o);
         command.SetAction((parse, cancellation) => Task.FromResult(CliErrors.Run(() =>
         {
             model.ApplyThreads(parse);
@@ -82,27 +84,7 @@ internal static class TrainCommand
             var testPaths = parse.GetValue(test) ?? Array.Empty<string>();
             int? holdOut = parse.GetValue(valSplit);
             if (valPaths.Length > 0 && holdOut is not null) throw new CliException("Give either --val or --val-split, not both.");
-            if (valPaths.Length == 0) holdOut ??= 1000;
-
-            using var all = dataset.Read(dataPaths);
-            LabeledImages pool = all, validation;
-            if (holdOut is int n)
-            {
-                if (n < 1 || n >= all.Count)
-                    throw new CliException($"--val-split {n} must be between 1 and {all.Count - 1} (the data holds {all.Count} images).");
-                validation = all.Slice(all.Count - n, n, $"last {n} images of {all.Source}");
-                pool = all.Slice(0, all.Count - n, $"first {all.Count - n} images of {all.Source}");
-            }
-            else validation = dataset.Read(valPaths);
             var limit = parse.GetValue(trainLimit);
-            if (limit is int l)
-            {
-                if (l < 2 || l > pool.Count)
-                    throw new CliException($"--train-limit {l} must be between 2 and {pool.Count} (the training images available).");
-                pool = pool.Slice(0, l, $"first {l} training images of {all.Source}");
-            }
-            var tests = testPaths.Select(p => (Name: Path.GetFileName(Path.TrimEndingDirectorySeparator(p)), Data: dataset.Read(new[] { p }))).ToList();
-
             var trainer = new Trainer(options)
             {
                 CheckpointPath = every > 0 || resumeFrom is not null ? Path.Combine(outDir, "run.ckpt") : null,
@@ -110,36 +92,47 @@ internal static class TrainCommand
                 ResumeFrom = resumeFrom,
                 OnNonFinite = policy,
             };
-            var (probe, plan, _) = trainer.Build(pool.ClassNames.Count, (int)pool.Images.shape[2]);
-            CheckFreeSpace(outDir, probe.ParameterCount());
-            var config = Config(parse, options, parse.GetValue(model.Preset), dataPaths, limit, holdOut, valPaths, testPaths, outDir, pool.Count, validation.Count, plan.Describe(probe), plan.Source);
-            probe.Dispose();
-            AnsiConsole.MarkupLine($"[bold]manml train[/] {options.Architecture}, K={options.K} ({(plan.Source == SplitSource.ReferencePreset ? "reference split" : "balanced split")}), rule {options.Rule}{(options.Man is null ? "" : " + MAN")}, " +
-                                   $"{pool.Count} training / {validation.Count} validation images, {options.Epochs} epochs, batch {options.BatchSize}, lr {options.EffectiveLearningRate:0.###}");
-
-            TrainingResult result = RunWithProgress(trainer, pool, validation, tests, options.Epochs, cancellation);
-
-            ModelCheckpoint.Save(Path.Combine(outDir, "model.ckpt"), result.Network, new CheckpointInfo
+            string preset = parse.GetValue(model.Preset)!;
+            if (dataset.IsImageFolder)
             {
-                Architecture = options.Architecture,
-                Classes = pool.ClassNames.Count,
-                ImageSize = (int)pool.Images.shape[2],
-                ClassNames = pool.ClassNames.ToArray(),
-                NormalizationMean = options.Augmentation.Normalization.Mean,
-                NormalizationStd = options.Augmentation.Normalization.Std,
-                TrainedWith = $"{options.Rule}{(options.Man is null ? "" : "+man")} K={options.K}, {options.Epochs} epochs, seed {options.Seed}",
-            });
-            var metrics = new JsonObject
+                if (dataPaths.Length != 1) throw new CliException("--dataset imagenet takes one --data folder (holding train/ and val/).");
+                if (testPaths.Length > 0) throw new CliException("--test is not supported with --dataset imagenet; evaluate on val/.");
+                var (trainFiles, valFiles) = ReadImageFolder(dataPaths[0], valPaths, holdOut, limit, parse.GetValue(valLabels));
+                int side = options.ImageSize ?? dataset.ImageSize;
+                var config = Prepare(trainer, parse, options, preset, dataPaths, limit, holdOut, valPaths, testPaths, outDir,
+                    trainFiles.Count, valFiles?.Count ?? 0, trainFiles.ClassNames.Count, side);
+                var result = RunWithProgress(trainer, options.Epochs, () => trainer.Train(trainFiles, valFiles, cancellation));
+                Finish(options, result, config, outDir, trainFiles.ClassNames, side);
+            }
+            else
             {
-                ["config"] = config,
-                ["epochs"] = JsonSerializer.SerializeToNode(result.Epochs, Json),
-                ["final"] = JsonSerializer.SerializeToNode(result.Final, Json),
-            };
-            AtomicFile.WriteText(Path.Combine(outDir, "metrics.json"), metrics.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            PrintSummary(options, result, outDir);
-            foreach (var (_, d) in tests) d.Dispose();
-            if (!ReferenceEquals(validation, all)) validation.Dispose();
-            if (!ReferenceEquals(pool, all)) pool.Dispose();
+                if (parse.GetResult(valLabels) is { Implicit: false }) throw new CliException("--val-labels applies to --dataset imagenet only.");
+                if (valPaths.Length == 0) holdOut ??= 1000;
+                using var all = dataset.Read(dataPaths);
+                LabeledImages pool = all, validation;
+                if (holdOut is int n)
+                {
+                    if (n < 1 || n >= all.Count)
+                        throw new CliException($"--val-split {n} must be between 1 and {all.Count - 1} (the data holds {all.Count} images).");
+                    validation = all.Slice(all.Count - n, n, $"last {n} images of {all.Source}");
+                    pool = all.Slice(0, all.Count - n, $"first {all.Count - n} images of {all.Source}");
+                }
+                else validation = dataset.Read(valPaths);
+                if (limit is int l)
+                {
+                    if (l < 2 || l > pool.Count)
+                        throw new CliException($"--train-limit {l} must be between 2 and {pool.Count} (the training images available).");
+                    pool = pool.Slice(0, l, $"first {l} training images of {all.Source}");
+                }
+                var tests = testPaths.Select(p => (Name: Path.GetFileName(Path.TrimEndingDirectorySeparator(p)), Data: dataset.Read(new[] { p }))).ToList();
+                var config = Prepare(trainer, parse, options, preset, dataPaths, limit, holdOut, valPaths, testPaths, outDir,
+                    pool.Count, validation.Count, pool.ClassNames.Count, (int)pool.Images.shape[2]);
+                var result = RunWithProgress(trainer, options.Epochs, () => trainer.Train(pool, validation, tests, cancellation));
+                Finish(options, result, config, outDir, pool.ClassNames, (int)pool.Images.shape[2]);
+                foreach (var (_, d) in tests) d.Dispose();
+                if (!ReferenceEquals(validation, all)) validation.Dispose();
+                if (!ReferenceEquals(pool, all)) pool.Dispose();
+            }
             return 0;
         })));
         return command;
@@ -177,8 +170,7 @@ internal static class TrainCommand
         }
     }
 
-    private static TrainingResult RunWithProgress(Trainer trainer, LabeledImages train, LabeledImages validation,
-        IReadOnlyList<(string Name, LabeledImages Data)> tests, int epochs, CancellationToken cancellation)
+    private static TrainingResult RunWithProgress(Trainer trainer, int epochs, Func<TrainingResult> train)
     {
         TrainingResult? result = null;
         AnsiConsole.Progress()
@@ -195,13 +187,74 @@ internal static class TrainCommand
                 };
                 trainer.EpochCompleted += m =>
                     task!.Description = $"epoch {m.Epoch}/{epochs}  loss {m.TrainLoss:0.000}  train {m.TrainAccuracy:P1}  val {m.ValAccuracy:P1}  ({m.Seconds:0}s)";
-                result = trainer.Train(train, validation, tests, cancellation);
+                result = train();
             });
         return result!;
     }
 
+    // ROOT/train and ROOT/val (or --val DIR, or --val-split N held out evenly from train/); --train-limit N spread evenly.
+    private static (ImageFileSet Train, ImageFileSet? Validation) ReadImageFolder(string root, string[] valPaths, int? holdOut, int? limit, string? valLabels)
+    {
+        var (train, validation) = ImageNetFolder.Read(root, valLabels);
+        if (valPaths.Length > 1) throw new CliException("--dataset imagenet takes at most one --val folder.");
+        if (valPaths.Length == 1) validation = ImageNetFolder.ReadValidation(valPaths[0], train.ClassNames, valLabels);
+        if (holdOut is int n)
+        {
+            if (n < 1 || n >= train.Count) throw new CliException($"--val-split {n} must be between 1 and {train.Count - 1} (train/ holds {train.Count} images).");
+            var held = Enumerable.Range(0, n).Select(i => (int)((long)i * train.Count / n)).ToHashSet();
+            var rest = Enumerable.Range(0, train.Count).Where(i => !held.Contains(i)).ToArray();
+            validation = new ImageFileSet(held.Order().Select(i => train.Paths[i]).ToArray(), held.Order().Select(i => train.Labels[i]).ToArray(),
+                train.ClassNames, $"{n} images held out evenly from {train.Source}");
+            train = new ImageFileSet(rest.Select(i => train.Paths[i]).ToArray(), rest.Select(i => train.Labels[i]).ToArray(), train.ClassNames,
+                $"{train.Source} less {n} held-out images");
+        }
+        if (limit is int l)
+        {
+            if (l < 2 || l > train.Count) throw new CliException($"--train-limit {l} must be between 2 and {train.Count} (the training images available).");
+            train = train.Spread(l);
+        }
+        return (train, validation);
+    }
+
+    // Builds the model once to describe it (split, parameters), checks free space and prints the run's first line.
+    private static JsonObject Prepare(Trainer trainer, ParseResult parse, TrainingOptions options, string? preset, string[] dataPaths, int? limit,
+        int? holdOut, string[] valPaths, string[] testPaths, string outDir, int trainCount, int valCount, int classes, int imageSize)
+    {
+        var (probe, plan, _) = trainer.Build(classes, imageSize);
+        CheckFreeSpace(outDir, probe.ParameterCount());
+        var config = Config(parse, options, preset, dataPaths, limit, holdOut, valPaths, testPaths, outDir, trainCount, valCount, plan.Describe(probe), plan);
+        config["image_size"] = imageSize;
+        config["classes"] = classes;
+        probe.Dispose();
+        AnsiConsole.MarkupLine(Markup.Escape($"manml train {options.Architecture}, K={options.K} ({(plan.Table is { } table ? $"reference split '{table}'" : "balanced split")}), rule {options.Rule}{(options.Man is null ? "" : " + MAN")}, ") +
+                               Markup.Escape($"{trainCount} training / {valCount} validation images at {imageSize}x{imageSize}, {options.Epochs} epochs, batch {options.BatchSize}, lr {options.EffectiveLearningRate:0.###}"));
+        return config;
+    }
+
+    private static void Finish(TrainingOptions options, TrainingResult result, JsonObject config, string outDir, IReadOnlyList<string> classNames, int imageSize)
+    {
+        ModelCheckpoint.Save(Path.Combine(outDir, "model.ckpt"), result.Network, new CheckpointInfo
+        {
+            Architecture = options.Architecture,
+            Classes = classNames.Count,
+            ImageSize = imageSize,
+            ClassNames = classNames.ToArray(),
+            NormalizationMean = options.Augmentation.Normalization.Mean,
+            NormalizationStd = options.Augmentation.Normalization.Std,
+            TrainedWith = $"{options.Rule}{(options.Man is null ? "" : "+man")} K={options.K}, {options.Epochs} epochs, seed {options.Seed}",
+        });
+        var metrics = new JsonObject
+        {
+            ["config"] = config,
+            ["epochs"] = JsonSerializer.SerializeToNode(result.Epochs, Json),
+            ["final"] = JsonSerializer.SerializeToNode(result.Final, Json),
+        };
+        AtomicFile.WriteText(Path.Combine(outDir, "metrics.json"), metrics.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        PrintSummary(options, result, outDir);
+    }
+
     private static JsonObject Config(ParseResult parse, TrainingOptions options, string? preset, string[] data, int? trainLimit,
-        int? valSplit, string[] val, string[] test, string outDir, int trainImages, int valImages, string split, SplitSource splitSource)
+        int? valSplit, string[] val, string[] test, string outDir, int trainImages, int valImages, string split, SplitPlan plan)
     {
         var man = options.Man;
         return new JsonObject
@@ -218,7 +271,8 @@ internal static class TrainCommand
             ["arch"] = options.Architecture,
             ["k"] = options.K,
             ["split"] = split,
-            ["split_source"] = splitSource == SplitSource.ReferencePreset ? "reference-preset" : "balanced",
+            ["split_source"] = plan.Source == SplitSource.ReferencePreset ? "reference-preset" : "balanced",
+            ["split_table"] = plan.Table,
             ["rule"] = options.Rule,
             ["dgl_head"] = options.Rule == "dgl" ? (options.RuleSettings.DglHead == DglHeadKind.ManPlusPlus ? "manpp" : "mlp-sr") : null,
             ["infopro"] = options.Rule == "infopro" ? InfoProConfig(options) : null,
@@ -250,7 +304,8 @@ internal static class TrainCommand
     private static JsonObject InfoProConfig(TrainingOptions options)
     {
         var trainer = new Trainer(options);
-        var (network, plan, rule) = trainer.Build(10, DatasetKind.Get(options.Dataset).ImageSize);
+        var dataset = DatasetKind.Get(options.Dataset);
+        var (network, plan, rule) = trainer.Build(dataset.Classes, options.ImageSize ?? dataset.ImageSize);
         using var _ = network;
         var infoPro = (InfoProRule)rule;
         var context = new HeadContext(network, plan, 0, network.UnitInfos[0].Output, options.Man is null ? null : plan.NextUnit(0), options.Augmentation.Normalization);
@@ -259,6 +314,7 @@ internal static class TrainCommand
         {
             ["aux_config"] = classifier switch
             {
+                null => "imagenet",
                 AuxClassifierConfig.C0F1 => "0c1f", AuxClassifierConfig.C0F2 => "0c2f", AuxClassifierConfig.C1F1 => "1c1f",
                 AuxClassifierConfig.C1F2 => "1c2f", AuxClassifierConfig.C1F3 => "1c3f", _ => "2c2f",
             },
@@ -277,7 +333,7 @@ internal static class TrainCommand
                 e.ValAccuracy?.ToString("P2") ?? "-", e.Lr.ToString("0.0000"), e.Seconds.ToString("0.0"));
         AnsiConsole.Write(table);
         var f = result.Final;
-        AnsiConsole.MarkupLine($"final (last epoch): val accuracy [bold]{f.ValAccuracy:P2}[/]" +
+        AnsiConsole.MarkupLine($"final (last epoch): val accuracy [bold]{f.ValAccuracy:P2}[/]" + (f.ValTop5Accuracy is { } top5 && result.Network.ClassCount > 5 ? $" (top-5 {top5:P2})" : "") +
                                (f.TestAccuracy is null ? "" : ", " + string.Join(", ", f.TestAccuracy.Select(t => $"{Markup.Escape(t.Key)} {t.Value:P2}"))) +
                                $"; {f.TrainSeconds:0.0} s training, {f.ImagesPerSecond:0.0} images/s; " +
                                $"{f.ParametersBackbone:N0} backbone + {f.ParametersAuxiliary:N0} auxiliary parameters");

@@ -1,5 +1,6 @@
 // The data sets the paper trains on, as formats, augmentations and normalisations (METHOD.md §4): CIFAR-10 (binary
-// batches), SVHN cropped digits (.mat, MATLAB v5) and STL-10 (binary). Each is read into LabeledImages.
+// batches), SVHN cropped digits (.mat, MATLAB v5) and STL-10 (binary), each read into LabeledImages; and ImageNet
+// (the folder layout, streamed from disk).
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -22,8 +23,19 @@ public sealed record DatasetKind(string Name, int ImageSize, int Classes, ImageA
     public static DatasetKind Stl10 { get; } = new("stl10", 96, 10, new ImageAugmentation(4, false, true, Half),
         paths => LabeledImages.Concat(paths.Select(Stl10Binary.Read).ToList(), string.Join(", ", paths)));
 
+    /// <summary>
+    /// ImageNet: image files in the ImageNet folder layout (<see cref="ImageNetFolder"/>), never held in memory;
+    /// random-resized crop 224 + flip, ImageNet normalisation; 1000 classes.
+    /// </summary>
+    public static DatasetKind ImageNet { get; } = new("imagenet", 224, 1000,
+        new ImageAugmentation(0, false, true, ImageNetTransform.ImageNetNormalization),
+        _ => throw new NotSupportedException("ImageNet-layout data is read with ImageNetFolder.Read and streamed from disk, not loaded into memory."));
+
+    /// <summary>Whether the data set is read as image files (ImageNet layout) rather than into memory.</summary>
+    public bool IsImageFolder => ReferenceEquals(this, ImageNet);
+
     /// <summary>Every known kind.</summary>
-    public static IReadOnlyList<DatasetKind> All { get; } = new[] { Cifar10, Svhn, Stl10 };
+    public static IReadOnlyList<DatasetKind> All { get; } = new[] { Cifar10, Svhn, Stl10, ImageNet };
 
     /// <summary>The kind called <paramref name="name"/>.</summary>
     /// <exception cref="ArgumentException">Unknown name.</exception>

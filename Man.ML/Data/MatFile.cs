@@ -8,10 +8,10 @@ using System.Text;
 namespace Man.ML.Data;
 
 /// <summary>One numeric array of a MAT-file: its dimensions and its values, column-major.</summary>
-public sealed record MatArray(string Name, int[] Dimensions, double[] Values, byte[]? Bytes);
+internal sealed record MatArray(string Name, int[] Dimensions, double[] Values, byte[]? Bytes);
 
 /// <summary>Reads numeric arrays from MATLAB v5 MAT-files.</summary>
-public static class MatFile
+internal static class MatFile
 {
     private const int MiInt8 = 1, MiUInt8 = 2, MiInt16 = 3, MiUInt16 = 4, MiInt32 = 5, MiUInt32 = 6, MiSingle = 7, MiDouble = 9,
         MiInt64 = 12, MiUInt64 = 13, MiMatrix = 14, MiCompressed = 15;

@@ -7,7 +7,7 @@ using System.Runtime.InteropServices;
 namespace Man.ML.Diagnostics;
 
 /// <summary>Samples a GPU's used memory while work runs and reports the peak.</summary>
-public sealed class CudaMemorySampler : IDisposable
+internal sealed class CudaMemorySampler : IDisposable
 {
     [StructLayout(LayoutKind.Sequential)]
     private struct NvmlMemory

@@ -36,10 +36,14 @@ public sealed class DglRule(DglHeadKind head = DglHeadKind.MlpSr) : ILocalLearni
     /// <inheritdoc />
     public AuxiliaryHead CreateHead(HeadContext context) => Head == DglHeadKind.ManPlusPlus
         ? new DglManPlusPlusHead(context.Features, context.Classes)
-        : new DglHead(context.Features, context.Classes);
+        : new DglHead(context.Features, context.Classes, context.Network.Family == NetworkFamily.ImageNet);
 }
 
-/// <summary>DGL's MLP-SR auxiliary classifier for a C×S×S feature map.</summary>
+/// <summary>
+/// DGL's MLP-SR auxiliary classifier for a C×S×S feature map. On CIFAR networks AugLocal's adaptation (two bias-free
+/// hidden linear layers); on ImageNet networks DGL's own ImageNet head (three hidden linear layers with bias,
+/// reference-code-spec.md §6.2).
+/// </summary>
 public sealed class DglHead : AuxiliaryHead, IHasCost
 {
     private readonly int firstPool;
@@ -47,8 +51,13 @@ public sealed class DglHead : AuxiliaryHead, IHasCost
     private readonly Sequential convs;
     private readonly Sequential mlp;
 
+    private readonly int hiddenLinears;
+
     /// <summary>Creates the head for features of shape <paramref name="input"/>.</summary>
-    public DglHead(FeatureShape input, int classes) : base(nameof(DglHead))
+    /// <param name="input">Shape of the features.</param>
+    /// <param name="classes">Number of classes.</param>
+    /// <param name="imageNet">DGL's ImageNet variant: three hidden linear layers with bias instead of two without.</param>
+    public DglHead(FeatureShape input, int classes, bool imageNet = false) : base(nameof(DglHead))
     {
         int c = input.Channels;
         int side = Math.Max(input.Height, input.Width);
@@ -59,10 +68,16 @@ public sealed class DglHead : AuxiliaryHead, IHasCost
             nn.Conv2d(c, c, 1, bias: false), nn.BatchNorm2d(c), nn.ReLU(inplace: true),
             nn.Conv2d(c, c, 1, bias: false), nn.BatchNorm2d(c), nn.ReLU(inplace: true));
         int features = c * secondPool * secondPool;
-        mlp = nn.Sequential(
-            nn.Linear(features, features, hasBias: false), nn.BatchNorm1d(features), nn.ReLU(inplace: true),
-            nn.Linear(features, features, hasBias: false), nn.BatchNorm1d(features), nn.ReLU(inplace: true),
-            nn.Linear(features, classes));
+        hiddenLinears = imageNet ? 3 : 2;
+        var layers = new List<nn.Module<Tensor, Tensor>>();
+        for (int i = 0; i < hiddenLinears; i++)
+        {
+            layers.Add(nn.Linear(features, features, hasBias: imageNet));
+            layers.Add(nn.BatchNorm1d(features));
+            layers.Add(nn.ReLU(inplace: true));
+        }
+        layers.Add(nn.Linear(features, classes));
+        mlp = nn.Sequential(layers.ToArray());
         RegisterComponents();
         Initialization.ApplyReference(this);
     }
@@ -93,8 +108,8 @@ public sealed class DglHead : AuxiliaryHead, IHasCost
         int c = input.Channels;
         long pooled = (long)c * firstPool * firstPool, features = (long)c * secondPool * secondPool;
         long classes = ((TorchSharp.Modules.Linear)mlp[^1]).weight!.shape[0];
-        long saved = pooled * 7 + features * 5 + classes;
-        long flops = 3 * LayerCost.LinearFlops(c, c) * firstPool * firstPool + 2 * LayerCost.LinearFlops(features, features)
+        long saved = pooled * 7 + features * (2 * hiddenLinears + 1) + classes;
+        long flops = 3 * LayerCost.LinearFlops(c, c) * firstPool * firstPool + hiddenLinears * LayerCost.LinearFlops(features, features)
                      + LayerCost.LinearFlops(features, classes);
         return new ModuleCost(new FeatureShape((int)classes, 1, 1), 0, saved, false, flops);
     }

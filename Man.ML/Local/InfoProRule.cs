@@ -101,9 +101,29 @@ public sealed class InfoProRule(InfoProSettings settings) : ILocalLearningRule
     /// <inheritdoc />
     public bool IsLocal => true;
 
-    /// <summary>The classifier, loss mode, λ and schedule a segment gets, defaults resolved.</summary>
-    public (AuxClassifierConfig Classifier, InfoProLossMode Mode, InfoProLambdas Lambdas, LambdaSchedule Schedule) Resolve(HeadContext context)
+    /// <summary>
+    /// λ of InfoPro's ImageNet code: (5, 1) for ResNet-152, (5, 0.75) for every other network, the same for every
+    /// segment (the MAN ImageNet code hard-codes 5 / 0.75; InfoPro ran ResNet-152 with 1).
+    /// </summary>
+    public static InfoProLambdas ImageNetLambdas(string architecture)
     {
+        double ixy = architecture.Equals("resnet152", StringComparison.OrdinalIgnoreCase) ? 1 : 0.75;
+        return new InfoProLambdas(5, ixy, 5, ixy);
+    }
+
+    /// <summary>The classifier, loss mode, λ and schedule a segment gets, defaults resolved. ImageNet-family networks
+    /// have one classifier (InfoPro's ImageNet head), reported as null.</summary>
+    /// <exception cref="ArgumentException">A classifier configuration was asked for on an ImageNet network, or no λ is known.</exception>
+    public (AuxClassifierConfig? Classifier, InfoProLossMode Mode, InfoProLambdas Lambdas, LambdaSchedule Schedule) Resolve(HeadContext context)
+    {
+        if (context.Network.Family == NetworkFamily.ImageNet)
+        {
+            if (Settings.Classifier is not null)
+                throw new ArgumentException(
+                    $"{context.Network.Architecture} uses InfoPro's ImageNet auxiliary classifier; the CIFAR configurations (--aux-config) do not apply.");
+            return (null, Settings.LossMode ?? InfoProLossMode.CrossEntropy, Settings.Lambdas ?? ImageNetLambdas(context.Network.Architecture),
+                Settings.Schedule ?? LambdaSchedule.ModuleIndex);
+        }
         var classifier = Settings.Classifier ?? (context.WithMan ? AuxClassifierConfig.C2F2 : AuxClassifierConfig.C1F2);
         var mode = Settings.LossMode ?? (context.WithMan ? InfoProLossMode.CrossEntropy : InfoProLossMode.Contrastive);
         var schedule = Settings.Schedule ?? (context.WithMan ? LambdaSchedule.CopiedUnitStage : LambdaSchedule.ModuleIndex);
@@ -142,7 +162,10 @@ public sealed class InfoProRule(InfoProSettings settings) : ILocalLearningRule
     {
         var (classifier, mode, lambdas, schedule) = Resolve(context);
         var (reconstruction, classification) = Weights(context, lambdas, schedule);
-        return new InfoProHead(context.Features, context.Network.InputShape, context.Classes, classifier, mode, reconstruction,
+        if (classifier is null)
+            return new InfoProImageNetHead(context.Features, context.Network.InputShape, context.Classes, mode, reconstruction,
+                classification, context.Normalization);
+        return new InfoProHead(context.Features, context.Network.InputShape, context.Classes, classifier.Value, mode, reconstruction,
             classification, context.Normalization);
     }
 }

@@ -37,11 +37,15 @@ public sealed class SplitPlan
     /// <summary>Where the split came from.</summary>
     public SplitSource Source { get; }
 
-    private SplitPlan(IReadOnlyList<Segment> segments, int unitCount, SplitSource source)
+    /// <summary>Name of the reference table (see <see cref="SplitTables"/>), or null for a balanced split.</summary>
+    public string? Table { get; }
+
+    private SplitPlan(IReadOnlyList<Segment> segments, int unitCount, SplitSource source, string? table)
     {
         Segments = segments;
         UnitCount = unitCount;
         Source = source;
+        Table = source == SplitSource.ReferencePreset ? table : null;
     }
 
     /// <summary>
@@ -56,7 +60,8 @@ public sealed class SplitPlan
     }
 
     /// <summary>Builds a plan from the indices of each segment's last unit (the last entry must be the last unit).</summary>
-    public static SplitPlan FromSegmentEnds(IReadOnlyList<int> lastUnits, int unitCount, SplitSource source = SplitSource.Balanced)
+    public static SplitPlan FromSegmentEnds(IReadOnlyList<int> lastUnits, int unitCount, SplitSource source = SplitSource.Balanced,
+        string? table = null)
     {
         if (lastUnits.Count == 0 || lastUnits[^1] != unitCount - 1)
             throw new ArgumentException("The last segment must end at the last unit.", nameof(lastUnits));
@@ -68,23 +73,43 @@ public sealed class SplitPlan
             segments.Add(new Segment(start, last + 1));
             start = last + 1;
         }
-        return new SplitPlan(segments, unitCount, source);
+        return new SplitPlan(segments, unitCount, source, table);
     }
 
     /// <summary>
-    /// Splits <paramref name="network"/> into <paramref name="k"/> segments: the reference table when one exists for
-    /// this architecture and K, otherwise the balancing rule.
+    /// Splits <paramref name="network"/> into <paramref name="k"/> segments: with <paramref name="table"/> null, the
+    /// default reference table for this architecture and K when one exists (<see cref="SplitTables.DefaultFor"/>),
+    /// otherwise the balancing rule; with a table name (<c>man</c>, <c>manpp</c>, <c>infopro</c>, <c>dgl</c>), that
+    /// table; with <c>balanced</c>, the balancing rule.
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">K is below 1 or above the number of units.</exception>
-    public static SplitPlan Create(UnitChainNetwork network, int k)
+    /// <exception cref="ArgumentException">The named table has no entry for this architecture and K.</exception>
+    /// <param name="network">The network.</param>
+    /// <param name="k">Number of segments.</param>
+    /// <param name="table">A table name, <c>balanced</c>, or null for the default.</param>
+    /// <param name="boundaryCost">
+    /// For the balancing rule: the extra activation elements a segment ending after unit i keeps besides its units (its
+    /// auxiliary head, MAN's copies); null counts units only.
+    /// </param>
+    public static SplitPlan Create(UnitChainNetwork network, int k, string? table = null, Func<int, double>? boundaryCost = null)
     {
         int units = network.Units.Count;
         if (k < 1 || k > units)
             throw new ArgumentOutOfRangeException(nameof(k), k,
                 $"K must be between 1 and {units} for {network.Architecture} ({units} units: the stem and {units - 1} blocks).");
-        if (network is CifarResNet resnet && ReferencePresets.TryGet(resnet.BlocksPerStage, k, out var ends))
-            return FromSegmentEnds(ends, units, SplitSource.ReferencePreset);
-        return Balanced(network.UnitInfos.Select(u => (double)u.ActivationElements).ToArray(), k);
+        var name = table?.ToLowerInvariant();
+        SplitPlan Balance() => Balanced(network.UnitInfos.Select(u => (double)u.ActivationElements).ToArray(), k,
+            boundaryCost is null || k == 1 ? null : Enumerable.Range(0, units - 1).Select(boundaryCost).ToArray());
+        if (name == SplitTables.Balanced) return Balance();
+        name ??= SplitTables.DefaultFor(network, k);
+        if (name is null) return Balance();
+        if (!SplitTables.TryGet(network, name, k, out var ends))
+        {
+            var available = SplitTables.Available(network, k).Append(SplitTables.Balanced);
+            throw new ArgumentException(
+                $"Split table '{table}' has no entry for {network.Architecture} at K={k}; available at this K: {string.Join(", ", available)}.", nameof(table));
+        }
+        return FromSegmentEnds(ends, units, SplitSource.ReferencePreset, name);
     }
 
     /// <summary>
@@ -92,13 +117,19 @@ public sealed class SplitPlan
     /// segments, those with the smallest largest segment cost (the peak memory of local learning), and among them the
     /// one with the smallest sum of squared segment costs (the most even). Exact, by dynamic programming.
     /// </summary>
-    public static SplitPlan Balanced(IReadOnlyList<double> unitCosts, int k)
+    /// <param name="unitCosts">Cost of each unit.</param>
+    /// <param name="k">Number of segments.</param>
+    /// <param name="boundaryCosts">Extra cost of a segment that ends after unit i (i &lt; n − 1; the last segment has
+    /// none): its auxiliary head and MAN's copies. Null: none.</param>
+    public static SplitPlan Balanced(IReadOnlyList<double> unitCosts, int k, IReadOnlyList<double>? boundaryCosts = null)
     {
         int n = unitCosts.Count;
         if (k < 1 || k > n) throw new ArgumentOutOfRangeException(nameof(k), k, $"K must be between 1 and {n}.");
+        if (boundaryCosts is not null && boundaryCosts.Count != n - 1)
+            throw new ArgumentException($"One boundary cost per unit but the last is needed ({n - 1}, got {boundaryCosts.Count}).", nameof(boundaryCosts));
         var prefix = new double[n + 1];
         for (int i = 0; i < n; i++) prefix[i + 1] = prefix[i] + unitCosts[i];
-        double Cost(int a, int b) => prefix[b] - prefix[a]; // units a..b-1
+        double Cost(int a, int b) => prefix[b] - prefix[a] + (b < n && boundaryCosts is not null ? boundaryCosts[b - 1] : 0); // units a..b-1
 
         // Phase 1: the smallest achievable peak. best[s, i] = min over splits of units 0..i-1 into s segments.
         var peak = new double[k + 1, n + 1];
@@ -142,17 +173,37 @@ public sealed class SplitPlan
 }
 
 /// <summary>
-/// The reference split tables for CIFAR ResNet-32 (n = 5) and ResNet-110 (n = 18) (reference-code-spec.md §1.2).
-/// Entries are (stage, block) of each segment's last residual block, 1-based stages and 0-based blocks, as in the MAN
-/// configs; stage 0 block 0 means "the stem". The stem belongs to the first segment unless the table starts with (0,0).
+/// The reference code's split tables, by name (reference-code-spec.md §1.2, §6): <c>man</c> (the MAN ECCV code; for
+/// CIFAR ResNets also InfoPro's, which are the same), <c>manpp</c> (MAN++), <c>infopro</c> (InfoPro's ImageNet code),
+/// <c>dgl</c> (DGL's ImageNet code). Entries are (stage, block) of each segment's last block, 1-based stages and 0-based
+/// blocks as in the configs; (0, 0) means "the stem", which belongs to the first segment unless a table starts with it.
+/// VGG entries are (0, unit index).
 /// </summary>
-internal static class ReferencePresets
+public static class SplitTables
 {
-    private static readonly Dictionary<(int BlocksPerStage, int K), (int Stage, int Block)[]> Tables = new()
+    /// <summary>The MAN ECCV code's tables (CIFAR: identical to InfoPro's).</summary>
+    public const string Man = "man";
+
+    /// <summary>MAN++'s tables (ImageNet K=4).</summary>
+    public const string ManPlusPlus = "manpp";
+
+    /// <summary>InfoPro's ImageNet K=2 tables.</summary>
+    public const string InfoPro = "infopro";
+
+    /// <summary>DGL's ImageNet tables (VGG-13 block sizes 1 and 3, ResNet-152 K=2).</summary>
+    public const string Dgl = "dgl";
+
+    /// <summary>Not a table: the balancing rule.</summary>
+    public const string Balanced = "balanced";
+
+    private static readonly (int, int)[] CifarR32K4 = { (1, 2), (2, 1), (3, 0), (3, 4) };
+
+    // CIFAR ResNets by blocks per stage (n = 5: ResNet-32, n = 18: ResNet-110).
+    private static readonly Dictionary<(int BlocksPerStage, int K), (int Stage, int Block)[]> Cifar = new()
     {
         [(5, 2)] = new[] { (2, 1), (3, 4) },
         [(5, 3)] = new[] { (1, 4), (2, 4), (3, 4) },
-        [(5, 4)] = new[] { (1, 2), (2, 1), (3, 0), (3, 4) },
+        [(5, 4)] = CifarR32K4,
         [(5, 8)] = new[] { (1, 0), (1, 2), (1, 4), (2, 1), (2, 3), (3, 0), (3, 2), (3, 4) },
         [(5, 15)] = EveryBlock(5, stemAlone: false),  // the MAN ECCV code's "K=16": stem merged into layer1[0]
         [(5, 16)] = EveryBlock(5, stemAlone: true),   // InfoPro's K=16: the stem is its own segment
@@ -172,19 +223,69 @@ internal static class ReferencePresets
         [(18, 55)] = EveryBlock(18, stemAlone: true),
     };
 
-    public static bool TryGet(int blocksPerStage, int k, out int[] lastUnits)
+    private static readonly (int, int)[] LateK4 = { (3, 0), (3, 9), (3, 17), (4, 2) }; // MAN's first commit, all in layer3
+
+    // ImageNet networks by (architecture, table, K).
+    private static readonly Dictionary<(string Arch, string Table, int K), (int Stage, int Block)[]> ImageNet = new()
     {
-        if (Tables.TryGetValue((blocksPerStage, k), out var table))
-        {
-            lastUnits = table.Select(e => e.Stage == 0 ? 0 : 1 + (e.Stage - 1) * blocksPerStage + e.Block).ToArray();
-            return true;
-        }
-        lastUnits = Array.Empty<int>();
-        return false;
+        [("resnet34", Man, 2)] = new[] { (2, 0), (4, 2) },
+        [("resnet34", Man, 4)] = new[] { (2, 0), (3, 0), (3, 5), (4, 2) },
+        [("resnet101", Man, 2)] = new[] { (2, 0), (4, 2) },
+        [("resnet101", Man, 4)] = LateK4,
+        [("resnet101", ManPlusPlus, 4)] = new[] { (2, 2), (3, 8), (3, 16), (4, 2) },
+        [("resnet101", InfoPro, 2)] = new[] { (2, 0), (4, 2) },
+        [("resnet152", Man, 2)] = new[] { (2, 5), (4, 2) },
+        [("resnet152", Man, 4)] = LateK4,
+        [("resnet152", ManPlusPlus, 4)] = new[] { (2, 6), (3, 13), (3, 25), (4, 2) },
+        [("resnet152", InfoPro, 2)] = new[] { (2, 5), (4, 2) },
+        [("resnet152", Dgl, 2)] = new[] { (3, 13), (4, 2) },   // stem + 25 bottlenecks | the other 25
+        [("resnext101_32x8d", Man, 2)] = new[] { (2, 0), (4, 2) },
+        [("resnext101_32x8d", Man, 4)] = LateK4,
+        [("resnext101_32x8d", ManPlusPlus, 4)] = new[] { (2, 2), (3, 8), (3, 16), (4, 2) },
+        [("resnext101_32x8d", InfoPro, 2)] = new[] { (2, 2), (4, 2) },
+        [("vgg13_bn", Dgl, 10)] = Enumerable.Range(0, 10).Select(u => (0, u)).ToArray(), // block size 1: one conv layer each
+        [("vgg13_bn", Dgl, 4)] = new[] { (0, 2), (0, 5), (0, 8), (0, 9) },              // block size 3
+    };
+
+    /// <summary>
+    /// The table used when none is named: the only one there is, or at K = 4 MAN++'s (the authors' published K=4;
+    /// MAN's final code has none), otherwise MAN's; null when no table has this architecture and K.
+    /// </summary>
+    public static string? DefaultFor(UnitChainNetwork network, int k)
+    {
+        var order = k == 4 ? new[] { ManPlusPlus, Man, Dgl, InfoPro } : new[] { Man, ManPlusPlus, Dgl, InfoPro };
+        return order.FirstOrDefault(name => TryGet(network, name, k, out _));
     }
 
-    /// <summary>The raw table entries, for tests and documentation.</summary>
-    public static IReadOnlyDictionary<(int BlocksPerStage, int K), (int Stage, int Block)[]> All => Tables;
+    /// <summary>Names of the tables that have an entry for this architecture and K.</summary>
+    public static IEnumerable<string> Available(UnitChainNetwork network, int k) =>
+        new[] { Man, ManPlusPlus, InfoPro, Dgl }.Where(name => TryGet(network, name, k, out _));
+
+    /// <summary>The indices of each segment's last unit in table <paramref name="table"/>, if it has this architecture and K.</summary>
+    public static bool TryGet(UnitChainNetwork network, string table, int k, out int[] lastUnits)
+    {
+        lastUnits = Array.Empty<int>();
+        (int Stage, int Block)[]? entries = null;
+        if (network is CifarResNet cifar)
+        {
+            if (table is Man or InfoPro && Cifar.TryGetValue((cifar.BlocksPerStage, k), out var found)) entries = found;
+            if (entries is null) return false;
+            lastUnits = entries.Select(e => e.Stage == 0 ? 0 : 1 + (e.Stage - 1) * cifar.BlocksPerStage + e.Block).ToArray();
+            return true;
+        }
+        if (!ImageNet.TryGetValue((network.Architecture, table, k), out entries)) return false;
+        if (network is ImageNetResNet resnet)
+            lastUnits = entries.Select(e => e.Stage == 0 ? 0 : 1 + resnet.BlocksPerStage.Take(e.Stage - 1).Sum() + e.Block).ToArray();
+        else
+            lastUnits = entries.Select(e => e.Block).ToArray();
+        return true;
+    }
+
+    /// <summary>The raw CIFAR entries by (blocks per stage, K), for tests and documentation.</summary>
+    public static IReadOnlyDictionary<(int BlocksPerStage, int K), (int Stage, int Block)[]> CifarEntries => Cifar;
+
+    /// <summary>The raw ImageNet entries by (architecture, table, K), for tests and documentation.</summary>
+    public static IReadOnlyDictionary<(string Arch, string Table, int K), (int Stage, int Block)[]> ImageNetEntries => ImageNet;
 
     private static IEnumerable<(int, int)> Stage(int stage, params int[] blocks) => blocks.Select(b => (stage, b));
 

@@ -1,22 +1,48 @@
-// Architecture names to networks: resnet32, resnet110, or any resnet<6n+2>.
+// Architecture names to networks: CIFAR ResNets (resnet32, resnet110, any resnet<6n+2>) and torchvision's ImageNet
+// networks by their torchvision names. resnet50 and resnet152 name the ImageNet networks (both are also 6n+2).
 namespace Man.ML.Models;
 
 /// <summary>Creates networks by architecture name.</summary>
 public static class Architectures
 {
-    /// <summary>Names with a reference split table; any resnet&lt;6n+2&gt; is accepted too.</summary>
-    public static IReadOnlyList<string> Known { get; } = new[] { "resnet32", "resnet110" };
+    private static readonly Dictionary<string, Func<int, int, UnitChainNetwork>> ImageNet = new()
+    {
+        ["resnet18"] = (c, s) => ImageNetResNet.ResNet18(c, s),
+        ["resnet34"] = (c, s) => ImageNetResNet.ResNet34(c, s),
+        ["resnet50"] = (c, s) => ImageNetResNet.ResNet50(c, s),
+        ["resnet101"] = (c, s) => ImageNetResNet.ResNet101(c, s),
+        ["resnet152"] = (c, s) => ImageNetResNet.ResNet152(c, s),
+        ["resnext50_32x4d"] = (c, s) => ImageNetResNet.ResNeXt50_32x4d(c, s),
+        ["resnext101_32x8d"] = (c, s) => ImageNetResNet.ResNeXt101_32x8d(c, s),
+        ["vgg11_bn"] = (c, s) => new Vgg(11, c, s),
+        ["vgg13_bn"] = (c, s) => new Vgg(13, c, s),
+        ["vgg16_bn"] = (c, s) => new Vgg(16, c, s),
+        ["vgg19_bn"] = (c, s) => new Vgg(19, c, s),
+    };
 
-    /// <summary>Creates the CIFAR network called <paramref name="name"/> (resnet32, resnet110, resnet&lt;6n+2&gt;).</summary>
-    /// <exception cref="ArgumentException">The name is not a CIFAR ResNet of depth 6n+2.</exception>
+    /// <summary>Names with a reference split table; any resnet&lt;6n+2&gt; is accepted too.</summary>
+    public static IReadOnlyList<string> Known { get; } = new[] { "resnet32", "resnet110", "resnet34", "resnet101", "resnet152", "resnext101_32x8d", "vgg13_bn" };
+
+    /// <summary>The ImageNet architectures, by torchvision name.</summary>
+    public static IReadOnlyCollection<string> ImageNetNames => ImageNet.Keys;
+
+    /// <summary>Which family <paramref name="name"/> belongs to (ImageNet names first; everything else is CIFAR).</summary>
+    public static NetworkFamily FamilyOf(string name) => ImageNet.ContainsKey(name.ToLowerInvariant()) ? NetworkFamily.ImageNet : NetworkFamily.Cifar;
+
+    /// <summary>
+    /// Creates the network called <paramref name="name"/>: resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d,
+    /// vgg11/13/16/19_bn (ImageNet layouts), or resnet&lt;6n+2&gt; (CIFAR layout: resnet32, resnet110, ...).
+    /// </summary>
+    /// <exception cref="ArgumentException">Unknown name.</exception>
     public static UnitChainNetwork Create(string name, int classes = 10, int imageSize = 32)
     {
         var lower = name.ToLowerInvariant();
+        if (ImageNet.TryGetValue(lower, out var create)) return create(classes, imageSize);
         if (lower.StartsWith("resnet", StringComparison.Ordinal) && int.TryParse(lower.AsSpan(6), out int depth)
             && depth >= 8 && (depth - 2) % 6 == 0)
             return new CifarResNet(depth, classes, imageSize);
         throw new ArgumentException(
-            $"Unknown architecture '{name}': expected resnet32, resnet110 or resnet<6n+2> (resnet8, resnet14, resnet20, resnet44, resnet56, ...).",
+            $"Unknown architecture '{name}': expected resnet32, resnet110 or resnet<6n+2> (CIFAR), or one of {string.Join(", ", ImageNet.Keys)} (ImageNet).",
             nameof(name));
     }
 }

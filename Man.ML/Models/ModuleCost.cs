@@ -32,4 +32,64 @@ public static class LayerCost
 
     /// <summary>Forward FLOPs of a linear layer.</summary>
     public static long LinearFlops(long inFeatures, long outFeatures) => 2L * inFeatures * outFeatures;
+
+    /// <summary>
+    /// The cost of a plain chain of layers (convolutions, linear layers, batch norms, ReLU/sigmoid, pooling, flatten):
+    /// every tensor a convolution, linear layer or batch norm takes as input, or a ReLU or sigmoid returns, counted once.
+    /// </summary>
+    /// <param name="chain">The layers, run in order.</param>
+    /// <param name="input">Shape of the chain's input.</param>
+    /// <param name="inputAlreadyCounted">Whether the input is kept anyway (then <see cref="ModuleCost.SavedInput"/> is 0).</param>
+    /// <exception cref="NotSupportedException">A layer of another kind.</exception>
+    public static ModuleCost Chain(TorchSharp.Modules.Sequential chain, FeatureShape input, bool inputAlreadyCounted = false)
+    {
+        var layers = chain.children().ToList();
+        var shape = input;
+        long savedInput = 0, saved = 0, flops = 0;
+        bool lastSaved = inputAlreadyCounted; // whether the current tensor is already counted
+        bool first = true;
+        foreach (var layer in layers)
+        {
+            bool keepsInput = layer is TorchSharp.Modules.Conv2d or TorchSharp.Modules.Linear or TorchSharp.Modules.BatchNorm2d or TorchSharp.Modules.BatchNorm1d;
+            if (keepsInput && !lastSaved)
+            {
+                if (first) savedInput = shape.Elements; else saved += shape.Elements;
+                lastSaved = true;
+            }
+            switch (layer)
+            {
+                case TorchSharp.Modules.Conv2d conv:
+                {
+                    var output = ConvOutput(shape, (int)conv.out_channels, (int)conv.kernel_size[0], (int)conv.stride[0], (int)conv.padding![0]);
+                    flops += ConvFlops(shape, output, (int)conv.kernel_size[0], (int)conv.groups);
+                    shape = output;
+                    lastSaved = false;
+                    break;
+                }
+                case TorchSharp.Modules.Linear linear:
+                    flops += LinearFlops(linear.in_features, linear.out_features);
+                    shape = new FeatureShape((int)linear.out_features, 1, 1);
+                    lastSaved = false;
+                    break;
+                case TorchSharp.Modules.BatchNorm2d or TorchSharp.Modules.BatchNorm1d:
+                    lastSaved = false;  // a new tensor (its input was kept above)
+                    break;
+                case TorchSharp.Modules.ReLU or TorchSharp.Modules.Sigmoid:
+                    saved += shape.Elements; // the output (in place on the previous tensor, which is then not kept)
+                    lastSaved = true;
+                    break;
+                case TorchSharp.Modules.AdaptiveAvgPool2d:
+                    shape = new FeatureShape(shape.Channels, 1, 1); // only global pooling occurs in heads
+                    lastSaved = false;
+                    break;
+                case TorchSharp.Modules.Flatten:
+                    shape = new FeatureShape((int)shape.Elements, 1, 1);
+                    break;
+                default:
+                    throw new NotSupportedException($"LayerCost.Chain does not know {layer.GetType().Name}.");
+            }
+            first = false;
+        }
+        return new ModuleCost(shape, savedInput, saved, lastSaved, flops);
+    }
 }

@@ -29,6 +29,16 @@ public readonly record struct FeatureShape(int Channels, int Height, int Width)
 public sealed record UnitInfo(int Index, string Name, int Stage, FeatureShape Input, FeatureShape Output,
     long ActivationElements);
 
+/// <summary>Which recipe a network was designed for; auxiliary heads and data defaults follow it.</summary>
+public enum NetworkFamily
+{
+    /// <summary>Small-image networks (CIFAR-10, SVHN, STL-10): 3x3 stem, no max-pool.</summary>
+    Cifar,
+
+    /// <summary>ImageNet networks (224×224 inputs, stride 32): torchvision's ResNets, ResNeXts and VGGs.</summary>
+    ImageNet,
+}
+
 /// <summary>
 /// A classification network as an ordered chain of units plus a head (global pooling and a linear layer).
 /// Running every unit in order and then the head is the network's forward pass.
@@ -40,6 +50,9 @@ public abstract class UnitChainNetwork : nn.Module<Tensor, Tensor>
 
     /// <summary>Architecture name, for example <c>resnet32</c>.</summary>
     public abstract string Architecture { get; }
+
+    /// <summary>Which recipe the network belongs to. Default <see cref="NetworkFamily.Cifar"/>.</summary>
+    public virtual NetworkFamily Family => NetworkFamily.Cifar;
 
     /// <summary>Number of output classes.</summary>
     public abstract int ClassCount { get; }

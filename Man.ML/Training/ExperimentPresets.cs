@@ -31,7 +31,7 @@ public static class ExperimentPresets
     {
         var presets = new List<ExperimentPreset>();
         var cells = new[] { ("resnet32", 32, 8), ("resnet32", 32, 16), ("resnet110", 110, 32), ("resnet110", 110, 55) };
-        foreach (var dataset in DatasetKind.All)
+        foreach (var dataset in new[] { DatasetKind.Cifar10, DatasetKind.Svhn, DatasetKind.Stl10 }) // Table 1's data sets
             foreach (var (arch, depth, k) in cells)
                 foreach (var rule in new[] { PredSimRule.RuleName, DglRule.RuleName, InfoProRule.RuleName })
                     foreach (bool man in new[] { false, true })

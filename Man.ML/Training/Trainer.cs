@@ -79,8 +79,40 @@ public sealed class Trainer
             throw new ArgumentException("MAN needs K ≥ 2: with one segment there is no next segment to copy.");
         manual_seed(Options.Seed);
         var network = Architectures.Create(Options.Architecture, classes, imageSize);
-        var plan = SplitPlan.Create(network, Options.K);
+        var plan = SplitPlan.Create(network, Options.K, Options.SplitTable, rule.IsLocal ? b => BoundaryCost(network, rule, b) : null);
         return (network, plan, rule);
+    }
+
+    // What a segment ending after unit b keeps besides its units, for the balancing rule: MAN's copies of unit b + 1
+    // (and their sum) and the auxiliary head on the features it sees, as the head itself states (IHasCost). Heads are
+    // built on the side and discarded; the generator state is restored so the run's initialisation does not change.
+    private double BoundaryCost(UnitChainNetwork network, ILocalLearningRule rule, int b)
+    {
+        var infos = network.UnitInfos;
+        var man = Options.Man;
+        int copies = man is null ? 0 : (man.HasLearnableCopy ? 1 : 0) + (man.HasEmaCopy ? 1 : 0);
+        var features = man is null ? infos[b].Output : infos[b + 1].Output;
+        double cost = man is null ? 0 : copies * infos[b + 1].ActivationElements + features.Elements;
+        using var state = get_rng_state();
+        try
+        {
+            var twoSegments = SplitPlan.FromSegmentEnds(new[] { b, infos.Count - 1 }, infos.Count);
+            using var head = rule.CreateHead(new HeadContext(network, twoSegments, 0, features, man is null ? null : b + 1, Options.Augmentation.Normalization));
+            if (head is IHasCost stated)
+            {
+                var c = stated.Cost(features);
+                cost += c.SavedInput + c.SavedInternal;
+            }
+        }
+        catch (ArgumentException)
+        {
+            // No head for this configuration (for example no λ known): the real build reports it.
+        }
+        finally
+        {
+            set_rng_state(state);
+        }
+        return cost;
     }
 
     /// <summary>Builds the network and its local trainer (auxiliary heads, MAN, optimizer) on <paramref name="device"/>.</summary>
@@ -97,10 +129,31 @@ public sealed class Trainer
     public TrainingResult Train(LabeledImages train, LabeledImages? validation,
         IReadOnlyList<(string Name, LabeledImages Data)>? tests = null, CancellationToken cancellation = default)
     {
-        if (train.Count < Options.BatchSize && train.Count < 2)
+        var augmentation = Options.Augmentation;
+        return Train(new InMemorySource(train, augmentation), validation is null ? null : new InMemorySource(validation, augmentation),
+            tests?.Select(t => (t.Name, (ITrainingSource)new InMemorySource(t.Data, augmentation))).ToList(), cancellation);
+    }
+
+    /// <summary>
+    /// Trains on image files (the ImageNet layout, <see cref="ImageNetFolder"/>): random-resized crops of
+    /// <see cref="TrainingOptions.ImageSize"/> (default 224) with flips, decoded ahead on
+    /// <see cref="TrainingOptions.DataWorkers"/> background threads; evaluation resizes and centre-crops, and reports top-1
+    /// and top-5 accuracy.
+    /// </summary>
+    public TrainingResult Train(ImageFileSet train, ImageFileSet? validation, CancellationToken cancellation = default)
+    {
+        var transform = ImageNetTransform.ForCrop(Options.ImageSize ?? 224) with { Normalization = Options.Augmentation.Normalization };
+        return Train(new FileSource(train, transform, Options.DataWorkers),
+            validation is null ? null : new FileSource(validation, transform, Options.DataWorkers), null, cancellation);
+    }
+
+    private TrainingResult Train(ITrainingSource train, ITrainingSource? validation, IReadOnlyList<(string Name, ITrainingSource Data)>? tests,
+        CancellationToken cancellation)
+    {
+        if (train.Count < 2)
             throw new ArgumentException($"Training needs at least 2 images (got {train.Count}).");
         var device = ResolveDevice(Options.Device);
-        using var local = CreateLocalTrainer(train.ClassNames.Count, (int)train.Images.shape[2], device);
+        using var local = CreateLocalTrainer(train.ClassNames.Count, train.ImageSize, device);
         try
         {
             return Run(local, train, validation, tests, device, cancellation);
@@ -112,14 +165,16 @@ public sealed class Trainer
         }
     }
 
-    private TrainingResult Run(LocalTrainer local, LabeledImages train, LabeledImages? validation,
-        IReadOnlyList<(string Name, LabeledImages Data)>? tests, Device device, CancellationToken cancellation)
+    private TrainingResult Run(LocalTrainer local, ITrainingSource train, ITrainingSource? validation,
+        IReadOnlyList<(string Name, ITrainingSource Data)>? tests, Device device, CancellationToken cancellation)
     {
         var (network, plan) = (local.Network, local.Plan);
 
         int batches = (train.Count + Options.BatchSize - 1) / Options.BatchSize;
         // A last batch of one image would break batch norm: fold it into the previous one.
         if (batches > 1 && train.Count % Options.BatchSize == 1) batches--;
+        var ranges = Enumerable.Range(0, batches)
+            .Select(b => (b * Options.BatchSize, b == batches - 1 ? train.Count : (b + 1) * Options.BatchSize)).ToList();
         var schedule = new CosineWarmupSchedule(Options.EffectiveLearningRate, Options.Epochs, batches);
         var epochs = new List<EpochMetrics>();
         string? lastCheckpoint = null;
@@ -140,17 +195,17 @@ public sealed class Trainer
             double lossSum = 0, firstRate = schedule.Rate(epoch, 0);
             long correct = 0, seen = 0;
             var segmentSums = new double[plan.K];
+            using var batchesOfEpoch = train.Epoch(order, ranges, random, Options.Seed, epoch, cancellation);
             for (int b = 0; b < batches; b++)
             {
                 cancellation.ThrowIfCancellationRequested();
-                int start = b * Options.BatchSize;
-                int end = b == batches - 1 ? train.Count : start + Options.BatchSize;
                 local.LearningRate = schedule.Rate(epoch, b);
                 StepResult result;
                 using (var scope = NewDisposeScope())
                 {
-                    var (pixels, labels) = train.Gather(order[start..end]);
-                    var x = Options.Augmentation.Apply(pixels, random).to(device);
+                    if (!batchesOfEpoch.MoveNext()) throw new InvalidOperationException($"The data gave {b} batches of the {batches} an epoch needs.");
+                    var (images, labels) = batchesOfEpoch.Current;
+                    var x = images.to(device);
                     try { result = local.Step(x, labels.to(device), OnNonFinite); }
                     catch (NonFiniteException e)
                     {
@@ -175,8 +230,8 @@ public sealed class Trainer
             imagesSeen += seen;
 
             var evalClock = Stopwatch.StartNew();
-            EvaluationResult? val = validation is null ? null
-                : Evaluation.Evaluate(network, validation, Options.Augmentation.Normalization, Options.EvaluationBatchSize, device, cancellation);
+            double waited = train.WaitSeconds;
+            EvaluationResult? val = validation?.Evaluate(network, Options.EvaluationBatchSize, device, cancellation);
             var metrics = new EpochMetrics
             {
                 Epoch = epoch + 1,
@@ -184,6 +239,8 @@ public sealed class Trainer
                 TrainAccuracy = (double)correct / seen,
                 ValAccuracy = val?.Accuracy,
                 ValLoss = val?.Loss,
+                ValTop5Accuracy = val?.Top5Accuracy,
+                DataWaitSeconds = waited,
                 Lr = firstRate,
                 Seconds = seconds,
                 EvalSeconds = evalClock.Elapsed.TotalSeconds,
@@ -205,12 +262,12 @@ public sealed class Trainer
         {
             testAccuracy = new Dictionary<string, double>();
             foreach (var (name, data) in tests)
-                testAccuracy[name] = Evaluation.Evaluate(network, data, Options.Augmentation.Normalization,
-                    Options.EvaluationBatchSize, device, cancellation).Accuracy;
+                testAccuracy[name] = data.Evaluate(network, Options.EvaluationBatchSize, device, cancellation).Accuracy;
         }
         var final = new FinalMetrics
         {
             ValAccuracy = epochs[^1].ValAccuracy,
+            ValTop5Accuracy = epochs[^1].ValTop5Accuracy,
             TestAccuracy = testAccuracy,
             TrainSeconds = trainSeconds,
             ImagesPerSecond = imagesSeen / trainSeconds,

@@ -35,7 +35,7 @@ public static class TrainingCheckpoint
 
     /// <summary>The configuration fingerprint a checkpoint must match to be resumed.</summary>
     public static string Fingerprint(TrainingOptions o) => string.Join("; ",
-        $"dataset={o.Dataset}", $"arch={o.Architecture}", $"k={o.K}", $"rule={o.Rule}", $"rules={o.RuleSettings.DglHead}/{o.RuleSettings.InfoPro}",
+        $"dataset={o.Dataset}", $"arch={o.Architecture}", $"k={o.K}", $"split={o.SplitTable ?? "default"}", $"size={o.ImageSize}", $"rule={o.Rule}", $"rules={o.RuleSettings.DglHead}/{o.RuleSettings.InfoPro}",
         $"man={(o.Man is null ? "none" : $"{o.Man.Ablation}/{o.Man.Initialization}/{o.Man.Momentum}/{o.Man.LearnableMix}")}",
         $"epochs={o.Epochs}", $"batch={o.BatchSize}", $"lr={o.EffectiveLearningRate}", $"wd={o.WeightDecay}", $"seed={o.Seed}");
 

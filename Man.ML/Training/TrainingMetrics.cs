@@ -23,6 +23,12 @@ public sealed record EpochMetrics
     /// <summary>Validation cross-entropy; null without validation data.</summary>
     public double? ValLoss { get; init; }
 
+    /// <summary>Validation top-5 accuracy, in [0, 1]; null without validation data.</summary>
+    public double? ValTop5Accuracy { get; init; }
+
+    /// <summary>Seconds the training loop waited for decoded batches (0 for data held in memory).</summary>
+    public double DataWaitSeconds { get; init; }
+
     /// <summary>Learning rate at the epoch's first iteration.</summary>
     public double Lr { get; init; }
 
@@ -41,6 +47,9 @@ public sealed record FinalMetrics
 {
     /// <summary>Validation accuracy after the last epoch; null without validation data.</summary>
     public double? ValAccuracy { get; init; }
+
+    /// <summary>Validation top-5 accuracy after the last epoch; null without validation data.</summary>
+    public double? ValTop5Accuracy { get; init; }
 
     /// <summary>Accuracy on each extra evaluation set after the last epoch, by name; null when none were given.</summary>
     public Dictionary<string, double>? TestAccuracy { get; init; }

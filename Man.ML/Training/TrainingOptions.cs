@@ -13,6 +13,18 @@ public sealed record TrainingOptions
     /// <summary>Architecture: resnet32, resnet110 or resnet&lt;6n+2&gt;. Default resnet32.</summary>
     public string Architecture { get; init; } = "resnet32";
 
+    /// <summary>
+    /// Reference split table (man, manpp, infopro, dgl) or balanced; null: the architecture's default table at this K
+    /// when there is one, else the balancing rule.
+    /// </summary>
+    public string? SplitTable { get; init; }
+
+    /// <summary>Side of the network input for image-file data (ImageNet layout); null: 224. Data held in memory keeps its own size.</summary>
+    public int? ImageSize { get; init; }
+
+    /// <summary>Background threads decoding image files; 0: half the cores (at least one).</summary>
+    public int DataWorkers { get; init; }
+
     /// <summary>Number of gradient-isolated segments; 1 is end-to-end. Default 16 (every unit its own segment on ResNet-32).</summary>
     public int K { get; init; } = 16;
 
@@ -58,6 +70,8 @@ public sealed record TrainingOptions
         if (K < 1) throw new ArgumentException($"K must be at least 1 (got {K}).", nameof(K));
         if (Epochs < 1) throw new ArgumentException($"Epochs must be at least 1 (got {Epochs}).", nameof(Epochs));
         if (BatchSize < 2) throw new ArgumentException($"The batch size must be at least 2 for batch norm (got {BatchSize}).", nameof(BatchSize));
+        if (ImageSize is < 32) throw new ArgumentException($"The image size must be at least 32 (got {ImageSize}).", nameof(ImageSize));
+        if (DataWorkers < 0) throw new ArgumentException($"Data workers must be 0 (automatic) or more (got {DataWorkers}).", nameof(DataWorkers));
         if (EvaluationBatchSize < 1) throw new ArgumentException("The evaluation batch size must be positive.", nameof(EvaluationBatchSize));
         if (LearningRate is { } lr && (lr <= 0 || double.IsNaN(lr) || double.IsInfinity(lr)))
             throw new ArgumentException($"The learning rate must be positive (got {lr}).", nameof(LearningRate));
