@@ -103,25 +103,8 @@ public sealed class InfoProImageNetHead : AuxiliaryHead, IHasCost
     }
 
     /// <inheritdoc />
-    public override Tensor Loss(Tensor features, LocalTargets targets)
-    {
-        using var scope = NewDisposeScope();
-        var loss = zeros(1, device: features.device).squeeze();
-        if (ReconstructionWeight != 0)
-        {
-            var target = targets.Images.mul(std.to(features.device)).add_(mean.to(features.device)).clamp_(0, 1); // de-normalised input
-            loss = loss + ReconstructionWeight * nn.functional.binary_cross_entropy(Reconstruct(features), target);
-        }
-        if (ClassificationWeight != 0)
-        {
-            var output = call(features);
-            var term = Mode == InfoProLossMode.CrossEntropy
-                ? nn.functional.cross_entropy(output, targets.Labels)
-                : SupervisedContrastiveLoss.Compute(output, targets.Labels);
-            loss = loss + ClassificationWeight * term;
-        }
-        return loss.MoveToOuterDisposeScope();
-    }
+    public override Tensor Loss(Tensor features, LocalTargets targets) =>
+        InfoProLoss.Compute(features, targets, ReconstructionWeight, ClassificationWeight, Mode, mean, std, Reconstruct, call);
 
     /// <summary>
     /// Per layer chain: every tensor a convolution, linear layer or batch norm takes as input, or a ReLU or sigmoid

@@ -344,22 +344,30 @@ public sealed class InfoProHead : AuxiliaryHead, IHasCost
     }
 
     /// <inheritdoc />
-    public override Tensor Loss(Tensor features, LocalTargets targets)
+    public override Tensor Loss(Tensor features, LocalTargets targets) =>
+        InfoProLoss.Compute(features, targets, ReconstructionWeight, ClassificationWeight, Mode, mean, std, Reconstruct, call);
+}
+
+/// <summary>InfoPro's local loss, shared by its CIFAR and ImageNet heads: λ1·BCE(reconstruction, de-normalised input) + λ2·(CE | contrast).</summary>
+internal static class InfoProLoss
+{
+    public static Tensor Compute(Tensor features, LocalTargets targets, double reconstructionWeight, double classificationWeight,
+        InfoProLossMode mode, Tensor mean, Tensor std, Func<Tensor, Tensor> reconstruct, Func<Tensor, Tensor> classify)
     {
         using var scope = NewDisposeScope();
         var loss = zeros(1, device: features.device).squeeze();
-        if (ReconstructionWeight != 0)
+        if (reconstructionWeight != 0)
         {
             var target = targets.Images.mul(std.to(features.device)).add_(mean.to(features.device)).clamp_(0, 1); // de-normalised input
-            loss = loss + ReconstructionWeight * nn.functional.binary_cross_entropy(Reconstruct(features), target);
+            loss = loss + reconstructionWeight * nn.functional.binary_cross_entropy(reconstruct(features), target);
         }
-        if (ClassificationWeight != 0)
+        if (classificationWeight != 0)
         {
-            var output = call(features);
-            var term = Mode == InfoProLossMode.CrossEntropy
+            var output = classify(features);
+            var term = mode == InfoProLossMode.CrossEntropy
                 ? nn.functional.cross_entropy(output, targets.Labels)
                 : SupervisedContrastiveLoss.Compute(output, targets.Labels);
-            loss = loss + ClassificationWeight * term;
+            loss = loss + classificationWeight * term;
         }
         return loss.MoveToOuterDisposeScope();
     }
