@@ -4,6 +4,7 @@ using Man.ML.Samples.Cli;
 
 var root = new RootCommand("Man.ML: supervised local learning with Momentum Auxiliary Networks (MAN).");
 root.Subcommands.Add(TrainCommand.Create());
+root.Subcommands.Add(DoctorCommand.Create());
 root.Subcommands.Add(MeasureCommands.Memory());
 root.Subcommands.Add(ImageFolderCommand.Create());
 root.Subcommands.Add(ScoreModelCommand.Create());

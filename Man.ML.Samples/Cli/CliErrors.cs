@@ -1,4 +1,5 @@
-// User mistakes end with one line on stderr and exit code 2; only real bugs show a stack trace.
+// User mistakes end with one line on stderr and exit code 2; a NaN or infinite loss or gradient with exit code 3; a
+// backend that computes a convolution wrongly (the backend check) with exit code 4. Only real bugs show a stack trace.
 using Spectre.Console;
 
 namespace Man.ML.Samples.Cli;
@@ -34,6 +35,16 @@ internal static class CliErrors
         {
             Console.Error.WriteLine($"manml: training stopped: {e.Message}");
             return 3;
+        }
+        catch (Man.ML.Local.NonFiniteException e) // measure-memory, measure-speed and the analyses step a LocalTrainer directly
+        {
+            Console.Error.WriteLine($"manml: training stopped: {e.Message} No update was applied.");
+            return 3;
+        }
+        catch (Man.ML.Backend.BackendFaultException e)
+        {
+            Console.Error.WriteLine($"manml: backend check failed: {e.Message.ReplaceLineEndings(" ")}");
+            return 4;
         }
         catch (OperationCanceledException)
         {

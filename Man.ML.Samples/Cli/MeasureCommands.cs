@@ -46,7 +46,7 @@ internal static class MeasureCommands
         command.Options.Add(warmup);
         command.SetAction(parse => CliErrors.Run(() =>
         {
-            model.ApplyThreads(parse);
+            model.ApplyProcessSettings(parse);
             var options = model.ToTrainingOptions(parse);
             var dataset = DatasetKind.Get(options.Dataset);
             var result = measure(options, parse.GetValue(steps), parse.GetValue(warmup), dataset.Classes, options.ImageSize ?? dataset.ImageSize);

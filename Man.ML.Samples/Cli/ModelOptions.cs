@@ -36,11 +36,12 @@ internal sealed class ModelOptions
     public Option<int> Seed { get; } = new("--seed") { Description = "Random seed (initialisation, data order, augmentation).", DefaultValueFactory = _ => 0 };
     public Option<int?> Threads { get; } = new("--threads") { Description = "CPU threads for libtorch (default: all cores)." };
     public Option<string> Device { get; } = new("--device") { Description = "Device: cpu or cuda.", DefaultValueFactory = _ => "cpu" };
+    public Option<string?> ConvWorkaround { get; } = new("--conv-workaround") { Description = "How convolutions avoid libtorch's known CPU faults: auto (default: where this CPU needs it), always, or never (plain libtorch). Default: the MANML_CONV_WORKAROUND environment variable, else auto." };
 
     public IEnumerable<Option> All => new Option[]
     {
         Preset, Dataset, Arch, K, Split, ImageSize, Workers, Rule, Man, NoMan, ManAblation, ManInit, EmaMomentum, ManMix, DglHead, AuxConfig, InfoProLoss, Lambda,
-        LambdaSchedule, Epochs, BatchSize, Lr, WeightDecay, Seed, Threads, Device,
+        LambdaSchedule, Epochs, BatchSize, Lr, WeightDecay, Seed, Threads, Device, ConvWorkaround,
     };
 
     private static bool Given(ParseResult parse, Option option) => parse.GetResult(option) is { Implicit: false };
@@ -164,11 +165,18 @@ internal sealed class ModelOptions
         };
     }
 
-    public void ApplyThreads(ParseResult parse)
+    /// <summary>Settings of this process rather than of the run: libtorch's threads and the convolution workaround.</summary>
+    public void ApplyProcessSettings(ParseResult parse)
     {
         var threads = parse.GetValue(Threads);
         if (threads is < 1) throw new CliException($"--threads must be at least 1 (got {threads}).");
         TorchSharp.torch.set_num_threads(threads ?? Environment.ProcessorCount);
+        if (parse.GetValue(ConvWorkaround) is { } workaround)
+        {
+            try { Models.ConvolutionRouting.Workaround = Models.ConvolutionRouting.Parse(workaround); }
+            catch (ArgumentException e) { throw new CliException($"--conv-workaround: {e.Message}"); }
+        }
+        else _ = Models.ConvolutionRouting.Workaround; // a bad MANML_CONV_WORKAROUND is reported now, as a user mistake
     }
 }
 

@@ -46,12 +46,13 @@ internal static class TrainCommand
         var resume = new Option<string?>("--resume") { Description = "Continue the run whose folder holds run.ckpt (same options); writes there unless --out is given." };
         var valLabels = new Option<string?>("--val-labels") { Description = "ImageNet layout: label file of a flat val/ folder ('FILE LABEL' lines; default: val_labels.txt, val.txt, LOC_val_solution.csv or labels.txt beside or inside val/)." };
         var onNonFinite = new Option<string>("--on-nonfinite") { Description = "On a NaN or infinite loss or gradient: stop (default) or skip-step.", DefaultValueFactory = _ => "stop" };
+        var noBackendCheck = new Option<bool>("--no-backend-check") { Description = "Skip the check, before the first step, that this machine's libtorch computes every convolution of the run correctly against float64 (exit code 4 when it does not)." };
 
         var command = new Command("train", "Train a network by supervised local learning (DGL + MAN at K = 16 by default).");
-        foreach (var o in model.All.Concat(new Option[] { data, trainLimit, valSplit, val, test, output, checkpointEvery, resume, valLabels, onNonFinite })) command.Options.Add(o);
+        foreach (var o in model.All.Concat(new Option[] { data, trainLimit, valSplit, val, test, output, checkpointEvery, resume, valLabels, onNonFinite, noBackendCheck })) command.Options.Add(o);
         command.SetAction((parse, cancellation) => Task.FromResult(CliErrors.Run(() =>
         {
-            model.ApplyThreads(parse);
+            model.ApplyProcessSettings(parse);
             var options = model.ToTrainingOptions(parse);
             options.Validate();
             var dataset = DatasetKind.Get(options.Dataset);
@@ -91,6 +92,7 @@ internal static class TrainCommand
                 CheckpointEvery = every,
                 ResumeFrom = resumeFrom,
                 OnNonFinite = policy,
+                CheckBackend = !parse.GetValue(noBackendCheck),
             };
             string preset = parse.GetValue(model.Preset)!;
             if (dataset.IsImageFolder)
@@ -102,7 +104,7 @@ internal static class TrainCommand
                 var config = Prepare(trainer, parse, options, preset, dataPaths, limit, holdOut, valPaths, testPaths, outDir,
                     trainFiles.Count, valFiles?.Count ?? 0, trainFiles.ClassNames.Count, side);
                 var result = RunWithProgress(trainer, options.Epochs, () => trainer.Train(trainFiles, valFiles, cancellation));
-                Finish(options, result, config, outDir, trainFiles.ClassNames, side);
+                Finish(trainer, options, result, config, outDir, trainFiles.ClassNames, side);
             }
             else
             {
@@ -128,7 +130,7 @@ internal static class TrainCommand
                 var config = Prepare(trainer, parse, options, preset, dataPaths, limit, holdOut, valPaths, testPaths, outDir,
                     pool.Count, validation.Count, pool.ClassNames.Count, (int)pool.Images.shape[2]);
                 var result = RunWithProgress(trainer, options.Epochs, () => trainer.Train(pool, validation, tests, cancellation));
-                Finish(options, result, config, outDir, pool.ClassNames, (int)pool.Images.shape[2]);
+                Finish(trainer, options, result, config, outDir, pool.ClassNames, (int)pool.Images.shape[2]);
                 foreach (var (_, d) in tests) d.Dispose();
                 if (!ReferenceEquals(validation, all)) validation.Dispose();
                 if (!ReferenceEquals(pool, all)) pool.Dispose();
@@ -231,7 +233,7 @@ internal static class TrainCommand
         return config;
     }
 
-    private static void Finish(TrainingOptions options, TrainingResult result, JsonObject config, string outDir, IReadOnlyList<string> classNames, int imageSize)
+    private static void Finish(Trainer trainer, TrainingOptions options, TrainingResult result, JsonObject config, string outDir, IReadOnlyList<string> classNames, int imageSize)
     {
         ModelCheckpoint.Save(Path.Combine(outDir, "model.ckpt"), result.Network, new CheckpointInfo
         {
@@ -248,10 +250,27 @@ internal static class TrainCommand
             ["config"] = config,
             ["epochs"] = JsonSerializer.SerializeToNode(result.Epochs, Json),
             ["final"] = JsonSerializer.SerializeToNode(result.Final, Json),
+            ["backend"] = Backend(trainer.BackendReport),
         };
         AtomicFile.WriteText(Path.Combine(outDir, "metrics.json"), metrics.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         PrintSummary(options, result, outDir);
+        if (trainer.BackendReport is { } backend)
+            AnsiConsole.MarkupLine(Markup.Escape(FormattableString.Invariant(
+                $"backend check: {backend.Convolutions.Count} convolution shapes correct against float64 ({backend.Seconds:0.00} s; {backend.Environment.Cpu}; oneDNN {backend.Environment.OneDnnIsa}; convolution workaround {backend.Environment.Workaround.ToString().ToLowerInvariant()}{(backend.Environment.SmallOutputChannelFault ? ", small-output-channel fault detected and routed around" : "")})")));
     }
+
+    // What the backend was and what its check found (null when --no-backend-check).
+    private static JsonObject? Backend(Backend.BackendReport? report) => report is null ? null : new JsonObject
+    {
+        ["cpu"] = report.Environment.Cpu,
+        ["onednn_isa"] = report.Environment.OneDnnIsa,
+        ["libtorch"] = report.Environment.LibTorch,
+        ["torchsharp"] = report.Environment.TorchSharp,
+        ["conv_workaround"] = report.Environment.Workaround.ToString().ToLowerInvariant(),
+        ["small_output_channel_fault"] = report.Environment.SmallOutputChannelFault,
+        ["convolution_shapes_checked"] = report.Convolutions.Count,
+        ["check_seconds"] = Math.Round(report.Seconds, 3),
+    };
 
     private static JsonObject Config(ParseResult parse, TrainingOptions options, string? preset, string[] data, int? trainLimit,
         int? valSplit, string[] val, string[] test, string outDir, int trainImages, int valImages, string split, SplitPlan plan)

@@ -64,9 +64,9 @@ public sealed class DglHead : AuxiliaryHead, IHasCost
         firstPool = (side + 3) / 4;                 // ceil(S/4)
         secondPool = Math.Min(firstPool, 2);
         convs = nn.Sequential(
-            nn.Conv2d(c, c, 1, bias: false), nn.BatchNorm2d(c), nn.ReLU(inplace: true),
-            nn.Conv2d(c, c, 1, bias: false), nn.BatchNorm2d(c), nn.ReLU(inplace: true),
-            nn.Conv2d(c, c, 1, bias: false), nn.BatchNorm2d(c), nn.ReLU(inplace: true));
+            new Conv2dLayer(c, c, 1, bias: false), nn.BatchNorm2d(c), nn.ReLU(inplace: true),
+            new Conv2dLayer(c, c, 1, bias: false), nn.BatchNorm2d(c), nn.ReLU(inplace: true),
+            new Conv2dLayer(c, c, 1, bias: false), nn.BatchNorm2d(c), nn.ReLU(inplace: true));
         int features = c * secondPool * secondPool;
         hiddenLinears = imageNet ? 3 : 2;
         var layers = new List<nn.Module<Tensor, Tensor>>();
@@ -127,9 +127,9 @@ public sealed class DglManPlusPlusHead : AuxiliaryHead, IHasCost
     {
         convs = nn.Sequential(
             nn.AdaptiveAvgPool2d(8),
-            nn.Conv2d(input.Channels, Width, 1, bias: false), nn.BatchNorm2d(Width), nn.ReLU(inplace: true),
-            nn.Conv2d(Width, Width, 1, bias: false), nn.BatchNorm2d(Width), nn.ReLU(inplace: true),
-            nn.Conv2d(Width, Width, 1, bias: false), nn.BatchNorm2d(Width), nn.ReLU(inplace: true),
+            new Conv2dLayer(input.Channels, Width, 1, bias: false), nn.BatchNorm2d(Width), nn.ReLU(inplace: true),
+            new Conv2dLayer(Width, Width, 1, bias: false), nn.BatchNorm2d(Width), nn.ReLU(inplace: true),
+            new Conv2dLayer(Width, Width, 1, bias: false), nn.BatchNorm2d(Width), nn.ReLU(inplace: true),
             nn.AdaptiveAvgPool2d(1), nn.Flatten());
         mlp = nn.Sequential(
             nn.Linear(Width, Hidden), nn.BatchNorm1d(Hidden), nn.ReLU(inplace: true),

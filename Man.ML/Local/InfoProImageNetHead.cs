@@ -49,7 +49,7 @@ public sealed class InfoProImageNetHead : AuxiliaryHead, IHasCost
             ? new[] { (1, 64), (3, 32), (3, 12), (3, image.Channels) }
             : new[] { (3, 32), (3, 12), (3, image.Channels) };
         int first = Wide ? 192 : 128;
-        var stages = new List<Sequential> { nn.Sequential(nn.Conv2d(input.Channels, first, 1), nn.BatchNorm2d(first), nn.ReLU(inplace: true)) };
+        var stages = new List<Sequential> { nn.Sequential(new Conv2dLayer(input.Channels, first, 1), nn.BatchNorm2d(first), nn.ReLU(inplace: true)) };
         var sizes = new List<long[]> { new long[] { input.Height, input.Width } };
         int width = first;
         for (int s = 0; s < steps.Length; s++)
@@ -59,8 +59,8 @@ public sealed class InfoProImageNetHead : AuxiliaryHead, IHasCost
             int shift = steps.Length - 1 - s; // the last step reaches the image, each earlier one half of the next
             sizes.Add(new long[] { Math.Max(input.Height, image.Height >> shift), Math.Max(input.Width, image.Width >> shift) });
             stages.Add(last
-                ? nn.Sequential(nn.Conv2d(width, outWidth, kernel, padding: kernel / 2), nn.Sigmoid())
-                : nn.Sequential(nn.Conv2d(width, outWidth, kernel, padding: kernel / 2), nn.BatchNorm2d(outWidth), nn.ReLU(inplace: true)));
+                ? nn.Sequential(new Conv2dLayer(width, outWidth, kernel, padding: kernel / 2), nn.Sigmoid())
+                : nn.Sequential(new Conv2dLayer(width, outWidth, kernel, padding: kernel / 2), nn.BatchNorm2d(outWidth), nn.ReLU(inplace: true)));
             width = outWidth;
         }
         decoder = new ModuleList<Sequential>(stages.ToArray());
@@ -68,10 +68,10 @@ public sealed class InfoProImageNetHead : AuxiliaryHead, IHasCost
 
         int reduce = Wide ? 256 : 128;
         classifier = nn.Sequential(
-            nn.Conv2d(input.Channels, reduce, 1, bias: false), nn.BatchNorm2d(reduce), nn.ReLU(inplace: true),
-            nn.Conv2d(reduce, 256, 3, stride: 2, padding: 1, bias: false), nn.BatchNorm2d(256), nn.ReLU(inplace: true),
-            nn.Conv2d(256, 512, 3, stride: 2, padding: 1, bias: false), nn.BatchNorm2d(512), nn.ReLU(inplace: true),
-            nn.Conv2d(512, Pooled, 1, bias: false), nn.BatchNorm2d(Pooled), nn.ReLU(inplace: true),
+            new Conv2dLayer(input.Channels, reduce, 1, bias: false), nn.BatchNorm2d(reduce), nn.ReLU(inplace: true),
+            new Conv2dLayer(reduce, 256, 3, stride: 2, padding: 1, bias: false), nn.BatchNorm2d(256), nn.ReLU(inplace: true),
+            new Conv2dLayer(256, 512, 3, stride: 2, padding: 1, bias: false), nn.BatchNorm2d(512), nn.ReLU(inplace: true),
+            new Conv2dLayer(512, Pooled, 1, bias: false), nn.BatchNorm2d(Pooled), nn.ReLU(inplace: true),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
             nn.Linear(Pooled, outputs));
         mean = tensor(normalization.Mean).view(1, -1, 1, 1);

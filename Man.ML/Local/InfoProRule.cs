@@ -242,8 +242,8 @@ public sealed class InfoProHead : AuxiliaryHead, IHasCost
         ClassificationWeight = classificationWeight;
         imageSize = new long[] { image.Height, image.Width };
         decoder = nn.Sequential(
-            nn.Conv2d(input.Channels, DecoderWidth, 3, padding: 1), nn.BatchNorm2d(DecoderWidth), nn.ReLU(inplace: true),
-            nn.Conv2d(DecoderWidth, image.Channels, 3, padding: 1), nn.Sigmoid());
+            new Conv2dLayer(input.Channels, DecoderWidth, 3, padding: 1), nn.BatchNorm2d(DecoderWidth), nn.ReLU(inplace: true),
+            new Conv2dLayer(DecoderWidth, image.Channels, 3, padding: 1), nn.Sigmoid());
         this.config = config;
         outputs = mode == InfoProLossMode.CrossEntropy ? classes : EmbeddingWidth;
         classifier = AuxClassifier(input.Channels, config, outputs);
@@ -265,7 +265,7 @@ public sealed class InfoProHead : AuxiliaryHead, IHasCost
             bool first = c == 0;
             int outWidth = first && channels < 64 ? 2 * channels : width;
             int stride = first && channels < 64 ? 2 : 1;
-            layers.Add(nn.Conv2d(width, outWidth, 3, stride: stride, padding: 1, bias: false));
+            layers.Add(new Conv2dLayer(width, outWidth, 3, stride: stride, padding: 1, bias: false));
             layers.Add(nn.BatchNorm2d(outWidth));
             layers.Add(nn.ReLU(inplace: true));
             width = outWidth;

@@ -37,7 +37,7 @@ public sealed class PredSimHead : AuxiliaryHead, IHasCost
     /// <summary>Most features the prediction head's pooling leaves.</summary>
     public const int MaxPredictionFeatures = 1024;
 
-    private readonly Conv2d similarityConv;
+    private readonly Conv2dLayer similarityConv;
     private readonly Linear prediction;
     private readonly long[] poolKernel;
     private readonly int classes;
@@ -50,7 +50,7 @@ public sealed class PredSimHead : AuxiliaryHead, IHasCost
     {
         this.classes = classes;
         poolKernel = PoolingKernel(input);
-        similarityConv = nn.Conv2d(input.Channels, input.Channels, 3, padding: 1, bias: false);
+        similarityConv = new Conv2dLayer(input.Channels, input.Channels, 3, padding: 1, bias: false);
         long features = input.Channels * (input.Height / poolKernel[0]) * (input.Width / poolKernel[1]);
         prediction = nn.Linear(features, classes);
         RegisterComponents();
@@ -84,7 +84,7 @@ public sealed class PredSimHead : AuxiliaryHead, IHasCost
     public override Tensor Loss(Tensor features, LocalTargets targets)
     {
         using var scope = NewDisposeScope();
-        var oneHot = nn.functional.one_hot(targets.Labels, classes).to_type(ScalarType.Float32);
+        var oneHot = nn.functional.one_hot(targets.Labels, classes).to_type(features.dtype);
         var similarity = SimilarityMatrix(similarityConv.call(features));            // (B, B)
         var simLoss = nn.functional.mse_loss(similarity, SimilarityMatrix(oneHot).detach());
         var predLoss = nn.functional.cross_entropy(call(features), targets.Labels);

@@ -11,7 +11,7 @@ namespace Man.ML.Models;
 /// <summary>Stem of a CIFAR ResNet: conv 3x3 (no bias), batch norm, ReLU.</summary>
 public sealed class CifarStem : nn.Module<Tensor, Tensor>, IHasCost
 {
-    private readonly Conv2d conv;
+    private readonly Conv2dLayer conv;
     private readonly BatchNorm2d bn;
 
     /// <summary>Creates a stem from <paramref name="inChannels"/> to <paramref name="outChannels"/>.</summary>
@@ -32,7 +32,7 @@ public sealed class CifarStem : nn.Module<Tensor, Tensor>, IHasCost
     /// <summary>Keeps its input (conv), the conv output (BN's input) and the ReLU output.</summary>
     public ModuleCost Cost(FeatureShape input)
     {
-        var output = LayerCost.ConvOutput(input, (int)conv.weight!.shape[0], 3, 1, 1);
+        var output = conv.OutputShape(input);
         return new ModuleCost(output, input.Elements, 2 * output.Elements, true, LayerCost.ConvFlops(input, output, 3));
     }
 }
@@ -46,9 +46,9 @@ public sealed class BasicBlock : nn.Module<Tensor, Tensor>, IHasCost
     /// <summary>Output channels per width unit (1 for BasicBlock).</summary>
     public const int Expansion = 1;
 
-    private readonly Conv2d conv1;
+    private readonly Conv2dLayer conv1;
     private readonly BatchNorm2d bn1;
-    private readonly Conv2d conv2;
+    private readonly Conv2dLayer conv2;
     private readonly BatchNorm2d bn2;
     private readonly Sequential? downsample;
 
@@ -235,9 +235,9 @@ public sealed class CifarResNet : UnitChainNetwork
         return unit;
     }
 
-    internal static Conv2d Conv3x3(int inChannels, int outChannels, int stride) =>
-        nn.Conv2d(inChannels, outChannels, kernel_size: 3, stride: stride, padding: 1, bias: false);
+    internal static Conv2dLayer Conv3x3(int inChannels, int outChannels, int stride) =>
+        new(inChannels, outChannels, kernelSize: 3, stride: stride, padding: 1, bias: false);
 
-    internal static Conv2d Conv1x1(int inChannels, int outChannels, int stride) =>
-        nn.Conv2d(inChannels, outChannels, kernel_size: 1, stride: stride, bias: false);
+    internal static Conv2dLayer Conv1x1(int inChannels, int outChannels, int stride) =>
+        new(inChannels, outChannels, kernelSize: 1, stride: stride, bias: false);
 }

@@ -12,13 +12,13 @@ namespace Man.ML.Models;
 /// <summary>Stem of an ImageNet ResNet: conv 7x7 stride 2 (no bias), batch norm, ReLU, max-pool 3x3 stride 2.</summary>
 public sealed class ImageNetStem : nn.Module<Tensor, Tensor>, IHasCost
 {
-    private readonly Conv2d conv;
+    private readonly Conv2dLayer conv;
     private readonly BatchNorm2d bn;
 
     /// <summary>Creates a stem from <paramref name="inChannels"/> to <paramref name="outChannels"/>.</summary>
     public ImageNetStem(int inChannels, int outChannels) : base(nameof(ImageNetStem))
     {
-        conv = nn.Conv2d(inChannels, outChannels, kernel_size: 7, stride: 2, padding: 3, bias: false);
+        conv = new Conv2dLayer(inChannels, outChannels, kernelSize: 7, stride: 2, padding: 3, bias: false);
         bn = nn.BatchNorm2d(outChannels);
         RegisterComponents();
     }
@@ -35,7 +35,7 @@ public sealed class ImageNetStem : nn.Module<Tensor, Tensor>, IHasCost
     /// int64 indices (two float32 elements each) and its output.</summary>
     public ModuleCost Cost(FeatureShape input)
     {
-        var convOut = LayerCost.ConvOutput(input, (int)conv.weight!.shape[0], 7, 2, 3);
+        var convOut = conv.OutputShape(input);
         var output = LayerCost.ConvOutput(convOut, convOut.Channels, 3, 2, 1);
         return new ModuleCost(output, input.Elements, 2 * convOut.Elements + 3 * output.Elements, true,
             LayerCost.ConvFlops(input, convOut, 7));
@@ -51,11 +51,11 @@ public sealed class Bottleneck : nn.Module<Tensor, Tensor>, IHasCost
     /// <summary>Output channels per base width.</summary>
     public const int Expansion = 4;
 
-    private readonly Conv2d conv1;
+    private readonly Conv2dLayer conv1;
     private readonly BatchNorm2d bn1;
-    private readonly Conv2d conv2;
+    private readonly Conv2dLayer conv2;
     private readonly BatchNorm2d bn2;
-    private readonly Conv2d conv3;
+    private readonly Conv2dLayer conv3;
     private readonly BatchNorm2d bn3;
     private readonly Sequential? downsample;
 
@@ -90,14 +90,14 @@ public sealed class Bottleneck : nn.Module<Tensor, Tensor>, IHasCost
         OutChannels = planes * Expansion;
         Stride = stride;
         Groups = groups;
-        conv1 = nn.Conv2d(inChannels, Width, 1, bias: false);
+        conv1 = new Conv2dLayer(inChannels, Width, 1, bias: false);
         bn1 = nn.BatchNorm2d(Width);
-        conv2 = nn.Conv2d(Width, Width, 3, stride: stride, padding: 1, groups: groups, bias: false);
+        conv2 = new Conv2dLayer(Width, Width, 3, stride: stride, padding: 1, groups: groups, bias: false);
         bn2 = nn.BatchNorm2d(Width);
-        conv3 = nn.Conv2d(Width, OutChannels, 1, bias: false);
+        conv3 = new Conv2dLayer(Width, OutChannels, 1, bias: false);
         bn3 = nn.BatchNorm2d(OutChannels);
         if (stride != 1 || inChannels != OutChannels)
-            downsample = nn.Sequential(nn.Conv2d(inChannels, OutChannels, 1, stride: stride, bias: false), nn.BatchNorm2d(OutChannels));
+            downsample = nn.Sequential(new Conv2dLayer(inChannels, OutChannels, 1, stride: stride, bias: false), nn.BatchNorm2d(OutChannels));
         RegisterComponents();
     }
 

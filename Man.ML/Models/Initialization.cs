@@ -17,10 +17,10 @@ public static class Initialization
         {
             switch (m)
             {
-                case TorchSharp.Modules.Conv2d conv:
-                    var k = conv.weight!.shape; // (out, in/groups, kh, kw)
+                case Conv2dLayer conv:
+                    var k = conv.Weight.shape; // (out, in/groups, kh, kw)
                     double std = Math.Sqrt(2.0 / (k[2] * k[3] * k[0]));
-                    nn.init.normal_(conv.weight, 0.0, std);
+                    nn.init.normal_(conv.Weight, 0.0, std);
                     break;
                 case TorchSharp.Modules.BatchNorm2d bn:
                     nn.init.ones_(bn.weight!);

@@ -50,7 +50,7 @@ public static class LayerCost
         bool first = true;
         foreach (var layer in layers)
         {
-            bool keepsInput = layer is TorchSharp.Modules.Conv2d or TorchSharp.Modules.Linear or TorchSharp.Modules.BatchNorm2d or TorchSharp.Modules.BatchNorm1d;
+            bool keepsInput = layer is Conv2dLayer or TorchSharp.Modules.Linear or TorchSharp.Modules.BatchNorm2d or TorchSharp.Modules.BatchNorm1d;
             if (keepsInput && !lastSaved)
             {
                 if (first) savedInput = shape.Elements; else saved += shape.Elements;
@@ -58,10 +58,10 @@ public static class LayerCost
             }
             switch (layer)
             {
-                case TorchSharp.Modules.Conv2d conv:
+                case Conv2dLayer conv:
                 {
-                    var output = ConvOutput(shape, (int)conv.out_channels, (int)conv.kernel_size[0], (int)conv.stride[0], (int)conv.padding![0]);
-                    flops += ConvFlops(shape, output, (int)conv.kernel_size[0], (int)conv.groups);
+                    var output = conv.OutputShape(shape);
+                    flops += ConvFlops(shape, output, conv.KernelSize, conv.Groups);
                     shape = output;
                     lastSaved = false;
                     break;

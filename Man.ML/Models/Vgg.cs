@@ -11,7 +11,7 @@ namespace Man.ML.Models;
 /// <summary>One VGG unit: an optional 2x2 max-pool, then conv 3x3 (with bias) → BN → ReLU.</summary>
 public sealed class VggLayer : nn.Module<Tensor, Tensor>, IHasCost
 {
-    private readonly Conv2d conv;
+    private readonly Conv2dLayer conv;
     private readonly BatchNorm2d bn;
 
     /// <summary>Whether the unit starts with a 2x2 stride-2 max-pool.</summary>
@@ -21,7 +21,7 @@ public sealed class VggLayer : nn.Module<Tensor, Tensor>, IHasCost
     public VggLayer(int inChannels, int outChannels, bool pooled) : base(nameof(VggLayer))
     {
         Pooled = pooled;
-        conv = nn.Conv2d(inChannels, outChannels, 3, padding: 1);
+        conv = new Conv2dLayer(inChannels, outChannels, 3, padding: 1);
         bn = nn.BatchNorm2d(outChannels);
         RegisterComponents();
     }
@@ -38,7 +38,7 @@ public sealed class VggLayer : nn.Module<Tensor, Tensor>, IHasCost
     public ModuleCost Cost(FeatureShape input)
     {
         var pooled = Pooled ? new FeatureShape(input.Channels, input.Height / 2, input.Width / 2) : input;
-        var output = new FeatureShape((int)conv.weight!.shape[0], pooled.Height, pooled.Width);
+        var output = conv.OutputShape(pooled);
         long saved = (Pooled ? 3 * pooled.Elements : 0) + 2 * output.Elements;
         return new ModuleCost(output, input.Elements, saved, true, LayerCost.ConvFlops(pooled, output, 3));
     }
@@ -177,7 +177,7 @@ public sealed class Vgg : UnitChainNetwork
         using var noGrad = no_grad();
         foreach (var (_, m) in module.named_modules())
         {
-            if (m is Conv2d { bias: { } convBias }) nn.init.zeros_(convBias);
+            if (m is Conv2dLayer { Bias: { } convBias }) nn.init.zeros_(convBias);
             if (m is Linear linear)
             {
                 nn.init.normal_(linear.weight!, 0, 0.01);

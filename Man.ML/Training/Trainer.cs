@@ -1,6 +1,7 @@
 // The epoch loop around LocalTrainer: seeding, shuffling, augmentation, the learning-rate schedule, evaluation,
 // progress events and cancellation (honoured between batches).
 using System.Diagnostics;
+using Man.ML.Backend;
 using Man.ML.Data;
 using Man.ML.Local;
 using Man.ML.Models;
@@ -42,6 +43,15 @@ public sealed class Trainer
 
     /// <summary>What to do with a NaN or infinite loss or gradient. Default: stop.</summary>
     public NonFinitePolicy OnNonFinite { get; init; } = NonFinitePolicy.Stop;
+
+    /// <summary>
+    /// Check, before the first step, that the backend computes every convolution of this configuration correctly
+    /// (<see cref="BackendCheck"/>; shapes already checked in this process are not checked again). Default true.
+    /// </summary>
+    public bool CheckBackend { get; init; } = true;
+
+    /// <summary>The backend check of the last run (null when <see cref="CheckBackend"/> is off or no run started).</summary>
+    public BackendReport? BackendReport { get; private set; }
 
     /// <summary>Steps dropped so far for non-finite values (with <see cref="NonFinitePolicy.SkipStep"/>).</summary>
     public int SkippedSteps { get; private set; }
@@ -156,6 +166,8 @@ public sealed class Trainer
         using var local = CreateLocalTrainer(train.ClassNames.Count, train.ImageSize, device);
         try
         {
+            // A wrong gradient stops the run here, with the layer, the shape and the remedy, not as a NaN hours later.
+            if (CheckBackend) BackendReport = BackendCheck.EnsureCorrect(local);
             return Run(local, train, validation, tests, device, cancellation);
         }
         catch

@@ -1,0 +1,222 @@
+// The convolution routes (ConvolutionRouting), the fault probe and the backend check (BackendCheck), each against an
+// independent computation: a direct float64 loop for the probe, plain libtorch for the routes' forward values, and a
+// deliberately wrong convolution for the check's failure path (so that it is exercised on every machine).
+using Man.ML.Backend;
+using Man.ML.Local;
+using Man.ML.Models;
+using Man.ML.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Man.ML.Tests;
+
+[TestClass]
+public sealed class BackendTests
+{
+    private static readonly long[] Small = { 3, 16, 3, 3 }, Block = { 16, 16, 3, 3 }, Pointwise = { 32, 16, 1, 1 };
+
+    [TestMethod]
+    public void RoutesFollowThePolicyTheDeviceAndTheShape()
+    {
+        ConvolutionRoute Route(ConvolutionWorkaround policy, long[] weight, int stride = 1, int padding = 1, bool gradient = true,
+            DeviceType device = DeviceType.CPU, int groups = 1) =>
+            ConvolutionRouting.RouteFor(policy, device, gradient, weight, stride, padding, groups);
+
+        // Never: libtorch as is, whatever the shape.
+        Assert.AreEqual(ConvolutionRoute.Direct, Route(ConvolutionWorkaround.Never, Small));
+        Assert.AreEqual(ConvolutionRoute.Direct, Route(ConvolutionWorkaround.Never, Pointwise, stride: 2, padding: 0));
+        // Always: both rewrites, on any device, only where an input gradient is taken.
+        Assert.AreEqual(ConvolutionRoute.PaddedOutputChannels, Route(ConvolutionWorkaround.Always, Small));
+        Assert.AreEqual(ConvolutionRoute.PaddedOutputChannels, Route(ConvolutionWorkaround.Always, Small, device: DeviceType.CUDA));
+        Assert.AreEqual(ConvolutionRoute.SubsampledInput, Route(ConvolutionWorkaround.Always, Pointwise, stride: 2, padding: 0));
+        Assert.AreEqual(ConvolutionRoute.Direct, Route(ConvolutionWorkaround.Always, Small, gradient: false));
+        Assert.AreEqual(ConvolutionRoute.Direct, Route(ConvolutionWorkaround.Always, Block));
+        Assert.AreEqual(ConvolutionRoute.Direct, Route(ConvolutionWorkaround.Always, Pointwise, stride: 2, padding: 1), "a padded 1x1 is not a subsampling");
+        Assert.AreEqual(ConvolutionRoute.Direct, Route(ConvolutionWorkaround.Always, new long[] { 12, 1, 3, 3 }, groups: 12), "grouped: not padded");
+        // Auto: the CPU only; strided 1x1 always, small outputs where the probe found the fault.
+        Assert.AreEqual(ConvolutionRoute.SubsampledInput, Route(ConvolutionWorkaround.Auto, Pointwise, stride: 2, padding: 0));
+        Assert.AreEqual(ConvolutionRoute.Direct, Route(ConvolutionWorkaround.Auto, Pointwise, stride: 2, padding: 0, device: DeviceType.CUDA));
+        Assert.AreEqual(ConvolutionRouting.SmallOutputChannelFault ? ConvolutionRoute.PaddedOutputChannels : ConvolutionRoute.Direct,
+            Route(ConvolutionWorkaround.Auto, Small));
+        Assert.AreEqual(ConvolutionRoute.Direct, Route(ConvolutionWorkaround.Auto, Block));
+    }
+
+    [TestMethod]
+    public void EveryRouteComputesTheSameOutputAsLibTorch()
+    {
+        manual_seed(3);
+        foreach (var (weight, stride, padding, side) in new[] { (Small, 1, 1, 9), (Small, 2, 1, 9), (Pointwise, 2, 0, 9), (Pointwise, 3, 0, 10) })
+        {
+            using var x = randn(4, 16, side, side, requires_grad: true);
+            using var w = randn(weight) * 0.1;
+            using var b = randn(weight[0]);
+            using var expected = nn.functional.conv2d(x, w, b, new long[] { stride, stride }, new long[] { padding, padding });
+            // Subsampling is what a strided 1x1 convolution without padding is; padding the outputs applies to any shape.
+            var routes = weight[2] == 1 && padding == 0
+                ? Enum.GetValues<ConvolutionRoute>()
+                : new[] { ConvolutionRoute.Direct, ConvolutionRoute.PaddedOutputChannels };
+            foreach (var route in routes)
+            {
+                using var y = ConvolutionRouting.Convolve(x, w, b, stride, padding, 1, route);
+                CollectionAssert.AreEqual(expected.shape, y.shape, $"{route} on {string.Join("x", weight)} stride {stride}");
+                Assert.IsTrue(y.allclose(expected, rtol: 1e-5, atol: 1e-5), $"{route} on {string.Join("x", weight)} stride {stride}: forward differs");
+                Assert.IsTrue(y.is_contiguous(), $"{route}: the output must not be a view of a larger padded map");
+            }
+        }
+    }
+
+    [TestMethod]
+    public void TheFaultProbeAgreesWithADirectFloat64Computation()
+    {
+        // The probe's verdict (libtorch's float32 input gradient against conv_transpose2d in float64) recomputed here with
+        // a plain loop in float64, for the same shapes and thread counts.
+        int threads = get_num_threads();
+        bool faultFound = false;
+        try
+        {
+            foreach (int t in threads == 1 ? new[] { 1 } : new[] { 1, threads })
+            {
+                set_num_threads(t);
+                foreach (var (cin, cout) in new[] { (16, 3), (16, 12), (12, 3) })
+                    for (int phase = 0; phase < 2; phase++)
+                        faultFound |= !LibTorchInputGradientMatchesLoop(cin, cout, 8, 2, phase);
+            }
+        }
+        finally
+        {
+            set_num_threads(threads);
+        }
+        Assert.AreEqual(faultFound, ConvolutionRouting.SmallOutputChannelFault,
+            "the once-per-process probe disagrees with a direct computation of the same input gradients");
+    }
+
+    // Input gradient of a 3x3 convolution (padding 1) by libtorch in float32, against the sum written out in float64:
+    // dx[b, i, p, q] = Σ_o Σ_ky Σ_kx gy[b, o, p − ky + 1, q − kx + 1] · w[o, i, ky, kx].
+    private static bool LibTorchInputGradientMatchesLoop(int cin, int cout, int side, int batch, int phase)
+    {
+        static double[] Pattern(int n, double f) => Enumerable.Range(0, n).Select(i => Math.Sin(i * f)).ToArray();
+        var x = Pattern(batch * cin * side * side, 0.7 + phase);
+        var w = Pattern(cout * cin * 9, 1.3 + phase).Select(v => v * 0.1).ToArray();
+        var gy = Pattern(batch * cout * side * side, 0.9 + phase);
+        using var xt = tensor(x.Select(v => (float)v).ToArray(), new long[] { batch, cin, side, side }).requires_grad_(true);
+        using var wt = tensor(w.Select(v => (float)v).ToArray(), new long[] { cout, cin, 3, 3 });
+        using var gyt = tensor(gy.Select(v => (float)v).ToArray(), new long[] { batch, cout, side, side });
+        using (var y = nn.functional.conv2d(xt, wt, padding: new long[] { 1, 1 })) y.backward(new[] { gyt });
+        var got = xt.grad!.data<float>().ToArray();
+        double largest = 0, error = 0;
+        for (int b = 0; b < batch; b++)
+        for (int i = 0; i < cin; i++)
+        for (int p = 0; p < side; p++)
+        for (int q = 0; q < side; q++)
+        {
+            double sum = 0;
+            for (int o = 0; o < cout; o++)
+            for (int ky = 0; ky < 3; ky++)
+            for (int kx = 0; kx < 3; kx++)
+            {
+                int r = p - ky + 1, c = q - kx + 1;
+                if (r < 0 || r >= side || c < 0 || c >= side) continue;
+                sum += gy[((b * cout + o) * side + r) * side + c] * w[((o * cin + i) * 3 + ky) * 3 + kx];
+            }
+            double value = got[((b * cin + i) * side + p) * side + q];
+            if (!double.IsFinite(value)) return false;
+            largest = Math.Max(largest, Math.Abs(sum));
+            error = Math.Max(error, Math.Abs(value - sum));
+        }
+        return error <= 1e-3 * largest;
+    }
+
+    [TestMethod]
+    public void TheCheckFindsEveryShapeOfAConfigurationAndPassesOnTheRoutesTrainingTakes()
+    {
+        manual_seed(1);
+        using var net = new CifarResNet(8);
+        var plan = SplitPlan.Create(net, 2);
+        using var trainer = new LocalTrainer(net, plan, new InfoProRule(new InfoProSettings()), new MomentumOptions(), new OptimizerSettings(), CPU);
+        trainer.SetTraining(true);
+        var before = net.parameters().Concat(trainer.AuxiliaryModule.parameters()).Concat(net.buffers()).Select(p => p.clone()).ToList();
+        using var rng = get_rng_state();
+
+        var report = BackendCheck.Run(trainer);
+
+        // Shapes: the stem (weight gradient only: its input is the image), the blocks' inner convolutions, MAN's copies
+        // of layer2[0] with its strided 1x1 projection, InfoPro's decoder (16 → 12 → 3) and 2c2f classifier.
+        var names = report.Convolutions.ToDictionary(c => c.Shape.ToString(), c => c);
+        Assert.IsFalse(names["conv 3→16 3x3 stride 1 padding 1 at 32x32 (weight gradient only)"].Shape.InputGradient);
+        Assert.AreEqual(ConvolutionRoute.SubsampledInput, names["conv 16→32 1x1 stride 2 padding 0 at 32x32"].Route);
+        CollectionAssert.Contains(names["conv 16→32 1x1 stride 2 padding 0 at 32x32"].Layers.ToList(), "auxiliary.man.branches.0.learnable.downsample.0");
+        Assert.AreEqual(ConvolutionRouting.SmallOutputChannelFault ? ConvolutionRoute.PaddedOutputChannels : ConvolutionRoute.Direct,
+            names["conv 12→3 3x3 stride 1 padding 1 at 32x32"].Route);
+        CollectionAssert.Contains(names["conv 12→3 3x3 stride 1 padding 1 at 32x32"].Layers.ToList(), "auxiliary.heads.0.decoder.3");
+        Assert.IsTrue(names.ContainsKey("conv 32→32 3x3 stride 1 padding 1 at 16x16"), "the 2c2f classifier's second convolution");
+        Assert.IsTrue(report.Correct, string.Join("; ", report.Convolutions.Where(c => !c.Correct).Select(c => $"{c.Shape}: {c.InputGradientError}, {c.WeightGradientError}")) +
+                                      ". " + GradientComparison.Explanation);
+        report.EnsureCorrect();
+        Assert.IsTrue(report.Environment.Threads >= 1 && report.Environment.LibTorch.Length > 0 && report.Environment.Cpu.Length > 0);
+
+        // The check leaves the trainer, its statistics and the random generator as they were.
+        var after = net.parameters().Concat(trainer.AuxiliaryModule.parameters()).Concat(net.buffers()).ToList();
+        Assert.IsTrue(before.Zip(after).All(p => p.First.eq(p.Second).all().item<bool>()), "the check changed a parameter or statistic");
+        Assert.IsTrue(net.training, "the check must restore training mode");
+        using var rngAfter = get_rng_state();
+        Assert.IsTrue(rng.eq(rngAfter).all().item<bool>(), "the check drew from the random generator");
+        foreach (var t in before) t.Dispose();
+    }
+
+    [TestMethod]
+    public void AWrongGradientStopsWithTheLayerTheShapeAndTheRemedy()
+    {
+        // A convolution whose forward value is right but whose gradients are those of other weights: the kind of fault
+        // libtorch has on affected CPUs, made here on purpose so that the failure path runs on every machine. (16 output
+        // channels: a shape libtorch itself computes correctly everywhere measured, so only the deliberate fault shows.)
+        var shape = new ConvolutionShape(16, 16, 3, 1, 1, 1, true, 8, 8, InputGradient: true);
+        var wrong = BackendCheck.Check(shape, new[] { "auxiliary.heads.0.decoder.0", "auxiliary.heads.1.decoder.0" }, CPU, (x, w, b, s) =>
+        {
+            var right = nn.functional.conv2d(x, w, b, padding: new long[] { 1, 1 });
+            var other = nn.functional.conv2d(x, w.flip(2), b, padding: new long[] { 1, 1 });
+            return right.detach() + other - other.detach();
+        });
+        Assert.IsFalse(wrong.Correct);
+        Assert.IsTrue(wrong.OutputError < 1e-5, $"the forward value was right (error {wrong.OutputError})");
+        Assert.IsTrue(wrong.InputGradientError > 0.1 && wrong.WeightGradientError > 0.1, $"errors {wrong.InputGradientError}, {wrong.WeightGradientError}");
+        var report = new BackendReport(BackendCheck.DescribeEnvironment(), "cpu", new[] { wrong }, 0.01);
+        var e = Assert.ThrowsExactly<BackendFaultException>(report.EnsureCorrect);
+        StringAssert.Contains(e.Message, "conv 16→16 3x3 stride 1 padding 1 at 8x8");
+        StringAssert.Contains(e.Message, "auxiliary.heads.0.decoder.0 and 1 more layers");
+        StringAssert.Contains(e.Message, "input gradient off by");
+        StringAssert.Contains(e.Message, "ONEDNN_MAX_CPU_ISA=AVX");
+        Assert.AreSame(report, e.Report);
+
+        // A NaN gradient is reported as not finite.
+        var nan = BackendCheck.Check(shape, new[] { "layer" }, CPU, (x, w, b, s) =>
+        {
+            var y = nn.functional.conv2d(x, w, b, padding: new long[] { 1, 1 });
+            return y.detach() + (y - y.detach()) * float.NaN;
+        });
+        Assert.IsTrue(double.IsNaN(nan.InputGradientError) && !nan.Correct);
+        StringAssert.Contains(Assert.ThrowsExactly<BackendFaultException>(() =>
+            new BackendReport(BackendCheck.DescribeEnvironment(), "cpu", new[] { nan }, 0).EnsureCorrect()).Message, "not finite");
+    }
+
+    [TestMethod]
+    public void TrainingRunsTheCheckOnceAndItCanBeTurnedOff()
+    {
+        using var data = TestSupport.SampleImages(0, 64);
+        var options = new TrainingOptions { Architecture = "resnet8", K = 2, Rule = "infopro", Epochs = 1, BatchSize = 32, Seed = 2 };
+        var checkedRun = new Trainer(options);
+        using (var result = checkedRun.Train(data, null).Network) { }
+        Assert.IsNotNull(checkedRun.BackendReport);
+        Assert.IsTrue(checkedRun.BackendReport.Convolutions.Count > 5 && checkedRun.BackendReport.Correct);
+        var unchecked_ = new Trainer(options) { CheckBackend = false };
+        using (var result = unchecked_.Train(data, null).Network) { }
+        Assert.IsNull(unchecked_.BackendReport);
+    }
+
+    [TestMethod]
+    public void TheWorkaroundIsParsedWithAClearMessage()
+    {
+        Assert.AreEqual(ConvolutionWorkaround.Always, ConvolutionRouting.Parse(" Always "));
+        Assert.AreEqual(ConvolutionWorkaround.Never, ConvolutionRouting.Parse("never"));
+        StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => ConvolutionRouting.Parse("sometimes")).Message, "auto, always, never");
+    }
+}

@@ -1,0 +1,303 @@
+// The backend self-check: every convolution shape a training configuration will run (network, auxiliary heads, MAN's
+// copies), computed in float32 on the training device exactly as training computes it (ConvolutionRouting included)
+// and compared with libtorch's float64 CPU path, an independent implementation (oneDNN has no float64 kernels). Training
+// runs it once per process for the shapes it is about to train; `manml doctor` prints it. It sits between the training
+// loop and the local-learning engine: Training -> Backend -> Local -> Models.
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Globalization;
+using System.Reflection;
+using System.Runtime.InteropServices;
+using Man.ML.Local;
+using Man.ML.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Man.ML.Backend;
+
+/// <summary>A convolution as the backend sees it: its layer's settings and the spatial size of its input.</summary>
+/// <param name="InChannels">Input channels.</param>
+/// <param name="OutChannels">Output channels.</param>
+/// <param name="Kernel">Side of the square kernel.</param>
+/// <param name="Stride">Stride.</param>
+/// <param name="Padding">Zero padding.</param>
+/// <param name="Groups">Groups.</param>
+/// <param name="HasBias">Whether the layer has a bias.</param>
+/// <param name="Height">Input height.</param>
+/// <param name="Width">Input width.</param>
+/// <param name="InputGradient">Whether training takes the gradient with respect to its input (false for the first layer of a segment).</param>
+public sealed record ConvolutionShape(int InChannels, int OutChannels, int Kernel, int Stride, int Padding, int Groups, bool HasBias,
+    int Height, int Width, bool InputGradient)
+{
+    /// <inheritdoc />
+    public override string ToString() => FormattableString.Invariant(
+        $"conv {InChannels}→{OutChannels} {Kernel}x{Kernel} stride {Stride} padding {Padding}{(Groups > 1 ? $" groups {Groups}" : "")} at {Height}x{Width}{(InputGradient ? "" : " (weight gradient only)")}");
+}
+
+/// <summary>The result for one convolution shape.</summary>
+/// <param name="Shape">The shape.</param>
+/// <param name="Layers">Names of the layers that run it (module paths such as <c>network.units.3.conv1</c>).</param>
+/// <param name="Route">How Man.ML computes it under the current policy.</param>
+/// <param name="OutputError">Largest error of the forward output, relative to the output's largest magnitude.</param>
+/// <param name="InputGradientError">The same for the input gradient (0 when none is taken); NaN when not finite.</param>
+/// <param name="WeightGradientError">The same for the weight and bias gradients; NaN when not finite.</param>
+public sealed record ConvolutionCheck(ConvolutionShape Shape, IReadOnlyList<string> Layers, ConvolutionRoute Route,
+    double OutputError, double InputGradientError, double WeightGradientError)
+{
+    /// <summary>Whether every value is finite and within <see cref="BackendCheck.Tolerance"/>.</summary>
+    public bool Correct => new[] { OutputError, InputGradientError, WeightGradientError }.All(e => e <= BackendCheck.Tolerance);
+}
+
+/// <summary>What the backend is: CPU, instruction sets, libtorch, threads and the convolution policy in force.</summary>
+/// <param name="Cpu">CPU vendor, family, model and name (from /proc/cpuinfo on Linux).</param>
+/// <param name="OneDnnIsa">The instruction set oneDNN uses for float32 convolutions on this CPU (from the CPU's features
+/// and <c>ONEDNN_MAX_CPU_ISA</c>).</param>
+/// <param name="LibTorch">libtorch's version.</param>
+/// <param name="TorchSharp">TorchSharp's version.</param>
+/// <param name="Threads">libtorch's CPU threads.</param>
+/// <param name="Workaround">The convolution policy.</param>
+/// <param name="SmallOutputChannelFault">Whether this CPU computes wrong input gradients for output channel counts that
+/// are not a multiple of 16 (the once-per-process probe).</param>
+public sealed record BackendEnvironment(string Cpu, string OneDnnIsa, string LibTorch, string TorchSharp, int Threads,
+    ConvolutionWorkaround Workaround, bool SmallOutputChannelFault);
+
+/// <summary>The backend check of one configuration.</summary>
+/// <param name="Environment">The backend.</param>
+/// <param name="Device">Where the checked float32 computations ran.</param>
+/// <param name="Convolutions">One result per distinct convolution shape.</param>
+/// <param name="Seconds">How long the check took.</param>
+public sealed record BackendReport(BackendEnvironment Environment, string Device, IReadOnlyList<ConvolutionCheck> Convolutions, double Seconds)
+{
+    /// <summary>Whether every shape is computed correctly.</summary>
+    public bool Correct => Convolutions.All(c => c.Correct);
+
+    /// <summary>Throws <see cref="BackendFaultException"/> naming the first wrong shape, its layers and the remedy.</summary>
+    public void EnsureCorrect()
+    {
+        var wrong = Convolutions.Where(c => !c.Correct).ToList();
+        if (wrong.Count == 0) return;
+        var first = wrong[0];
+        string Error(double e) => double.IsNaN(e) ? "not finite" : e.ToString("g3", CultureInfo.InvariantCulture) + " of its size";
+        var what = !(first.InputGradientError <= BackendCheck.Tolerance) ? $"input gradient off by {Error(first.InputGradientError)}"
+            : !(first.WeightGradientError <= BackendCheck.Tolerance) ? $"weight gradient off by {Error(first.WeightGradientError)}"
+            : $"output off by {Error(first.OutputError)}";
+        var remedy = Environment.Workaround == ConvolutionWorkaround.Never
+            ? "turn Man.ML's convolution workaround back on (auto or always; it is 'never' now)"
+            : "no workaround of Man.ML covers this shape: set ONEDNN_MAX_CPU_ISA=AVX in the environment before starting the process " +
+              "(oneDNN's AVX kernels computed every shape correctly where this was measured, at some cost in speed), or train on another device";
+        throw new BackendFaultException(this, string.Create(CultureInfo.InvariantCulture,
+            $"libtorch {Environment.LibTorch} computes a wrong convolution gradient on this machine ({Environment.Cpu}; oneDNN {Environment.OneDnnIsa}; {Environment.Threads} threads): " +
+            $"{first.Shape}, in {first.Layers[0]}{(first.Layers.Count > 1 ? $" and {first.Layers.Count - 1} more layers" : "")}, {what} (route {first.Route}). " +
+            $"{(wrong.Count > 1 ? $"{wrong.Count - 1} more shapes are wrong. " : "")}Remedy: {remedy}. `manml doctor` lists every shape; the check can be turned off (--no-backend-check) at your own risk."));
+    }
+}
+
+/// <summary>The backend computes a wrong convolution result or gradient for a shape training needs.</summary>
+public sealed class BackendFaultException(BackendReport report, string message) : Exception(message)
+{
+    /// <summary>The check that failed.</summary>
+    public BackendReport Report { get; } = report;
+}
+
+/// <summary>Checks the backend's convolutions for a training configuration against float64.</summary>
+public static class BackendCheck
+{
+    /// <summary>Largest accepted error, relative to the largest magnitude of the same tensor. Correct float32 kernels stay
+    /// below 1e-5 on these shapes; the faults seen are errors of the gradient's own size, or NaN.</summary>
+    public const double Tolerance = 1e-3;
+
+    private const int Batch = 2; // the smallest batch that shows the faults measured (a batch of one does not)
+    private static readonly ConcurrentDictionary<(ConvolutionShape, string, int, ConvolutionWorkaround), ConvolutionCheck> Checked = new();
+
+    /// <summary>
+    /// Checks every convolution shape <paramref name="trainer"/> trains (its network, auxiliary heads and MAN's copies):
+    /// a batch of two is computed in float32 on the trainer's device along the route training takes, and compared with
+    /// libtorch's float64 CPU computation. Leaves the trainer's parameters, statistics and random generator as they were.
+    /// </summary>
+    public static BackendReport Run(LocalTrainer trainer)
+    {
+        var clock = Stopwatch.StartNew();
+        var device = trainer.Network.parameters().First().device;
+        var checks = Shapes(trainer).Select(u => Check(u.Key, u.Value, device)).ToList();
+        return new BackendReport(DescribeEnvironment(), device.ToString(), checks, clock.Elapsed.TotalSeconds);
+    }
+
+    /// <summary>Checks one convolution shape on <paramref name="device"/> (see <see cref="Run"/>).</summary>
+    /// <param name="shape">The shape.</param>
+    /// <param name="layers">Names of the layers that run it (reported only).</param>
+    /// <param name="device">Where the float32 computation runs.</param>
+    public static ConvolutionCheck Check(ConvolutionShape shape, IReadOnlyList<string> layers, Device device) =>
+        Check(shape, layers, device, Candidate);
+
+    /// <summary>
+    /// What training runs once per process: <see cref="Run"/> for the shapes not checked before in this process (same
+    /// device, threads and policy), then <see cref="BackendReport.EnsureCorrect"/>.
+    /// </summary>
+    internal static BackendReport EnsureCorrect(LocalTrainer trainer)
+    {
+        var clock = Stopwatch.StartNew();
+        var device = trainer.Network.parameters().First().device;
+        int threads = get_num_threads();
+        var policy = ConvolutionRouting.Workaround;
+        var checks = Shapes(trainer).Select(u => Checked.GetOrAdd((u.Key, device.ToString(), threads, policy), _ => Check(u.Key, u.Value, device, Candidate)))
+            .ToList();
+        var report = new BackendReport(DescribeEnvironment(), device.ToString(), checks, clock.Elapsed.TotalSeconds);
+        report.EnsureCorrect();
+        return report;
+    }
+
+    /// <summary>The backend as this process sees it: CPU, oneDNN's instruction set, versions, threads, convolution policy.</summary>
+    public static BackendEnvironment DescribeEnvironment() => new(CpuName(), OneDnnIsa(), LibTorchVersion(), TorchSharpVersion(),
+        get_num_threads(), ConvolutionRouting.Workaround, ConvolutionRouting.SmallOutputChannelFault);
+
+    /// <summary>The convolution as training computes it (the candidate checked).</summary>
+    internal delegate Tensor Convolution(Tensor input, Tensor weight, Tensor? bias, ConvolutionShape shape);
+
+    private static Tensor Candidate(Tensor input, Tensor weight, Tensor? bias, ConvolutionShape shape) =>
+        ConvolutionRouting.Convolve(input, weight, bias, shape.Stride, shape.Padding, shape.Groups,
+            ConvolutionRouting.RouteFor(input, weight, shape.Stride, shape.Padding, shape.Groups));
+
+    /// <summary>
+    /// Every distinct convolution shape <paramref name="trainer"/> runs in a training step, with the names of the layers
+    /// that run it, found by one forward pass of a batch of two through every segment, its head and MAN's copies (in
+    /// evaluation mode, so no statistic moves).
+    /// </summary>
+    public static IReadOnlyDictionary<ConvolutionShape, IReadOnlyList<string>> Shapes(LocalTrainer trainer)
+    {
+        var names = new Dictionary<Conv2dLayer, string>(ReferenceEqualityComparer.Instance);
+        foreach (var (name, m) in trainer.Network.named_modules()) if (m is Conv2dLayer c) names.TryAdd(c, "network." + name);
+        foreach (var (name, m) in trainer.AuxiliaryModule.named_modules()) if (m is Conv2dLayer c) names.TryAdd(c, "auxiliary." + name);
+
+        var network = trainer.Network;
+        var device = network.parameters().First().device;
+        var training = network.training;
+        trainer.SetTraining(false); // batch-norm statistics stay as they are
+        List<(Conv2dLayer Layer, long[] InputShape, bool RequiresGrad)> calls;
+        try
+        {
+            using var scope = NewDisposeScope();
+            using var grad = enable_grad(); // as in training: a segment's input is detached, everything inside takes gradients
+            var input = network.InputShape;
+            var images = zeros(new long[] { Batch, input.Channels, input.Height, input.Width }, device: device);
+            var targets = new LocalTargets(zeros(new long[] { Batch }, ScalarType.Int64, device), images);
+            calls = ConvolutionTrace.Collect(() =>
+            {
+                var h = images;
+                for (int j = 0; j < trainer.Plan.K; j++)
+                {
+                    var range = trainer.Plan.Segments[j];
+                    h = network.ForwardUnits(h.detach(), range.Start, range.End);
+                    if (j < trainer.Plan.K - 1)
+                        trainer.Heads[j].Loss(trainer.Man is { } man ? man[j].call(h) : h, targets);
+                    else
+                        network.Head.call(h);
+                }
+            });
+        }
+        finally
+        {
+            trainer.SetTraining(training);
+        }
+        var shapes = new Dictionary<ConvolutionShape, List<string>>();
+        foreach (var (layer, inputShape, requiresGrad) in calls)
+        {
+            var shape = new ConvolutionShape(layer.InChannels, layer.OutChannels, layer.KernelSize, layer.Stride, layer.Padding, layer.Groups,
+                layer.Bias is not null, (int)inputShape[2], (int)inputShape[3], requiresGrad);
+            if (!shapes.TryGetValue(shape, out var list)) shapes[shape] = list = new List<string>();
+            var name = names.TryGetValue(layer, out var n) ? n : layer.GetName();
+            if (!list.Contains(name)) list.Add(name);
+        }
+        return shapes.ToDictionary(p => p.Key, p => (IReadOnlyList<string>)p.Value);
+    }
+
+    /// <summary>One shape: float32 on <paramref name="device"/> through <paramref name="candidate"/> against float64 on the CPU.</summary>
+    internal static ConvolutionCheck Check(ConvolutionShape shape, IReadOnlyList<string> layers, Device device, Convolution candidate)
+    {
+        using var scope = NewDisposeScope();
+        using var grad = enable_grad();
+        var x64 = Pattern(new long[] { Batch, shape.InChannels, shape.Height, shape.Width }, 0.7);
+        var w64 = Pattern(new long[] { shape.OutChannels, shape.InChannels / shape.Groups, shape.Kernel, shape.Kernel }, 1.3)
+            .mul_(1.0 / Math.Sqrt((double)shape.InChannels / shape.Groups * shape.Kernel * shape.Kernel));
+        var b64 = shape.HasBias ? Pattern(new long[] { shape.OutChannels }, 2.1) : null;
+
+        var (y, gx, gw, gb) = Gradients(x64, w64, b64, shape, float32, device, candidate);
+        var (y64, gx64, gw64, gb64) = Gradients(x64, w64, b64, shape, float64, CPU,
+            (x, w, b, s) => nn.functional.conv2d(x, w, b, new long[] { s.Stride, s.Stride }, new long[] { s.Padding, s.Padding }, groups: s.Groups));
+        var route = ConvolutionRouting.RouteFor(ConvolutionRouting.Workaround, device.type, shape.InputGradient, w64.shape, shape.Stride,
+            shape.Padding, shape.Groups);
+        double weightError = Math.Max(RelativeError(gw, gw64), gb is null ? 0 : RelativeError(gb, gb64!));
+        return new ConvolutionCheck(shape, layers, route, RelativeError(y, y64), gx is null ? 0 : RelativeError(gx, gx64!), weightError);
+    }
+
+    private static (Tensor Y, Tensor? Gx, Tensor Gw, Tensor? Gb) Gradients(Tensor x64, Tensor w64, Tensor? b64, ConvolutionShape shape,
+        ScalarType dtype, Device device, Convolution convolution)
+    {
+        var x = x64.to(dtype).to(device).requires_grad_(shape.InputGradient);
+        var w = w64.to(dtype).to(device).requires_grad_(true);
+        var b = b64?.to(dtype).to(device).requires_grad_(true);
+        var y = convolution(x, w, b, shape);
+        var gy = Pattern(y.shape, 0.9).to(dtype).to(device);
+        y.backward(new[] { gy });
+        return (y.detach(), shape.InputGradient ? x.grad : null, w.grad!, b?.grad);
+    }
+
+    // Largest |a − b| over the largest |b|, in float64 on the CPU; NaN when a holds a non-finite value.
+    private static double RelativeError(Tensor candidate, Tensor reference)
+    {
+        using var scope = NewDisposeScope();
+        var a = candidate.detach().to(float64).cpu();
+        if (!a.isfinite().all().item<bool>()) return double.NaN;
+        double scale = reference.abs().max().item<double>();
+        return (a - reference).abs().max().item<double>() / Math.Max(scale, 1e-30);
+    }
+
+    // A fixed pattern rather than random draws, so the check leaves the random generator (and so a seeded run) untouched.
+    private static Tensor Pattern(long[] shape, double frequency) =>
+        arange(shape.Aggregate(1L, (a, b) => a * b), dtype: float64).mul_(frequency).sin_().view(shape);
+
+    private static string CpuName()
+    {
+        try
+        {
+            if (File.Exists("/proc/cpuinfo"))
+            {
+                var fields = File.ReadLines("/proc/cpuinfo").TakeWhile(l => l.Length > 0).Select(l => l.Split(':', 2))
+                    .Where(p => p.Length == 2).GroupBy(p => p[0].Trim()).ToDictionary(g => g.Key, g => g.First()[1].Trim());
+                string Get(string key) => fields.TryGetValue(key, out var v) ? v : "?";
+                return $"{Get("model name")}, {Get("vendor_id")} family {Get("cpu family")} model {Get("model")}";
+            }
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return System.Environment.GetEnvironmentVariable("PROCESSOR_IDENTIFIER") ?? RuntimeInformation.ProcessArchitecture.ToString();
+    }
+
+    // oneDNN picks the best instruction set the CPU has, up to ONEDNN_MAX_CPU_ISA when that is set.
+    private static string OneDnnIsa()
+    {
+        string detected;
+        if (RuntimeInformation.ProcessArchitecture is not (Architecture.X64 or Architecture.X86)) detected = RuntimeInformation.ProcessArchitecture.ToString().ToLowerInvariant();
+        else if (System.Runtime.Intrinsics.X86.Avx512F.IsSupported && System.Runtime.Intrinsics.X86.Avx512BW.IsSupported
+                 && System.Runtime.Intrinsics.X86.Avx512DQ.IsSupported && System.Runtime.Intrinsics.X86.Avx512F.VL.IsSupported)
+            detected = "avx512_core";
+        else if (System.Runtime.Intrinsics.X86.Avx2.IsSupported) detected = "avx2";
+        else if (System.Runtime.Intrinsics.X86.Avx.IsSupported) detected = "avx";
+        else detected = "sse41";
+        var cap = System.Environment.GetEnvironmentVariable("ONEDNN_MAX_CPU_ISA");
+        return string.IsNullOrWhiteSpace(cap) ? detected : $"{detected}, capped by ONEDNN_MAX_CPU_ISA={cap}";
+    }
+
+    private static string LibTorchVersion()
+    {
+        try { return torch.__version__; }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException or NotSupportedException) { return "unknown"; }
+    }
+
+    private static string TorchSharpVersion()
+    {
+        var assembly = typeof(torch).Assembly;
+        var version = assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? assembly.GetName().Version?.ToString() ?? "unknown";
+        int plus = version.IndexOf('+');
+        return plus > 0 ? version[..plus] : version;
+    }
+}

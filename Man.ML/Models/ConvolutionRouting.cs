@@ -1,0 +1,196 @@
+// How Man.ML's convolutions reach libtorch, and the two faults of libtorch 2.10's CPU convolutions (its bundled oneDNN
+// 3.7.1) that it steers around; docs/BACKEND.md has the measurements.
+//
+// 1. Wrong input gradients: on some CPUs (measured: AMD EPYC family 26, AVX-512) the input gradient of a convolution
+//    with kernel > 1 whose output channel count is not a multiple of 16 is wrong (errors as large as the gradient itself,
+//    NaN in some runs), while its forward pass and weight gradient are right. Computing it with the weights zero-padded
+//    to the next multiple of 16 output channels, and the extra outputs sliced away, gives the exact result; the
+//    trained parameters keep their true shape. Whether this CPU needs it is probed once per process (a few
+//    milliseconds), so unaffected machines keep the plain path.
+// 2. A crash: the input gradient of a 1x1 convolution with stride > 1 kills the process with SIGFPE (an integer division
+//    by zero inside oneDNN's kernel selection) for some channel pairs, among them ResNet-50/101/152's projection
+//    shortcuts 512→1024 and 1024→2048. A 1x1 convolution with stride s and no padding equals a stride-1 1x1 convolution
+//    of the input subsampled by s, which takes another kernel. A crash cannot be probed in-process, and the rewrite
+//    costs nothing measurable, so it is applied on the CPU whenever an input gradient is needed.
+//
+// Neither rewrite runs when no input gradient is taken (inference, the first layer of a segment): forward passes and
+// weight gradients are right on every CPU measured.
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Man.ML.Models;
+
+/// <summary>Whether Man.ML steers its convolutions around the known libtorch CPU faults.</summary>
+public enum ConvolutionWorkaround
+{
+    /// <summary>On the CPU: always rewrite strided 1x1 convolutions that need an input gradient; pad small output channel
+    /// counts only where the once-per-process probe finds this CPU computes them wrongly. The default.</summary>
+    Auto,
+
+    /// <summary>Both rewrites on every device, whether needed or not (to check them on any machine).</summary>
+    Always,
+
+    /// <summary>Plain libtorch convolutions everywhere (to see the backend's own behaviour).</summary>
+    Never,
+}
+
+/// <summary>How one convolution call is computed.</summary>
+public enum ConvolutionRoute
+{
+    /// <summary>libtorch's convolution as is.</summary>
+    Direct,
+
+    /// <summary>Weights zero-padded to a multiple of 16 output channels, extra outputs sliced away.</summary>
+    PaddedOutputChannels,
+
+    /// <summary>A strided 1x1 convolution as a stride-1 convolution of the subsampled input.</summary>
+    SubsampledInput,
+}
+
+/// <summary>The process-wide convolution policy and the probe that decides it.</summary>
+public static class ConvolutionRouting
+{
+    /// <summary>Output channels are padded to a multiple of this (oneDNN's AVX-512 block; a multiple of its AVX2 block of 8).</summary>
+    public const int ChannelBlock = 16;
+
+    /// <summary>Environment variable read at start-up for <see cref="Workaround"/>: auto, always or never.</summary>
+    public const string EnvironmentVariable = "MANML_CONV_WORKAROUND";
+
+    private static int workaround = -1; // unset: read from the environment on first use
+    private static readonly Lazy<bool> smallOutputFault = new(ProbeSmallOutputFault, LazyThreadSafetyMode.ExecutionAndPublication);
+
+    /// <summary>The policy. Default <see cref="ConvolutionWorkaround.Auto"/>, or the value of <c>MANML_CONV_WORKAROUND</c>.</summary>
+    /// <exception cref="ArgumentException">On first use, when <c>MANML_CONV_WORKAROUND</c> holds another value.</exception>
+    public static ConvolutionWorkaround Workaround
+    {
+        get
+        {
+            int value = Volatile.Read(ref workaround);
+            if (value < 0)
+            {
+                value = (int)FromEnvironment();
+                Interlocked.CompareExchange(ref workaround, value, -1);
+            }
+            return (ConvolutionWorkaround)Volatile.Read(ref workaround);
+        }
+        set => Volatile.Write(ref workaround, (int)value);
+    }
+
+    /// <summary>
+    /// Whether this CPU's libtorch computes wrong input gradients for convolutions whose output channel count is not a
+    /// multiple of 16 (probed once per process on first use, at 1 thread and at the current thread count).
+    /// </summary>
+    public static bool SmallOutputChannelFault => smallOutputFault.Value;
+
+    /// <summary>Parses auto, always or never (case-insensitive).</summary>
+    /// <exception cref="ArgumentException">Another value.</exception>
+    public static ConvolutionWorkaround Parse(string text) => text.Trim().ToLowerInvariant() switch
+    {
+        "auto" => ConvolutionWorkaround.Auto,
+        "always" => ConvolutionWorkaround.Always,
+        "never" => ConvolutionWorkaround.Never,
+        _ => throw new ArgumentException($"The convolution workaround '{text}' is not one of auto, always, never."),
+    };
+
+    private static ConvolutionWorkaround FromEnvironment()
+    {
+        var value = Environment.GetEnvironmentVariable(EnvironmentVariable);
+        if (string.IsNullOrWhiteSpace(value)) return ConvolutionWorkaround.Auto;
+        try { return Parse(value); }
+        catch (ArgumentException e) { throw new ArgumentException($"The environment variable {EnvironmentVariable}: {e.Message}"); }
+    }
+
+    /// <summary>The route a convolution of <paramref name="weight"/> on <paramref name="input"/> takes under the current policy.</summary>
+    public static ConvolutionRoute RouteFor(Tensor input, Tensor weight, int stride, int padding, int groups) =>
+        RouteFor(Workaround, input.device_type, input.requires_grad && is_grad_enabled(), weight.shape, stride, padding, groups);
+
+    /// <summary>The route for a convolution described by its parts (see <see cref="RouteFor(Tensor, Tensor, int, int, int)"/>).</summary>
+    /// <param name="policy">The policy.</param>
+    /// <param name="device">Where it runs.</param>
+    /// <param name="inputGradient">Whether a gradient with respect to its input will be computed.</param>
+    /// <param name="weightShape">(out, in/groups, kh, kw).</param>
+    /// <param name="stride">Stride (both directions).</param>
+    /// <param name="padding">Zero padding (both directions).</param>
+    /// <param name="groups">Groups.</param>
+    public static ConvolutionRoute RouteFor(ConvolutionWorkaround policy, DeviceType device, bool inputGradient, long[] weightShape,
+        int stride, int padding, int groups)
+    {
+        if (policy == ConvolutionWorkaround.Never || !inputGradient) return ConvolutionRoute.Direct;
+        if (policy == ConvolutionWorkaround.Auto && device != DeviceType.CPU) return ConvolutionRoute.Direct;
+        bool pointwise = weightShape[2] == 1 && weightShape[3] == 1;
+        if (pointwise && stride > 1 && padding == 0) return ConvolutionRoute.SubsampledInput;
+        if (groups == 1 && weightShape[0] % ChannelBlock != 0
+            && (policy == ConvolutionWorkaround.Always || SmallOutputChannelFault))
+            return ConvolutionRoute.PaddedOutputChannels;
+        return ConvolutionRoute.Direct;
+    }
+
+    /// <summary>conv2d(input, weight, bias) with square stride and padding, computed along <paramref name="route"/>.</summary>
+    public static Tensor Convolve(Tensor input, Tensor weight, Tensor? bias, int stride, int padding, int groups, ConvolutionRoute route)
+    {
+        long[] strides = { stride, stride }, paddings = { padding, padding };
+        switch (route)
+        {
+            case ConvolutionRoute.SubsampledInput:
+            {
+                using var scope = NewDisposeScope();
+                var subsampled = input[.., .., TensorIndex.Slice(null, null, stride), TensorIndex.Slice(null, null, stride)]; // (B, C, ⌈H/s⌉, ⌈W/s⌉)
+                return nn.functional.conv2d(subsampled, weight, bias, groups: groups).MoveToOuterDisposeScope();
+            }
+            case ConvolutionRoute.PaddedOutputChannels:
+            {
+                using var scope = NewDisposeScope();
+                long outputs = weight.shape[0], extra = (outputs + ChannelBlock - 1) / ChannelBlock * ChannelBlock - outputs;
+                var paddedWeight = cat(new[] { weight, zeros(new[] { extra, weight.shape[1], weight.shape[2], weight.shape[3] }, weight.dtype, weight.device) }, 0);
+                var paddedBias = bias is null ? null : cat(new[] { bias, zeros(new[] { extra }, bias.dtype, bias.device) }, 0);
+                var y = nn.functional.conv2d(input, paddedWeight, paddedBias, strides, paddings, groups: groups); // (B, out + extra, H', W')
+                // A copy of the true outputs, so the padded map is freed now rather than kept by whatever saves its input.
+                return y.narrow(1, 0, outputs).contiguous().MoveToOuterDisposeScope();
+            }
+            default:
+                return nn.functional.conv2d(input, weight, bias, strides, paddings, groups: groups);
+        }
+    }
+
+    // Input gradients of a few small-output convolutions against float64, at 1 thread and at the current count. The inputs
+    // are fixed patterns, not random draws, so the probe leaves the random generator (and so a seeded run) untouched.
+    private static bool ProbeSmallOutputFault()
+    {
+        int threads = get_num_threads();
+        try
+        {
+            foreach (int t in threads == 1 ? new[] { 1 } : new[] { 1, threads })
+            {
+                set_num_threads(t);
+                foreach (var (cin, cout) in new[] { (16, 3), (16, 12), (12, 3) })
+                    for (int trial = 0; trial < 2; trial++)
+                        if (!InputGradientIsRight(cin, cout, side: 8, batch: 2, phase: trial))
+                            return true;
+            }
+            return false;
+        }
+        finally
+        {
+            set_num_threads(threads);
+        }
+    }
+
+    /// <summary>Whether libtorch's plain float32 CPU convolution gives the float64 input gradient for a 3x3 convolution.</summary>
+    internal static bool InputGradientIsRight(int inChannels, int outChannels, int side, int batch, int phase)
+    {
+        using var scope = NewDisposeScope();
+        using var grad = enable_grad();
+        var x64 = Pattern(new long[] { batch, inChannels, side, side }, 0.7 + phase);
+        var w64 = Pattern(new long[] { outChannels, inChannels, 3, 3 }, 1.3 + phase).mul_(0.1);
+        var gy64 = Pattern(new long[] { batch, outChannels, side, side }, 0.9 + phase);
+        var x = x64.to(float32).requires_grad_(true);
+        nn.functional.conv2d(x, w64.to(float32), padding: new long[] { 1, 1 }).backward(new[] { gy64.to(float32) });
+        var reference = nn.functional.conv_transpose2d(gy64, w64, padding: new long[] { 1, 1 }); // d/dx of conv2d, in float64
+        var got = x.grad!.to(float64);
+        if (!got.isfinite().all().item<bool>()) return false;
+        return (got - reference).abs().max().item<double>() <= 1e-3 * reference.abs().max().item<double>();
+    }
+
+    private static Tensor Pattern(long[] shape, double frequency) =>
+        arange(shape.Aggregate(1L, (a, b) => a * b), dtype: float64).mul_(frequency).sin_().view(shape);
+}
