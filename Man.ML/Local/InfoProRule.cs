@@ -355,11 +355,16 @@ internal static class InfoProLoss
         InfoProLossMode mode, Tensor mean, Tensor std, Func<Tensor, Tensor> reconstruct, Func<Tensor, Tensor> classify)
     {
         using var scope = NewDisposeScope();
-        var loss = zeros(1, device: features.device).squeeze();
+        // Explicit Scalars, alive until every call has returned (KeepAliveSgd.cs says why).
+        using var lambda1 = reconstructionWeight.ToScalar();
+        using var lambda2 = classificationWeight.ToScalar();
+        using var zero = 0.0.ToScalar();
+        using var one = 1.0.ToScalar();
+        var loss = zeros(1, dtype: features.dtype, device: features.device).squeeze();
         if (reconstructionWeight != 0)
         {
-            var target = targets.Images.mul(std.to(features.device)).add_(mean.to(features.device)).clamp_(0, 1); // de-normalised input
-            loss = loss + reconstructionWeight * nn.functional.binary_cross_entropy(reconstruct(features), target);
+            var target = targets.Images.mul(std.to(features.device)).add_(mean.to(features.device)).clamp_(zero, one); // de-normalised input
+            loss = loss + nn.functional.binary_cross_entropy(reconstruct(features), target).mul_(lambda1);
         }
         if (classificationWeight != 0)
         {
@@ -367,7 +372,7 @@ internal static class InfoProLoss
             var term = mode == InfoProLossMode.CrossEntropy
                 ? nn.functional.cross_entropy(output, targets.Labels)
                 : SupervisedContrastiveLoss.Compute(output, targets.Labels);
-            loss = loss + classificationWeight * term;
+            loss = loss + term.mul(lambda2);
         }
         return loss.MoveToOuterDisposeScope();
     }
@@ -389,7 +394,9 @@ public static class SupervisedContrastiveLoss
         using var scope = NewDisposeScope();
         long b = features.shape[0];
         var f = nn.functional.normalize(features, dim: 1);                      // (B, D)
-        var logits = f.matmul(f.t()).div(temperature);                          // (B, B)
+        using var t = temperature.ToScalar();                                    // explicit: alive through the calls (KeepAliveSgd.cs)
+        using var scale = (-(temperature / baseTemperature)).ToScalar();
+        var logits = f.matmul(f.t()).div_(t);                                    // (B, B)
         logits = logits - logits.max(1, keepdim: true).values.detach();
         var notSelf = ones(b, b, device: features.device) - eye(b, device: features.device);
         var positives = labels.unsqueeze(1).eq(labels.unsqueeze(0)).to_type(ScalarType.Float32) * notSelf;
@@ -397,6 +404,6 @@ public static class SupervisedContrastiveLoss
         var count = positives.sum(1);
         count = where(count.eq(0), ones_like(count), count);
         var meanPositive = (positives * logProb).sum(1) / count;
-        return (meanPositive.mean() * -(temperature / baseTemperature)).MoveToOuterDisposeScope();
+        return meanPositive.mean().mul_(scale).MoveToOuterDisposeScope();
     }
 }

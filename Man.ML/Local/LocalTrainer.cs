@@ -139,7 +139,7 @@ public sealed class LocalTrainer : IDisposable
             .Concat(heads.parameters())
             .Concat(man?.TrainableParameters() ?? Enumerable.Empty<Parameter>())
             .ToList();
-        optimizer = optim.SGD(trainable, optimizerSettings.LearningRate, optimizerSettings.Momentum, 0,
+        optimizer = new KeepAlive.SGD(trainable, optimizerSettings.LearningRate, optimizerSettings.Momentum, 0,
             optimizerSettings.WeightDecay, optimizerSettings.Nesterov);
     }
 

@@ -71,6 +71,8 @@ public sealed class MomentumBranch : nn.Module<Tensor, Tensor>, IHasCost
     private readonly nn.Module<Tensor, Tensor>? ema;
     private readonly TorchSharp.Modules.Parameter? mix;
 
+    private static readonly Scalar Two = 2.0.ToScalar(); // long-lived: never finalized during a call (KeepAliveSgd.cs)
+
     /// <summary>MAN++'s mixing scalar s, when the learnable mix is on.</summary>
     public TorchSharp.Modules.Parameter? Mix => mix;
 
@@ -111,7 +113,7 @@ public sealed class MomentumBranch : nn.Module<Tensor, Tensor>, IHasCost
         using var scope = NewDisposeScope();
         Tensor y;
         // Not in place: the copies' ReLU outputs are saved for their backward.
-        if (mix is not null) y = mix * learnable!.call(x) + (2 - mix) * ema!.call(x);      // MAN++: s·LB + (2 − s)·EMA
+        if (mix is not null) y = mix * learnable!.call(x) + mix.neg().add_(Two) * ema!.call(x); // MAN++: s·LB + (2 − s)·EMA
         else if (learnable is not null && ema is not null) y = learnable.call(x) + ema.call(x); // (B, C', H', W')
         else y = (learnable ?? ema)!.call(x);
         return y.MoveToOuterDisposeScope();
@@ -136,8 +138,11 @@ public sealed class MomentumBranch : nn.Module<Tensor, Tensor>, IHasCost
     {
         if (ema is null) return;
         using var noGrad = no_grad();
+        // Explicit Scalars, alive until every call has returned (KeepAliveSgd.cs says why).
+        using var m = momentum.ToScalar();
+        using var rest = (1 - momentum).ToScalar();
         foreach (var (e, n) in ema.parameters().Zip(next.parameters()))
-            e.mul_(momentum).add_(n, alpha: 1 - momentum);
+            e.mul_(m).add_(n, rest);
     }
 
     /// <summary>Copies next(j)'s current parameters into EMA (the parameter-copy ablation, m = 0).</summary>

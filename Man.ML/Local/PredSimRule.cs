@@ -88,7 +88,9 @@ public sealed class PredSimHead : AuxiliaryHead, IHasCost
         var similarity = SimilarityMatrix(similarityConv.call(features));            // (B, B)
         var simLoss = nn.functional.mse_loss(similarity, SimilarityMatrix(oneHot).detach());
         var predLoss = nn.functional.cross_entropy(call(features), targets.Labels);
-        return (PredSimRule.SimilarityWeight * simLoss + PredSimRule.PredictionWeight * predLoss).MoveToOuterDisposeScope();
+        using var beta = PredSimRule.SimilarityWeight.ToScalar();   // explicit Scalars, alive through the calls (KeepAliveSgd.cs)
+        using var rest = PredSimRule.PredictionWeight.ToScalar();
+        return simLoss.mul(beta).add_(predLoss.mul(rest)).MoveToOuterDisposeScope();
     }
 
     /// <summary>
