@@ -238,4 +238,21 @@ public sealed class MLNetTests
         Assert.ThrowsExactly<OperationCanceledException>(() => pipeline.Fit(trainData));
         Assert.AreEqual(2, lastBatch);
     }
+
+    [TestMethod]
+    public void FitChecksTheBackendOnceAndTheCheckCanBeTurnedOff()
+    {
+        foreach (bool check in new[] { true, false })
+        {
+            var context = new MLContext(0);
+            var messages = new List<string>();
+            context.Log += (_, e) => { lock (messages) messages.Add(e.Message); };
+            var options = SmallOptions(epochs: 1);
+            options.CheckBackend = check;
+            using var _ = (IDisposable)Preprocessing(context).Append(context.MulticlassClassification.Trainers.ManImageClassification(options))
+                .Fit(context.Data.LoadFromEnumerable(ImageFolderSample.ListImages(ImageFolderFixture.Train))).LastTransformer;
+            Assert.AreEqual(check, messages.Any(m => m.Contains("Man.ML backend check:") && m.Contains("convolution shapes correct against float64")),
+                $"CheckBackend = {check}");
+        }
+    }
 }

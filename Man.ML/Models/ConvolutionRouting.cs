@@ -101,7 +101,7 @@ public static class ConvolutionRouting
     }
 
     /// <summary>The route a convolution of <paramref name="weight"/> on <paramref name="input"/> takes under the current policy.</summary>
-    public static ConvolutionRoute RouteFor(Tensor input, Tensor weight, int stride, int padding, int groups) =>
+    internal static ConvolutionRoute RouteFor(Tensor input, Tensor weight, int stride, int padding, int groups) =>
         RouteFor(Workaround, input.device_type, input.requires_grad && is_grad_enabled(), weight.shape, stride, padding, groups);
 
     /// <summary>The route for a convolution described by its parts (see <see cref="RouteFor(Tensor, Tensor, int, int, int)"/>).</summary>
@@ -112,7 +112,7 @@ public static class ConvolutionRouting
     /// <param name="stride">Stride (both directions).</param>
     /// <param name="padding">Zero padding (both directions).</param>
     /// <param name="groups">Groups.</param>
-    public static ConvolutionRoute RouteFor(ConvolutionWorkaround policy, DeviceType device, bool inputGradient, long[] weightShape,
+    internal static ConvolutionRoute RouteFor(ConvolutionWorkaround policy, DeviceType device, bool inputGradient, long[] weightShape,
         int stride, int padding, int groups)
     {
         if (policy == ConvolutionWorkaround.Never || !inputGradient) return ConvolutionRoute.Direct;
@@ -126,7 +126,7 @@ public static class ConvolutionRouting
     }
 
     /// <summary>conv2d(input, weight, bias) with square stride and padding, computed along <paramref name="route"/>.</summary>
-    public static Tensor Convolve(Tensor input, Tensor weight, Tensor? bias, int stride, int padding, int groups, ConvolutionRoute route)
+    internal static Tensor Convolve(Tensor input, Tensor weight, Tensor? bias, int stride, int padding, int groups, ConvolutionRoute route)
     {
         long[] strides = { stride, stride }, paddings = { padding, padding };
         switch (route)
