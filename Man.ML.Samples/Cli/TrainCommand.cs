@@ -256,8 +256,12 @@ internal static class TrainCommand
         PrintSummary(options, result, outDir);
         if (trainer.BackendReport is { } backend)
             AnsiConsole.MarkupLine(Markup.Escape(FormattableString.Invariant(
-                $"backend check: {backend.Convolutions.Count} convolution shapes correct against float64 ({backend.Seconds:0.00} s; {backend.Environment.Cpu}; oneDNN {backend.Environment.OneDnnIsa}; convolution workaround {backend.Environment.Workaround.ToString().ToLowerInvariant()}{(backend.Environment.SmallOutputChannelFault ? ", small-output-channel fault detected and routed around" : "")})")));
+                $"backend check: {backend.Convolutions.Count} convolution shapes correct against float64 ({backend.Seconds:0.00} s; {backend.Environment.Cpu}; oneDNN {backend.Environment.OneDnnIsa}; convolution workaround {backend.Environment.Workaround.ToString().ToLowerInvariant()}{FaultNote(backend.Environment)})")));
     }
+
+    private static string FaultNote(Backend.BackendEnvironment e) => !e.SmallOutputChannelFault ? ""
+        : e.Workaround == Models.ConvolutionWorkaround.Never ? "; this CPU computes small output channel counts wrongly and the workaround is off"
+        : "; this CPU computes small output channel counts wrongly: such convolutions are padded";
 
     // What the backend was and what its check found (null when --no-backend-check).
     private static JsonObject? Backend(Backend.BackendReport? report) => report is null ? null : new JsonObject
