@@ -213,10 +213,7 @@ internal static partial class BenchCommand
 
     private static JsonObject RunChild(IEnumerable<string> args, IDictionary<string, string>? environment)
     {
-        var self = Environment.ProcessPath!;
-        var info = new ProcessStartInfo(self) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        if (Path.GetFileNameWithoutExtension(self) == "dotnet") info.ArgumentList.Add(typeof(BenchCommand).Assembly.Location);
-        foreach (var a in args) info.ArgumentList.Add(a);
+        var info = SelfProcess.StartInfo(args);
         if (environment is not null) foreach (var (k, v) in environment) info.Environment[k] = v;
         using var process = Process.Start(info)!;
         var stdout = process.StandardOutput.ReadToEndAsync();
@@ -226,7 +223,9 @@ internal static partial class BenchCommand
             process.Kill(entireProcessTree: true);
             throw new InvalidOperationException($"'{string.Join(' ', args)}' did not finish in 15 minutes.");
         }
-        if (process.ExitCode != 0) throw new InvalidOperationException($"'{string.Join(' ', args)}' failed: {stderr.Result.Trim()}");
+        if (process.ExitCode != 0)
+            throw new InvalidOperationException($"'{string.Join(' ', args)}' failed with exit code {process.ExitCode}" +
+                (process.ExitCode > 128 ? $" (killed by signal {process.ExitCode - 128})" : "") + $": {stderr.Result.Trim()}");
         var line = stdout.Result.Trim().Split('\n')[^1];
         return JsonNode.Parse(line)!.AsObject();
     }

@@ -130,7 +130,7 @@ internal static class DoctorCommand
     // oneDNN's own word on its version and ISA: a child process runs one convolution with ONEDNN_VERBOSE=1.
     private static (string? Version, string? Isa) OneDnnReport()
     {
-        var info = ChildStart(new[] { "doctor", "--onednn-info", "--threads", "1" });
+        var info = SelfProcess.StartInfo(new[] { "doctor", "--onednn-info", "--threads", "1" });
         info.Environment["ONEDNN_VERBOSE"] = "1";
         try
         {
@@ -148,7 +148,7 @@ internal static class DoctorCommand
 
     private static (bool Ok, JsonObject? Json, string Failure) RunChild(IEnumerable<string> args)
     {
-        var info = ChildStart(args);
+        var info = SelfProcess.StartInfo(args);
         using var process = Process.Start(info)!;
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();
@@ -162,15 +162,6 @@ internal static class DoctorCommand
         }
         var line = stdout.Result.Trim().Split('\n')[^1];
         return (true, JsonNode.Parse(line)!.AsObject(), "");
-    }
-
-    private static ProcessStartInfo ChildStart(IEnumerable<string> args)
-    {
-        var self = Environment.ProcessPath!;
-        var info = new ProcessStartInfo(self) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        if (Path.GetFileNameWithoutExtension(self) == "dotnet") info.ArgumentList.Add(typeof(DoctorCommand).Assembly.Location);
-        foreach (var a in args) info.ArgumentList.Add(a);
-        return info;
     }
 
     // The child gets this process's threads, device and policy: the shapes are checked as this command would check them.

@@ -191,6 +191,7 @@ public static class ConvolutionRouting
         return (got - reference).abs().max().item<double>() <= 1e-3 * reference.abs().max().item<double>();
     }
 
-    private static Tensor Pattern(long[] shape, double frequency) =>
+    /// <summary>sin(frequency · i) over the elements, in float64: fixed test data that leaves the random generator alone.</summary>
+    internal static Tensor Pattern(long[] shape, double frequency) =>
         arange(shape.Aggregate(1L, (a, b) => a * b), dtype: float64).mul_(frequency).sin_().view(shape);
 }
