@@ -101,4 +101,42 @@ public sealed class ResumeTests
         StringAssert.Contains(stop.Message, "step");
         StringAssert.Contains(stop.Message, "no checkpoint");
     }
+
+    [TestMethod]
+    public void ANonFiniteGradientNamesItsSegmentAndSkippedStepsAreCounted()
+    {
+        // Finite losses, then one NaN put into a gradient of segment 1 (or of its MAN copy, or of segment 0): the one-read
+        // check sees it, the slow path names the segment.
+        manual_seed(3);
+        using var net = new CifarResNet(8);
+        var plan = SplitPlan.Create(net, 2);
+        using var trainer = new LocalTrainer(net, plan, new DglRule(), new MomentumOptions(), new OptimizerSettings(), CPU);
+        trainer.SetTraining(true);
+        using var x = randn(4, 3, 32, 32);
+        using var labels = tensor(new long[] { 0, 1, 2, 3 });
+        var targets = new LocalTargets(labels, x);
+        foreach (var (victim, segment) in new[]
+                 {
+                     (net.Units[plan.Segments[1].Start].parameters().First(), 1), (net.Head.parameters().Last(), 1),
+                     (trainer.Man![0].Learnable!.parameters().First(), 0), (trainer.Heads[0].parameters().First(), 0),
+                 })
+        {
+            trainer.Optimizer.zero_grad();
+            using (var h = trainer.TrainSegment(0, x, targets).Output) trainer.TrainSegment(1, h!, targets);
+            trainer.CheckGradients(); // all finite: no exception
+            using (no_grad()) victim.grad!.view(-1)[0].fill_(float.NaN);
+            var e = Assert.ThrowsExactly<NonFiniteException>(trainer.CheckGradients);
+            Assert.AreEqual("A gradient", e.What);
+            Assert.AreEqual(segment, e.Segment);
+        }
+
+        // Skipped steps reach the epoch and final figures (and so metrics.json).
+        using var train = TestSupport.SampleImages(0, 64);
+        var skipping = new Trainer(Tiny() with { LearningRate = 1e30, Epochs = 2 }) { OnNonFinite = NonFinitePolicy.SkipStep };
+        var result = skipping.Train(train, null);
+        using var _ = result.Network;
+        Assert.IsTrue(result.Final.SkippedSteps > 0, "an absurd learning rate must make steps non-finite");
+        Assert.AreEqual(skipping.SkippedSteps, result.Final.SkippedSteps);
+        Assert.AreEqual(result.Final.SkippedSteps, result.Epochs.Sum(ep => ep.SkippedSteps));
+    }
 }

@@ -67,6 +67,8 @@ public sealed class LocalTrainer : IDisposable
     private readonly ModuleList<AuxiliaryHead> heads;
     private readonly MomentumAuxiliaryNetwork? man;
     private readonly SGD optimizer;
+    private readonly IReadOnlyList<AuxiliaryHead> headView;
+    private readonly List<(int Segment, Parameter Parameter)> checkedParameters;
 
     // Everything that exists only for training, as one registered module tree (a ModuleList's items become children
     // only when an owning module registers its components).
@@ -96,7 +98,7 @@ public sealed class LocalTrainer : IDisposable
     public MomentumAuxiliaryNetwork? Man => man;
 
     /// <summary>Auxiliary head of each segment but the last.</summary>
-    public IReadOnlyList<AuxiliaryHead> Heads => heads.ToList();
+    public IReadOnlyList<AuxiliaryHead> Heads => headView;
 
     /// <summary>Every training-only module (auxiliary heads and MAN copies) as one module tree.</summary>
     public nn.Module AuxiliaryModule => auxiliary;
@@ -132,6 +134,7 @@ public sealed class LocalTrainer : IDisposable
         }
         auxiliary = new AuxiliaryModules(headList, man);
         heads = auxiliary.heads;
+        headView = headList.AsReadOnly();
         network.to(device);
         auxiliary.to(device);
 
@@ -141,6 +144,12 @@ public sealed class LocalTrainer : IDisposable
             .ToList();
         optimizer = new KeepAlive.SGD(trainable, optimizerSettings.LearningRate, optimizerSettings.Momentum, 0,
             optimizerSettings.WeightDecay, optimizerSettings.Nesterov);
+        // Every parameter that receives a gradient, with the segment it belongs to (units, head, MAN's copies).
+        checkedParameters = Enumerable.Range(0, plan.K).SelectMany(j =>
+            Enumerable.Range(plan.Segments[j].Start, plan.Segments[j].Length).SelectMany(u => network.Units[u].parameters())
+                .Concat(j < plan.K - 1 ? heads[j].parameters() : network.Head.parameters())
+                .Concat(j < plan.K - 1 && man is not null ? man[j].parameters() : Enumerable.Empty<Parameter>())
+                .Select(p => (j, p))).ToList();
     }
 
     /// <summary>The optimizer (one SGD over every trainable parameter; EMA copies excluded).</summary>
@@ -210,19 +219,15 @@ public sealed class LocalTrainer : IDisposable
         return new StepResult(segmentLosses[^1], correct, labels.shape[0], segmentLosses);
     }
 
-    // Every gradient, segment by segment, so the message can name the first segment that holds a bad one.
-    private void CheckGradients()
+    // Every gradient at once, with one read from the device (a read per tensor would stall a GPU hundreds of times a
+    // step); only when one is bad, segment by segment, so the message can name the first segment that holds it.
+    internal void CheckGradients()
     {
         using var scope = NewDisposeScope();
-        for (int j = 0; j < Plan.K; j++)
-        {
-            var range = Plan.Segments[j];
-            var parameters = Enumerable.Range(range.Start, range.Length).SelectMany(u => Network.Units[u].parameters())
-                .Concat(j < Plan.K - 1 ? heads[j].parameters() : Network.Head.parameters())
-                .Concat(j < Plan.K - 1 && man is not null ? man[j].parameters() : Enumerable.Empty<Parameter>());
-            foreach (var p in parameters)
-                if (p.grad is { } g && !g.isfinite().all().item<bool>()) throw new NonFiniteException("A gradient", j);
-        }
+        var flags = checkedParameters.Select(p => p.Parameter.grad).OfType<Tensor>().Select(g => g.isfinite().all()).ToArray();
+        if (flags.Length == 0 || stack(flags).all().item<bool>()) return;
+        foreach (var (segment, p) in checkedParameters)
+            if (p.grad is { } g && !g.isfinite().all().item<bool>()) throw new NonFiniteException("A gradient", segment);
     }
 
     /// <summary>

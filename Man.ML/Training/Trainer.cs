@@ -206,6 +206,7 @@ public sealed class Trainer
             var clock = Stopwatch.StartNew();
             double lossSum = 0, firstRate = schedule.Rate(epoch, 0);
             long correct = 0, seen = 0;
+            int skipped = 0;
             var segmentSums = new double[plan.K];
             using var batchesOfEpoch = train.Epoch(order, ranges, random, Options.Seed, epoch, cancellation);
             for (int b = 0; b < batches; b++)
@@ -229,6 +230,7 @@ public sealed class Trainer
                 if (result.Skipped)
                 {
                     SkippedSteps++;
+                    skipped++;
                     continue;
                 }
                 lossSum += result.Loss * result.Count;
@@ -257,6 +259,7 @@ public sealed class Trainer
                 Seconds = seconds,
                 EvalSeconds = evalClock.Elapsed.TotalSeconds,
                 SegmentLosses = segmentSums.Select(s => s / seen).ToArray(),
+                SkippedSteps = skipped,
             };
             epochs.Add(metrics);
             EpochCompleted?.Invoke(metrics);
@@ -285,6 +288,7 @@ public sealed class Trainer
             ImagesPerSecond = imagesSeen / trainSeconds,
             ParametersBackbone = network.ParameterCount(),
             ParametersAuxiliary = local.AuxiliaryParameterCount(),
+            SkippedSteps = epochs.Sum(e => e.SkippedSteps),
         };
         network.eval();
         return new TrainingResult(network, plan, epochs, final);

@@ -40,6 +40,9 @@ public sealed record EpochMetrics
 
     /// <summary>Mean local loss of each segment (the last is the network head's cross-entropy).</summary>
     public double[] SegmentLosses { get; init; } = Array.Empty<double>();
+
+    /// <summary>Steps of this epoch dropped for a NaN or infinite loss or gradient (<see cref="Local.NonFinitePolicy.SkipStep"/>).</summary>
+    public int SkippedSteps { get; init; }
 }
 
 /// <summary>Figures at the end of a run (the last epoch, never the best one).</summary>
@@ -65,4 +68,7 @@ public sealed record FinalMetrics
 
     /// <summary>Parameters of the auxiliary heads and MAN copies (training only).</summary>
     public long ParametersAuxiliary { get; init; }
+
+    /// <summary>Steps of the whole run dropped for a NaN or infinite loss or gradient (<see cref="Local.NonFinitePolicy.SkipStep"/>).</summary>
+    public int SkippedSteps { get; init; }
 }
