@@ -111,7 +111,7 @@ public sealed class AblationAndPresetTests
         foreach (var preset in ExperimentPresets.All)
         {
             var options = preset.Options;
-            var dataset = DatasetKind.Get(options.Dataset);
+            var dataset = options.Dataset;
             var trainer = new Trainer(options);
             var (network, plan, rule) = trainer.Build(dataset.Classes, dataset.ImageSize);
             Assert.AreEqual(options.K, plan.K, preset.Name);
@@ -130,6 +130,6 @@ public sealed class AblationAndPresetTests
         var stl = ExperimentPresets.Get("stl10-resnet32-k8-dgl").Options;
         Assert.AreEqual((128, 0.1), (stl.BatchSize, stl.LearningRate!.Value));
         Assert.AreEqual(ManAblation.ParameterCopy, ExperimentPresets.Get("table5a-parameter").Options.Man!.Ablation);
-        Assert.ThrowsExactly<ArgumentException>(() => ExperimentPresets.Get("cifar100-resnet32"));
+        Assert.ThrowsExactly<InvalidOptionException>(() => ExperimentPresets.Get("cifar100-resnet32"));
     }
 }

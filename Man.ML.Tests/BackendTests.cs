@@ -202,7 +202,7 @@ public sealed class BackendTests
     public void TrainingRunsTheCheckOnceAndItCanBeTurnedOff()
     {
         using var data = TestSupport.SampleImages(0, 64);
-        var options = new TrainingOptions { Architecture = "resnet8", K = 2, Rule = "infopro", Epochs = 1, BatchSize = 32, Seed = 2 };
+        var options = new TrainingOptions { Architecture = "resnet8", K = 2, Rule = LearningRule.InfoPro, Epochs = 1, BatchSize = 32, Seed = 2 };
         var checkedRun = new Trainer(options);
         using (var result = checkedRun.Train(data, null).Network) { }
         Assert.IsNotNull(checkedRun.BackendReport);
@@ -217,6 +217,6 @@ public sealed class BackendTests
     {
         Assert.AreEqual(ConvolutionWorkaround.Always, ConvolutionRouting.Parse(" Always "));
         Assert.AreEqual(ConvolutionWorkaround.Never, ConvolutionRouting.Parse("never"));
-        StringAssert.Contains(Assert.ThrowsExactly<ArgumentException>(() => ConvolutionRouting.Parse("sometimes")).Message, "auto, always, never");
+        StringAssert.Contains(Assert.ThrowsExactly<InvalidOptionException>(() => ConvolutionRouting.Parse("sometimes")).Message, "auto, always, never");
     }
 }

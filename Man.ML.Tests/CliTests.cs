@@ -1,4 +1,8 @@
+using System.Diagnostics;
 using System.Text.Json;
+using System.Text.Json.Nodes;
+using Man.ML.Local;
+using Man.ML.Training;
 
 namespace Man.ML.Tests;
 
@@ -24,6 +28,92 @@ public sealed class CliTests
     [TestMethod]
     public void AMissingDataFileIsOneClearMessage() =>
         AssertCleanFailure(TestSupport.RunManml(new[] { "train", "--data", "/no/such/file.bin", "--out", TestSupport.NewTempFolder() }), "/no/such/file.bin");
+
+    [TestMethod]
+    public void MisspeltChoicesListTheValidNames()
+    {
+        AssertCleanFailure(TestSupport.RunManml(new[] { "train", "--rule", "infopr", "--out", TestSupport.NewTempFolder() }),
+            "--rule 'infopr' is not one of: e2e, dgl, infopro, predsim.");
+        AssertCleanFailure(TestSupport.RunManml(new[] { "train", "--split", "mann", "--out", TestSupport.NewTempFolder() }),
+            "--split 'mann' is not one of: man, manpp, infopro, dgl, balanced.");
+        AssertCleanFailure(TestSupport.RunManml(new[] { "train", "--arch", "resnet33", "--out", TestSupport.NewTempFolder() }), "resnext50_32x4d");
+        AssertCleanFailure(TestSupport.RunManml(new[] { "train", "--man-ablation", "ema", "--out", TestSupport.NewTempFolder() }), "none, ema-only, lb-only, param-copy");
+    }
+
+    private static string[] TinyRun(string outDir, string rule = "dgl", int epochs = 1) => new[]
+    {
+        "train", "--data", TestSupport.BundledSample, "--train-limit", "64", "--val-split", "32", "--arch", "resnet8", "--k", "2",
+        "--rule", rule, "--man", "--epochs", epochs.ToString(), "--batch-size", "32", "--seed", "4", "--out", outDir,
+    };
+
+    [TestMethod]
+    [TestCategory("Slow")]
+    public void ARuleNamedInAnyCaseWritesTheSameConfigAndTheConfigIsTheRunPlan()
+    {
+        JsonObject? first = null;
+        foreach (var name in new[] { "InfoPro", "infopro", "INFOPRO" })
+        {
+            var outDir = TestSupport.NewTempFolder();
+            var r = TestSupport.RunManml(TinyRun(outDir, name).Append("--no-backend-check"));
+            Assert.AreEqual(0, r.ExitCode, r.Stderr + r.Stdout);
+            var config = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "metrics.json")))!["config"]!.AsObject();
+            Assert.AreEqual("infopro", config["rule"]!.GetValue<string>(), name);
+            Assert.IsNotNull(config["infopro"], $"--rule {name}: the InfoPro settings are missing from the config");
+            config.Remove("out");
+            if (first is null) first = config;
+            else Assert.IsTrue(JsonNode.DeepEquals(first, config), $"--rule {name} wrote another config:\n{config}\nthan\n{first}");
+            Directory.Delete(outDir, true);
+        }
+        // Apart from how this invocation found its data and where it wrote, metrics.json's config is the run's plan.
+        var plan = RunPlan.Resolve(new TrainingOptions
+        {
+            Architecture = "resnet8", K = 2, Rule = LearningRule.InfoPro, Man = new MomentumOptions(), Epochs = 1, BatchSize = 32, Seed = 4,
+        }, 10, 32).ToJson();
+        foreach (var key in first!.Select(p => p.Key).Where(k => !plan.ContainsKey(k)).ToList()) first.Remove(key);
+        Assert.IsTrue(JsonNode.DeepEquals(plan, first), $"config\n{first}\nis not the plan\n{plan}");
+    }
+
+    [TestMethod]
+    [TestCategory("Slow")]
+    public void ResumingWithTheOriginalOptionsContinuesAndADifferentOptionIsRefusedByName()
+    {
+        var outDir = TestSupport.NewTempFolder();
+        var args = TinyRun(outDir, epochs: 6).Concat(new[] { "--checkpoint-every", "1" }).ToArray();
+        var checkpoint = Path.Combine(outDir, "run.ckpt");
+        // Start the run and stop it once a checkpoint holds an epoch (as a crash or a kill would).
+        var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        info.ArgumentList.Add(TestSupport.ManmlDll);
+        foreach (var a in args) info.ArgumentList.Add(a);
+        int interruptedAt;
+        using (var process = Process.Start(info)!)
+        {
+            _ = process.StandardOutput.ReadToEndAsync();
+            _ = process.StandardError.ReadToEndAsync();
+            var clock = Stopwatch.StartNew();
+            while (!File.Exists(checkpoint) && !process.HasExited && clock.Elapsed < TimeSpan.FromSeconds(120)) Thread.Sleep(10);
+            process.Kill(entireProcessTree: true);
+            process.WaitForExit();
+            interruptedAt = TrainingCheckpoint.ReadHeader(checkpoint).EpochsCompleted;
+        }
+        Assert.IsTrue(interruptedAt >= 1);
+
+        // The original command with --resume added: the options given now and the saved ones are the same run.
+        var resumed = TestSupport.RunManml(args.Concat(new[] { "--resume", outDir }));
+        Assert.AreEqual(0, resumed.ExitCode, resumed.Stderr + resumed.Stdout);
+        var metrics = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "metrics.json")))!;
+        Assert.AreEqual(6, metrics["epochs"]!.AsArray().Count, $"interrupted after {interruptedAt} epochs, resumed to the end");
+        Assert.AreEqual(outDir, metrics["config"]!["resume"]!.GetValue<string>());
+
+        // Only --resume: the saved options are used.
+        AssertOk(TestSupport.RunManml(new[] { "train", "--resume", outDir }));
+        // A different K is refused, naming the option.
+        var refused = TestSupport.RunManml(args.Select(a => a == "2" ? "3" : a).Concat(new[] { "--resume", outDir }));
+        AssertCleanFailure(refused, "k was 2 there and is 3 here");
+        StringAssert.Contains(refused.Stderr, "(option --k)");
+        Directory.Delete(outDir, true);
+    }
+
+    private static void AssertOk(TestSupport.ProcessResult r) => Assert.AreEqual(0, r.ExitCode, r.Stderr + r.Stdout);
 
     [TestMethod]
     public void AnUnwritableOutputFolderIsReportedBeforeTraining()

@@ -3,8 +3,7 @@ using SkiaSharp;
 namespace Man.ML.Tests;
 
 /// <summary>
-/// A small ImageNet-layout folder of real JPEGs, made once per test run: 4 classes of ../shared/datasets/cifar10-images
-/// (or, where that folder is absent, of the bundled CIFAR-10 sample), upscaled to 96×80 (not square, so crops matter).
+/// A small ImageNet-layout folder of real JPEGs, made once per test run: 4 classes of the bundled CIFAR-10 sample, upscaled to 96×80 (not square, so crops matter).
 /// train/&lt;class&gt;/*.JPEG holds 6 images per class; val/ is flat (*.JPEG, 2 per class) with val_labels.txt beside it.
 /// </summary>
 internal static class ImageNetFixture
@@ -19,11 +18,7 @@ internal static class ImageNetFixture
     {
         var root = Path.Combine(Path.GetTempPath(), "manml-imagenet-" + Environment.ProcessId);
         if (Directory.Exists(root)) Directory.Delete(root, true);
-        var shared = Path.GetFullPath(Path.Combine(TestSupport.RepositoryRoot, "..", "shared", "datasets", "cifar10-images", "train"));
-        var sources = Directory.Exists(shared)
-            ? Directory.GetDirectories(shared).Order(StringComparer.Ordinal).Take(Classes.Length)
-                .Select(d => Directory.GetFiles(d).Order(StringComparer.Ordinal).Take(PerClassTrain + PerClassVal).Select(f => SKBitmap.Decode(f)).ToList()).ToList()
-            : FromSample();
+        var sources = FromSample();
         var labels = new List<string>();
         for (int c = 0; c < Classes.Length; c++)
         {

@@ -84,7 +84,7 @@ public sealed class ImageNetTests
         using var vgg = Vgg.Vgg13Bn(10, 64);
         Assert.AreEqual(10, SplitPlan.Create(vgg, 10).Segments.Count(s => s.Length == 1));
         Assert.AreEqual("dgl", SplitPlan.Create(vgg, 10).Table);
-        var e = Assert.ThrowsExactly<ArgumentException>(() => SplitPlan.Create(r101, 3, "manpp"));
+        var e = Assert.ThrowsExactly<InvalidOptionException>(() => SplitPlan.Create(r101, 3, "manpp"));
         StringAssert.Contains(e.Message, "resnet101 at K=3");
     }
 
@@ -100,7 +100,7 @@ public sealed class ImageNetTests
         CollectionAssert.AreEqual(new[] { 1, 3 }, plan.Segments.Select(s => s.Length).ToArray());
     }
 
-    // InfoPro's 512-channel ImageNet head, counted by hand from reference-code-spec.md §2.2: decoder 106,699 and
+    // InfoPro's 512-channel ImageNet head, counted by hand from docs/REFERENCE.md §2.2: decoder 106,699 and
     // classifier 4,643,560 parameters at 1000 classes.
     [TestMethod]
     public void InfoProImageNetHeadHasTheReferenceLayers()
@@ -135,7 +135,7 @@ public sealed class ImageNetTests
             using var head = (InfoProImageNetHead)rule.CreateHead(new HeadContext(net, plan, j, net.UnitInfos[plan.NextUnit(j)].Output, plan.NextUnit(j), ImageNetTransform.ImageNetNormalization));
             Assert.AreEqual((5.0, 1.0), (head.ReconstructionWeight, head.ClassificationWeight));
         }
-        var e = Assert.ThrowsExactly<ArgumentException>(() => new InfoProRule(new InfoProSettings { Classifier = AuxClassifierConfig.C1F2 })
+        var e = Assert.ThrowsExactly<InvalidOptionException>(() => new InfoProRule(new InfoProSettings { Classifier = AuxClassifierConfig.C1F2 })
             .CreateHead(new HeadContext(net, plan, 0, net.UnitInfos[1].Output, null, ImageNetTransform.ImageNetNormalization)));
         StringAssert.Contains(e.Message, "--aux-config");
     }

@@ -29,7 +29,7 @@ public sealed class LambdaScheduleTests
     [TestMethod]
     public void ManScheduleReproducesTheReferenceTable()
     {
-        // reference-code-spec.md §3.6, with λ = (5, 0.5 → 0, 0).
+        // docs/REFERENCE.md §3.6, with λ = (5, 0.5 → 0, 0).
         using var r32 = CifarResNet.ResNet32();
         AssertStageWeights(r32, 16, (4.643, 0.464), (4.286, 0.429), (3.929, 0.393));
         AssertStageWeights(r32, 8, (4.167, 0.417), (3.333, 0.333), (2.5, 0.25));
@@ -44,9 +44,9 @@ public sealed class LambdaScheduleTests
     {
         // ResNet-32 K=4: the copy in stage 3 gets ratio 1.5 -> (−2.5, −0.25); stage 2 gets (0, 0), a segment that cannot learn.
         using var r32 = CifarResNet.ResNet32();
-        var negative = Assert.ThrowsExactly<ArgumentException>(() => ManWeights(r32, 4, 2));
+        var negative = Assert.ThrowsExactly<InvalidOptionException>(() => ManWeights(r32, 4, 2));
         StringAssert.Contains(negative.Message, "negative");
-        var zero = Assert.ThrowsExactly<ArgumentException>(() => ManWeights(r32, 4, 1));
+        var zero = Assert.ThrowsExactly<InvalidOptionException>(() => ManWeights(r32, 4, 1));
         StringAssert.Contains(zero.Message, "zero");
         Assert.AreEqual((2.5, 0.25), ManWeights(r32, 4, 0));
     }
@@ -54,7 +54,7 @@ public sealed class LambdaScheduleTests
     [TestMethod]
     public void InfoProScheduleInterpolatesOverTheModuleIndex()
     {
-        // reference-code-spec.md §2.1: CIFAR-10 ResNet-32 K=16 λ = (5, 0.05, 0.2, 0.5); ratio m/(K−2).
+        // docs/REFERENCE.md §2.1: CIFAR-10 ResNet-32 K=16 λ = (5, 0.05, 0.2, 0.5); ratio m/(K−2).
         Assert.IsTrue(InfoProLambdaTable.TryGet("cifar10", 32, 16, out var lambdas));
         Assert.AreEqual(new InfoProLambdas(5, 0.05, 0.2, 0.5), lambdas);
         using var r32 = CifarResNet.ResNet32();
@@ -89,9 +89,9 @@ public sealed class LambdaScheduleTests
         var withMan = rule.Resolve(new HeadContext(r32, plan, 0, r32.UnitInfos[1].Output, 1, Normalization.Cifar));
         Assert.AreEqual((AuxClassifierConfig.C2F2, InfoProLossMode.CrossEntropy, new InfoProLambdas(5, 0.5, 0, 0), LambdaSchedule.CopiedUnitStage), withMan);
         using var r20 = new CifarResNet(20);
-        var e = Assert.ThrowsExactly<ArgumentException>(() => rule.Resolve(new HeadContext(r20, SplitPlan.Create(r20, 4), 0, r20.UnitInfos[0].Output, null, Normalization.Cifar)));
+        var e = Assert.ThrowsExactly<InvalidOptionException>(() => rule.Resolve(new HeadContext(r20, SplitPlan.Create(r20, 4), 0, r20.UnitInfos[0].Output, null, Normalization.Cifar)));
         StringAssert.Contains(e.Message, "--lambda");
         Assert.AreEqual(new InfoProLambdas(5, 0.5, 0, 0), InfoProLambdas.Parse("5, 0.5,0,0"));
-        Assert.ThrowsExactly<ArgumentException>(() => InfoProLambdas.Parse("5,0.5"));
+        Assert.ThrowsExactly<InvalidOptionException>(() => InfoProLambdas.Parse("5,0.5"));
     }
 }

@@ -6,7 +6,7 @@ namespace Man.ML.Tests;
 [TestClass]
 public sealed class ModelTests
 {
-    // Parameter counts computed by hand from reference-code-spec.md §1.1 (bias-free convs, BN with γ and β, fc with bias).
+    // Parameter counts computed by hand from docs/REFERENCE.md §1.1 (bias-free convs, BN with γ and β, fc with bias).
     private static long HandCount(int n, int classes)
     {
         long Conv(int cin, int cout, int k) => (long)cin * cout * k * k;

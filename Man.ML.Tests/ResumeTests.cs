@@ -57,8 +57,9 @@ public sealed class ResumeTests
             new Trainer(Tiny() with { Epochs = 1 }) { CheckpointPath = path }.Train(train, null);
             Assert.AreEqual(1, TrainingCheckpoint.ReadHeader(path).EpochsCompleted);
 
-            var other = Assert.ThrowsExactly<InvalidDataException>(() => new Trainer(Tiny(k: 3) with { Epochs = 1 }) { ResumeFrom = path }.Train(train, null));
-            StringAssert.Contains(other.Message, "another configuration");
+            var other = Assert.ThrowsExactly<InvalidOptionException>(() => new Trainer(Tiny(k: 3) with { Epochs = 1 }) { ResumeFrom = path }.Train(train, null));
+            StringAssert.Contains(other.Message, "other options: k was 2 there and is 3 here");
+            Assert.AreEqual("k", other.Option);
 
             var bytes = File.ReadAllBytes(path);
             var truncated = Path.Combine(dir, "cut.ckpt");

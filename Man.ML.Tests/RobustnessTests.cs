@@ -76,8 +76,9 @@ public sealed class RobustnessTests
                 var header = TrainingCheckpoint.ReadHeader(path);     // throws on a torn file
                 Assert.IsTrue(header.EpochsCompleted >= 1);
                 var options = new TrainingOptions { Architecture = "resnet8", K = 2, Epochs = 400, BatchSize = 32, Seed = 0, Man = new Local.MomentumOptions() };
-                using var local = new Trainer(options).CreateLocalTrainer(10, 32, torch.CPU);
-                TrainingCheckpoint.Restore(path, options, local);    // and the whole state loads
+                var trainer = new Trainer(options);
+                using var local = trainer.CreateLocalTrainer(10, 32, torch.CPU);
+                TrainingCheckpoint.Restore(path, trainer.Plan!, local);    // and the whole state loads
                 local.Network.Dispose();
                 loaded++;
                 File.Delete(path);

@@ -48,7 +48,7 @@ public sealed class RuleTests
     [TestMethod]
     public void InfoProClassifierLayersFollowTheReferenceTable()
     {
-        // reference-code-spec.md §2.1: 2c2f on 16 channels = conv s2 16→32, conv s1 32→32, Linear(32→128), Linear(128→out).
+        // docs/REFERENCE.md §2.1: 2c2f on 16 channels = conv s2 16→32, conv s1 32→32, Linear(32→128), Linear(128→out).
         var c16 = InfoProHead.AuxClassifier(16, AuxClassifierConfig.C2F2, 10);
         var convs = c16.modules().OfType<Conv2dLayer>().ToList();
         CollectionAssert.AreEqual(new long[] { 32, 16, 3, 3 }, convs[0].Weight.shape);
@@ -71,7 +71,7 @@ public sealed class RuleTests
     [TestMethod]
     public void PredSimPoolsToAtMost1024FeaturesAsTheReference()
     {
-        // reference-code-spec.md §2.4: 16@32² → 4×4, 32@16² → (4, 2), 64@8² → 2×2; all 1,024 features.
+        // docs/REFERENCE.md §2.4: 16@32² → 4×4, 32@16² → (4, 2), 64@8² → 2×2; all 1,024 features.
         CollectionAssert.AreEqual(new long[] { 4, 4 }, PredSimHead.PoolingKernel(new FeatureShape(16, 32, 32)));
         CollectionAssert.AreEqual(new long[] { 4, 2 }, PredSimHead.PoolingKernel(new FeatureShape(32, 16, 16)));
         CollectionAssert.AreEqual(new long[] { 2, 2 }, PredSimHead.PoolingKernel(new FeatureShape(64, 8, 8)));

@@ -12,7 +12,7 @@ public sealed class SplitPlanTests
     public void ResNet32PresetsMatchTheReferenceTables()
     {
         using var net = CifarResNet.ResNet32();
-        // reference-code-spec.md §1.3, by unit names.
+        // docs/REFERENCE.md §1.3, by unit names.
         Assert.AreEqual("stem..layer2[1] | layer2[2]..layer3[4]", SplitPlan.Create(net, 2).Describe(net));
         Assert.AreEqual("stem..layer1[4] | layer2[0]..layer2[4] | layer3[0]..layer3[4]", SplitPlan.Create(net, 3).Describe(net));
         Assert.AreEqual("stem..layer1[2] | layer1[3]..layer2[1] | layer2[2]..layer3[0] | layer3[1]..layer3[4]", SplitPlan.Create(net, 4).Describe(net));
@@ -30,7 +30,7 @@ public sealed class SplitPlanTests
     public void ResNet110PresetsMatchTheReferenceTables()
     {
         using var net = CifarResNet.ResNet110();
-        // K=32 segment lengths from reference-code-spec.md §1.3 (the stem adds one unit to segment 0).
+        // K=32 segment lengths from docs/REFERENCE.md §1.3 (the stem adds one unit to segment 0).
         int[] stage12 = { 2, 1, 2, 1, 2, 2, 2, 2, 1, 2, 1 };
         int[] stage3 = { 2, 2, 1, 2, 1, 2, 2, 2, 2, 2 };
         var expected = stage12.Concat(stage12).Concat(stage3).ToArray();
@@ -49,9 +49,9 @@ public sealed class SplitPlanTests
     public void KOutOfRangeIsAClearError()
     {
         using var net = CifarResNet.ResNet32();
-        var e = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => SplitPlan.Create(net, 17));
+        var e = Assert.ThrowsExactly<InvalidOptionException>(() => SplitPlan.Create(net, 17));
         StringAssert.Contains(e.Message, "between 1 and 16");
-        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => SplitPlan.Create(net, 0));
+        Assert.ThrowsExactly<InvalidOptionException>(() => SplitPlan.Create(net, 0));
     }
 
     [TestMethod]

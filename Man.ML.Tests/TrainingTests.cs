@@ -53,13 +53,15 @@ public sealed class TrainingTests
     public void EndToEndNeedsKOfOneAndManNeedsTwoSegments()
     {
         using var train = TestSupport.SampleImages(0, 8);
-        var e2e = Assert.ThrowsExactly<ArgumentException>(() =>
-            new Trainer(new TrainingOptions { Architecture = "resnet8", Rule = "e2e", K = 2, Man = null }).Train(train, null));
+        var e2e = Assert.ThrowsExactly<InvalidOptionException>(() =>
+            new Trainer(new TrainingOptions { Architecture = "resnet8", Rule = LearningRule.EndToEnd, K = 2, Man = null }).Train(train, null));
         StringAssert.Contains(e2e.Message, "K = 1");
-        var man = Assert.ThrowsExactly<ArgumentException>(() =>
-            new Trainer(new TrainingOptions { Architecture = "resnet8", Rule = "dgl", K = 1 }).Train(train, null));
+        Assert.AreEqual("K", e2e.Option);
+        var man = Assert.ThrowsExactly<InvalidOptionException>(() =>
+            new Trainer(new TrainingOptions { Architecture = "resnet8", Rule = LearningRule.Dgl, K = 1 }).Train(train, null));
         StringAssert.Contains(man.Message, "MAN");
-        Assert.ThrowsExactly<ArgumentException>(() => new Trainer(new TrainingOptions { Rule = "forward-forward" }).Build(10, 32));
+        var unknown = Assert.ThrowsExactly<InvalidOptionException>(() => LocalLearningRules.Create("forward-forward", new RuleSettings()));
+        StringAssert.Contains(unknown.Message, "e2e, dgl, infopro, predsim");
     }
 
     [TestMethod]

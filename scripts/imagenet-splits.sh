@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Every ImageNet backbone with every reference split, trained for one short epoch by `manml train` on ImageNet-layout
-# data (default: ../shared/datasets/cifar10-images, which has train/<class>/ and val/<class>/), at a small input size.
+# data (default: $MANML_CIFAR10_IMAGES, a folder with train/<class>/ and val/<class>/; docs/DATA.md), at a small input size.
 # Usage: scripts/imagenet-splits.sh [DATA] [OUT]   (prints one line per run: arch, split, rule, val top-1/top-5, seconds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${1:-../shared/datasets/cifar10-images}
+DATA=${1:-${MANML_CIFAR10_IMAGES:-}}
+if [ -z "$DATA" ]; then
+  echo "imagenet-splits.sh: give DATA (a folder with train/<class>/ and val/<class>/) or set MANML_CIFAR10_IMAGES (see docs/DATA.md)" >&2; exit 2
+fi
+if [ ! -d "$DATA/train" ]; then
+  echo "imagenet-splits.sh: $DATA has no train/ folder (see docs/DATA.md)" >&2; exit 2
+fi
 OUT=${2:-/tmp/imagenet-splits}
 dotnet build Man.ML.Samples -c Release -v q > /dev/null
 MANML="dotnet Man.ML.Samples/bin/Release/net10.0/manml.dll"

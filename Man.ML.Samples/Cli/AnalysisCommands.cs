@@ -79,7 +79,7 @@ internal static class AnalysisCommands
                 ["probe"] = "linear softmax classifier on globally pooled, standardised features; full-batch Adam, 300 steps",
                 ["train_images"] = nTrain, ["val_images"] = nVal, ["models"] = results,
             };
-            AtomicFile.WriteText(Path.Combine(outDir, "probe.json"), json.ToJsonString(Indented));
+            OutputFile.WriteText(Path.Combine(outDir, "probe.json"), json.ToJsonString(Indented));
             Charts.Line(Path.Combine(outDir, "probe.png"), "Linear separability after each unit", "unit (0 = stem)", "probe accuracy (%)", series);
             Console.WriteLine($"wrote {Path.Combine(outDir, "probe.json")} and probe.png");
             return 0;
@@ -130,7 +130,7 @@ internal static class AnalysisCommands
                 ["estimator"] = "linear CKA, minibatch estimator (mean of unbiased HSIC over minibatches, Nguyen et al. 2021) on flattened unit outputs",
                 ["reference"] = Path.GetFullPath(parse.GetValue(reference)!), ["images"] = n, ["batch_size"] = b, ["models"] = results,
             };
-            AtomicFile.WriteText(Path.Combine(outDir, "cka.json"), json.ToJsonString(Indented));
+            OutputFile.WriteText(Path.Combine(outDir, "cka.json"), json.ToJsonString(Indented));
             Charts.Line(Path.Combine(outDir, "cka.png"), $"Linear CKA with {refName}, unit by unit", "unit (0 = stem)", "CKA", series);
             Console.WriteLine($"wrote {Path.Combine(outDir, "cka.json")} and cka.png");
             return 0;

@@ -18,9 +18,23 @@ namespace Man.ML.Samples.Cli;
 internal static partial class BenchCommand
 {
     /// <summary>One configuration: architecture, K, rule, MAN and, optionally, a split table (name suffix @TABLE).</summary>
-    internal sealed record Config(string Arch, int K, string Rule, bool Man, string? Split = null)
+    internal sealed record Config(string Arch, int K, LearningRule Rule, bool Man, SplitTable? Split = null)
     {
-        public string Name => $"{Arch}-k{K}-{Rule}{(Man ? "-man" : "")}{(Split is null ? "" : "@" + Split)}";
+        public string Name => $"{Arch}-k{K}-{Choices.Name(Rule)}{(Man ? "-man" : "")}{(Split is { } t ? "@" + Choices.Name(t) : "")}";
+
+        /// <summary>The training options the configuration stands for (the same the measuring child processes resolve).</summary>
+        public TrainingOptions Options(int batch) => new()
+        {
+            Architecture = Arch, K = K, Rule = Rule, BatchSize = batch, SplitTable = Split,
+            Man = Man ? new MomentumOptions() : null,
+            RuleSettings = Rule == LearningRule.InfoPro && !ImageNet
+                ? new RuleSettings { InfoPro = new InfoProSettings { Lambdas = InfoProLambdas.Parse(BothInfoProTerms), Schedule = LambdaSchedule.ModuleIndex } }
+                : new RuleSettings(),
+        };
+
+        // Both InfoPro terms everywhere, so that every configuration pays for its decoder and classifier (ImageNet's
+        // default weights, 5 and 0.75 or 1 on every segment, already do).
+        private const string BothInfoProTerms = "5,0.5,1,0.5";
 
         public bool ImageNet => Architectures.FamilyOf(Arch) == NetworkFamily.ImageNet;
 
@@ -29,22 +43,23 @@ internal static partial class BenchCommand
             var m = ConfigPattern().Match(name.Trim().ToLowerInvariant());
             if (!m.Success)
                 throw new CliException($"--configs entry '{name}' is not ARCH-kK-RULE[-man][@TABLE] (for example resnet32-k16-dgl-man or resnet101-k4-infopro-man@manpp).");
-            var config = new Config(m.Groups[1].Value, int.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture), m.Groups[3].Value, m.Groups[4].Success,
-                m.Groups[5].Success ? m.Groups[5].Value : null);
-            if (config.Rule == "e2e" && (config.K != 1 || config.Man)) throw new CliException($"--configs entry '{name}': e2e runs at K = 1 without MAN.");
+            var config = new Config(m.Groups[1].Value, int.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture),
+                Choices.Parse<LearningRule>(m.Groups[3].Value, "rule"), m.Groups[4].Success,
+                m.Groups[5].Success ? Choices.Parse<SplitTable>(m.Groups[5].Value, "split table") : null);
+            try { config.Options(128).Validate(); }
+            catch (InvalidOptionException e) { throw new CliException($"--configs entry '{name}': {e.Message}"); }
             return config;
         }
 
         /// <summary>Child-process arguments describing the configuration.</summary>
         public IEnumerable<string> Arguments(int batch, int? imageSize)
         {
-            var args = new List<string> { "--arch", Arch, "--k", K.ToString(CultureInfo.InvariantCulture), "--rule", Rule, "--batch-size", batch.ToString(CultureInfo.InvariantCulture) };
+            var args = new List<string> { "--arch", Arch, "--k", K.ToString(CultureInfo.InvariantCulture), "--rule", Choices.Name(Rule), "--batch-size", batch.ToString(CultureInfo.InvariantCulture) };
             args.Add(Man ? "--man" : "--no-man");
-            if (Split is not null) args.AddRange(new[] { "--split", Split });
+            if (Split is { } table) args.AddRange(new[] { "--split", Choices.Name(table) });
             if (imageSize is int size) args.AddRange(new[] { "--image-size", size.ToString(CultureInfo.InvariantCulture) });
-            // Both InfoPro terms everywhere, so that every configuration pays for its decoder and classifier (ImageNet's
-            // default weights, 5 and 0.75 or 1 on every segment, already do).
-            if (Rule == InfoProRule.RuleName && !ImageNet) args.AddRange(new[] { "--lambda", "5,0.5,1,0.5", "--lambda-schedule", "module" });
+            if (Rule == LearningRule.InfoPro && !ImageNet)
+                args.AddRange(new[] { "--lambda", BothInfoProTerms, "--lambda-schedule", Choices.Name(LambdaSchedule.ModuleIndex) });
             return args;
         }
     }
@@ -59,11 +74,11 @@ internal static partial class BenchCommand
     internal static IReadOnlyList<Config> ImageNetTable() =>
         new[] { "resnet101", "resnet152", "resnext101_32x8d" }.SelectMany(arch => new[]
         {
-            new Config(arch, 1, "e2e", false),
-            new Config(arch, 2, "infopro", false), new Config(arch, 2, "infopro", true),
-            new Config(arch, 4, "infopro", false), new Config(arch, 4, "infopro", true),
-            new Config(arch, 4, "infopro", false, SplitTables.Man), new Config(arch, 4, "infopro", true, SplitTables.Man),
-            new Config(arch, 4, "infopro", false, SplitTables.Balanced), new Config(arch, 4, "infopro", true, SplitTables.Balanced),
+            new Config(arch, 1, LearningRule.EndToEnd, false),
+            new Config(arch, 2, LearningRule.InfoPro, false), new Config(arch, 2, LearningRule.InfoPro, true),
+            new Config(arch, 4, LearningRule.InfoPro, false), new Config(arch, 4, LearningRule.InfoPro, true),
+            new Config(arch, 4, LearningRule.InfoPro, false, SplitTable.Man), new Config(arch, 4, LearningRule.InfoPro, true, SplitTable.Man),
+            new Config(arch, 4, LearningRule.InfoPro, false, SplitTable.Balanced), new Config(arch, 4, LearningRule.InfoPro, true, SplitTable.Balanced),
         }).ToList();
 
     /// <summary>ResNet-32 at K ∈ {1, 2, 4, 8, 16} and ResNet-110 at K ∈ {1, 32, 55}; every local K for every rule, with and without MAN.</summary>
@@ -72,9 +87,9 @@ internal static partial class BenchCommand
         var list = new List<Config>();
         foreach (var (arch, ks) in new[] { ("resnet32", new[] { 2, 4, 8, 16 }), ("resnet110", new[] { 32, 55 }) })
         {
-            list.Add(new Config(arch, 1, "e2e", false));
+            list.Add(new Config(arch, 1, LearningRule.EndToEnd, false));
             foreach (int k in ks)
-                foreach (var rule in new[] { "dgl", "infopro", "predsim" })
+                foreach (var rule in new[] { LearningRule.Dgl, LearningRule.InfoPro, LearningRule.PredSim })
                     foreach (bool man in new[] { false, true })
                         list.Add(new Config(arch, k, rule, man));
         }
@@ -134,8 +149,8 @@ internal static partial class BenchCommand
                 ["timed_steps"] = parse.GetValue(memoryOnly) ? 0 : n,
                 ["configurations"] = new JsonArray(results.ToArray<JsonNode?>()),
             };
-            AtomicFile.WriteText(Path.Combine(outDir, "bench.json"), report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            AtomicFile.WriteText(Path.Combine(outDir, "bench.md"), Markdown(report, results));
+            OutputFile.WriteText(Path.Combine(outDir, "bench.json"), report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            OutputFile.WriteText(Path.Combine(outDir, "bench.md"), Markdown(report, results));
             Plot(outDir, results);
             AnsiConsole.MarkupLine(Markup.Escape($"wrote {Path.Combine(outDir, "bench.json")}, bench.md and plots"));
             return 0;
@@ -154,7 +169,7 @@ internal static partial class BenchCommand
         int side = imageSize ?? (config.ImageNet ? 224 : 32);
         var result = new JsonObject
         {
-            ["name"] = config.Name, ["arch"] = config.Arch, ["k"] = config.K, ["rule"] = config.Rule, ["man"] = config.Man, ["batch_size"] = batch,
+            ["name"] = config.Name, ["arch"] = config.Arch, ["k"] = config.K, ["rule"] = Choices.Name(config.Rule), ["man"] = config.Man, ["batch_size"] = batch,
             ["image_size"] = side,
         };
         try
@@ -193,16 +208,11 @@ internal static partial class BenchCommand
         return result;
     }
 
+    private static LearningRule RuleOf(JsonNode? row) => Choices.Parse<LearningRule>(row!["rule"]!.GetValue<string>(), "rule");
+
     private static TrainingCostReport Cost(Config config, int batch, int imageSize, out string split)
     {
-        var options = new TrainingOptions
-        {
-            Architecture = config.Arch, K = config.K, Rule = config.Rule, BatchSize = batch, SplitTable = config.Split,
-            Man = config.Man ? new MomentumOptions() : null,
-            RuleSettings = config.Rule == InfoProRule.RuleName && !config.ImageNet
-                ? new RuleSettings { InfoPro = new InfoProSettings { Lambdas = InfoProLambdas.Parse("5,0.5,1,0.5"), Schedule = LambdaSchedule.ModuleIndex } }
-                : new RuleSettings(),
-        };
+        var options = config.Options(batch);
         var (network, plan, rule) = new Trainer(options).Build(config.ImageNet ? 1000 : 10, imageSize);
         split = (plan.Table is { } table ? $"{table}: " : "balanced: ") + plan.Describe(network);
         using var local = new LocalTrainer(network, plan, rule, options.Man, new OptimizerSettings(), TorchSharp.torch.CPU);
@@ -281,11 +291,11 @@ internal static partial class BenchCommand
             Row($"largest peak / activation floor ({worst["name"]})", Get(worst, "peak_over_floor"), "≤ 1.5", Get(worst, "peak_over_floor") <= 1.5);
         }
         double peak = report["peak_matrix_gflops"]!.GetValue<double>();
-        foreach (var e2eRow in ok.Where(r => r["rule"]!.GetValue<string>() == "e2e" && r["achieved_gflops"] is not null))
+        foreach (var e2eRow in ok.Where(r => RuleOf(r) == LearningRule.EndToEnd && r["achieved_gflops"] is not null))
         {
             double r = Get(e2eRow, "achieved_gflops") / peak;
             Row($"{e2eRow["arch"]} E2E achieved GFLOP/s / peak matrix rate", r, "≥ 0.7", r >= 0.7);
-            var locals = ok.Where(x => x["arch"]!.ToString() == e2eRow["arch"]!.ToString() && x["rule"]!.GetValue<string>() != "e2e" && x["achieved_gflops"] is not null).ToList();
+            var locals = ok.Where(x => x["arch"]!.ToString() == e2eRow["arch"]!.ToString() && RuleOf(x) != LearningRule.EndToEnd && x["achieved_gflops"] is not null).ToList();
             if (locals.Count == 0) continue;
             var slowest = locals.MinBy(x => Get(x, "achieved_gflops"))!;
             double ratio = Get(slowest, "achieved_gflops") / Get(e2eRow, "achieved_gflops");
@@ -318,7 +328,7 @@ internal static partial class BenchCommand
     // the same configuration without MAN; with the issue's targets for InfoPro + MAN.
     private static void MemoryTable(StringBuilder md, IReadOnlyList<JsonObject> ok)
     {
-        var e2eRows = ok.Where(r => r["rule"]!.GetValue<string>() == "e2e" && Architectures.FamilyOf(r["arch"]!.GetValue<string>()) == NetworkFamily.ImageNet).ToList();
+        var e2eRows = ok.Where(r => RuleOf(r) == LearningRule.EndToEnd && Architectures.FamilyOf(r["arch"]!.GetValue<string>()) == NetworkFamily.ImageNet).ToList();
         if (e2eRows.Count == 0) return;
         double Get(JsonObject r, string key) => r[key]!.GetValue<double>();
         string Pct(double v) => v.ToString("0.0", CultureInfo.InvariantCulture) + " %";
@@ -336,7 +346,7 @@ internal static partial class BenchCommand
             string arch = e2e["arch"]!.GetValue<string>();
             double e2ePeak = Get(e2e, "peak_memory_mb"), e2eTotal = e2ePeak + Get(e2e, "baseline_mb");
             md.AppendLine(FormattableString.Invariant($"| {arch} | E2E | — | {e2ePeak} | — | {e2eTotal:0.0} | — | — | — |"));
-            foreach (var r in ok.Where(r => r["arch"]!.GetValue<string>() == arch && r["rule"]!.GetValue<string>() != "e2e"))
+            foreach (var r in ok.Where(r => r["arch"]!.GetValue<string>() == arch && RuleOf(r) != LearningRule.EndToEnd))
             {
                 int k = r["k"]!.GetValue<int>();
                 bool man = (bool)r["man"]!;
@@ -344,10 +354,10 @@ internal static partial class BenchCommand
                 double total = Get(r, "peak_memory_mb") + Get(r, "baseline_mb");
                 var plain = man ? ok.FirstOrDefault(p => p["name"]!.GetValue<string>() == PlainName(r["name"]!.GetValue<string>())) : null;
                 double? increase = plain is null ? null : 100 * (Get(r, "peak_memory_mb") / Get(plain, "peak_memory_mb") - 1);
-                string paper = r["rule"]!.GetValue<string>() == "infopro" && PaperSavings.TryGetValue((arch, k, man), out var p0) ? Pct(p0) : "—";
+                string paper = RuleOf(r) == LearningRule.InfoPro && PaperSavings.TryGetValue((arch, k, man), out var p0) ? Pct(p0) : "—";
                 md.AppendLine(FormattableString.Invariant(
                     $"| {arch} | {r["rule"]} K={k}{(man ? " + MAN" : "")} | {r["split"]!.GetValue<string>().Replace("|", "\\|")} | {r["peak_memory_mb"]} | {Pct(saving)} | {total:0.0} | {Pct(100 * (1 - total / e2eTotal))} | {paper} | {(increase is { } inc ? (inc >= 0 ? "+" : "") + Pct(inc) : "—")} |"));
-                if (r["rule"]!.GetValue<string>() != "infopro" || !man) continue;
+                if (RuleOf(r) != LearningRule.InfoPro || !man) continue;
                 string name = r["name"]!.GetValue<string>();
                 if (k == 2) targets.Add(($"{name} saving", saving, "≥ 37 %", saving >= 37));
                 if (k == 4) targets.Add(($"{name} saving", saving, "≥ 45 %", saving >= 45));
@@ -368,8 +378,8 @@ internal static partial class BenchCommand
         foreach (var arch in ok.Select(r => r["arch"]!.GetValue<string>()).Distinct())
         {
             var rows = ok.Where(r => r["arch"]!.GetValue<string>() == arch).ToList();
-            var e2e = rows.FirstOrDefault(r => r["rule"]!.GetValue<string>() == "e2e");
-            var groups = rows.Where(r => r["rule"]!.GetValue<string>() != "e2e")
+            var e2e = rows.FirstOrDefault(r => RuleOf(r) == LearningRule.EndToEnd);
+            var groups = rows.Where(r => RuleOf(r) != LearningRule.EndToEnd)
                 .GroupBy(r => $"{r["rule"]}{((bool)r["man"]! ? " + MAN" : "")}{(r["name"]!.GetValue<string>().Split('@') is { Length: 2 } at ? " @" + at[1] : "")}").ToList();
             ChartSeries Series(string name, IEnumerable<JsonObject> points, string key) => new(name,
                 points.Select(p => (double)p["k"]!.GetValue<int>()).ToList(), points.Select(p => p[key]!.GetValue<double>()).ToList());

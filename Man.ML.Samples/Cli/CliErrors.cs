@@ -21,14 +21,13 @@ internal static class CliErrors
         {
             return action();
         }
-        catch (Exception e) when (e is CliException or ArgumentException or FileNotFoundException or DirectoryNotFoundException
+        // Option errors are one type (InvalidOptionException) wherever they are found; any other ArgumentException is a
+        // bug and keeps its stack trace.
+        catch (Exception e) when (e is CliException or InvalidOptionException or FileNotFoundException or DirectoryNotFoundException
                                       or InvalidDataException or UnauthorizedAccessException or PlatformNotSupportedException
                                       or IOException) // a full disk at a write: files are written atomically, the previous one survives
         {
-            var message = e is ArgumentException arg && arg.ParamName is not null
-                ? arg.Message.Replace($" (Parameter '{arg.ParamName}')", "")
-                : e.Message;
-            Console.Error.WriteLine($"manml: error: {message.ReplaceLineEndings(" ")}");
+            Console.Error.WriteLine($"manml: error: {e.Message.ReplaceLineEndings(" ")}");
             return 2;
         }
         catch (Man.ML.Training.NonFiniteTrainingException e)

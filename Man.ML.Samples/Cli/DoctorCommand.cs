@@ -68,12 +68,13 @@ internal static class DoctorCommand
         Console.WriteLine($"threads                 {environment.Threads}");
         Console.WriteLine($"convolution workaround  {Workaround(environment)}");
 
-        var dataset = DatasetKind.Get(options.Dataset);
+        var dataset = options.Dataset;
         int side = options.ImageSize ?? dataset.ImageSize;
-        using var local = new Trainer(options).CreateLocalTrainer(dataset.Classes, side, device);
+        var trainer = new Trainer(options);
+        using var local = trainer.CreateLocalTrainer(dataset.Classes, side, device);
         var shapes = BackendCheck.Shapes(local);
         Console.WriteLine(FormattableString.Invariant(
-            $"configuration           {options.Architecture} K={options.K}, rule {options.Rule}{(options.Man is null ? "" : " + MAN")}, {side}x{side}, on {device}: {shapes.Count} convolution shapes{(isolate ? ", each checked in a child process" : "")}"));
+            $"configuration           {options.Architecture} K={options.K}, rule {Choices.Name(options.Rule)}{(options.Man is null ? "" : " + MAN")} ({(trainer.Plan!.SplitTable is { } t ? $"reference split '{t}'" : "balanced split")}), {side}x{side}, on {device}: {shapes.Count} convolution shapes{(isolate ? ", each checked in a child process" : "")}"));
         Console.WriteLine();
         var rows = new List<string[]> { new[] { "convolution (in→out kernel/stride padding, input size)", "gradients", "route", "output", "input grad", "weight grad", "result", "layers" } };
         int wrong = 0;

@@ -21,7 +21,7 @@ internal static class MeasureCommands
             {
                 arch = options.Architecture,
                 k = options.K,
-                rule = options.Rule,
+                rule = Choices.Name(options.Rule),
                 man = options.Man is not null,
                 batch_size = options.BatchSize,
                 image_size = imageSize,
@@ -48,7 +48,7 @@ internal static class MeasureCommands
         {
             model.ApplyProcessSettings(parse);
             var options = model.ToTrainingOptions(parse);
-            var dataset = DatasetKind.Get(options.Dataset);
+            var dataset = options.Dataset;
             var result = measure(options, parse.GetValue(steps), parse.GetValue(warmup), dataset.Classes, options.ImageSize ?? dataset.ImageSize);
             Console.WriteLine(JsonSerializer.Serialize(result));
             return 0;

@@ -17,7 +17,7 @@ internal sealed class ModelOptions
     public Option<int?> ImageSize { get; } = new("--image-size") { Description = "Network input side for ImageNet-layout data and synthetic measurements (default: the data set's, 224 for ImageNet)." };
     public Option<int> Workers { get; } = new("--workers") { Description = "Background threads decoding image files (default 0: half the cores).", DefaultValueFactory = _ => 0 };
     public Option<int> K { get; } = new("--k") { Description = "Number of gradient-isolated segments (1 = end-to-end).", DefaultValueFactory = _ => 16 };
-    public Option<string> Rule { get; } = new("--rule") { Description = "Learning rule: e2e, dgl, infopro or predsim.", DefaultValueFactory = _ => "dgl" };
+    public Option<string> Rule { get; } = new("--rule") { Description = $"Learning rule: {string.Join(", ", Choices.Names<LearningRule>())}.", DefaultValueFactory = _ => "dgl" };
     public Option<bool> Man { get; } = new("--man") { Description = "Add Momentum Auxiliary Networks (on by default only when neither --rule nor --k is given)." };
     public Option<bool> NoMan { get; } = new("--no-man") { Description = "Train without MAN (for example to override a preset)." };
     public Option<string?> ManAblation { get; } = new("--man-ablation") { Description = "MAN ablation: ema-only, lb-only or param-copy (a live copy of the next unit, no LB)." };
@@ -29,7 +29,7 @@ internal sealed class ModelOptions
     public Option<string?> InfoProLoss { get; } = new("--infopro-loss") { Description = "InfoPro's classifier loss: ce or contrast (default contrast, with MAN ce)." };
     public Option<string?> Lambda { get; } = new("--lambda") { Description = "InfoPro's λ as ixx1,ixy1,ixx2,ixy2 (default InfoPro's table; with MAN 5,0.5,0,0)." };
     public Option<string?> LambdaSchedule { get; } = new("--lambda-schedule") { Description = "How λ varies: module (InfoPro) or stage (MAN's code); default module, with MAN stage." };
-    public Option<int> Epochs { get; } = new("--epochs") { Description = "Epochs.", DefaultValueFactory = _ => 3 };
+    public Option<int> Epochs { get; } = new("--epochs") { Description = "Epochs.", DefaultValueFactory = _ => TrainingOptions.DefaultEpochs };
     public Option<int> BatchSize { get; } = new("--batch-size") { Description = "Mini-batch size.", DefaultValueFactory = _ => 128 };
     public Option<double?> Lr { get; } = new("--lr") { Description = "Initial learning rate (default 0.1·B/128)." };
     public Option<double> WeightDecay { get; } = new("--weight-decay") { Description = "Weight decay.", DefaultValueFactory = _ => 1e-4 };
@@ -49,17 +49,24 @@ internal sealed class ModelOptions
     /// <summary>
     /// Builds training options. Without a preset the default configuration is DGL + MAN at K = 16: MAN is on when --man
     /// is given, or when neither --rule nor --k is (naming a rule or a K without --man means that rule without MAN).
+    /// Every named choice is parsed by its one name table (<see cref="Choices"/>), ignoring case.
     /// </summary>
     public TrainingOptions ToTrainingOptions(ParseResult parse)
     {
         var preset = parse.GetValue(Preset) is { } name ? ExperimentPresets.Get(name) : null;
         var baseline = preset?.Options ?? new TrainingOptions { Man = null };
         T Pick<T>(Option<T> option, T fallback) => Given(parse, option) ? parse.GetValue(option)! : fallback;
+        T Choice<T>(Option<string?> option, T fallback) where T : struct, Enum =>
+            Given(parse, option) ? Choices.Parse<T>(parse.GetValue(option)!, option.Name) : fallback;
+        T ChoiceOf<T>(Option<string> option, T fallback) where T : struct, Enum =>
+            Given(parse, option) ? Choices.Parse<T>(parse.GetValue(option)!, option.Name) : fallback;
 
-        var archName = Pick(Arch, preset is null ? "resnet32" : baseline.Architecture);
-        var datasetName = Given(parse, Dataset) || preset is not null ? Pick(Dataset, baseline.Dataset)
-            : Models.Architectures.FamilyOf(archName) == Models.NetworkFamily.ImageNet ? DatasetKind.ImageNet.Name : baseline.Dataset;
-        var dataset = DatasetKind.Get(datasetName);
+        string archName;
+        try { archName = Models.Architectures.Canonical(Pick(Arch, preset is null ? "resnet32" : baseline.Architecture)); }
+        catch (ArgumentException e) { throw new InvalidOptionException(Arch.Name, $"{Arch.Name}: {e.Message}"); }
+        var dataset = Given(parse, Dataset) ? DatasetKind.Get(parse.GetValue(Dataset)!)
+            : preset is not null ? baseline.Dataset
+            : Models.Architectures.FamilyOf(archName) == Models.NetworkFamily.ImageNet ? DatasetKind.ImageNet : baseline.Dataset;
         if (parse.GetValue(Man) && parse.GetValue(NoMan)) throw new CliException("Give --man or --no-man, not both.");
         bool man = parse.GetValue(Man) || (!parse.GetValue(NoMan) && (preset is not null ? baseline.Man is not null : !Given(parse, Rule) && !Given(parse, K)));
         bool manTuned = Given(parse, ManAblation) || Given(parse, ManInit) || Given(parse, EmaMomentum) || Given(parse, ManMix);
@@ -71,87 +78,35 @@ internal sealed class ModelOptions
             var start = baseline.Man ?? new MomentumOptions();
             momentum = start with
             {
-                Ablation = Given(parse, ManAblation) ? parse.GetValue(ManAblation)!.ToLowerInvariant() switch
-                {
-                    "none" => Local.ManAblation.None,
-                    "ema-only" => Local.ManAblation.EmaOnly,
-                    "lb-only" => Local.ManAblation.LbOnly,
-                    "param-copy" => Local.ManAblation.ParameterCopy,
-                    var other => throw new CliException($"--man-ablation '{other}' is not one of ema-only, lb-only, param-copy."),
-                } : start.Ablation,
-                Initialization = Given(parse, ManInit) ? parse.GetValue(ManInit)!.ToLowerInvariant() switch
-                {
-                    "random" => ManInitialization.Random,
-                    "next" => ManInitialization.Next,
-                    var other => throw new CliException($"--man-init '{other}' is not one of random, next."),
-                } : start.Initialization,
-                Momentum = Pick(EmaMomentum, start.Momentum),
-                LearnableMix = Given(parse, ManMix) ? parse.GetValue(ManMix)!.ToLowerInvariant() switch
-                {
-                    "sum" => false,
-                    "learnable" => true,
-                    var other => throw new CliException($"--man-mix '{other}' is not one of sum, learnable."),
-                } : start.LearnableMix,
+                Ablation = Choice(ManAblation, start.Ablation),
+                Initialization = ChoiceOf(ManInit, start.Initialization),
+                EmaDecay = Pick(EmaMomentum, start.EmaDecay),
+                Mix = ChoiceOf(ManMix, start.Mix),
             };
         }
 
-        var rules = baseline.RuleSettings;
-        if (Given(parse, DglHead))
-            rules = rules with
-            {
-                DglHead = parse.GetValue(DglHead)!.ToLowerInvariant() switch
-                {
-                    "mlp-sr" => DglHeadKind.MlpSr,
-                    "manpp" => DglHeadKind.ManPlusPlus,
-                    var other => throw new CliException($"--dgl-head '{other}' is not one of mlp-sr, manpp."),
-                },
-            };
-        var infoPro = rules.InfoPro;
-        if (Given(parse, AuxConfig))
-            infoPro = infoPro with
-            {
-                Classifier = parse.GetValue(AuxConfig)!.ToLowerInvariant() switch
-                {
-                    "0c1f" => AuxClassifierConfig.C0F1, "0c2f" => AuxClassifierConfig.C0F2, "1c1f" => AuxClassifierConfig.C1F1,
-                    "1c2f" => AuxClassifierConfig.C1F2, "1c3f" => AuxClassifierConfig.C1F3, "2c2f" => AuxClassifierConfig.C2F2,
-                    var other => throw new CliException($"--aux-config '{other}' is not one of 0c1f, 0c2f, 1c1f, 1c2f, 1c3f, 2c2f."),
-                },
-            };
-        if (Given(parse, InfoProLoss))
-            infoPro = infoPro with
-            {
-                LossMode = parse.GetValue(InfoProLoss)!.ToLowerInvariant() switch
-                {
-                    "ce" => InfoProLossMode.CrossEntropy,
-                    "contrast" => InfoProLossMode.Contrastive,
-                    var other => throw new CliException($"--infopro-loss '{other}' is not one of ce, contrast."),
-                },
-            };
-        if (Given(parse, Lambda)) infoPro = infoPro with { Lambdas = InfoProLambdas.Parse(parse.GetValue(Lambda)!) };
-        if (Given(parse, LambdaSchedule))
-            infoPro = infoPro with
-            {
-                Schedule = parse.GetValue(LambdaSchedule)!.ToLowerInvariant() switch
-                {
-                    "module" => Local.LambdaSchedule.ModuleIndex,
-                    "stage" => Local.LambdaSchedule.CopiedUnitStage,
-                    var other => throw new CliException($"--lambda-schedule '{other}' is not one of module, stage."),
-                },
-            };
+        var rules = baseline.RuleSettings with { DglHead = ChoiceOf(DglHead, baseline.RuleSettings.DglHead) };
+        var infoPro = rules.InfoPro with
+        {
+            Classifier = Given(parse, AuxConfig) ? Choices.Parse<AuxClassifierConfig>(parse.GetValue(AuxConfig)!, AuxConfig.Name) : rules.InfoPro.Classifier,
+            LossMode = Given(parse, InfoProLoss) ? Choices.Parse<InfoProLossMode>(parse.GetValue(InfoProLoss)!, InfoProLoss.Name) : rules.InfoPro.LossMode,
+            Lambdas = Given(parse, Lambda) ? InfoProLambdas.Parse(parse.GetValue(Lambda)!) : rules.InfoPro.Lambdas,
+            Schedule = Given(parse, LambdaSchedule) ? Choices.Parse<LambdaSchedule>(parse.GetValue(LambdaSchedule)!, LambdaSchedule.Name) : rules.InfoPro.Schedule,
+        };
         rules = rules with { InfoPro = infoPro };
 
         return new TrainingOptions
         {
-            Dataset = dataset.Name,
+            Dataset = dataset,
             Architecture = archName,
-            SplitTable = Given(parse, Split) ? parse.GetValue(Split) : baseline.SplitTable,
+            SplitTable = Given(parse, Split) ? Choices.Parse<SplitTable>(parse.GetValue(Split)!, Split.Name) : baseline.SplitTable,
             ImageSize = Given(parse, ImageSize) ? parse.GetValue(ImageSize) : baseline.ImageSize,
             DataWorkers = Pick(Workers, baseline.DataWorkers),
             K = Pick(K, preset is null ? 16 : baseline.K),
-            Rule = Pick(Rule, preset is null ? DglRule.RuleName : baseline.Rule),
+            Rule = ChoiceOf(Rule, preset is null ? LearningRule.Dgl : baseline.Rule),
             RuleSettings = rules,
             Man = momentum,
-            Epochs = Pick(Epochs, preset is null ? 3 : baseline.Epochs),
+            Epochs = Pick(Epochs, preset is null ? TrainingOptions.DefaultEpochs : baseline.Epochs),
             BatchSize = Pick(BatchSize, preset is null ? 128 : baseline.BatchSize),
             // A preset's rate follows an overridden batch size by the linear-scaling rule unless --lr is given.
             LearningRate = Given(parse, Lr) ? parse.GetValue(Lr)
@@ -173,8 +128,7 @@ internal sealed class ModelOptions
         TorchSharp.torch.set_num_threads(threads ?? Environment.ProcessorCount);
         if (parse.GetValue(ConvWorkaround) is { } workaround)
         {
-            try { Models.ConvolutionRouting.Workaround = Models.ConvolutionRouting.Parse(workaround); }
-            catch (ArgumentException e) { throw new CliException($"--conv-workaround: {e.Message}"); }
+            Models.ConvolutionRouting.Workaround = Choices.Parse<Models.ConvolutionWorkaround>(workaround, ConvWorkaround.Name);
         }
         else _ = Models.ConvolutionRouting.Workaround; // a bad MANML_CONV_WORKAROUND is reported now, as a user mistake
     }

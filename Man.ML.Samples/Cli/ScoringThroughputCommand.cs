@@ -46,7 +46,7 @@ internal static class ScoringThroughputCommand
                 .Transform(mlContext.Data.LoadFromEnumerable(rows));
             var model = mlContext.MulticlassClassification.Trainers.ManImageClassification(new ManImageClassificationTrainer.Options
             {
-                ImageColumnName = "Pixels", Architecture = parse.GetValue(arch)!, K = 1, Rule = "e2e", UseMan = false, Epochs = 1,
+                ImageColumnName = "Pixels", Architecture = parse.GetValue(arch)!, K = 1, Rule = Man.ML.Local.LearningRule.EndToEnd, UseMan = false, Epochs = 1,
                 ScoringBatchSize = parse.GetValue(batch),
             }).Fit(train);
 

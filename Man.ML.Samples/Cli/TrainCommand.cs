@@ -20,7 +20,8 @@ internal static class TrainCommand
 
     /// <summary>
     /// `manml train --resume DIR` continues with the options the run was started with (saved in DIR/run.args.json when
-    /// it began): those arguments come first, then whatever is given now.
+    /// it began): each saved option not given now is added; an option given now replaces the saved one (and when it
+    /// changes what is trained, the checkpoint refuses it by name).
     /// </summary>
     public static string[] WithResumedArguments(string[] args)
     {
@@ -29,9 +30,43 @@ internal static class TrainCommand
         if (at < 0 || at + 1 >= args.Length) return args;
         var saved = Path.Combine(args[at + 1], ArgumentsFile);
         if (!File.Exists(saved)) return args;
-        var original = System.Text.Json.JsonSerializer.Deserialize<string[]>(File.ReadAllText(saved)) ?? Array.Empty<string>();
-        return new[] { "train" }.Concat(original).Concat(args.Skip(1)).ToArray();
+        string[] original;
+        try { original = JsonSerializer.Deserialize<string[]>(File.ReadAllText(saved)) ?? Array.Empty<string>(); }
+        catch (JsonException) { return args; } // the train command reports the damaged run folder
+        var given = Groups(args.Skip(1)).Select(g => Family(g[0])).ToHashSet();
+        var missing = Groups(original).Where(g => !given.Contains(Family(g[0]))).SelectMany(g => g);
+        return args.Concat(missing).ToArray();
     }
+
+    // An option token and the values after it; --man and --no-man are one switch.
+    private static IEnumerable<List<string>> Groups(IEnumerable<string> tokens)
+    {
+        List<string>? group = null;
+        foreach (var t in tokens)
+        {
+            if (t.StartsWith("--", StringComparison.Ordinal) || group is null)
+            {
+                if (group is not null) yield return group;
+                group = new List<string> { t };
+            }
+            else group.Add(t);
+        }
+        if (group is not null) yield return group;
+    }
+
+    private static string Family(string option) => option is "--no-man" ? "--man" : option.Split('=')[0];
+
+    // The command-line option behind each key of a run's plan, to name it when a checkpoint refuses a resume.
+    private static readonly Dictionary<string, string> OptionOfPlanKey = new()
+    {
+        ["dataset"] = "--dataset", ["arch"] = "--arch", ["family"] = "--arch", ["classes"] = "--data", ["image_size"] = "--image-size",
+        ["units"] = "--arch", ["parameters_backbone"] = "--arch", ["k"] = "--k", ["split"] = "--split", ["split_source"] = "--split",
+        ["split_table"] = "--split", ["segment_ends"] = "--split", ["rule"] = "--rule", ["dgl_head"] = "--dgl-head",
+        ["infopro"] = "--aux-config/--infopro-loss/--lambda/--lambda-schedule", ["heads"] = "--rule", ["man"] = "--man/--no-man",
+        ["man_ablation"] = "--man-ablation", ["man_init"] = "--man-init", ["ema_momentum"] = "--ema-momentum", ["man_mix"] = "--man-mix",
+        ["epochs"] = "--epochs", ["batch_size"] = "--batch-size", ["lr"] = "--lr", ["weight_decay"] = "--weight-decay", ["seed"] = "--seed",
+        ["augmentation"] = "--dataset",
+    };
 
     public static Command Create()
     {
@@ -55,7 +90,7 @@ internal static class TrainCommand
             model.ApplyProcessSettings(parse);
             var options = model.ToTrainingOptions(parse);
             options.Validate();
-            var dataset = DatasetKind.Get(options.Dataset);
+            var dataset = options.Dataset;
             var resumeDir = parse.GetValue(resume);
             var outDir = resumeDir is not null && parse.GetResult(output) is null or { Implicit: true } ? resumeDir : parse.GetValue(output)!;
             string? resumeFrom = null;
@@ -66,15 +101,10 @@ internal static class TrainCommand
             }
             int every = parse.GetValue(checkpointEvery);
             if (every < 0) throw new CliException($"--checkpoint-every must be 0 or more (got {every}).");
-            var policy = parse.GetValue(onNonFinite)!.ToLowerInvariant() switch
-            {
-                "stop" => NonFinitePolicy.Stop,
-                "skip-step" => NonFinitePolicy.SkipStep,
-                var other => throw new CliException($"--on-nonfinite '{other}' is not one of stop, skip-step."),
-            };
+            var policy = Choices.Parse<NonFinitePolicy>(parse.GetValue(onNonFinite)!, onNonFinite.Name);
             PrepareOutput(outDir);
             if (every > 0 && resumeDir is null)
-                AtomicFile.WriteText(Path.Combine(outDir, ArgumentsFile), JsonSerializer.Serialize(
+                OutputFile.WriteText(Path.Combine(outDir, ArgumentsFile), JsonSerializer.Serialize(
                     parse.Tokens.Where(t => t.Type != System.CommandLine.Parsing.TokenType.Command).Select(t => t.Value).ToArray()));
 
             string[] dataPaths;
@@ -101,10 +131,10 @@ internal static class TrainCommand
                 if (testPaths.Length > 0) throw new CliException("--test is not supported with --dataset imagenet; evaluate on val/.");
                 var (trainFiles, valFiles) = ReadImageFolder(dataPaths[0], valPaths, holdOut, limit, parse.GetValue(valLabels));
                 int side = options.ImageSize ?? dataset.ImageSize;
-                var config = Prepare(trainer, parse, options, preset, dataPaths, limit, holdOut, valPaths, testPaths, outDir,
+                var config = Prepare(trainer, parse, preset, dataPaths, limit, holdOut, valPaths, testPaths, outDir,
                     trainFiles.Count, valFiles?.Count ?? 0, trainFiles.ClassNames.Count, side);
-                var result = RunWithProgress(trainer, options.Epochs, () => trainer.Train(trainFiles, valFiles, cancellation));
-                Finish(trainer, options, result, config, outDir, trainFiles.ClassNames, side);
+                var result = RunWithProgress(trainer, options.Epochs, () => Resumed(() => trainer.Train(trainFiles, valFiles, cancellation)));
+                Finish(trainer, result, config, outDir, trainFiles.ClassNames);
             }
             else
             {
@@ -127,10 +157,10 @@ internal static class TrainCommand
                     pool = pool.Slice(0, l, $"first {l} training images of {all.Source}");
                 }
                 var tests = testPaths.Select(p => (Name: Path.GetFileName(Path.TrimEndingDirectorySeparator(p)), Data: dataset.Read(new[] { p }))).ToList();
-                var config = Prepare(trainer, parse, options, preset, dataPaths, limit, holdOut, valPaths, testPaths, outDir,
+                var config = Prepare(trainer, parse, preset, dataPaths, limit, holdOut, valPaths, testPaths, outDir,
                     pool.Count, validation.Count, pool.ClassNames.Count, (int)pool.Images.shape[2]);
-                var result = RunWithProgress(trainer, options.Epochs, () => trainer.Train(pool, validation, tests, cancellation));
-                Finish(trainer, options, result, config, outDir, pool.ClassNames, (int)pool.Images.shape[2]);
+                var result = RunWithProgress(trainer, options.Epochs, () => Resumed(() => trainer.Train(pool, validation, tests, cancellation)));
+                Finish(trainer, result, config, outDir, pool.ClassNames);
                 foreach (var (_, d) in tests) d.Dispose();
                 if (!ReferenceEquals(validation, all)) validation.Dispose();
                 if (!ReferenceEquals(pool, all)) pool.Dispose();
@@ -218,32 +248,41 @@ internal static class TrainCommand
         return (train, validation);
     }
 
-    // Builds the model once to describe it (split, parameters), checks free space and prints the run's first line.
-    private static JsonObject Prepare(Trainer trainer, ParseResult parse, TrainingOptions options, string? preset, string[] dataPaths, int? limit,
+    // A checkpoint that refuses a resume names the plan key; say which option sets it.
+    private static TrainingResult Resumed(Func<TrainingResult> train)
+    {
+        try { return train(); }
+        catch (InvalidOptionException e) when (OptionOfPlanKey.TryGetValue(e.Option, out var option))
+        {
+            throw new CliException($"--resume: {e.Message} (option {option})");
+        }
+    }
+
+    // Resolves the run once (the network is built here and trained later), checks free space and prints the run's first line.
+    private static JsonObject Prepare(Trainer trainer, ParseResult parse, string? preset, string[] dataPaths, int? limit,
         int? holdOut, string[] valPaths, string[] testPaths, string outDir, int trainCount, int valCount, int classes, int imageSize)
     {
-        var (probe, plan, _) = trainer.Build(classes, imageSize);
-        CheckFreeSpace(outDir, probe.ParameterCount());
-        var config = Config(parse, options, preset, dataPaths, limit, holdOut, valPaths, testPaths, outDir, trainCount, valCount, plan.Describe(probe), plan);
-        config["image_size"] = imageSize;
-        config["classes"] = classes;
-        probe.Dispose();
-        AnsiConsole.MarkupLine(Markup.Escape($"manml train {options.Architecture}, K={options.K} ({(plan.Table is { } table ? $"reference split '{table}'" : "balanced split")}), rule {options.Rule}{(options.Man is null ? "" : " + MAN")}, ") +
-                               Markup.Escape($"{trainCount} training / {valCount} validation images at {imageSize}x{imageSize}, {options.Epochs} epochs, batch {options.BatchSize}, lr {options.EffectiveLearningRate:0.###}"));
+        var plan = trainer.Prepare(classes, imageSize);
+        CheckFreeSpace(outDir, plan.BackboneParameters);
+        var config = Config(parse, plan, preset, dataPaths, limit, holdOut, valPaths, testPaths, outDir, trainCount, valCount);
+        var options = plan.Options;
+        AnsiConsole.MarkupLine(Markup.Escape($"manml train {plan.Summary}, ") +
+                               Markup.Escape(FormattableString.Invariant($"{trainCount} training / {valCount} validation images at {imageSize}x{imageSize}, {options.Epochs} epochs, batch {options.BatchSize}, lr {plan.LearningRate:0.###}")));
         return config;
     }
 
-    private static void Finish(Trainer trainer, TrainingOptions options, TrainingResult result, JsonObject config, string outDir, IReadOnlyList<string> classNames, int imageSize)
+    private static void Finish(Trainer trainer, TrainingResult result, JsonObject config, string outDir, IReadOnlyList<string> classNames)
     {
+        var plan = result.RunPlan!;
         ModelCheckpoint.Save(Path.Combine(outDir, "model.ckpt"), result.Network, new CheckpointInfo
         {
-            Architecture = options.Architecture,
+            Architecture = plan.Architecture,
             Classes = classNames.Count,
-            ImageSize = imageSize,
+            ImageSize = plan.ImageSize,
             ClassNames = classNames.ToArray(),
-            NormalizationMean = options.Augmentation.Normalization.Mean,
-            NormalizationStd = options.Augmentation.Normalization.Std,
-            TrainedWith = $"{options.Rule}{(options.Man is null ? "" : "+man")} K={options.K}, {options.Epochs} epochs, seed {options.Seed}",
+            NormalizationMean = plan.Options.Augmentation.Normalization.Mean,
+            NormalizationStd = plan.Options.Augmentation.Normalization.Std,
+            TrainedWith = $"{Choices.Name(plan.Rule)}{(plan.Man is null ? "" : "+man")} K={plan.K}, {plan.Options.Epochs} epochs, seed {plan.Options.Seed}",
         });
         var metrics = new JsonObject
         {
@@ -252,11 +291,11 @@ internal static class TrainCommand
             ["final"] = JsonSerializer.SerializeToNode(result.Final, Json),
             ["backend"] = Backend(trainer.BackendReport),
         };
-        AtomicFile.WriteText(Path.Combine(outDir, "metrics.json"), metrics.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        PrintSummary(options, result, outDir);
+        OutputFile.WriteText(Path.Combine(outDir, "metrics.json"), metrics.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        PrintSummary(plan, result, outDir);
         if (trainer.BackendReport is { } backend)
             AnsiConsole.MarkupLine(Markup.Escape(FormattableString.Invariant(
-                $"backend check: {backend.Convolutions.Count} convolution shapes correct against float64 ({backend.Seconds:0.00} s; {backend.Environment.Cpu}; oneDNN {backend.Environment.OneDnnIsa}; convolution workaround {backend.Environment.Workaround.ToString().ToLowerInvariant()}{FaultNote(backend.Environment)})")));
+                $"backend check: {backend.Convolutions.Count} convolution shapes correct against float64 ({backend.Seconds:0.00} s; {backend.Environment.Cpu}; oneDNN {backend.Environment.OneDnnIsa}; convolution workaround {Choices.Name(backend.Environment.Workaround)}{FaultNote(backend.Environment)})")));
     }
 
     private static string FaultNote(Backend.BackendEnvironment e) => !e.SmallOutputChannelFault ? ""
@@ -270,20 +309,26 @@ internal static class TrainCommand
         ["onednn_isa"] = report.Environment.OneDnnIsa,
         ["libtorch"] = report.Environment.LibTorch,
         ["torchsharp"] = report.Environment.TorchSharp,
-        ["conv_workaround"] = report.Environment.Workaround.ToString().ToLowerInvariant(),
+        ["conv_workaround"] = Choices.Name(report.Environment.Workaround),
         ["small_output_channel_fault"] = report.Environment.SmallOutputChannelFault,
         ["convolution_shapes_checked"] = report.Convolutions.Count,
         ["check_seconds"] = Math.Round(report.Seconds, 3),
     };
 
-    private static JsonObject Config(ParseResult parse, TrainingOptions options, string? preset, string[] data, int? trainLimit,
-        int? valSplit, string[] val, string[] test, string outDir, int trainImages, int valImages, string split, SplitPlan plan)
+    /// <summary>Keys of metrics.json's config that describe this invocation rather than the run: the rest is the run's plan.</summary>
+    public static IReadOnlyList<string> InvocationKeys { get; } = new[]
     {
-        var man = options.Man;
-        return new JsonObject
+        "preset", "data", "train_limit", "val_split", "val", "test", "train_images", "val_images", "threads", "out", "checkpoint_every", "resume", "on_nonfinite",
+    };
+
+    // metrics.json's config: the run's plan (RunPlan.ToJson), then how this invocation found its data and where it wrote.
+    private static JsonObject Config(ParseResult parse, RunPlan plan, string? preset, string[] data, int? trainLimit,
+        int? valSplit, string[] val, string[] test, string outDir, int trainImages, int valImages)
+    {
+        var config = plan.ToJson();
+        var invocation = new JsonObject
         {
             ["preset"] = preset,
-            ["dataset"] = options.Dataset,
             ["data"] = new JsonArray(data.Select(d => (JsonNode)Path.GetFullPath(d)).ToArray()),
             ["train_limit"] = trainLimit,
             ["val_split"] = valSplit,
@@ -291,65 +336,24 @@ internal static class TrainCommand
             ["test"] = new JsonArray(test.Select(d => (JsonNode)Path.GetFullPath(d)).ToArray()),
             ["train_images"] = trainImages,
             ["val_images"] = valImages,
-            ["arch"] = options.Architecture,
-            ["k"] = options.K,
-            ["split"] = split,
-            ["split_source"] = plan.Source == SplitSource.ReferencePreset ? "reference-preset" : "balanced",
-            ["split_table"] = plan.Table,
-            ["rule"] = options.Rule,
-            ["dgl_head"] = options.Rule == "dgl" ? (options.RuleSettings.DglHead == DglHeadKind.ManPlusPlus ? "manpp" : "mlp-sr") : null,
-            ["infopro"] = options.Rule == "infopro" ? InfoProConfig(options) : null,
-            ["man"] = man is not null,
-            ["man_ablation"] = man is null ? null : man.Ablation switch
-            {
-                ManAblation.EmaOnly => "ema-only", ManAblation.LbOnly => "lb-only", ManAblation.ParameterCopy => "param-copy", _ => "none",
-            },
-            ["man_init"] = man is null ? null : man.Initialization == ManInitialization.Next ? "next" : "random",
-            ["ema_momentum"] = man?.Momentum,
-            ["man_mix"] = man is null ? null : man.LearnableMix ? "learnable" : "sum",
-            ["epochs"] = options.Epochs,
-            ["batch_size"] = options.BatchSize,
-            ["lr"] = options.EffectiveLearningRate,
-            ["weight_decay"] = options.WeightDecay,
-            ["momentum"] = 0.9,
-            ["nesterov"] = true,
-            ["seed"] = options.Seed,
             ["threads"] = TorchSharp.torch.get_num_threads(),
-            ["device"] = options.Device,
             ["out"] = Path.GetFullPath(outDir),
             ["checkpoint_every"] = parse.GetValue<int>("--checkpoint-every"),
             ["resume"] = parse.GetValue<string?>("--resume"),
-            ["on_nonfinite"] = parse.GetValue<string>("--on-nonfinite"),
+            ["on_nonfinite"] = Choices.Name(Choices.Parse<NonFinitePolicy>(parse.GetValue<string>("--on-nonfinite")!, "--on-nonfinite")),
         };
-    }
-
-    // The InfoPro settings as resolved for the first segment (classifier, loss, λ, schedule, the first segment's weights).
-    private static JsonObject InfoProConfig(TrainingOptions options)
-    {
-        var trainer = new Trainer(options);
-        var dataset = DatasetKind.Get(options.Dataset);
-        var (network, plan, rule) = trainer.Build(dataset.Classes, options.ImageSize ?? dataset.ImageSize);
-        using var _ = network;
-        var infoPro = (InfoProRule)rule;
-        var context = new HeadContext(network, plan, 0, network.UnitInfos[0].Output, options.Man is null ? null : plan.NextUnit(0), options.Augmentation.Normalization);
-        var (classifier, mode, lambdas, schedule) = infoPro.Resolve(context);
-        return new JsonObject
+        foreach (var key in InvocationKeys)
         {
-            ["aux_config"] = classifier switch
-            {
-                null => "imagenet",
-                AuxClassifierConfig.C0F1 => "0c1f", AuxClassifierConfig.C0F2 => "0c2f", AuxClassifierConfig.C1F1 => "1c1f",
-                AuxClassifierConfig.C1F2 => "1c2f", AuxClassifierConfig.C1F3 => "1c3f", _ => "2c2f",
-            },
-            ["loss"] = mode == InfoProLossMode.CrossEntropy ? "ce" : "contrast",
-            ["lambda"] = lambdas.ToString(),
-            ["lambda_schedule"] = schedule == LambdaSchedule.ModuleIndex ? "module" : "stage",
-        };
+            var value = invocation[key];
+            invocation.Remove(key);
+            config[key] = value;
+        }
+        return config;
     }
 
-    private static void PrintSummary(TrainingOptions options, TrainingResult result, string outDir)
+    private static void PrintSummary(RunPlan plan, TrainingResult result, string outDir)
     {
-        var table = new Table().Title($"{options.Architecture} K={options.K} {options.Rule}{(options.Man is null ? "" : "+MAN")}, seed {options.Seed}");
+        var table = new Table().Title($"{plan.Architecture} K={plan.K} {Choices.Name(plan.Rule)}{(plan.Man is null ? "" : "+MAN")}, seed {plan.Options.Seed}");
         table.AddColumns("epoch", "train loss", "train acc", "val acc", "lr", "seconds");
         foreach (var e in result.Epochs)
             table.AddRow(e.Epoch.ToString(), e.TrainLoss.ToString("0.000"), e.TrainAccuracy.ToString("P2"),

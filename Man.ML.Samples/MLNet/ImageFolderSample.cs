@@ -1,6 +1,6 @@
 // The ML.NET sample: an image-folder data set (one folder per class) -> LoadImages -> Man.ML's trainer -> Evaluate ->
 // save -> load in the same process -> PredictionEngine on one image. Run it with
-//   dotnet run --project Man.ML.Samples -c Release -- image-folder --images ../shared/datasets/cifar10-images
+//   dotnet run --project Man.ML.Samples -c Release -- image-folder --images "$MANML_CIFAR10_IMAGES" (docs/DATA.md)
 using Man.ML.MLNet;
 using Microsoft.ML;
 using Microsoft.ML.Data;

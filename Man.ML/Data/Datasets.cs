@@ -1,4 +1,4 @@
-// The data sets the paper trains on, as formats, augmentations and normalisations (METHOD.md §4): CIFAR-10 (binary
+// The data sets the paper trains on, as formats, augmentations and normalisations (docs/METHOD.md §4): CIFAR-10 (binary
 // batches), SVHN cropped digits (.mat, MATLAB v5) and STL-10 (binary), each read into LabeledImages; and ImageNet
 // (the folder layout, streamed from disk).
 using TorchSharp;
@@ -38,9 +38,9 @@ public sealed record DatasetKind(string Name, int ImageSize, int Classes, ImageA
     public static IReadOnlyList<DatasetKind> All { get; } = new[] { Cifar10, Svhn, Stl10, ImageNet };
 
     /// <summary>The kind called <paramref name="name"/>.</summary>
-    /// <exception cref="ArgumentException">Unknown name.</exception>
-    public static DatasetKind Get(string name) => All.FirstOrDefault(k => k.Name == name.ToLowerInvariant())
-        ?? throw new ArgumentException($"Unknown data set '{name}'; expected one of: {string.Join(", ", All.Select(k => k.Name))}.");
+    /// <exception cref="InvalidOptionException">Unknown name; the message lists the known ones.</exception>
+    public static DatasetKind Get(string name) => All.FirstOrDefault(k => k.Name == name.Trim().ToLowerInvariant())
+        ?? throw new InvalidOptionException("dataset", $"Unknown data set '{name}'; expected one of: {string.Join(", ", All.Select(k => k.Name))}.");
 }
 
 /// <summary>SVHN's cropped-digit files (train_32x32.mat, test_32x32.mat): X is 32×32×3×N uint8, y is N×1 with 10 for the digit 0.</summary>

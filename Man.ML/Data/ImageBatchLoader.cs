@@ -1,4 +1,4 @@
-// ImageNet-style input pipelines over image files (METHOD.md §4): random-resized crop (scale 0.08–1, ratio 3/4–4/3,
+// ImageNet-style input pipelines over image files (docs/METHOD.md §4): random-resized crop (scale 0.08–1, ratio 3/4–4/3,
 // torchvision's ten tries then a centre crop) + horizontal flip for training; resize the shorter side to 256 and
 // centre-crop 224 for evaluation; then per-channel normalisation. Decoding runs on background threads a few batches
 // ahead, so the network waits on JPEG decoding only when the cores cannot keep up. Every image's random draws come

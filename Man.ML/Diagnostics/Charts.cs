@@ -23,7 +23,7 @@ public static class Charts
     public static void Line(string path, string title, string xLabel, string yLabel, IReadOnlyList<ChartSeries> series, bool logX = false)
     {
         var points = series.SelectMany(s => s.X.Zip(s.Y)).Where(p => double.IsFinite(p.Second)).ToList();
-        if (points.Count == 0) throw new ArgumentException("Nothing to plot.", nameof(series));
+        if (points.Count == 0) throw new InvalidOptionException("runs", "Nothing to plot: no finite figures in the runs given.");
         double Tx(double x) => logX ? Math.Log2(x) : x;
         var (xMin, xMax) = Range(points.Select(p => Tx(p.First)));
         var (yMin, yMax) = Range(points.Select(p => p.Second).Append(0));

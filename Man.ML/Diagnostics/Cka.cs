@@ -17,7 +17,7 @@ public static class Cka
     {
         using var scope = NewDisposeScope();
         long n = k.shape[0];
-        if (n < 4) throw new ArgumentException("The unbiased HSIC needs at least 4 samples per minibatch.");
+        if (n < 4) throw new InvalidOptionException("batch size", $"The unbiased HSIC needs at least 4 samples per minibatch (got {n}).");
         var eye = TorchSharp.torch.eye(n, dtype: ScalarType.Float64, device: k.device);
         var kt = k.to_type(ScalarType.Float64) * (1 - eye);   // zero diagonals
         var lt = l.to_type(ScalarType.Float64) * (1 - eye);
@@ -66,7 +66,7 @@ public static class Cka
     public static double[] PerUnit(UnitChainNetwork model, UnitChainNetwork reference, LabeledImages data, Normalization normalization, int batchSize = 256)
     {
         if (model.Units.Count != reference.Units.Count)
-            throw new ArgumentException($"The networks have {model.Units.Count} and {reference.Units.Count} units; CKA compares unit by unit.");
+            throw new InvalidOptionException("reference", $"The networks have {model.Units.Count} and {reference.Units.Count} units; CKA compares unit by unit.");
         var accumulators = model.Units.Select(_ => new Accumulator()).ToArray();
         // Both networks see the same minibatches, one after the other, so only one batch of activations is alive at a time.
         for (int start = 0; start + 4 <= data.Count; start += batchSize)

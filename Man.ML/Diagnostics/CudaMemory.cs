@@ -1,5 +1,5 @@
 // Device memory on NVIDIA GPUs through NVML (libnvidia-ml.so.1 / nvml.dll), sampled on a background thread, since
-// TorchSharp 0.107 has no CUDA memory statistics (ENGINEERING.md §Memory). NVML reports the whole device's used memory,
+// TorchSharp 0.107 has no CUDA memory statistics (docs/PLATFORM.md §Memory). NVML reports the whole device's used memory,
 // including what PyTorch's caching allocator keeps reserved; run with PYTORCH_NO_CUDA_MEMORY_CACHING=1 (manml bench does)
 // so that usage tracks live tensors. Not exercised by the CPU-only test suite.
 using System.Runtime.InteropServices;

@@ -15,7 +15,7 @@ public static class FeatureMaps
     public static int WriteGrid(UnitChainNetwork network, Tensor image, Normalization normalization, int unit, string path, int scale = 4)
     {
         if (unit < 0 || unit >= network.Units.Count)
-            throw new ArgumentOutOfRangeException(nameof(unit), unit, $"Unit must be between 0 and {network.Units.Count - 1} for {network.Architecture}.");
+            throw new InvalidOptionException("unit", $"The unit must be between 0 and {network.Units.Count - 1} for {network.Architecture} (got {unit}).");
         network.eval();
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();

@@ -1,6 +1,6 @@
 // Process memory on Linux from /proc: resident set size and its high-water mark, which can be reset, so a peak over a
 // chosen stretch of work can be read. glibc keeps freed memory unless MALLOC_MMAP_THRESHOLD_ is small; peaks are only
-// comparable between processes started alike (ENGINEERING.md §Memory).
+// comparable between processes started alike (docs/PLATFORM.md §Memory).
 namespace Man.ML.Diagnostics;
 
 /// <summary>Reads and resets the process's peak resident memory (Linux only).</summary>

@@ -1,4 +1,4 @@
-// Peak training memory of one configuration, measured the way ENGINEERING.md §Memory prescribes: warm up, let the
+// Peak training memory of one configuration, measured the way docs/PLATFORM.md §Memory prescribes: warm up, let the
 // collector run, reset the resident high-water mark, run the measured steps, report the peak above the resident size
 // just before them. Meaningful only in a process of its own started with MALLOC_MMAP_THRESHOLD_=65536 (so freed
 // tensor memory goes back to the OS); the caller starts such a process.

@@ -1,5 +1,5 @@
 // DGL (Belilovsky et al., 2020) as adapted to CIFAR ResNets in the MAN line of work (AugLocal's "MLP-SR" head,
-// reference-code-spec.md §2.3 (b)): pool to ceil(S/4), three 1x1 conv-BN-ReLU layers, pool to at most 2x2, two
+// docs/REFERENCE.md §2.3 (b)): pool to ceil(S/4), three 1x1 conv-BN-ReLU layers, pool to at most 2x2, two
 // bias-free linear-BN-ReLU layers, a linear classifier; the local loss is cross-entropy with weight 1.
 using Man.ML.Models;
 using TorchSharp;
@@ -11,10 +11,12 @@ namespace Man.ML.Local;
 /// <summary>Which DGL auxiliary head.</summary>
 public enum DglHeadKind
 {
-    /// <summary>AugLocal's MLP-SR adaptation (reference-code-spec.md §2.3 (b)); the default.</summary>
+    /// <summary>AugLocal's MLP-SR adaptation (docs/REFERENCE.md §2.3 (b)); the default.</summary>
+    [ChoiceName("mlp-sr")]
     MlpSr,
 
     /// <summary>MAN++'s head: pool 8x8, three 1x1 convs to 128 channels, three 512-wide linear layers (§2.3 (a)).</summary>
+    [ChoiceName("manpp")]
     ManPlusPlus,
 }
 
@@ -37,12 +39,16 @@ public sealed class DglRule(DglHeadKind head = DglHeadKind.MlpSr) : ILocalLearni
     public AuxiliaryHead CreateHead(HeadContext context) => Head == DglHeadKind.ManPlusPlus
         ? new DglManPlusPlusHead(context.Features, context.Classes)
         : new DglHead(context.Features, context.Classes, context.Network.Family == NetworkFamily.ImageNet);
+
+    /// <inheritdoc />
+    public HeadPlan DescribeHead(HeadContext context) =>
+        new(Head == DglHeadKind.MlpSr && context.Network.Family == NetworkFamily.ImageNet ? "mlp-sr-imagenet" : Choices.Name(Head), "ce");
 }
 
 /// <summary>
 /// DGL's MLP-SR auxiliary classifier for a C×S×S feature map. On CIFAR networks AugLocal's adaptation (two bias-free
 /// hidden linear layers); on ImageNet networks DGL's own ImageNet head (three hidden linear layers with bias,
-/// reference-code-spec.md §6.2).
+/// docs/REFERENCE.md §6.2).
 /// </summary>
 public sealed class DglHead : AuxiliaryHead, IHasCost
 {
@@ -115,7 +121,7 @@ public sealed class DglHead : AuxiliaryHead, IHasCost
     }
 }
 
-/// <summary>MAN++'s DGL head (reference-code-spec.md §2.3 (a)).</summary>
+/// <summary>MAN++'s DGL head (docs/REFERENCE.md §2.3 (a)).</summary>
 public sealed class DglManPlusPlusHead : AuxiliaryHead, IHasCost
 {
     private const int Width = 128, Hidden = 512;

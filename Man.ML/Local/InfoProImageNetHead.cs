@@ -1,4 +1,4 @@
-// InfoPro's ImageNet auxiliary network (reference-code-spec.md §2.2, §6.1), used for every ImageNet-family network:
+// InfoPro's ImageNet auxiliary network (docs/REFERENCE.md §2.2, §6.1), used for every ImageNet-family network:
 // a decoder that up-samples step by step to the image (conv 1x1 to 128, then 3x3 to 32, 12 and 3 for 512-channel
 // features; 1x1 to 192 and 64, then 3x3 to 32, 12 and 3 for 1024-channel ones) and a classifier (1x1 conv, two
 // stride-2 3x3 convs, 1x1 conv to 2048, global pooling, linear). Features with other widths get the nearer variant;

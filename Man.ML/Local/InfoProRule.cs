@@ -1,4 +1,4 @@
-// InfoPro (Wang et al., ICLR 2021) on CIFAR ResNets, as in the InfoPro and MAN reference code (reference-code-spec.md
+// InfoPro (Wang et al., ICLR 2021) on CIFAR ResNets, as in the InfoPro and MAN reference code (docs/REFERENCE.md
 // §2.1, §3.6): a decoder that reconstructs the (de-normalised, augmented) input image from a segment's features and an
 // auxiliary classifier in one of six configurations; the local loss is λ1·BCE(reconstruction) + λ2·(CE or supervised
 // contrastive). λ is interpolated over the local-module index (InfoPro) or over the stage of the unit MAN copies (MAN's
@@ -15,16 +15,22 @@ namespace Man.ML.Local;
 public enum AuxClassifierConfig
 {
     /// <summary>GAP, one linear layer.</summary>
+    [ChoiceName("0c1f")]
     C0F1,
     /// <summary>GAP, two linear layers.</summary>
+    [ChoiceName("0c2f")]
     C0F2,
     /// <summary>One conv, GAP, one linear layer.</summary>
+    [ChoiceName("1c1f")]
     C1F1,
     /// <summary>One conv, GAP, two linear layers (InfoPro's default).</summary>
+    [ChoiceName("1c2f")]
     C1F2,
     /// <summary>One conv, GAP, three linear layers.</summary>
+    [ChoiceName("1c3f")]
     C1F3,
     /// <summary>Two convs, GAP, two linear layers (MAN's default).</summary>
+    [ChoiceName("2c2f")]
     C2F2,
 }
 
@@ -32,8 +38,10 @@ public enum AuxClassifierConfig
 public enum InfoProLossMode
 {
     /// <summary>Cross-entropy on class logits.</summary>
+    [ChoiceName("ce")]
     CrossEntropy,
     /// <summary>Supervised contrastive loss on 128-d embeddings, temperature 0.07.</summary>
+    [ChoiceName("contrast")]
     Contrastive,
 }
 
@@ -41,8 +49,10 @@ public enum InfoProLossMode
 public enum LambdaSchedule
 {
     /// <summary>InfoPro: linear in the local-module index m, ratio m/(K−2).</summary>
+    [ChoiceName("module")]
     ModuleIndex,
     /// <summary>MAN's code: by the stage (1..3) of the unit MAN copies, ratio stage/(K−2).</summary>
+    [ChoiceName("stage")]
     CopiedUnitStage,
 }
 
@@ -50,11 +60,12 @@ public enum LambdaSchedule
 public readonly record struct InfoProLambdas(double Ixx1, double Ixy1, double Ixx2, double Ixy2)
 {
     /// <summary>Parses "ixx1,ixy1,ixx2,ixy2".</summary>
+    /// <exception cref="InvalidOptionException">Not four numbers.</exception>
     public static InfoProLambdas Parse(string text)
     {
         var parts = text.Split(',', StringSplitOptions.TrimEntries);
         if (parts.Length != 4 || !parts.All(p => double.TryParse(p, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out _)))
-            throw new ArgumentException($"λ must be four numbers 'ixx1,ixy1,ixx2,ixy2' (got '{text}').");
+            throw new InvalidOptionException("InfoPro.Lambdas", $"λ must be four numbers 'ixx1,ixy1,ixx2,ixy2' (got '{text}').");
         var v = parts.Select(p => double.Parse(p, System.Globalization.CultureInfo.InvariantCulture)).ToArray();
         return new InfoProLambdas(v[0], v[1], v[2], v[3]);
     }
@@ -63,7 +74,7 @@ public readonly record struct InfoProLambdas(double Ixx1, double Ixy1, double Ix
     public override string ToString() => FormattableString.Invariant($"{Ixx1},{Ixy1},{Ixx2},{Ixy2}");
 }
 
-/// <summary>InfoPro settings; a null member takes the default for the run (METHOD.md §2: InfoPro alone 1c2f, contrastive,
+/// <summary>InfoPro settings; a null member takes the default for the run (docs/METHOD.md §2: InfoPro alone 1c2f, contrastive,
 /// the InfoPro table's λ by module index; with MAN 2c2f, cross-entropy, λ (5, 0.5 → 0, 0) by copied-unit stage).</summary>
 public sealed record InfoProSettings
 {
@@ -119,7 +130,7 @@ public sealed class InfoProRule(InfoProSettings settings) : ILocalLearningRule
         if (context.Network.Family == NetworkFamily.ImageNet)
         {
             if (Settings.Classifier is not null)
-                throw new ArgumentException(
+                throw new InvalidOptionException("InfoPro.Classifier",
                     $"{context.Network.Architecture} uses InfoPro's ImageNet auxiliary classifier; the CIFAR configurations (--aux-config) do not apply.");
             return (null, Settings.LossMode ?? InfoProLossMode.CrossEntropy, Settings.Lambdas ?? ImageNetLambdas(context.Network.Architecture),
                 Settings.Schedule ?? LambdaSchedule.ModuleIndex);
@@ -132,7 +143,7 @@ public sealed class InfoProRule(InfoProSettings settings) : ILocalLearningRule
         else if (context.WithMan) lambdas = ManLambdas;
         else if (context.Network is CifarResNet resnet && InfoProLambdaTable.TryGet(Settings.Dataset, resnet.Depth, context.Plan.K, out var table)) lambdas = table;
         else
-            throw new ArgumentException(
+            throw new InvalidOptionException("InfoPro.Lambdas",
                 $"InfoPro has no reference λ for {Settings.Dataset}, {context.Network.Architecture}, K={context.Plan.K}; give them as 'ixx1,ixy1,ixx2,ixy2' (--lambda).");
         return (classifier, mode, lambdas, schedule);
     }
@@ -149,12 +160,24 @@ public sealed class InfoProRule(InfoProSettings settings) : ILocalLearningRule
         double l1 = lambdas.Ixx1 * (1 - ratio) + lambdas.Ixx2 * ratio;
         double l2 = lambdas.Ixy1 * (1 - ratio) + lambdas.Ixy2 * ratio;
         if (l1 < 0 || l2 < 0)
-            throw new ArgumentException(FormattableString.Invariant(
-                $"The λ schedule ({schedule}, λ = {lambdas}) gives segment {context.Segment} of K={k} negative weights ({l1:0.###}, {l2:0.###}); choose other λ or another schedule."));
+            throw new InvalidOptionException("InfoPro.Lambdas", FormattableString.Invariant(
+                $"The λ schedule ({Choices.Name(schedule)}, λ = {lambdas}) gives segment {context.Segment} of K={k} negative weights ({l1:0.###}, {l2:0.###}); choose other λ or another schedule."));
         if (l1 == 0 && l2 == 0)
-            throw new ArgumentException(FormattableString.Invariant(
-                $"The λ schedule ({schedule}, λ = {lambdas}) gives segment {context.Segment} of K={k} zero weights: it would not learn; choose other λ or another schedule."));
+            throw new InvalidOptionException("InfoPro.Lambdas", FormattableString.Invariant(
+                $"The λ schedule ({Choices.Name(schedule)}, λ = {lambdas}) gives segment {context.Segment} of K={k} zero weights: it would not learn; choose other λ or another schedule."));
         return (l1, l2);
+    }
+
+    /// <inheritdoc />
+    public HeadPlan DescribeHead(HeadContext context)
+    {
+        var (classifier, mode, lambdas, schedule) = Resolve(context);
+        var (reconstruction, classification) = Weights(context, lambdas, schedule);
+        return new HeadPlan(classifier is { } c ? Choices.Name(c) : "imagenet", Choices.Name(mode))
+        {
+            ReconstructionWeight = reconstruction,
+            ClassificationWeight = classification,
+        };
     }
 
     /// <inheritdoc />
@@ -170,7 +193,7 @@ public sealed class InfoProRule(InfoProSettings settings) : ILocalLearningRule
     }
 }
 
-/// <summary>The reference λ of InfoPro's command file (reference-code-spec.md §2.1), by data set, depth and K.</summary>
+/// <summary>The reference λ of InfoPro's command file (docs/REFERENCE.md §2.1), by data set, depth and K.</summary>
 public static class InfoProLambdaTable
 {
     private static readonly Dictionary<(string Dataset, int Depth, int K), InfoProLambdas> Table = new()

@@ -50,27 +50,65 @@ public interface ILocalLearningRule
 
     /// <summary>Builds the auxiliary head of one segment.</summary>
     AuxiliaryHead CreateHead(HeadContext context);
+
+    /// <summary>What <see cref="CreateHead"/> builds for <paramref name="context"/>, for the run's plan (no module is built).</summary>
+    HeadPlan DescribeHead(HeadContext context) => new(Name, Name);
+}
+
+/// <summary>One segment's auxiliary head as a run's plan states it.</summary>
+/// <param name="Head">What the head is (for example <c>mlp-sr</c>, <c>2c2f</c>).</param>
+/// <param name="Loss">The loss it trains the segment with (for example <c>ce</c>, <c>contrast</c>).</param>
+public sealed record HeadPlan(string Head, string Loss)
+{
+    /// <summary>Weight of the reconstruction term (InfoPro), or null.</summary>
+    public double? ReconstructionWeight { get; init; }
+
+    /// <summary>Weight of the classification term (InfoPro), or null.</summary>
+    public double? ClassificationWeight { get; init; }
+}
+
+/// <summary>The learning rules Man.ML ships.</summary>
+public enum LearningRule
+{
+    /// <summary>End-to-end backprop (K = 1).</summary>
+    [ChoiceName("e2e")]
+    EndToEnd,
+
+    /// <summary>DGL: a small classifier head per segment.</summary>
+    [ChoiceName("dgl")]
+    Dgl,
+
+    /// <summary>InfoPro: reconstruction plus classification (cross-entropy or contrastive) per segment.</summary>
+    [ChoiceName("infopro")]
+    InfoPro,
+
+    /// <summary>PredSim: similarity matching plus prediction per segment.</summary>
+    [ChoiceName("predsim")]
+    PredSim,
 }
 
 /// <summary>The rules Man.ML knows, by name.</summary>
 public static class LocalLearningRules
 {
     /// <summary>Names accepted by <see cref="Create(string, RuleSettings)"/>.</summary>
-    public static IReadOnlyList<string> Names { get; } = new[] { EndToEndRule.RuleName, DglRule.RuleName, InfoProRule.RuleName, PredSimRule.RuleName };
+    public static IReadOnlyList<string> Names { get; } = Choices.Names<LearningRule>();
 
     /// <summary>Creates the rule called <paramref name="name"/> (case-insensitive) with its default settings.</summary>
     /// <exception cref="ArgumentException">No rule has that name.</exception>
     public static ILocalLearningRule Create(string name) => Create(name, new RuleSettings());
 
-    /// <summary>Creates the rule called <paramref name="name"/> with <paramref name="settings"/>.</summary>
-    /// <exception cref="ArgumentException">No rule has that name.</exception>
-    public static ILocalLearningRule Create(string name, RuleSettings settings) => name.ToLowerInvariant() switch
+    /// <summary>Creates the rule called <paramref name="name"/> (case-insensitive) with <paramref name="settings"/>.</summary>
+    /// <exception cref="InvalidOptionException">No rule has that name; the message lists the rules.</exception>
+    public static ILocalLearningRule Create(string name, RuleSettings settings) => Create(Choices.Parse<LearningRule>(name, "The learning rule"), settings);
+
+    /// <summary>Creates <paramref name="rule"/> with <paramref name="settings"/>.</summary>
+    public static ILocalLearningRule Create(LearningRule rule, RuleSettings settings) => rule switch
     {
-        EndToEndRule.RuleName => new EndToEndRule(),
-        DglRule.RuleName => new DglRule(settings.DglHead),
-        InfoProRule.RuleName => new InfoProRule(settings.InfoPro),
-        PredSimRule.RuleName => new PredSimRule(),
-        _ => throw new ArgumentException($"Unknown learning rule '{name}'; expected one of: {string.Join(", ", Names)}.", nameof(name)),
+        LearningRule.EndToEnd => new EndToEndRule(),
+        LearningRule.Dgl => new DglRule(settings.DglHead),
+        LearningRule.InfoPro => new InfoProRule(settings.InfoPro),
+        LearningRule.PredSim => new PredSimRule(),
+        _ => throw new ArgumentOutOfRangeException(nameof(rule), rule, "Not a learning rule."),
     };
 }
 
@@ -80,7 +118,7 @@ public sealed record RuleSettings
     /// <summary>DGL's auxiliary head. Default MLP-SR (AugLocal's adaptation).</summary>
     public DglHeadKind DglHead { get; init; } = DglHeadKind.MlpSr;
 
-    /// <summary>InfoPro's settings; null members take the defaults of METHOD.md §2.</summary>
+    /// <summary>InfoPro's settings; null members take the defaults of docs/METHOD.md §2.</summary>
     public InfoProSettings InfoPro { get; init; } = new();
 }
 
@@ -98,5 +136,9 @@ public sealed class EndToEndRule : ILocalLearningRule
 
     /// <inheritdoc />
     public AuxiliaryHead CreateHead(HeadContext context) =>
+        throw new InvalidOperationException("End-to-end training has a single segment and no auxiliary heads.");
+
+    /// <inheritdoc />
+    public HeadPlan DescribeHead(HeadContext context) =>
         throw new InvalidOperationException("End-to-end training has a single segment and no auxiliary heads.");
 }

@@ -1,7 +1,7 @@
 // One training step of supervised local learning. Each segment runs forward, computes its local loss and runs its
 // backward inside its own dispose scope, then hands only its detached output to the next segment. That discipline is
 // what makes memory fall with K: once a segment's backward has run and its scope has closed, nothing of its graph is
-// alive (ENGINEERING.md §Memory). MAN's EMA update follows each local backward; the single optimizer steps once all
+// alive (docs/PLATFORM.md §Memory). MAN's EMA update follows each local backward; the single optimizer steps once all
 // segments are done.
 using Man.ML.Models;
 using TorchSharp;
@@ -38,9 +38,11 @@ public sealed record StepResult(float Loss, long Correct, long Count, float[] Se
 public enum NonFinitePolicy
 {
     /// <summary>Stop training with <see cref="NonFiniteException"/> (the default).</summary>
+    [ChoiceName("stop")]
     Stop,
 
     /// <summary>Drop the step (no optimizer update) and go on.</summary>
+    [ChoiceName("skip-step")]
     SkipStep,
 }
 
@@ -225,10 +227,19 @@ public sealed class LocalTrainer : IDisposable
     {
         using var scope = NewDisposeScope();
         var flags = checkedParameters.Select(p => p.Parameter.grad).OfType<Tensor>().Select(g => g.isfinite().all()).ToArray();
-        if (flags.Length == 0 || stack(flags).all().item<bool>()) return;
+        if (flags.Length == 0) return;
+        GradientCheckReads++;
+        if (stack(flags).all().item<bool>()) return;
         foreach (var (segment, p) in checkedParameters)
-            if (p.grad is { } g && !g.isfinite().all().item<bool>()) throw new NonFiniteException("A gradient", segment);
+        {
+            if (p.grad is not { } g) continue;
+            GradientCheckReads++;
+            if (!g.isfinite().all().item<bool>()) throw new NonFiniteException("A gradient", segment);
+        }
     }
+
+    /// <summary>Reads from the device the non-finite gradient check has made so far (a test holds it to one per healthy step).</summary>
+    internal long GradientCheckReads { get; private set; }
 
     /// <summary>
     /// Segment j's part of a step, in its own dispose scope: forward through its units, local loss (auxiliary head, or

@@ -1,4 +1,4 @@
-// The Momentum Auxiliary Network (MAN, Su et al., ECCV 2024; METHOD.md §3). For every segment j but the last, let
+// The Momentum Auxiliary Network (MAN, Su et al., ECCV 2024; docs/METHOD.md §3). For every segment j but the last, let
 // next(j) be the first unit of segment j+1. MAN gives segment j two fresh units of next(j)'s exact shape: LB[j],
 // trainable (the paper's "learnable bias"), and EMA[j], whose parameters take no gradient and follow next(j) by an
 // exponential moving average. Segment j's auxiliary head then sees y = LB[j](x) + EMA[j](x) instead of x, i.e. a
@@ -14,18 +14,22 @@ namespace Man.ML.Local;
 public enum ManAblation
 {
     /// <summary>Full MAN: y = LB(x) + EMA(x).</summary>
+    [ChoiceName("none")]
     None,
 
     /// <summary>EMA copy only: y = EMA(x).</summary>
+    [ChoiceName("ema-only")]
     EmaOnly,
 
     /// <summary>Learnable copy only: y = LB(x).</summary>
+    [ChoiceName("lb-only")]
     LbOnly,
 
     /// <summary>
     /// Parameter copy without averaging (m = 0), the paper's Table 5 "Parameter" row: y = Copy(x) where Copy holds
     /// next(j)'s live parameters at every forward (no learnable copy, as in Table 5).
     /// </summary>
+    [ChoiceName("param-copy")]
     ParameterCopy,
 }
 
@@ -33,10 +37,24 @@ public enum ManAblation
 public enum ManInitialization
 {
     /// <summary>Fresh random weights, initialised like every other layer (what the reference code ends up doing).</summary>
+    [ChoiceName("random")]
     Random,
 
     /// <summary>A copy of next(j)'s current weights (the paper's "deepcopy").</summary>
+    [ChoiceName("next")]
     Next,
+}
+
+/// <summary>How MAN combines its two copies into the features its auxiliary head sees.</summary>
+public enum ManMix
+{
+    /// <summary>y = LB + EMA (MAN).</summary>
+    [ChoiceName("sum")]
+    Sum,
+
+    /// <summary>MAN++: y = s·LB + (2 − s)·EMA with a trainable scalar s initialised to 1.</summary>
+    [ChoiceName("learnable")]
+    Learnable,
 }
 
 /// <summary>MAN settings.</summary>
@@ -51,11 +69,20 @@ public sealed record MomentumOptions
     /// <summary>How the copies start. Default: random, as the reference code.</summary>
     public ManInitialization Initialization { get; init; } = ManInitialization.Random;
 
-    /// <summary>EMA momentum m in θ_EMA ← m·θ_EMA + (1 − m)·θ_next. Default 0.995.</summary>
-    public double Momentum { get; init; } = DefaultMomentum;
+    /// <summary>
+    /// EMA decay m in θ_EMA ← m·θ_EMA + (1 − m)·θ_next (not SGD's momentum). Default 0.995. <see cref="Momentum"/> is the
+    /// same value under its first name.
+    /// </summary>
+    public double EmaDecay { get; init; } = DefaultMomentum;
 
-    /// <summary>MAN++'s learnable mix y = s·LB + (2 − s)·EMA with a trainable scalar s (initialised to 1). Default false (y = LB + EMA).</summary>
-    public bool LearnableMix { get; init; }
+    /// <summary>The EMA decay under its first name (kept for compatibility; see <see cref="EmaDecay"/>).</summary>
+    public double Momentum { get => EmaDecay; init => EmaDecay = value; }
+
+    /// <summary>How the copies are combined. Default <see cref="ManMix.Sum"/> (y = LB + EMA).</summary>
+    public ManMix Mix { get; init; } = ManMix.Sum;
+
+    /// <summary>MAN++'s learnable mix (<see cref="Mix"/> is <see cref="ManMix.Learnable"/>), as a switch.</summary>
+    public bool LearnableMix { get => Mix == ManMix.Learnable; init => Mix = value ? ManMix.Learnable : ManMix.Sum; }
 
     /// <summary>Whether the trainable LB copy exists.</summary>
     public bool HasLearnableCopy => Ablation is not (ManAblation.EmaOnly or ManAblation.ParameterCopy);

@@ -1,4 +1,4 @@
-// PredSim (Nøkland & Eidnes, 2019) adapted to local blocks of CIFAR ResNets as in AugLocal (reference-code-spec.md §2.4):
+// PredSim (Nøkland & Eidnes, 2019) adapted to local blocks of CIFAR ResNets as in AugLocal (docs/REFERENCE.md §2.4):
 // a similarity head (3x3 conv, then the similarity matrix of per-channel spatial standard deviations, matched by MSE to
 // the similarity matrix of the one-hot labels) and a prediction head (average pooling, by doubling the kernel, down to
 // at most 1,024 features, then a linear classifier); the local loss is 0.99·sim + 0.01·pred.
@@ -29,6 +29,9 @@ public sealed class PredSimRule : ILocalLearningRule
 
     /// <inheritdoc />
     public AuxiliaryHead CreateHead(HeadContext context) => new PredSimHead(context.Features, context.Classes);
+
+    /// <inheritdoc />
+    public HeadPlan DescribeHead(HeadContext context) => new("predsim", FormattableString.Invariant($"{SimilarityWeight}·similarity + {PredictionWeight}·ce"));
 }
 
 /// <summary>PredSim's similarity and prediction heads on one segment's features.</summary>

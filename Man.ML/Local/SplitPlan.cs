@@ -16,9 +16,35 @@ public readonly record struct Segment(int Start, int End)
 public enum SplitSource
 {
     /// <summary>A split table of the reference code (InfoPro/MAN configs).</summary>
+    [ChoiceName("reference-preset")]
     ReferencePreset,
 
     /// <summary>The balancing rule (minimal peak, then most even, estimated activation memory).</summary>
+    [ChoiceName("balanced")]
+    Balanced,
+}
+
+/// <summary>A split asked for by name: one of the reference code's tables, or the balancing rule.</summary>
+public enum SplitTable
+{
+    /// <summary>The MAN ECCV code's tables (CIFAR: identical to InfoPro's).</summary>
+    [ChoiceName(SplitTables.Man)]
+    Man,
+
+    /// <summary>MAN++'s tables (ImageNet K=4).</summary>
+    [ChoiceName(SplitTables.ManPlusPlus)]
+    ManPlusPlus,
+
+    /// <summary>InfoPro's ImageNet K=2 tables.</summary>
+    [ChoiceName(SplitTables.InfoPro)]
+    InfoPro,
+
+    /// <summary>DGL's ImageNet tables.</summary>
+    [ChoiceName(SplitTables.Dgl)]
+    Dgl,
+
+    /// <summary>Not a table: the balancing rule.</summary>
+    [ChoiceName(SplitTables.Balanced)]
     Balanced,
 }
 
@@ -91,13 +117,19 @@ public sealed class SplitPlan
     /// For the balancing rule: the extra activation elements a segment ending after unit i keeps besides its units (its
     /// auxiliary head, MAN's copies); null counts units only.
     /// </param>
-    public static SplitPlan Create(UnitChainNetwork network, int k, string? table = null, Func<int, double>? boundaryCost = null)
+    /// <exception cref="InvalidOptionException">The table name is not one of <see cref="SplitTable"/>'s.</exception>
+    public static SplitPlan Create(UnitChainNetwork network, int k, string? table = null, Func<int, double>? boundaryCost = null) =>
+        Create(network, k, table is null ? null : Choices.Parse<SplitTable>(table, "The split table"), boundaryCost);
+
+    /// <summary>Splits <paramref name="network"/> into <paramref name="k"/> segments by <paramref name="table"/> (null: the default).</summary>
+    /// <exception cref="InvalidOptionException">K is below 1 or above the number of units, or the table has no entry here.</exception>
+    public static SplitPlan Create(UnitChainNetwork network, int k, SplitTable? table, Func<int, double>? boundaryCost = null)
     {
         int units = network.Units.Count;
         if (k < 1 || k > units)
-            throw new ArgumentOutOfRangeException(nameof(k), k,
-                $"K must be between 1 and {units} for {network.Architecture} ({units} units: the stem and {units - 1} blocks).");
-        var name = table?.ToLowerInvariant();
+            throw new InvalidOptionException("K",
+                $"K must be between 1 and {units} for {network.Architecture} ({units} units: the stem and {units - 1} blocks); got {k}.");
+        var name = table is { } t ? Choices.Name(t) : null;
         SplitPlan Balance() => Balanced(network.UnitInfos.Select(u => (double)u.ActivationElements).ToArray(), k,
             boundaryCost is null || k == 1 ? null : Enumerable.Range(0, units - 1).Select(boundaryCost).ToArray());
         if (name == SplitTables.Balanced) return Balance();
@@ -106,8 +138,8 @@ public sealed class SplitPlan
         if (!SplitTables.TryGet(network, name, k, out var ends))
         {
             var available = SplitTables.Available(network, k).Append(SplitTables.Balanced);
-            throw new ArgumentException(
-                $"Split table '{table}' has no entry for {network.Architecture} at K={k}; available at this K: {string.Join(", ", available)}.", nameof(table));
+            throw new InvalidOptionException("SplitTable",
+                $"Split table '{name}' has no entry for {network.Architecture} at K={k}; available at this K: {string.Join(", ", available)}.");
         }
         return FromSegmentEnds(ends, units, SplitSource.ReferencePreset, name);
     }
@@ -173,7 +205,7 @@ public sealed class SplitPlan
 }
 
 /// <summary>
-/// The reference code's split tables, by name (reference-code-spec.md §1.2, §6): <c>man</c> (the MAN ECCV code; for
+/// The reference code's split tables, by name (docs/REFERENCE.md §1.2, §6): <c>man</c> (the MAN ECCV code; for
 /// CIFAR ResNets also InfoPro's, which are the same), <c>manpp</c> (MAN++), <c>infopro</c> (InfoPro's ImageNet code),
 /// <c>dgl</c> (DGL's ImageNet code). Entries are (stage, block) of each segment's last block, 1-based stages and 0-based
 /// blocks as in the configs; (0, 0) means "the stem", which belongs to the first segment unless a table starts with it.

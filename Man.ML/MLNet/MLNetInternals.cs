@@ -1,6 +1,6 @@
 // The few places where ML.NET 5.0.1 keeps from third-party components what its own trainers use: the environment
 // behind a catalog (for logging through MLContext.Log), the environment's cancellation flag, and SchemaShape.Column's
-// constructor (ENGINEERING.md §ML.NET). Reached by reflection, each with a clear error should ML.NET change.
+// constructor (docs/PLATFORM.md §ML.NET). Reached by reflection, each with a clear error should ML.NET change.
 using System.Reflection;
 using Microsoft.ML;
 using Microsoft.ML.Data;

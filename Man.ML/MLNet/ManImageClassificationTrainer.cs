@@ -39,8 +39,8 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         /// <summary>Number of gradient-isolated segments (1 = end-to-end). Default 16.</summary>
         public int K { get; set; } = 16;
 
-        /// <summary>Learning rule: "dgl" or "e2e" (which needs K = 1). Default "dgl".</summary>
-        public string Rule { get; set; } = DglRule.RuleName;
+        /// <summary>Learning rule (end-to-end needs K = 1). Default <see cref="LearningRule.Dgl"/>.</summary>
+        public LearningRule Rule { get; set; } = LearningRule.Dgl;
 
         /// <summary>Whether to add Momentum Auxiliary Networks. Default true.</summary>
         public bool UseMan { get; set; } = true;
@@ -54,8 +54,8 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         /// <summary>EMA momentum of MAN. Default 0.995.</summary>
         public double EmaMomentum { get; set; } = MomentumOptions.DefaultMomentum;
 
-        /// <summary>Epochs. Default 10.</summary>
-        public int Epochs { get; set; } = 10;
+        /// <summary>Epochs. Default <see cref="TrainingOptions.DefaultEpochs"/> (3), as the library and the samples.</summary>
+        public int Epochs { get; set; } = TrainingOptions.DefaultEpochs;
 
         /// <summary>Mini-batch size. Default 128.</summary>
         public int BatchSize { get; set; } = 128;
@@ -106,7 +106,7 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         this.environment = environment;
         this.options = options;
         ToTrainingOptions().Validate();
-        if (options.ImageSize < 8) throw new ArgumentOutOfRangeException(nameof(options), options.ImageSize, "ImageSize must be at least 8.");
+        if (options.ImageSize < 8) throw new InvalidOptionException(nameof(Options.ImageSize), $"ImageSize must be at least 8 (got {options.ImageSize}).");
     }
 
     private TrainingOptions ToTrainingOptions() => new()
@@ -160,13 +160,14 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         using var __ = validation;
 
         var trainingOptions = ToTrainingOptions();
+        var trainer = new Trainer(trainingOptions) { CheckBackend = options.CheckBackend };
+        var plan = trainer.Prepare(train.ClassNames.Count, options.ImageSize);
         channel.Info(MessageSensitivity.None,
-            $"Man.ML: {trainingOptions.Architecture}, K={trainingOptions.K}, rule {trainingOptions.Rule}{(trainingOptions.Man is null ? "" : " + MAN")}, " +
+            $"Man.ML: {plan.Summary}, " +
             $"{train.Count} training images of {train.ClassNames.Count} classes{(validation is null ? "" : $", {validation.Count} validation images")}, " +
-            $"{trainingOptions.Epochs} epochs, batch {trainingOptions.BatchSize}, lr {trainingOptions.EffectiveLearningRate:0.####}.");
+            $"{trainingOptions.Epochs} epochs, batch {trainingOptions.BatchSize}, lr {plan.LearningRate:0.####}.");
 
         using var cancellation = CancellationTokenSource.CreateLinkedTokenSource(options.CancellationToken);
-        var trainer = new Trainer(trainingOptions) { CheckBackend = options.CheckBackend };
         trainer.BatchCompleted += progress =>
         {
             options.ProgressCallback?.Invoke(progress);
@@ -190,9 +191,11 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
             $"{(result.Final.ValAccuracy is { } f ? f.ToString("P2") : "n/a")}.");
         return new ManImageClassificationTransformer(result.Network, keyValues, trainingOptions.Augmentation.Normalization,
             options.ImageColumnName, options.ImageSize, options.ScoringBatchSize, options.Device,
-            $"{trainingOptions.Architecture} {trainingOptions.Rule}{(trainingOptions.Man is null ? "" : "+man")} K={trainingOptions.K}, " +
-            $"{trainingOptions.Epochs} epochs, seed {trainingOptions.Seed}");
+            TrainedWith(plan));
     }
+
+    internal static string TrainedWith(RunPlan plan) =>
+        $"{plan.Architecture} {Choices.Name(plan.Rule)}{(plan.Man is null ? "" : "+man")} K={plan.K}, {plan.Options.Epochs} epochs, seed {plan.Options.Seed}";
 
     /// <summary>Reads every row's label and image into memory (uint8 images, 0-based class indices).</summary>
     private (LabeledImages Images, LabelKeyValues? KeyValues) ReadLabeledImages(IDataView data, string what, int? expectedClasses)
@@ -269,7 +272,7 @@ public static class ManCatalog
     /// <summary>A trainer with default options and the given columns.</summary>
     public static ManImageClassificationTrainer ManImageClassification(
         this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog,
-        string labelColumnName = "Label", string imageColumnName = "Image", int epochs = 10) =>
+        string labelColumnName = "Label", string imageColumnName = "Image", int epochs = TrainingOptions.DefaultEpochs) =>
         catalog.ManImageClassification(new ManImageClassificationTrainer.Options
         {
             LabelColumnName = labelColumnName, ImageColumnName = imageColumnName, Epochs = epochs,

@@ -29,6 +29,21 @@ public static class Architectures
     /// <summary>Which family <paramref name="name"/> belongs to (ImageNet names first; everything else is CIFAR).</summary>
     public static NetworkFamily FamilyOf(string name) => ImageNet.ContainsKey(name.ToLowerInvariant()) ? NetworkFamily.ImageNet : NetworkFamily.Cifar;
 
+    /// <summary>The canonical (lower-case) name of <paramref name="name"/>, checked without building anything.</summary>
+    /// <exception cref="ArgumentException">Unknown name; the message lists the known ones.</exception>
+    public static string Canonical(string name)
+    {
+        var lower = name.Trim().ToLowerInvariant();
+        if (ImageNet.ContainsKey(lower) || CifarDepth(lower) is not null) return lower;
+        throw new ArgumentException(
+            $"Unknown architecture '{name}': expected resnet32, resnet110 or resnet<6n+2> (CIFAR), or one of {string.Join(", ", ImageNet.Keys)} (ImageNet).",
+            nameof(name));
+    }
+
+    private static int? CifarDepth(string lower) =>
+        lower.StartsWith("resnet", StringComparison.Ordinal) && int.TryParse(lower.AsSpan(6), out int depth) && depth >= 8 && (depth - 2) % 6 == 0
+            ? depth : null;
+
     /// <summary>
     /// Creates the network called <paramref name="name"/>: resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d,
     /// vgg11/13/16/19_bn (ImageNet layouts), or resnet&lt;6n+2&gt; (CIFAR layout: resnet32, resnet110, ...).
@@ -36,13 +51,7 @@ public static class Architectures
     /// <exception cref="ArgumentException">Unknown name.</exception>
     public static UnitChainNetwork Create(string name, int classes = 10, int imageSize = 32)
     {
-        var lower = name.ToLowerInvariant();
-        if (ImageNet.TryGetValue(lower, out var create)) return create(classes, imageSize);
-        if (lower.StartsWith("resnet", StringComparison.Ordinal) && int.TryParse(lower.AsSpan(6), out int depth)
-            && depth >= 8 && (depth - 2) % 6 == 0)
-            return new CifarResNet(depth, classes, imageSize);
-        throw new ArgumentException(
-            $"Unknown architecture '{name}': expected resnet32, resnet110 or resnet<6n+2> (CIFAR), or one of {string.Join(", ", ImageNet.Keys)} (ImageNet).",
-            nameof(name));
+        var lower = Canonical(name);
+        return ImageNet.TryGetValue(lower, out var create) ? create(classes, imageSize) : new CifarResNet(CifarDepth(lower)!.Value, classes, imageSize);
     }
 }

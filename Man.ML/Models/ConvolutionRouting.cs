@@ -25,12 +25,15 @@ public enum ConvolutionWorkaround
 {
     /// <summary>On the CPU: always rewrite strided 1x1 convolutions that need an input gradient; pad small output channel
     /// counts only where the once-per-process probe finds this CPU computes them wrongly. The default.</summary>
+    [ChoiceName("auto")]
     Auto,
 
     /// <summary>Both rewrites on every device, whether needed or not (to check them on any machine).</summary>
+    [ChoiceName("always")]
     Always,
 
     /// <summary>Plain libtorch convolutions everywhere (to see the backend's own behaviour).</summary>
+    [ChoiceName("never")]
     Never,
 }
 
@@ -83,21 +86,15 @@ public static class ConvolutionRouting
     public static bool SmallOutputChannelFault => smallOutputFault.Value;
 
     /// <summary>Parses auto, always or never (case-insensitive).</summary>
-    /// <exception cref="ArgumentException">Another value.</exception>
-    public static ConvolutionWorkaround Parse(string text) => text.Trim().ToLowerInvariant() switch
-    {
-        "auto" => ConvolutionWorkaround.Auto,
-        "always" => ConvolutionWorkaround.Always,
-        "never" => ConvolutionWorkaround.Never,
-        _ => throw new ArgumentException($"The convolution workaround '{text}' is not one of auto, always, never."),
-    };
+    /// <exception cref="InvalidOptionException">Another value.</exception>
+    public static ConvolutionWorkaround Parse(string text) => Choices.Parse<ConvolutionWorkaround>(text, "The convolution workaround");
 
     private static ConvolutionWorkaround FromEnvironment()
     {
         var value = Environment.GetEnvironmentVariable(EnvironmentVariable);
         if (string.IsNullOrWhiteSpace(value)) return ConvolutionWorkaround.Auto;
         try { return Parse(value); }
-        catch (ArgumentException e) { throw new ArgumentException($"The environment variable {EnvironmentVariable}: {e.Message}"); }
+        catch (InvalidOptionException e) { throw new InvalidOptionException(EnvironmentVariable, $"The environment variable {EnvironmentVariable}: {e.Message}"); }
     }
 
     /// <summary>The route a convolution of <paramref name="weight"/> on <paramref name="input"/> takes under the current policy.</summary>

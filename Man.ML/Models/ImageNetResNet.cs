@@ -1,7 +1,7 @@
 // torchvision's ImageNet ResNets and ResNeXts (resnet.py): a 7x7 stride-2 stem with a 3x3 stride-2 max-pool, four
 // stages of BasicBlocks (ResNet-18/34) or Bottlenecks (ResNet-50/101/152, ResNeXt) at 64/128/256/512 base width,
 // projection shortcuts where the shape changes, the stride on the 3x3 convolution (ResNet v1.5), then global average
-// pooling and a linear layer. The reference MAN/InfoPro ImageNet code builds exactly these (reference-code-spec.md §6.1).
+// pooling and a linear layer. The reference MAN/InfoPro ImageNet code builds exactly these (docs/REFERENCE.md §6.1).
 // As a chain of units: the stem, then every block in order.
 using TorchSharp;
 using TorchSharp.Modules;

@@ -45,8 +45,13 @@ public enum NetworkFamily
 /// </summary>
 public abstract class UnitChainNetwork : nn.Module<Tensor, Tensor>
 {
+    private static int constructed;
+
     /// <summary>Creates the module with the given TorchSharp name.</summary>
-    protected UnitChainNetwork(string name) : base(name) { }
+    protected UnitChainNetwork(string name) : base(name) => Interlocked.Increment(ref constructed);
+
+    /// <summary>Networks constructed in this process so far (a test checks that a run builds its network once).</summary>
+    internal static int Constructed => Volatile.Read(ref constructed);
 
     /// <summary>Architecture name, for example <c>resnet32</c>.</summary>
     public abstract string Architecture { get; }

@@ -1,4 +1,4 @@
-// torchvision's VGG with batch norm (vgg.py), cut into units the way DGL's ImageNet code does (reference-code-spec.md
+// torchvision's VGG with batch norm (vgg.py), cut into units the way DGL's ImageNet code does (docs/REFERENCE.md
 // §6.2): one unit per convolution layer (conv 3x3 with bias → BN → ReLU), each max-pool prepended to the following
 // convolution's unit; the last max-pool opens the head (pool → 7x7 average pool → 4096 → 4096 → classes). DGL's head
 // has no dropout, so neither has this one; the parameter count equals torchvision's (VGG-13-BN: 133,053,736).

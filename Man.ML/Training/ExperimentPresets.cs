@@ -22,10 +22,10 @@ public static class ExperimentPresets
     public static IReadOnlyList<ExperimentPreset> All => Presets.Value;
 
     /// <summary>The preset called <paramref name="name"/>.</summary>
-    /// <exception cref="ArgumentException">No preset has that name.</exception>
+    /// <exception cref="InvalidOptionException">No preset has that name.</exception>
     public static ExperimentPreset Get(string name) =>
-        All.FirstOrDefault(p => p.Name == name.ToLowerInvariant())
-        ?? throw new ArgumentException($"Unknown preset '{name}'; 'manml presets' lists the {All.Count} presets.");
+        All.FirstOrDefault(p => p.Name == name.Trim().ToLowerInvariant())
+        ?? throw new InvalidOptionException("preset", $"Unknown preset '{name}'; 'manml presets' lists the {All.Count} presets.");
 
     private static IReadOnlyList<ExperimentPreset> Build()
     {
@@ -33,20 +33,20 @@ public static class ExperimentPresets
         var cells = new[] { ("resnet32", 32, 8), ("resnet32", 32, 16), ("resnet110", 110, 32), ("resnet110", 110, 55) };
         foreach (var dataset in new[] { DatasetKind.Cifar10, DatasetKind.Svhn, DatasetKind.Stl10 }) // Table 1's data sets
             foreach (var (arch, depth, k) in cells)
-                foreach (var rule in new[] { PredSimRule.RuleName, DglRule.RuleName, InfoProRule.RuleName })
+                foreach (var rule in new[] { LearningRule.PredSim, LearningRule.Dgl, LearningRule.InfoPro })
                     foreach (bool man in new[] { false, true })
                     {
                         var settings = new RuleSettings();
                         string note = "";
-                        if (rule == InfoProRule.RuleName && !man)
+                        if (rule == LearningRule.InfoPro && !man)
                         {
                             var (lambdas, source) = InfoProLambdaTable.ForPreset(dataset.Name, depth, k);
                             settings = settings with { InfoPro = new InfoProSettings { Lambdas = lambdas } };
                             note = $"; λ {lambdas} ({source})";
                         }
-                        var name = $"{dataset.Name}-{arch}-k{k}-{rule}{(man ? "-man" : "")}";
+                        var name = $"{dataset.Name}-{arch}-k{k}-{Choices.Name(rule)}{(man ? "-man" : "")}";
                         presets.Add(new ExperimentPreset(name,
-                            $"Table 1: {Display(dataset.Name)}, {Display(arch)} K={k}, {Display(rule)}{(man ? " + MAN" : "")}{note}",
+                            $"Table 1: {Display(dataset.Name)}, {Display(arch)} K={k}, {Display(Choices.Name(rule))}{(man ? " + MAN" : "")}{note}",
                             Recipe(dataset) with
                             {
                                 Architecture = arch, K = k, Rule = rule, RuleSettings = settings,
@@ -54,7 +54,7 @@ public static class ExperimentPresets
                             }));
                     }
 
-        var dgl = Recipe(DatasetKind.Cifar10) with { Architecture = "resnet32", K = 16, Rule = DglRule.RuleName };
+        var dgl = Recipe(DatasetKind.Cifar10) with { Architecture = "resnet32", K = 16, Rule = LearningRule.Dgl };
         presets.Add(new("table4a-dgl", "Table 4(a): CIFAR-10, ResNet-32 K=16, DGL without MAN (no EMA, no learnable bias)", dgl with { Man = null }));
         presets.Add(new("table4a-ema", "Table 4(a): CIFAR-10, ResNet-32 K=16, DGL + MAN's EMA copy only (no learnable bias)",
             dgl with { Man = new MomentumOptions { Ablation = ManAblation.EmaOnly } }));
@@ -68,13 +68,13 @@ public static class ExperimentPresets
         return presets;
     }
 
-    /// <summary>The paper's recipe for a data set (METHOD.md §4).</summary>
+    /// <summary>The paper's recipe for a data set (docs/METHOD.md §4).</summary>
     public static TrainingOptions Recipe(DatasetKind dataset)
     {
         bool stl = dataset.Name == DatasetKind.Stl10.Name;
         return new TrainingOptions
         {
-            Dataset = dataset.Name,
+            Dataset = dataset,
             Epochs = 400,
             BatchSize = stl ? 128 : 1024,
             LearningRate = stl ? 0.1 : 0.8,

@@ -32,57 +32,96 @@ public sealed record CheckpointInfo
     public string TrainedWith { get; init; } = "";
 }
 
-/// <summary>Saves and loads trained backbones.</summary>
+/// <summary>Saves and loads trained backbones, to files or any stream.</summary>
 public static class ModelCheckpoint
 {
     /// <summary>Current format version.</summary>
     public const int FormatVersion = 1;
 
-    private static readonly byte[] Magic = "MANML-CKPT\n"u8.ToArray();
+    internal static readonly byte[] Magic = "MANML-CKPT\n"u8.ToArray();
     private static readonly JsonSerializerOptions Json = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
     /// <summary>Writes <paramref name="network"/> and <paramref name="info"/> to <paramref name="path"/> atomically.</summary>
-    public static void Save(string path, UnitChainNetwork network, CheckpointInfo info)
+    public static void Save(string path, UnitChainNetwork network, CheckpointInfo info) =>
+        AtomicFile.Write(path, stream => Save(stream, network, info));
+
+    /// <summary>Writes <paramref name="network"/> and <paramref name="info"/> to <paramref name="stream"/> (left open).</summary>
+    public static void Save(Stream stream, UnitChainNetwork network, CheckpointInfo info)
     {
-        AtomicFile.Write(path, stream =>
-        {
-            using var writer = new BinaryWriter(stream, Encoding.UTF8, leaveOpen: true);
-            writer.Write(Magic);
-            writer.Write(FormatVersion);
-            writer.Write(JsonSerializer.Serialize(info, Json));
-            network.save(writer);
-        });
+        using var writer = new BinaryWriter(stream, Encoding.UTF8, leaveOpen: true);
+        CheckpointFormat.WriteHeader(writer, Magic, FormatVersion, JsonSerializer.Serialize(info, Json));
+        network.save(writer);
     }
 
-    /// <summary>Loads a checkpoint written by <see cref="Save"/>.</summary>
+    /// <summary>Loads a checkpoint written by <see cref="Save(string, UnitChainNetwork, CheckpointInfo)"/>.</summary>
     /// <exception cref="InvalidDataException">Not a Man.ML checkpoint, a newer format, or truncated.</exception>
     public static (UnitChainNetwork Network, CheckpointInfo Info) Load(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"Checkpoint '{path}' does not exist.", path);
         using var stream = File.OpenRead(path);
-        using var reader = new BinaryReader(stream, Encoding.UTF8);
+        return Load(stream, $"Checkpoint '{path}'");
+    }
+
+    /// <summary>Loads a checkpoint from <paramref name="stream"/> (left open); <paramref name="name"/> names it in messages.</summary>
+    /// <exception cref="InvalidDataException">Not a Man.ML checkpoint, a newer format, or truncated.</exception>
+    public static (UnitChainNetwork Network, CheckpointInfo Info) Load(Stream stream, string name = "The checkpoint")
+    {
+        using var reader = new BinaryReader(stream, Encoding.UTF8, leaveOpen: true);
+        var (_, json) = CheckpointFormat.ReadHeader(reader, Magic, FormatVersion, name, "checkpoint");
+        CheckpointInfo info;
+        try { info = JsonSerializer.Deserialize<CheckpointInfo>(json, Json) ?? throw new InvalidDataException($"{name} has an empty header."); }
+        catch (JsonException e) { throw new InvalidDataException($"{name} has a damaged header: {e.Message}", e); }
+        UnitChainNetwork network;
+        try { network = Architectures.Create(info.Architecture, info.Classes, info.ImageSize); }
+        catch (ArgumentException e) { throw new InvalidDataException($"{name} describes a network Man.ML cannot build: {e.Message}", e); }
         try
         {
-            var magic = reader.ReadBytes(Magic.Length);
-            if (!magic.AsSpan().SequenceEqual(Magic)) throw new InvalidDataException($"'{path}' is not a Man.ML checkpoint.");
-            int version = reader.ReadInt32();
-            if (version > FormatVersion)
-                throw new InvalidDataException($"Checkpoint '{path}' has format version {version}; this Man.ML reads up to {FormatVersion}.");
-            var info = JsonSerializer.Deserialize<CheckpointInfo>(reader.ReadString(), Json)
-                ?? throw new InvalidDataException($"Checkpoint '{path}' has an empty header.");
-            var network = Architectures.Create(info.Architecture, info.Classes, info.ImageSize);
             network.load(reader);
             return (network, info);
         }
+        catch (Exception e) when (e is EndOfStreamException or ArgumentException or InvalidOperationException)
+        {
+            network.Dispose();
+            throw new InvalidDataException($"{name} is truncated or damaged: {e.Message}", e);
+        }
+    }
+}
+
+/// <summary>
+/// The frame every Man.ML checkpoint shares: magic bytes, a format version and a JSON header, then the payload. One
+/// reader for all of them, so every kind reports a foreign, newer or truncated file the same way.
+/// </summary>
+internal static class CheckpointFormat
+{
+    public static void WriteHeader(BinaryWriter writer, byte[] magic, int version, string json)
+    {
+        writer.Write(magic);
+        writer.Write(version);
+        writer.Write(json);
+    }
+
+    /// <summary>Reads and checks the frame; <paramref name="name"/> starts every message (for example "Checkpoint 'x.ckpt'").</summary>
+    /// <exception cref="InvalidDataException">Another kind of file, a newer version, or truncated.</exception>
+    public static (int Version, string Json) ReadHeader(BinaryReader reader, byte[] magic, int maxVersion, string name, string kind)
+    {
+        try
+        {
+            var read = reader.ReadBytes(magic.Length);
+            if (!read.AsSpan().SequenceEqual(magic)) throw new InvalidDataException($"{name} is not a Man.ML {kind}.");
+            int version = reader.ReadInt32();
+            if (version < 1 || version > maxVersion)
+                throw new InvalidDataException($"{name} has format version {version}; this Man.ML reads versions 1 to {maxVersion}.");
+            return (version, reader.ReadString());
+        }
         catch (EndOfStreamException e)
         {
-            throw new InvalidDataException($"Checkpoint '{path}' is truncated.", e);
+            throw new InvalidDataException($"{name} is truncated.", e);
         }
     }
 }
 
 /// <summary>Writes files through a temporary name in the same folder and a rename.</summary>
-public static class AtomicFile
+internal static class AtomicFile
 {
     /// <summary>Writes <paramref name="path"/> with <paramref name="write"/>; the old file stays until the new one is complete.</summary>
     public static void Write(string path, Action<Stream> write)

@@ -15,7 +15,11 @@ public sealed class NonFiniteTrainingException(string message, Exception inner) 
 
 /// <summary>A finished run: the trained backbone and its figures.</summary>
 public sealed record TrainingResult(UnitChainNetwork Network, SplitPlan Plan, IReadOnlyList<EpochMetrics> Epochs,
-    FinalMetrics Final);
+    FinalMetrics Final)
+{
+    /// <summary>The run as it happened.</summary>
+    public RunPlan? RunPlan { get; init; }
+}
 
 /// <summary>Trains networks by supervised local learning.</summary>
 public sealed class Trainer
@@ -64,73 +68,54 @@ public sealed class Trainer
     }
 
     /// <summary>Parses a device name (cpu, cuda, cuda:N) and checks it exists.</summary>
-    /// <exception cref="ArgumentException">Unknown device, or CUDA is not available.</exception>
+    /// <exception cref="InvalidOptionException">Unknown device, or CUDA is not available.</exception>
     public static Device ResolveDevice(string name)
     {
-        var lower = name.ToLowerInvariant();
-        if (lower == "cpu") return CPU;
-        if (lower == "cuda" || lower.StartsWith("cuda:", StringComparison.Ordinal))
-        {
-            if (!cuda.is_available())
-                throw new ArgumentException($"Device '{name}' was asked for but CUDA is not available (reference a TorchSharp CUDA backend and run on a GPU machine).");
-            return device(lower);
-        }
-        throw new ArgumentException($"Unknown device '{name}': expected cpu, cuda or cuda:N.");
+        string canonical;
+        try { canonical = TrainingOptions.DeviceName(name); }
+        catch (ArgumentException e) { throw new InvalidOptionException(nameof(TrainingOptions.Device), e.Message); }
+        if (canonical == "cpu") return CPU;
+        if (!cuda.is_available())
+            throw new InvalidOptionException(nameof(TrainingOptions.Device),
+                $"Device '{name}' was asked for but CUDA is not available (reference a TorchSharp CUDA backend and run on a GPU machine).");
+        return device(canonical);
     }
 
-    /// <summary>Builds the network, split and rule the options describe (seeded), without training.</summary>
+    private RunPlan.Built? prepared;
+
+    /// <summary>The plan of the run prepared or trained last (null before <see cref="Prepare"/> or a run).</summary>
+    public RunPlan? Plan { get; private set; }
+
+    /// <summary>
+    /// Resolves the run for data of <paramref name="classes"/> classes at <paramref name="imageSize"/>: validates the
+    /// options and builds the (seeded) network once. A following <c>Train</c> on such data trains that network, so a
+    /// front end can show the plan, check free space and so on without building anything twice.
+    /// </summary>
+    /// <exception cref="InvalidOptionException">An option, or a combination, is invalid.</exception>
+    public RunPlan Prepare(int classes, int imageSize)
+    {
+        if (prepared is { } p && p.Plan.Classes == classes && p.Plan.ImageSize == imageSize) return p.Plan;
+        prepared?.Network.Dispose();
+        prepared = RunPlan.Build(Options, classes, imageSize);
+        Plan = prepared.Plan;
+        return Plan;
+    }
+
+    /// <summary>Builds the network, split and rule the options describe (seeded), without training; the caller owns the network.</summary>
     public (UnitChainNetwork Network, SplitPlan Plan, ILocalLearningRule Rule) Build(int classes, int imageSize)
     {
-        var settings = Options.RuleSettings with { InfoPro = Options.RuleSettings.InfoPro with { Dataset = Options.Dataset } };
-        var rule = LocalLearningRules.Create(Options.Rule, settings);
-        if (!rule.IsLocal && Options.K != 1)
-            throw new ArgumentException($"Rule '{rule.Name}' is end-to-end backprop and needs K = 1 (got K = {Options.K}).");
-        if (Options.Man is not null && Options.K == 1)
-            throw new ArgumentException("MAN needs K ≥ 2: with one segment there is no next segment to copy.");
-        manual_seed(Options.Seed);
-        var network = Architectures.Create(Options.Architecture, classes, imageSize);
-        var plan = SplitPlan.Create(network, Options.K, Options.SplitTable, rule.IsLocal ? b => BoundaryCost(network, rule, b) : null);
-        return (network, plan, rule);
-    }
-
-    // What a segment ending after unit b keeps besides its units, for the balancing rule: MAN's copies of unit b + 1
-    // (and their sum) and the auxiliary head on the features it sees, as the head itself states (IHasCost). Heads are
-    // built on the side and discarded; the generator state is restored so the run's initialisation does not change.
-    private double BoundaryCost(UnitChainNetwork network, ILocalLearningRule rule, int b)
-    {
-        var infos = network.UnitInfos;
-        var man = Options.Man;
-        int copies = man is null ? 0 : (man.HasLearnableCopy ? 1 : 0) + (man.HasEmaCopy ? 1 : 0);
-        var features = man is null ? infos[b].Output : infos[b + 1].Output;
-        double cost = man is null ? 0 : copies * infos[b + 1].ActivationElements + features.Elements;
-        using var state = get_rng_state();
-        try
-        {
-            var twoSegments = SplitPlan.FromSegmentEnds(new[] { b, infos.Count - 1 }, infos.Count);
-            using var head = rule.CreateHead(new HeadContext(network, twoSegments, 0, features, man is null ? null : b + 1, Options.Augmentation.Normalization));
-            if (head is IHasCost stated)
-            {
-                var c = stated.Cost(features);
-                cost += c.SavedInput + c.SavedInternal;
-            }
-        }
-        catch (ArgumentException)
-        {
-            // No head for this configuration (for example no λ known): the real build reports it.
-        }
-        finally
-        {
-            set_rng_state(state);
-        }
-        return cost;
+        var built = RunPlan.Build(Options, classes, imageSize);
+        return (built.Network, built.Split, built.Rule);
     }
 
     /// <summary>Builds the network and its local trainer (auxiliary heads, MAN, optimizer) on <paramref name="device"/>.</summary>
     public LocalTrainer CreateLocalTrainer(int classes, int imageSize, Device device)
     {
-        var (network, plan, rule) = Build(classes, imageSize);
-        return new LocalTrainer(network, plan, rule, Options.Man,
-            new OptimizerSettings { LearningRate = Options.EffectiveLearningRate, WeightDecay = Options.WeightDecay }, device,
+        Prepare(classes, imageSize);
+        var built = prepared!;
+        prepared = null; // the trainer owns the network from here
+        return new LocalTrainer(built.Network, built.Split, built.Rule, Options.Man,
+            new OptimizerSettings { LearningRate = built.Plan.LearningRate, WeightDecay = Options.WeightDecay, Momentum = RunPlan.SgdMomentum }, device,
             Options.Augmentation.Normalization);
     }
 
@@ -161,14 +146,16 @@ public sealed class Trainer
         CancellationToken cancellation)
     {
         if (train.Count < 2)
-            throw new ArgumentException($"Training needs at least 2 images (got {train.Count}).");
+            throw new InvalidOptionException("data", $"Training needs at least 2 images (got {train.Count}).");
         var device = ResolveDevice(Options.Device);
         using var local = CreateLocalTrainer(train.ClassNames.Count, train.ImageSize, device);
+        var plan = Plan!;
         try
         {
+            if (ResumeFrom is not null) TrainingCheckpoint.EnsureSameRun(ResumeFrom, plan); // before anything costly
             // A wrong gradient stops the run here, with the layer, the shape and the remedy, not as a NaN hours later.
             if (CheckBackend) BackendReport = BackendCheck.EnsureCorrect(local);
-            return Run(local, train, validation, tests, device, cancellation);
+            return Run(plan, local, train, validation, tests, device, cancellation);
         }
         catch
         {
@@ -177,7 +164,7 @@ public sealed class Trainer
         }
     }
 
-    private TrainingResult Run(LocalTrainer local, ITrainingSource train, ITrainingSource? validation,
+    private TrainingResult Run(RunPlan runPlan, LocalTrainer local, ITrainingSource train, ITrainingSource? validation,
         IReadOnlyList<(string Name, ITrainingSource Data)>? tests, Device device, CancellationToken cancellation)
     {
         var (network, plan) = (local.Network, local.Plan);
@@ -187,12 +174,12 @@ public sealed class Trainer
         if (batches > 1 && train.Count % Options.BatchSize == 1) batches--;
         var ranges = Enumerable.Range(0, batches)
             .Select(b => (b * Options.BatchSize, b == batches - 1 ? train.Count : (b + 1) * Options.BatchSize)).ToList();
-        var schedule = new CosineWarmupSchedule(Options.EffectiveLearningRate, Options.Epochs, batches);
+        var schedule = new CosineWarmupSchedule(runPlan.LearningRate, Options.Epochs, batches);
         var epochs = new List<EpochMetrics>();
         string? lastCheckpoint = null;
         if (ResumeFrom is not null)
         {
-            epochs.AddRange(TrainingCheckpoint.Restore(ResumeFrom, Options, local).Epochs);
+            epochs.AddRange(TrainingCheckpoint.Restore(ResumeFrom, runPlan, local).Epochs);
             lastCheckpoint = ResumeFrom;
         }
         double trainSeconds = epochs.Sum(e => e.Seconds);
@@ -266,7 +253,7 @@ public sealed class Trainer
             bool last = epoch == Options.Epochs - 1;
             if (CheckpointPath is not null && (last || (CheckpointEvery > 0 && (epoch + 1) % CheckpointEvery == 0)))
             {
-                TrainingCheckpoint.Save(CheckpointPath, Options, local, epochs);
+                TrainingCheckpoint.Save(CheckpointPath, runPlan, local, epochs);
                 lastCheckpoint = CheckpointPath;
                 CheckpointWritten?.Invoke(CheckpointPath, epochs.Count);
             }
@@ -291,7 +278,7 @@ public sealed class Trainer
             SkippedSteps = epochs.Sum(e => e.SkippedSteps),
         };
         network.eval();
-        return new TrainingResult(network, plan, epochs, final);
+        return new TrainingResult(network, plan, epochs, final) { RunPlan = runPlan };
     }
 
     private static long[] Permutation(int n, Random random)

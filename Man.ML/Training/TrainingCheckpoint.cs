@@ -1,10 +1,12 @@
 // Everything a run needs to continue as if it had never stopped: the backbone, the auxiliary heads and MAN's copies
 // (batch-norm statistics included), the optimizer's momentum buffers, libtorch's generator state, the epochs done and
 // their metrics. Data order and augmentation are functions of (seed, epoch) and the learning rate of (epoch, iteration),
-// so an epoch boundary needs nothing more. Written atomically; a checkpoint from another configuration, a newer format,
-// a truncated file or a file that is not Man.ML's is a clear InvalidDataException.
+// so an epoch boundary needs nothing more. The header holds the run's plan, compared key by key on resume: a checkpoint
+// of another run is an InvalidOptionException naming the first key that differs; a newer format, a truncated file or a
+// file that is not Man.ML's is a clear InvalidDataException.
 using System.Text;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using Man.ML.Local;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -14,7 +16,10 @@ namespace Man.ML.Training;
 /// <summary>What a run checkpoint says about itself.</summary>
 public sealed record TrainingCheckpointHeader
 {
-    /// <summary>The configuration the run was started with, as a comparable string.</summary>
+    /// <summary>The run's plan as JSON (<see cref="RunPlan.ToJson"/>); null in checkpoints of format version 1.</summary>
+    public JsonObject? Plan { get; init; }
+
+    /// <summary>Format version 1's configuration string (empty in later versions).</summary>
     public string Configuration { get; init; } = "";
 
     /// <summary>Epochs completed.</summary>
@@ -24,101 +29,110 @@ public sealed record TrainingCheckpointHeader
     public List<EpochMetrics> Epochs { get; init; } = new();
 }
 
-/// <summary>Saves and restores a run at an epoch boundary.</summary>
+/// <summary>Saves and restores a run at an epoch boundary, to files or any stream.</summary>
 public static class TrainingCheckpoint
 {
-    /// <summary>Current format version.</summary>
-    public const int FormatVersion = 1;
+    /// <summary>Current format version (2: the header holds the run's plan).</summary>
+    public const int FormatVersion = 2;
 
     private static readonly byte[] Magic = "MANML-RUN\n"u8.ToArray();
     private static readonly JsonSerializerOptions Json = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
-    /// <summary>The configuration fingerprint a checkpoint must match to be resumed.</summary>
-    public static string Fingerprint(TrainingOptions o) => string.Join("; ",
-        $"dataset={o.Dataset}", $"arch={o.Architecture}", $"k={o.K}", $"split={o.SplitTable ?? "default"}", $"size={o.ImageSize}", $"rule={o.Rule}", $"rules={o.RuleSettings.DglHead}/{o.RuleSettings.InfoPro}",
-        $"man={(o.Man is null ? "none" : $"{o.Man.Ablation}/{o.Man.Initialization}/{o.Man.Momentum}/{o.Man.LearnableMix}")}",
+    // Format version 1 compared this string; kept so those checkpoints still resume.
+    internal static string LegacyFingerprint(TrainingOptions o) => string.Join("; ",
+        $"dataset={o.Dataset.Name}", $"arch={o.Architecture}", $"k={o.K}", $"split={(o.SplitTable is { } t ? Choices.Name(t) : "default")}", $"size={o.ImageSize}",
+        $"rule={Choices.Name(o.Rule)}", $"rules={o.RuleSettings.DglHead}/{o.RuleSettings.InfoPro}",
+        $"man={(o.Man is null ? "none" : $"{o.Man.Ablation}/{o.Man.Initialization}/{o.Man.EmaDecay}/{o.Man.LearnableMix}")}",
         $"epochs={o.Epochs}", $"batch={o.BatchSize}", $"lr={o.EffectiveLearningRate}", $"wd={o.WeightDecay}", $"seed={o.Seed}");
 
-    /// <summary>Writes the state of <paramref name="trainer"/> after <paramref name="epochs"/> to <paramref name="path"/>.</summary>
-    public static void Save(string path, TrainingOptions options, LocalTrainer trainer, IReadOnlyList<EpochMetrics> epochs)
+    /// <summary>Writes the state of <paramref name="trainer"/> after <paramref name="epochs"/> to <paramref name="path"/> atomically.</summary>
+    public static void Save(string path, RunPlan plan, LocalTrainer trainer, IReadOnlyList<EpochMetrics> epochs) =>
+        AtomicFile.Write(path, stream => Save(stream, plan, trainer, epochs));
+
+    /// <summary>Writes the state of <paramref name="trainer"/> after <paramref name="epochs"/> to <paramref name="stream"/> (left open).</summary>
+    public static void Save(Stream stream, RunPlan plan, LocalTrainer trainer, IReadOnlyList<EpochMetrics> epochs)
     {
-        var header = new TrainingCheckpointHeader { Configuration = Fingerprint(options), EpochsCompleted = epochs.Count, Epochs = epochs.ToList() };
-        AtomicFile.Write(path, stream =>
-        {
-            using var writer = new BinaryWriter(stream, Encoding.UTF8, leaveOpen: true);
-            writer.Write(Magic);
-            writer.Write(FormatVersion);
-            writer.Write(JsonSerializer.Serialize(header, Json));
-            trainer.Network.save(writer);
-            trainer.AuxiliaryModule.save(writer);
-            trainer.Optimizer.save_state_dict(writer);
-            using var rng = get_rng_state();
-            rng.Save(writer);
-        });
+        var header = new TrainingCheckpointHeader { Plan = plan.ToJson(), EpochsCompleted = epochs.Count, Epochs = epochs.ToList() };
+        using var writer = new BinaryWriter(stream, Encoding.UTF8, leaveOpen: true);
+        CheckpointFormat.WriteHeader(writer, Magic, FormatVersion, JsonSerializer.Serialize(header, Json));
+        trainer.Network.save(writer);
+        trainer.AuxiliaryModule.save(writer);
+        trainer.Optimizer.save_state_dict(writer);
+        using var rng = get_rng_state();
+        rng.Save(writer);
     }
 
     /// <summary>Reads only the header (to report or check a checkpoint without building anything).</summary>
     public static TrainingCheckpointHeader ReadHeader(string path)
     {
-        using var stream = OpenChecked(path, out var reader, out var header);
-        reader.Dispose();
-        return header;
+        using var stream = Open(path);
+        using var reader = new BinaryReader(stream, Encoding.UTF8, leaveOpen: true);
+        return ReadHeader(reader, $"Checkpoint '{path}'");
     }
 
-    /// <summary>Restores <paramref name="trainer"/> (built from <paramref name="options"/>) from <paramref name="path"/>.</summary>
-    /// <exception cref="InvalidDataException">Another configuration, a newer format, truncated, or not a Man.ML run checkpoint.</exception>
-    public static TrainingCheckpointHeader Restore(string path, TrainingOptions options, LocalTrainer trainer)
+    /// <summary>Restores <paramref name="trainer"/> (built from <paramref name="plan"/>) from <paramref name="path"/>.</summary>
+    /// <exception cref="InvalidOptionException">The checkpoint is from a run with other options; the message names the first that differs.</exception>
+    /// <exception cref="InvalidDataException">A newer format, truncated, or not a Man.ML run checkpoint.</exception>
+    public static TrainingCheckpointHeader Restore(string path, RunPlan plan, LocalTrainer trainer)
     {
-        using var stream = OpenChecked(path, out var reader, out var header);
-        using (reader)
-        {
-            var expected = Fingerprint(options);
-            if (header.Configuration != expected)
-                throw new InvalidDataException($"Checkpoint '{path}' is from another configuration: it has [{header.Configuration}], this run is [{expected}].");
-            try
-            {
-                trainer.Network.load(reader);
-                trainer.AuxiliaryModule.load(reader);
-                trainer.Optimizer.load_state_dict(reader);
-                using var rng = get_rng_state();
-                rng.Load(reader);
-                set_rng_state(rng);
-            }
-            catch (Exception e) when (e is EndOfStreamException or ArgumentException or InvalidOperationException)
-            {
-                throw new InvalidDataException($"Checkpoint '{path}' is truncated or damaged: {e.Message}", e);
-            }
-        }
-        return header;
+        using var stream = Open(path);
+        return Restore(stream, plan, trainer, $"Checkpoint '{path}'");
     }
 
-    private static FileStream OpenChecked(string path, out BinaryReader reader, out TrainingCheckpointHeader header)
+    /// <summary>Restores <paramref name="trainer"/> from <paramref name="stream"/>; <paramref name="name"/> names it in messages.</summary>
+    /// <exception cref="InvalidOptionException">The checkpoint is from a run with other options; the message names the first that differs.</exception>
+    /// <exception cref="InvalidDataException">A newer format, truncated, or not a Man.ML run checkpoint.</exception>
+    public static TrainingCheckpointHeader Restore(Stream stream, RunPlan plan, LocalTrainer trainer, string name = "The checkpoint")
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"Checkpoint '{path}' does not exist.", path);
-        var stream = File.OpenRead(path);
-        reader = new BinaryReader(stream, Encoding.UTF8, leaveOpen: true);
+        using var reader = new BinaryReader(stream, Encoding.UTF8, leaveOpen: true);
+        var header = ReadHeader(reader, name);
+        EnsureSameRun(header, plan, name);
         try
         {
-            var magic = reader.ReadBytes(Magic.Length);
-            if (!magic.AsSpan().SequenceEqual(Magic)) throw new InvalidDataException($"'{path}' is not a Man.ML run checkpoint.");
-            int version = reader.ReadInt32();
-            if (version > FormatVersion)
-                throw new InvalidDataException($"Checkpoint '{path}' has format version {version}; this Man.ML reads up to {FormatVersion}.");
-            header = JsonSerializer.Deserialize<TrainingCheckpointHeader>(reader.ReadString(), Json)
-                     ?? throw new InvalidDataException($"Checkpoint '{path}' has an empty header.");
-            return stream;
+            trainer.Network.load(reader);
+            trainer.AuxiliaryModule.load(reader);
+            trainer.Optimizer.load_state_dict(reader);
+            using var rng = get_rng_state();
+            rng.Load(reader);
+            set_rng_state(rng);
         }
-        catch (Exception e) when (e is EndOfStreamException or JsonException)
+        catch (Exception e) when (e is EndOfStreamException or ArgumentException or InvalidOperationException)
         {
-            reader.Dispose();
-            stream.Dispose();
-            throw new InvalidDataException($"Checkpoint '{path}' is truncated or damaged.", e);
+            throw new InvalidDataException($"{name} is truncated or damaged: {e.Message}", e);
         }
-        catch
+        return header;
+    }
+
+    /// <summary>Checks, from its header alone, that the checkpoint at <paramref name="path"/> is a run of <paramref name="plan"/>.</summary>
+    /// <exception cref="InvalidOptionException">The checkpoint is from a run with other options; the message names the first that differs.</exception>
+    public static void EnsureSameRun(string path, RunPlan plan) => EnsureSameRun(ReadHeader(path), plan, $"Checkpoint '{path}'");
+
+    private static void EnsureSameRun(TrainingCheckpointHeader header, RunPlan plan, string name)
+    {
+        if (header.Plan is { } saved)
         {
-            reader.Dispose();
-            stream.Dispose();
-            throw;
+            var differences = RunPlan.Differences(saved, plan.ToJson(), RunPlan.KeysFreeOnResume);
+            if (differences.Count > 0)
+            {
+                var (key, was, now) = differences[0];
+                throw new InvalidOptionException(key,
+                    $"{name} is from a run with other options: {key} was {was} there and is {now} here" +
+                    (differences.Count > 1 ? $" (also {string.Join(", ", differences.Skip(1).Select(d => d.Key))})" : "") +
+                    "; resume with the options the run was started with.");
+            }
         }
+        else if (header.Configuration != LegacyFingerprint(plan.Options))
+            throw new InvalidOptionException("configuration",
+                $"{name} is from another configuration: it has [{header.Configuration}], this run is [{LegacyFingerprint(plan.Options)}].");
+    }
+
+    private static FileStream Open(string path) =>
+        File.Exists(path) ? File.OpenRead(path) : throw new FileNotFoundException($"Checkpoint '{path}' does not exist.", path);
+
+    private static TrainingCheckpointHeader ReadHeader(BinaryReader reader, string name)
+    {
+        var (_, json) = CheckpointFormat.ReadHeader(reader, Magic, FormatVersion, name, "run checkpoint");
+        try { return JsonSerializer.Deserialize<TrainingCheckpointHeader>(json, Json) ?? throw new InvalidDataException($"{name} has an empty header."); }
+        catch (JsonException e) { throw new InvalidDataException($"{name} is truncated or damaged.", e); }
     }
 }

@@ -7,8 +7,11 @@ namespace Man.ML.Training;
 /// <summary>Options of a local-learning training run.</summary>
 public sealed record TrainingOptions
 {
-    /// <summary>Data set kind (cifar10, svhn, stl10): selects InfoPro's λ table entry. Default cifar10.</summary>
-    public string Dataset { get; init; } = "cifar10";
+    /// <summary>Epochs when none are given, in the library, the ML.NET trainer and the samples alike: a short CPU run (the paper trains 400).</summary>
+    public const int DefaultEpochs = 3;
+
+    /// <summary>Data set kind (CIFAR-10, SVHN, STL-10, ImageNet): selects InfoPro's λ table entry. Default CIFAR-10.</summary>
+    public DatasetKind Dataset { get; init; } = DatasetKind.Cifar10;
 
     /// <summary>Architecture: resnet32, resnet110 or resnet&lt;6n+2&gt;. Default resnet32.</summary>
     public string Architecture { get; init; } = "resnet32";
@@ -17,7 +20,7 @@ public sealed record TrainingOptions
     /// Reference split table (man, manpp, infopro, dgl) or balanced; null: the architecture's default table at this K
     /// when there is one, else the balancing rule.
     /// </summary>
-    public string? SplitTable { get; init; }
+    public SplitTable? SplitTable { get; init; }
 
     /// <summary>Side of the network input for image-file data (ImageNet layout); null: 224. Data held in memory keeps its own size.</summary>
     public int? ImageSize { get; init; }
@@ -28,17 +31,17 @@ public sealed record TrainingOptions
     /// <summary>Number of gradient-isolated segments; 1 is end-to-end. Default 16 (every unit its own segment on ResNet-32).</summary>
     public int K { get; init; } = 16;
 
-    /// <summary>Learning rule: e2e, dgl, infopro or predsim. Default dgl.</summary>
-    public string Rule { get; init; } = DglRule.RuleName;
+    /// <summary>Learning rule. Default DGL.</summary>
+    public LearningRule Rule { get; init; } = LearningRule.Dgl;
 
-    /// <summary>Settings of the learning rules (DGL head, InfoPro classifier, loss and λ). Default: METHOD.md's defaults.</summary>
+    /// <summary>Settings of the learning rules (DGL head, InfoPro classifier, loss and λ). Default: the method's defaults (docs/METHOD.md).</summary>
     public RuleSettings RuleSettings { get; init; } = new();
 
     /// <summary>MAN settings, or null for no MAN. Default: MAN with the reference settings.</summary>
     public MomentumOptions? Man { get; init; } = new();
 
-    /// <summary>Epochs. Default 3 (a short CPU run; the paper trains 400).</summary>
-    public int Epochs { get; init; } = 3;
+    /// <summary>Epochs. Default <see cref="DefaultEpochs"/> (3: a short CPU run; the paper trains 400).</summary>
+    public int Epochs { get; init; } = DefaultEpochs;
 
     /// <summary>Mini-batch size. Default 128.</summary>
     public int BatchSize { get; init; } = 128;
@@ -64,19 +67,45 @@ public sealed record TrainingOptions
     /// <summary>The learning rate actually used.</summary>
     public double EffectiveLearningRate => LearningRate ?? 0.1 * BatchSize / 128.0;
 
-    /// <summary>Checks values that do not depend on the data; throws <see cref="ArgumentException"/> naming the option.</summary>
+    /// <summary>
+    /// Checks everything that can be checked without the data: each value, and the combinations (end-to-end needs K = 1,
+    /// MAN needs K ≥ 2). The one place options are validated; <see cref="RunPlan"/> adds what needs the network.
+    /// </summary>
+    /// <exception cref="InvalidOptionException">A value or combination is invalid; the message names the option.</exception>
     public void Validate()
     {
-        if (K < 1) throw new ArgumentException($"K must be at least 1 (got {K}).", nameof(K));
-        if (Epochs < 1) throw new ArgumentException($"Epochs must be at least 1 (got {Epochs}).", nameof(Epochs));
-        if (BatchSize < 2) throw new ArgumentException($"The batch size must be at least 2 for batch norm (got {BatchSize}).", nameof(BatchSize));
-        if (ImageSize is < 32) throw new ArgumentException($"The image size must be at least 32 (got {ImageSize}).", nameof(ImageSize));
-        if (DataWorkers < 0) throw new ArgumentException($"Data workers must be 0 (automatic) or more (got {DataWorkers}).", nameof(DataWorkers));
-        if (EvaluationBatchSize < 1) throw new ArgumentException("The evaluation batch size must be positive.", nameof(EvaluationBatchSize));
-        if (LearningRate is { } lr && (lr <= 0 || double.IsNaN(lr) || double.IsInfinity(lr)))
-            throw new ArgumentException($"The learning rate must be positive (got {lr}).", nameof(LearningRate));
-        if (WeightDecay < 0 || double.IsNaN(WeightDecay)) throw new ArgumentException("Weight decay must be ≥ 0.", nameof(WeightDecay));
-        if (Man is { Momentum: var m } && (m < 0 || m > 1 || double.IsNaN(m)))
-            throw new ArgumentException($"The EMA momentum must lie in [0, 1] (got {m}).", nameof(Man));
+        static void Check(bool ok, string option, string message)
+        {
+            if (!ok) throw new InvalidOptionException(option, message);
+        }
+        Check(K >= 1, nameof(K), $"K must be at least 1 (got {K}).");
+        Check(Epochs >= 1, nameof(Epochs), $"Epochs must be at least 1 (got {Epochs}).");
+        Check(BatchSize >= 2, nameof(BatchSize), $"The batch size must be at least 2 for batch norm (got {BatchSize}).");
+        Check(ImageSize is null or >= 32, nameof(ImageSize), $"The image size must be at least 32 (got {ImageSize}).");
+        Check(DataWorkers >= 0, nameof(DataWorkers), $"Data workers must be 0 (automatic) or more (got {DataWorkers}).");
+        Check(EvaluationBatchSize >= 1, nameof(EvaluationBatchSize), $"The evaluation batch size must be positive (got {EvaluationBatchSize}).");
+        Check(LearningRate is null || (LearningRate > 0 && double.IsFinite(LearningRate.Value)), nameof(LearningRate),
+            FormattableString.Invariant($"The learning rate must be positive (got {LearningRate})."));
+        Check(WeightDecay >= 0 && double.IsFinite(WeightDecay), nameof(WeightDecay), FormattableString.Invariant($"Weight decay must be ≥ 0 (got {WeightDecay})."));
+        Check(Man is null || (Man.EmaDecay >= 0 && Man.EmaDecay <= 1), nameof(Man), FormattableString.Invariant($"The EMA momentum must lie in [0, 1] (got {Man?.EmaDecay})."));
+        Check(Man is null || Man.Mix == ManMix.Sum || Man.Ablation == ManAblation.None, nameof(Man),
+            $"MAN++'s learnable mix needs both the LB and the EMA copy; it cannot be combined with the ablation '{(Man is null ? "" : Choices.Name(Man.Ablation))}'.");
+        Check(Rule != LearningRule.EndToEnd || K == 1, nameof(K), $"Rule 'e2e' is end-to-end backprop and needs K = 1 (got K = {K}).");
+        Check(Man is null || K >= 2, nameof(Man), "MAN needs K ≥ 2: with one segment there is no next segment to copy.");
+        Check(Architecture.Length > 0, nameof(Architecture), "The architecture is empty.");
+        try { _ = Models.Architectures.Canonical(Architecture); }
+        catch (ArgumentException e) { throw new InvalidOptionException(nameof(Architecture), e.Message); }
+        try { _ = DeviceName(Device); }
+        catch (ArgumentException e) { throw new InvalidOptionException(nameof(Device), e.Message); }
+    }
+
+    /// <summary>The canonical name of a device (cpu, cuda, cuda:N), without asking whether it exists.</summary>
+    /// <exception cref="ArgumentException">Not a device name.</exception>
+    public static string DeviceName(string name)
+    {
+        var lower = name.Trim().ToLowerInvariant();
+        if (lower is "cpu" or "cuda") return lower;
+        if (lower.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(lower.AsSpan(5), out int index) && index >= 0) return lower;
+        throw new ArgumentException($"Unknown device '{name}': expected cpu, cuda or cuda:N.");
     }
 }

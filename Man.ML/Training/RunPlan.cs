@@ -1,0 +1,290 @@
+// What a run will do, resolved once from what the user asked (TrainingOptions) and the data's shape: the network and
+// its units, the split and where it came from, each segment's head, MAN, the optimizer and schedule, the data recipe
+// and the device. Every front end (CLI, ML.NET, bench, doctor, presets, resume) reads the run from here; its JSON is
+// metrics.json's "config" and the fingerprint a checkpoint is resumed against, compared key by key.
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Man.ML.Data;
+using Man.ML.Local;
+using Man.ML.Models;
+using static TorchSharp.torch;
+
+namespace Man.ML.Training;
+
+/// <summary>InfoPro's settings as resolved for the first segment.</summary>
+/// <param name="Classifier">Auxiliary classifier, or null for InfoPro's ImageNet head.</param>
+/// <param name="Loss">Loss of the classifier.</param>
+/// <param name="Lambdas">λ (ixx1, ixy1, ixx2, ixy2).</param>
+/// <param name="Schedule">How λ varies along the network.</param>
+public sealed record InfoProPlan(AuxClassifierConfig? Classifier, InfoProLossMode Loss, InfoProLambdas Lambdas, LambdaSchedule Schedule);
+
+/// <summary>A run as it will happen. Immutable; create it with <see cref="Trainer.Prepare"/> or <see cref="Resolve"/>.</summary>
+public sealed record RunPlan
+{
+    /// <summary>SGD's momentum (the reference code's; not MAN's EMA decay).</summary>
+    public const double SgdMomentum = 0.9;
+
+    /// <summary>Keys of <see cref="ToJson"/> a checkpoint may differ in and still be resumed: where it runs, not what it computes.</summary>
+    public static IReadOnlySet<string> KeysFreeOnResume { get; } = new HashSet<string> { "device", "evaluation_batch_size", "data_workers" };
+
+    /// <summary>The options it was resolved from.</summary>
+    public required TrainingOptions Options { get; init; }
+
+    /// <summary>Canonical architecture name.</summary>
+    public required string Architecture { get; init; }
+
+    /// <summary>The architecture's family.</summary>
+    public required NetworkFamily Family { get; init; }
+
+    /// <summary>Number of classes.</summary>
+    public required int Classes { get; init; }
+
+    /// <summary>Side of the network input.</summary>
+    public required int ImageSize { get; init; }
+
+    /// <summary>The network's units, by name, in order.</summary>
+    public required IReadOnlyList<string> Units { get; init; }
+
+    /// <summary>Parameters of the backbone.</summary>
+    public required long BackboneParameters { get; init; }
+
+    /// <summary>Index of each segment's last unit (K entries).</summary>
+    public required IReadOnlyList<int> SegmentEnds { get; init; }
+
+    /// <summary>Where the split came from.</summary>
+    public required SplitSource SplitSource { get; init; }
+
+    /// <summary>The reference table used, or null for a balanced split.</summary>
+    public string? SplitTable { get; init; }
+
+    /// <summary>The split as unit ranges, for example <c>stem..layer1[2] | layer1[3]..layer3[4]</c>.</summary>
+    public required string SplitDescription { get; init; }
+
+    /// <summary>Each segment's auxiliary head but the last's (the last is trained by the network's own head).</summary>
+    public required IReadOnlyList<HeadPlan> Heads { get; init; }
+
+    /// <summary>InfoPro's resolved settings (InfoPro runs only).</summary>
+    public InfoProPlan? InfoPro { get; init; }
+
+    /// <summary>The learning rate actually used (the linear-scaling rule when none was given).</summary>
+    public required double LearningRate { get; init; }
+
+    /// <summary>Canonical device name.</summary>
+    public required string Device { get; init; }
+
+    /// <summary>Number of segments.</summary>
+    public int K => SegmentEnds.Count;
+
+    /// <summary>The learning rule.</summary>
+    public LearningRule Rule => Options.Rule;
+
+    /// <summary>MAN's settings, or null.</summary>
+    public MomentumOptions? Man => Options.Man;
+
+    /// <summary>One line: architecture, K, split, rule, MAN.</summary>
+    public string Summary => $"{Architecture}, K={K} ({(SplitTable is { } t ? $"reference split '{t}'" : "balanced split")}), rule {Choices.Name(Rule)}{(Man is null ? "" : " + MAN")}";
+
+    /// <summary>
+    /// Resolves <paramref name="options"/> for data of <paramref name="classes"/> classes at <paramref name="imageSize"/>
+    /// (builds the network once, seeded, to read its units and split, and releases it).
+    /// </summary>
+    /// <exception cref="InvalidOptionException">An option, or a combination, is invalid.</exception>
+    public static RunPlan Resolve(TrainingOptions options, int classes, int imageSize)
+    {
+        var built = Build(options, classes, imageSize);
+        built.Network.Dispose();
+        return built.Plan;
+    }
+
+    /// <summary>What <see cref="Build"/> made: the plan and the seeded network, split and rule it describes.</summary>
+    internal sealed record Built(RunPlan Plan, UnitChainNetwork Network, SplitPlan Split, ILocalLearningRule Rule);
+
+    /// <summary>The one place a run is resolved: validates, seeds, builds the network, splits it, describes the heads.</summary>
+    internal static Built Build(TrainingOptions options, int classes, int imageSize)
+    {
+        options.Validate();
+        if (classes < 2) throw new InvalidOptionException("Classes", $"Training needs at least 2 classes (got {classes}).");
+        if (imageSize < 8) throw new InvalidOptionException(nameof(ImageSize), $"The image size must be at least 8 (got {imageSize}).");
+        var settings = options.RuleSettings with { InfoPro = options.RuleSettings.InfoPro with { Dataset = options.Dataset.Name } };
+        var rule = LocalLearningRules.Create(options.Rule, settings);
+        manual_seed(options.Seed);
+        var network = Architectures.Create(options.Architecture, classes, imageSize);
+        try
+        {
+            var split = SplitPlan.Create(network, options.K, options.SplitTable,
+                rule.IsLocal ? b => BoundaryCost(options, network, rule, b) : null);
+            var heads = new List<HeadPlan>();
+            InfoProPlan? infoPro = null;
+            for (int j = 0; j < split.K - 1; j++)
+            {
+                var context = HeadContextOf(options, network, split, j);
+                heads.Add(rule.DescribeHead(context));
+                if (j == 0 && rule is InfoProRule info)
+                {
+                    var (classifier, mode, lambdas, schedule) = info.Resolve(context);
+                    infoPro = new InfoProPlan(classifier, mode, lambdas, schedule);
+                }
+            }
+            var plan = new RunPlan
+            {
+                Options = options,
+                Architecture = network.Architecture,
+                Family = network.Family,
+                Classes = classes,
+                ImageSize = imageSize,
+                Units = network.UnitInfos.Select(u => u.Name).ToArray(),
+                BackboneParameters = network.ParameterCount(),
+                SegmentEnds = split.Segments.Select(s => s.End - 1).ToArray(),
+                SplitSource = split.Source,
+                SplitTable = split.Table,
+                SplitDescription = split.Describe(network),
+                Heads = heads,
+                InfoPro = infoPro,
+                LearningRate = options.EffectiveLearningRate,
+                Device = TrainingOptions.DeviceName(options.Device),
+            };
+            return new Built(plan, network, split, rule);
+        }
+        catch
+        {
+            network.Dispose();
+            throw;
+        }
+    }
+
+    internal static HeadContext HeadContextOf(TrainingOptions options, UnitChainNetwork network, SplitPlan split, int segment)
+    {
+        bool man = options.Man is not null;
+        var features = man ? network.UnitInfos[split.NextUnit(segment)].Output : network.UnitInfos[split.Segments[segment].End - 1].Output;
+        return new HeadContext(network, split, segment, features, man ? split.NextUnit(segment) : null, options.Augmentation.Normalization);
+    }
+
+    // What a segment ending after unit b keeps besides its units, for the balancing rule: MAN's copies of unit b + 1
+    // (and their sum) and the auxiliary head on the features it sees, as the head itself states (IHasCost). Heads are
+    // built on the side and discarded; the generator state is restored so the run's initialisation does not change.
+    private static double BoundaryCost(TrainingOptions options, UnitChainNetwork network, ILocalLearningRule rule, int b)
+    {
+        var infos = network.UnitInfos;
+        var man = options.Man;
+        int copies = man is null ? 0 : (man.HasLearnableCopy ? 1 : 0) + (man.HasEmaCopy ? 1 : 0);
+        var features = man is null ? infos[b].Output : infos[b + 1].Output;
+        double cost = man is null ? 0 : copies * infos[b + 1].ActivationElements + features.Elements;
+        using var state = get_rng_state();
+        try
+        {
+            var twoSegments = SplitPlan.FromSegmentEnds(new[] { b, infos.Count - 1 }, infos.Count);
+            using var head = rule.CreateHead(new HeadContext(network, twoSegments, 0, features, man is null ? null : b + 1, options.Augmentation.Normalization));
+            if (head is IHasCost stated)
+            {
+                var c = stated.Cost(features);
+                cost += c.SavedInput + c.SavedInternal;
+            }
+        }
+        catch (ArgumentException)
+        {
+            // No head for this configuration (for example no λ known): the real build reports it.
+        }
+        finally
+        {
+            set_rng_state(state);
+        }
+        return cost;
+    }
+
+    /// <summary>
+    /// The plan as JSON (snake_case keys, invariant numbers): metrics.json's <c>config</c> and a run checkpoint's
+    /// fingerprint. Keys are written here by name, not derived from property names, so renaming a property does not
+    /// change a plan's JSON.
+    /// </summary>
+    public JsonObject ToJson()
+    {
+        var o = Options;
+        var man = o.Man;
+        var aug = o.Augmentation;
+        return new JsonObject
+        {
+            ["dataset"] = o.Dataset.Name,
+            ["arch"] = Architecture,
+            ["family"] = Family == NetworkFamily.ImageNet ? "imagenet" : "cifar",
+            ["classes"] = Classes,
+            ["image_size"] = ImageSize,
+            ["units"] = Units.Count,
+            ["parameters_backbone"] = BackboneParameters,
+            ["k"] = K,
+            ["split"] = SplitDescription,
+            ["split_source"] = Choices.Name(SplitSource),
+            ["split_table"] = SplitTable,
+            ["segment_ends"] = new JsonArray(SegmentEnds.Select(e => (JsonNode)e).ToArray()),
+            ["rule"] = Choices.Name(Rule),
+            ["dgl_head"] = Rule == LearningRule.Dgl ? Choices.Name(o.RuleSettings.DglHead) : null,
+            ["infopro"] = InfoPro is { } p ? new JsonObject
+            {
+                ["aux_config"] = p.Classifier is { } c ? Choices.Name(c) : "imagenet",
+                ["loss"] = Choices.Name(p.Loss),
+                ["lambda"] = p.Lambdas.ToString(),
+                ["lambda_schedule"] = Choices.Name(p.Schedule),
+            } : null,
+            ["heads"] = new JsonArray(Heads.Select((h, j) => (JsonNode)new JsonObject
+            {
+                ["segment"] = j,
+                ["head"] = h.Head,
+                ["loss"] = h.Loss,
+                ["reconstruction_weight"] = h.ReconstructionWeight,
+                ["classification_weight"] = h.ClassificationWeight,
+            }).ToArray()),
+            ["man"] = man is not null,
+            ["man_ablation"] = man is null ? null : Choices.Name(man.Ablation),
+            ["man_init"] = man is null ? null : Choices.Name(man.Initialization),
+            ["ema_momentum"] = man?.EmaDecay,
+            ["man_mix"] = man is null ? null : Choices.Name(man.Mix),
+            ["epochs"] = o.Epochs,
+            ["batch_size"] = o.BatchSize,
+            ["lr"] = LearningRate,
+            ["weight_decay"] = o.WeightDecay,
+            ["momentum"] = SgdMomentum,
+            ["nesterov"] = true,
+            ["schedule"] = "cosine-warmup",
+            ["seed"] = o.Seed,
+            ["augmentation"] = new JsonObject
+            {
+                ["padding"] = aug.Padding,
+                ["reflect"] = aug.Reflect,
+                ["flip"] = aug.Flip,
+                ["mean"] = new JsonArray(aug.Normalization.Mean.Select(v => (JsonNode)(double)v).ToArray()),
+                ["std"] = new JsonArray(aug.Normalization.Std.Select(v => (JsonNode)(double)v).ToArray()),
+            },
+            ["device"] = Device,
+            ["evaluation_batch_size"] = o.EvaluationBatchSize,
+            ["data_workers"] = o.DataWorkers,
+        };
+    }
+
+    /// <summary>The keys in which two plans' JSON differ (order of keys and number formatting aside), each as "key: a ≠ b".</summary>
+    /// <param name="saved">One plan's JSON (for example a checkpoint's).</param>
+    /// <param name="current">The other's.</param>
+    /// <param name="ignore">Keys not compared.</param>
+    public static IReadOnlyList<(string Key, string Saved, string Current)> Differences(JsonObject saved, JsonObject current, IReadOnlySet<string>? ignore = null)
+    {
+        var differences = new List<(string, string, string)>();
+        foreach (var key in saved.Select(p => p.Key).Union(current.Select(p => p.Key)))
+        {
+            if (ignore?.Contains(key) == true) continue;
+            saved.TryGetPropertyValue(key, out var a);
+            current.TryGetPropertyValue(key, out var b);
+            if (!JsonNode.DeepEquals(Normalise(a), Normalise(b)))
+                differences.Add((key, a?.ToJsonString() ?? "null", b?.ToJsonString() ?? "null"));
+        }
+        return differences;
+    }
+
+    // Numbers compare by value (1e-4 and 0.0001 are one number), whatever wrote them.
+    private static JsonNode? Normalise(JsonNode? node) => node switch
+    {
+        null => null,
+        JsonObject o => new JsonObject(o.Select(p => KeyValuePair.Create(p.Key, Normalise(p.Value)))),
+        JsonArray a => new JsonArray(a.Select(Normalise).ToArray()),
+        JsonValue v when v.GetValueKind() == JsonValueKind.Number => JsonValue.Create(double.Parse(v.ToJsonString(), CultureInfo.InvariantCulture)),
+        _ => JsonNode.Parse(node.ToJsonString()),
+    };
+}
