@@ -78,6 +78,16 @@ public sealed class MLNetTests
             .GetColumn<ReadOnlyMemory<char>>("PredictedLabelValue").Select(v => v.ToString()).ToList();
         Assert.AreEqual(200, values.Count);
         Assert.IsTrue(values.All(v => v.Length > 0));
+
+        // The same through a stream (no file, no temporary file): the same scores, bit for bit.
+        using var memory = new MemoryStream();
+        mlContext.Model.SaveManModel(model, trainData.Schema, memory);
+        memory.Position = 0;
+        var fromStream = new MLContext(6).Model.LoadManModel(memory, out var streamSchema);
+        Assert.AreEqual(trainData.Schema.Count, streamSchema.Count);
+        var expected = ScoreBits(model, validationData);
+        var actual = ScoreBits(fromStream, validationData);
+        for (int i = 0; i < expected.Length; i++) CollectionAssert.AreEqual(expected[i], actual[i], $"row {i}");
     }
 
     [TestMethod]

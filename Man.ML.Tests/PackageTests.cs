@@ -100,7 +100,7 @@ public sealed class PackageTests
     // The list may only shrink: a record missing from it fails the test below.
     private static readonly HashSet<string> RecordsWithUndocumentedParameters = new()
     {
-        "Man.ML.Data.DatasetKind", "Man.ML.Data.Normalization", "Man.ML.Diagnostics.ChartSeries", "Man.ML.Diagnostics.TrainingCostReport",
+        "Man.ML.Data.DatasetKind", "Man.ML.Data.Normalization", "Man.ML.Diagnostics.TrainingCostReport",
         "Man.ML.Local.InfoProLambdas", "Man.ML.Local.Segment", "Man.ML.Models.FeatureShape", "Man.ML.Training.BatchProgress",
         "Man.ML.Training.TrainingResult",
     };

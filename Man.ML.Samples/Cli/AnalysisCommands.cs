@@ -3,6 +3,7 @@
 using System.CommandLine;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Man.ML.Samples.Tooling;
 using Man.ML.Data;
 using Man.ML.Diagnostics;
 using Man.ML.Models;

@@ -7,6 +7,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
+using Man.ML.Samples.Tooling;
 using Man.ML.Diagnostics;
 using Man.ML.Local;
 using Man.ML.Models;

@@ -3,6 +3,7 @@
 // MALLOC_MMAP_THRESHOLD_=65536, speed without it).
 using System.CommandLine;
 using System.Text.Json;
+using Man.ML.Samples.Tooling;
 using Man.ML.Data;
 using Man.ML.Diagnostics;
 using Man.ML.Training;

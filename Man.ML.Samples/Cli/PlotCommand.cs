@@ -2,6 +2,7 @@
 // Figure 2.
 using System.CommandLine;
 using System.Text.Json;
+using Man.ML.Samples.Tooling;
 using Man.ML.Diagnostics;
 
 namespace Man.ML.Samples.Cli;

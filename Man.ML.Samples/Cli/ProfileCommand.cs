@@ -1,5 +1,6 @@
 // manml profile: per-unit forward and backward times of a network beside their FLOPs, and the peak matrix rate.
 using System.CommandLine;
+using Man.ML.Samples.Tooling;
 using Man.ML.Diagnostics;
 using Man.ML.Models;
 using Spectre.Console;

@@ -1,6 +1,7 @@
 // manml scoring-throughput: images per second scored through ML.NET's Transform against the engine scoring the same
 // tensors directly (ResNet-32 by default, CIFAR images from --data, repeated to reach --images).
 using System.CommandLine;
+using Man.ML.Samples.Tooling;
 using Man.ML.Data;
 using Man.ML.MLNet;
 using Microsoft.ML;

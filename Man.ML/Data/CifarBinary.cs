@@ -92,8 +92,8 @@ public static class CifarBinary
             classNames, source);
     }
 
-    /// <summary>Writes images and labels in the CIFAR-10 binary layout (for tests and samples).</summary>
-    public static void Write(string path, byte[] pixels, byte[] labels)
+    /// <summary>Writes images and labels in the CIFAR-10 binary layout (for tests).</summary>
+    internal static void Write(string path, byte[] pixels, byte[] labels)
     {
         if (pixels.Length != labels.Length * PixelBytes)
             throw new ArgumentException($"Expected {labels.Length * PixelBytes} pixel bytes for {labels.Length} records.", nameof(pixels));

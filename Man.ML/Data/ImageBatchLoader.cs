@@ -94,7 +94,7 @@ public sealed record ImageNetTransform(int CropSize, int ResizeSize, Normalizati
 }
 
 /// <summary>Mini-batches of decoded, transformed images from an <see cref="ImageFileSet"/>, decoded ahead on background threads.</summary>
-public sealed class ImageBatchLoader
+internal sealed class ImageBatchLoader
 {
     private readonly ImageFileSet files;
 

@@ -28,7 +28,7 @@ public static class Cka
     }
 
     /// <summary>Accumulates the minibatch estimator.</summary>
-    public sealed class Accumulator
+    internal sealed class Accumulator
     {
         private double xy, xx, yy;
 

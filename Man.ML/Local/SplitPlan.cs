@@ -313,11 +313,11 @@ public static class SplitTables
         return true;
     }
 
-    /// <summary>The raw CIFAR entries by (blocks per stage, K), for tests and documentation.</summary>
-    public static IReadOnlyDictionary<(int BlocksPerStage, int K), (int Stage, int Block)[]> CifarEntries => Cifar;
+    /// <summary>The raw CIFAR entries by (blocks per stage, K), for tests.</summary>
+    internal static IReadOnlyDictionary<(int BlocksPerStage, int K), (int Stage, int Block)[]> CifarEntries => Cifar;
 
-    /// <summary>The raw ImageNet entries by (architecture, table, K), for tests and documentation.</summary>
-    public static IReadOnlyDictionary<(string Arch, string Table, int K), (int Stage, int Block)[]> ImageNetEntries => ImageNet;
+    /// <summary>The raw ImageNet entries by (architecture, table, K), for tests.</summary>
+    internal static IReadOnlyDictionary<(string Arch, string Table, int K), (int Stage, int Block)[]> ImageNetEntries => ImageNet;
 
     private static IEnumerable<(int, int)> Stage(int stage, params int[] blocks) => blocks.Select(b => (stage, b));
 

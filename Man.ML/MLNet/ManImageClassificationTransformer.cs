@@ -23,9 +23,13 @@ public sealed class ManImageClassificationTransformer : ITransformer, IDisposabl
     private readonly object scoringLock = new();
     private readonly Device device;
 
-    internal UnitChainNetwork Network { get; }
+    /// <summary>The trained backbone (in evaluation mode; owned by the transformer, released by <see cref="Dispose"/>).</summary>
+    public UnitChainNetwork Network { get; }
+
     internal LabelKeyValues? KeyValues { get; }
-    internal Normalization Normalization { get; }
+
+    /// <summary>How input images are normalised before the network (the training data's normalisation).</summary>
+    public Normalization Normalization { get; }
 
     /// <summary>The column the images are read from.</summary>
     public string ImageColumnName { get; }

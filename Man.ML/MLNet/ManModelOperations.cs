@@ -26,57 +26,59 @@ public static class ManModelOperations
     /// </summary>
     public static void SaveManModel(this ModelOperationsCatalog catalog, ITransformer model, DataViewSchema inputSchema, string path)
     {
+        var (man, before, after) = Split(model);
+        AtomicFile.Write(path, stream => Write(catalog, man, before, after, inputSchema, stream));
+    }
+
+    /// <summary>Saves <paramref name="model"/> as <see cref="SaveManModel(ModelOperationsCatalog, ITransformer, DataViewSchema, string)"/> does, to <paramref name="stream"/> (left open).</summary>
+    public static void SaveManModel(this ModelOperationsCatalog catalog, ITransformer model, DataViewSchema inputSchema, Stream stream)
+    {
+        var (man, before, after) = Split(model);
+        Write(catalog, man, before, after, inputSchema, stream);
+    }
+
+    private static (ManImageClassificationTransformer Man, ITransformer Before, ITransformer After) Split(ITransformer model)
+    {
         var parts = Flatten(model).ToList();
         int at = parts.FindIndex(p => p is ManImageClassificationTransformer);
         if (at < 0 || parts.FindLastIndex(p => p is ManImageClassificationTransformer) != at)
             throw new ArgumentException("The model must contain exactly one ManImageClassificationTransformer.", nameof(model));
-        var man = (ManImageClassificationTransformer)parts[at];
-        var before = new TransformerChain<ITransformer>(parts.Take(at).ToArray());
-        var after = new TransformerChain<ITransformer>(parts.Skip(at + 1).ToArray());
-        var manInput = before.GetOutputSchema(inputSchema);
-        var manOutput = man.GetOutputSchema(manInput);
-
-        AtomicFile.Write(path, stream =>
-        {
-            using var zip = new ZipArchive(stream, ZipArchiveMode.Create, leaveOpen: true);
-            using (var entry = zip.CreateEntry(Before).Open()) catalog.Save(before, inputSchema, entry);
-            using (var entry = zip.CreateEntry(After).Open()) catalog.Save(after, manOutput, entry);
-            using (var entry = zip.CreateEntry(Backbone).Open())
-            {
-                // ModelCheckpoint writes through a temporary file; copy its bytes into the entry.
-                var temp = Path.GetTempFileName();
-                try
-                {
-                    ModelCheckpoint.Save(temp, man.Network, new CheckpointInfo
-                    {
-                        Architecture = man.Network.Architecture,
-                        Classes = man.ClassCount,
-                        ImageSize = man.ImageSize,
-                        ClassNames = man.KeyValues?.Names() ?? Array.Empty<string>(),
-                        NormalizationMean = man.Normalization.Mean,
-                        NormalizationStd = man.Normalization.Std,
-                        TrainedWith = man.TrainedWith,
-                    });
-                    using var file = File.OpenRead(temp);
-                    file.CopyTo(entry);
-                }
-                finally { File.Delete(temp); }
-            }
-            var description = new JsonObject
-            {
-                ["format_version"] = FormatVersion,
-                ["image_column"] = man.ImageColumnName,
-                ["image_size"] = man.ImageSize,
-                ["scoring_batch_size"] = man.ScoringBatchSize,
-                ["trained_with"] = man.TrainedWith,
-                ["label_key_values"] = man.KeyValues?.ToJson(),
-            };
-            using (var entry = new StreamWriter(zip.CreateEntry(Description).Open()))
-                entry.Write(description.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        });
+        return ((ManImageClassificationTransformer)parts[at], new TransformerChain<ITransformer>(parts.Take(at).ToArray()),
+            new TransformerChain<ITransformer>(parts.Skip(at + 1).ToArray()));
     }
 
-    /// <summary>Loads a model saved by <see cref="SaveManModel"/>; <paramref name="inputSchema"/> is the schema it expects.</summary>
+    private static void Write(ModelOperationsCatalog catalog, ManImageClassificationTransformer man, ITransformer before, ITransformer after,
+        DataViewSchema inputSchema, Stream stream)
+    {
+        var manOutput = man.GetOutputSchema(before.GetOutputSchema(inputSchema));
+        using var zip = new ZipArchive(stream, ZipArchiveMode.Create, leaveOpen: true);
+        using (var entry = zip.CreateEntry(Before).Open()) catalog.Save(before, inputSchema, entry);
+        using (var entry = zip.CreateEntry(After).Open()) catalog.Save(after, manOutput, entry);
+        using (var entry = zip.CreateEntry(Backbone).Open())
+            ModelCheckpoint.Save(entry, man.Network, new CheckpointInfo
+            {
+                Architecture = man.Network.Architecture,
+                Classes = man.ClassCount,
+                ImageSize = man.ImageSize,
+                ClassNames = man.KeyValues?.Names() ?? Array.Empty<string>(),
+                NormalizationMean = man.Normalization.Mean,
+                NormalizationStd = man.Normalization.Std,
+                TrainedWith = man.TrainedWith,
+            });
+        var description = new JsonObject
+        {
+            ["format_version"] = FormatVersion,
+            ["image_column"] = man.ImageColumnName,
+            ["image_size"] = man.ImageSize,
+            ["scoring_batch_size"] = man.ScoringBatchSize,
+            ["trained_with"] = man.TrainedWith,
+            ["label_key_values"] = man.KeyValues?.ToJson(),
+        };
+        using (var entry = new StreamWriter(zip.CreateEntry(Description).Open()))
+            entry.Write(description.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    /// <summary>Loads a model saved by <see cref="SaveManModel(ModelOperationsCatalog, ITransformer, DataViewSchema, string)"/>; <paramref name="inputSchema"/> is the schema it expects.</summary>
     /// <param name="catalog">The model catalog (<c>mlContext.Model</c>).</param>
     /// <param name="path">The file.</param>
     /// <param name="inputSchema">The input schema saved with the model.</param>
@@ -85,30 +87,35 @@ public static class ManModelOperations
     public static ITransformer LoadManModel(this ModelOperationsCatalog catalog, string path, out DataViewSchema inputSchema, string device = "cpu")
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"Model file '{path}' does not exist.", path);
+        using var stream = File.OpenRead(path);
+        return Read(catalog, stream, $"'{path}'", out inputSchema, device);
+    }
+
+    /// <summary>Loads a model saved to a stream by <see cref="SaveManModel(ModelOperationsCatalog, ITransformer, DataViewSchema, Stream)"/>.</summary>
+    /// <exception cref="InvalidDataException">The stream does not hold a Man.ML model, is truncated, or is of a newer format.</exception>
+    public static ITransformer LoadManModel(this ModelOperationsCatalog catalog, Stream stream, out DataViewSchema inputSchema, string device = "cpu") =>
+        Read(catalog, stream, "The stream", out inputSchema, device);
+
+    private static ITransformer Read(ModelOperationsCatalog catalog, Stream stream, string name, out DataViewSchema inputSchema, string device)
+    {
         ZipArchive zip;
-        try { zip = ZipFile.OpenRead(path); }
-        catch (InvalidDataException e) { throw new InvalidDataException($"'{path}' is not a Man.ML model (not a zip file).", e); }
+        try { zip = new ZipArchive(stream, ZipArchiveMode.Read, leaveOpen: true); }
+        catch (InvalidDataException e) { throw new InvalidDataException($"{name} is not a Man.ML model (not a zip file).", e); }
         using (zip)
         {
-            ZipArchiveEntry Entry(string name) => zip.GetEntry(name) ?? throw new InvalidDataException($"'{path}' is not a Man.ML model (no {name}).");
+            ZipArchiveEntry Entry(string entry) => zip.GetEntry(entry) ?? throw new InvalidDataException($"{name} is not a Man.ML model (no {entry}).");
             JsonNode description;
             using (var reader = new StreamReader(Entry(Description).Open())) description = JsonNode.Parse(reader.ReadToEnd())!;
             int version = description["format_version"]!.GetValue<int>();
             if (version > FormatVersion)
-                throw new InvalidDataException($"Model '{path}' has format version {version}; this Man.ML reads up to {FormatVersion}.");
+                throw new InvalidDataException($"Model {name} has format version {version}; this Man.ML reads up to {FormatVersion}.");
 
             ITransformer before, after;
             using (var s = CopyToMemory(Entry(Before))) before = catalog.Load(s, out inputSchema);
             using (var s = CopyToMemory(Entry(After))) after = catalog.Load(s, out _);
-            var temp = Path.GetTempFileName();
             Models.UnitChainNetwork network;
             CheckpointInfo info;
-            try
-            {
-                using (var file = File.Create(temp)) Entry(Backbone).Open().CopyTo(file);
-                (network, info) = ModelCheckpoint.Load(temp);
-            }
-            finally { File.Delete(temp); }
+            using (var s = CopyToMemory(Entry(Backbone))) (network, info) = ModelCheckpoint.Load(s, $"The backbone in {name}");
             var keyValues = description["label_key_values"] is { } kv ? LabelKeyValues.FromJson(kv) : null;
             var man = new ManImageClassificationTransformer(network, keyValues, new Normalization(info.NormalizationMean, info.NormalizationStd),
                 description["image_column"]!.GetValue<string>(), description["image_size"]!.GetValue<int>(),

@@ -7,7 +7,7 @@ using static TorchSharp.torch;
 namespace Man.ML.Models;
 
 /// <summary>The reference initialisation of convolutions and batch norms.</summary>
-public static class Initialization
+internal static class Initialization
 {
     /// <summary>Initialises every convolution and batch-norm layer inside <paramref name="module"/>.</summary>
     public static void ApplyReference(nn.Module module)

@@ -8,7 +8,7 @@
 namespace Man.ML.Training;
 
 /// <summary>Cosine learning-rate schedule with the reference's linear warm-up.</summary>
-public sealed class CosineWarmupSchedule
+internal sealed class CosineWarmupSchedule
 {
     /// <summary>Fraction of the run spent warming up (10 of 400 epochs).</summary>
     public const double WarmupFraction = 0.025;

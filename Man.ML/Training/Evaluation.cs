@@ -33,7 +33,7 @@ public static class Evaluation
     }
 
     /// <summary>Scores image files with the evaluation crop of <paramref name="loader"/> (decoded ahead on its threads).</summary>
-    public static EvaluationResult Evaluate(UnitChainNetwork network, ImageBatchLoader loader, int count, int batchSize, Device device,
+    internal static EvaluationResult Evaluate(UnitChainNetwork network, ImageBatchLoader loader, int count, int batchSize, Device device,
         CancellationToken cancellation = default)
     {
         var order = Enumerable.Range(0, count).Select(i => (long)i).ToArray();

@@ -5,21 +5,21 @@ using System.Diagnostics;
 using Man.ML.Models;
 using static TorchSharp.torch;
 
-namespace Man.ML.Diagnostics;
+namespace Man.ML.Samples.Tooling;
 
 /// <summary>One unit's profile.</summary>
 /// <param name="Name">Unit name.</param>
 /// <param name="ForwardMs">Median forward time.</param>
 /// <param name="BackwardMs">Median backward time.</param>
 /// <param name="StepGflop">Matrix GFLOP of its forward and both gradients for the batch.</param>
-public sealed record UnitProfile(string Name, double ForwardMs, double BackwardMs, double StepGflop)
+internal sealed record UnitProfile(string Name, double ForwardMs, double BackwardMs, double StepGflop)
 {
     /// <summary>GFLOP/s over forward and backward.</summary>
     public double AchievedGflops => StepGflop / ((ForwardMs + BackwardMs) / 1000);
 }
 
 /// <summary>Profiles units of a network.</summary>
-public static class UnitProfiler
+internal static class UnitProfiler
 {
     /// <summary>Profiles every unit of <paramref name="network"/> (training mode) at <paramref name="batchSize"/>, median of <paramref name="repeats"/>.</summary>
     public static IReadOnlyList<UnitProfile> Profile(UnitChainNetwork network, int batchSize, int repeats = 5)

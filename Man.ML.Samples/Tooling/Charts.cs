@@ -4,13 +4,13 @@
 // draws are drawn here, on the SkiaSharp 2.88 that ImageAnalytics brings.
 using SkiaSharp;
 
-namespace Man.ML.Diagnostics;
+namespace Man.ML.Samples.Tooling;
 
 /// <summary>A named series of (x, y) points.</summary>
-public sealed record ChartSeries(string Name, IReadOnlyList<double> X, IReadOnlyList<double> Y);
+internal sealed record ChartSeries(string Name, IReadOnlyList<double> X, IReadOnlyList<double> Y);
 
 /// <summary>Draws line and bar charts to PNG files.</summary>
-public static class Charts
+internal static class Charts
 {
     private const int Width = 900, Height = 560, Left = 90, Right = 220, Top = 50, Bottom = 70;
     private static readonly SKColor[] Palette =
@@ -89,7 +89,7 @@ public static class Charts
         body(canvas);
         using var image = surface.Snapshot();
         using var data = image.Encode(SKEncodedImageFormat.Png, 100);
-        Training.AtomicFile.Write(path, s => data.SaveTo(s));
+        Cli.OutputFile.Write(path, s => data.SaveTo(s));
     }
 
     private static void Axes(SKCanvas canvas, IEnumerable<(float X, string Text)> xTicks, IEnumerable<(float Y, string Text)> yTicks)

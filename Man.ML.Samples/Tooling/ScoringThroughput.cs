@@ -3,26 +3,27 @@
 // softmax, copy out), in batches of the same size, alternating rounds on one machine.
 using System.Diagnostics;
 using Man.ML.Data;
+using Man.ML.MLNet;
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Man.ML.MLNet;
+namespace Man.ML.Samples.Tooling;
 
 /// <summary>Throughput of <see cref="ManImageClassificationTransformer.Transform"/> against direct scoring.</summary>
 /// <param name="Images">Images scored per round.</param>
 /// <param name="BatchSize">Scoring batch size of both paths.</param>
 /// <param name="TransformImagesPerSecond">Median over rounds, through Transform.</param>
 /// <param name="EngineImagesPerSecond">Median over rounds, the engine on tensors.</param>
-public sealed record ScoringThroughputReport(int Images, int BatchSize, double TransformImagesPerSecond, double EngineImagesPerSecond)
+internal sealed record ScoringThroughputReport(int Images, int BatchSize, double TransformImagesPerSecond, double EngineImagesPerSecond)
 {
     /// <summary>Transform's throughput as a fraction of the engine's.</summary>
     public double Ratio => TransformImagesPerSecond / EngineImagesPerSecond;
 }
 
 /// <summary>Measures <see cref="ScoringThroughputReport"/>.</summary>
-public static class ScoringThroughput
+internal static class ScoringThroughput
 {
     private sealed class PixelRow
     {
@@ -43,9 +44,9 @@ public static class ScoringThroughput
         }).ToList();
         var schema = SchemaDefinition.Create(typeof(PixelRow));
         schema[nameof(PixelRow.Pixels)].ColumnType = new VectorDataViewType(NumberDataViewType.Single, pixelsPer);
+        schema[nameof(PixelRow.Pixels)].ColumnName = model.ImageColumnName; // the pixels go in as the column the model reads
         var data = mlContext.Data.LoadFromEnumerable(rows, schema);
-        var pixelModel = new ManImageClassificationTransformer(model.Network, model.KeyValues, model.Normalization, nameof(PixelRow.Pixels),
-            size, model.ScoringBatchSize, "cpu", model.TrainedWith);
+        var pixelModel = model;
         using var floats = images.Images.to_type(ScalarType.Float32);
 
         double TransformRound()

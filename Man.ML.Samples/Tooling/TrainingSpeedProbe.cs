@@ -5,10 +5,10 @@ using Man.ML.Local;
 using Man.ML.Training;
 using static TorchSharp.torch;
 
-namespace Man.ML.Diagnostics;
+namespace Man.ML.Samples.Tooling;
 
 /// <summary>Times training steps.</summary>
-public static class TrainingSpeedProbe
+internal static class TrainingSpeedProbe
 {
     /// <summary>Milliseconds of each of <paramref name="steps"/> timed steps after <paramref name="warmupSteps"/> warm-up steps.</summary>
     public static IReadOnlyList<double> Measure(TrainingOptions options, int steps = 5, int warmupSteps = 2, int classes = 10, int imageSize = 32)
@@ -35,7 +35,7 @@ public static class TrainingSpeedProbe
 }
 
 /// <summary>The peak matrix rate this process's libtorch reaches: float32 matrix products, best of several sizes.</summary>
-public static class MatrixRate
+internal static class MatrixRate
 {
     /// <summary>GFLOP/s of the fastest float32 matrix product among n = 512, 1024, 2048 (best of 5 each).</summary>
     public static double MeasureGflops(Device? device = null)
