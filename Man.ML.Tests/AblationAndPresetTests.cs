@@ -79,6 +79,7 @@ public sealed class AblationAndPresetTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")]
     public void AShortRunOfEachRuleWithManLowersItsLoss()
     {
         foreach (var rule in new ILocalLearningRule[]
@@ -105,6 +106,7 @@ public sealed class AblationAndPresetTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")]
     public void EveryPresetBuildsItsModelAndTrainsOneStep()
     {
         Assert.AreEqual(3 * 4 * 3 * 2 + 6, ExperimentPresets.All.Count);

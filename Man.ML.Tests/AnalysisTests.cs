@@ -89,6 +89,7 @@ public sealed class AnalysisTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")]
     public void TheAnalysisCommandsRunOnACheckpointAndWritePngs()
     {
         var dir = TestSupport.NewTempFolder();

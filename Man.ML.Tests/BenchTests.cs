@@ -49,6 +49,7 @@ public sealed class BenchTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")]
     public void TheBenchHarnessWritesItsSchemaFromChildProcesses()
     {
         var outDir = TestSupport.NewTempFolder();

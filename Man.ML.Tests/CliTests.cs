@@ -126,6 +126,7 @@ public sealed class CliTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")]
     public void TrainWritesCompleteMetricsAndACheckpoint()
     {
         var outDir = TestSupport.NewTempFolder();
@@ -174,6 +175,7 @@ public sealed class CliTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")]
     public void DoctorChecksEveryConvolutionOfAConfiguration()
     {
         var r = TestSupport.RunManml(new[] { "doctor", "--arch", "resnet8", "--k", "2", "--rule", "infopro", "--man" });

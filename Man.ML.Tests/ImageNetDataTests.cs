@@ -90,6 +90,7 @@ public sealed class ImageNetDataTests
 
     // manml train on the ImageNet layout: ResNet-18 at 64×64, K=2, InfoPro + MAN, one epoch; metrics carry top-5.
     [TestMethod]
+    [TestCategory("Slow")]
     public void TrainCommandTrainsOnTheImageNetLayout()
     {
         var outDir = TestSupport.NewTempFolder();

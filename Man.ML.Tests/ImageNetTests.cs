@@ -17,6 +17,7 @@ public sealed class ImageNetTests
     [DataRow("resnet152", 60_192_808L)]
     [DataRow("resnext101_32x8d", 88_791_336L)]
     [DataRow("vgg13_bn", 133_053_736L)]
+    [TestCategory("Slow")]
     public void ParameterCountsEqualTorchvisions(string arch, long expected)
     {
         using var net = Architectures.Create(arch, 1000, 224);
@@ -25,6 +26,7 @@ public sealed class ImageNetTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")]
     public void UnitsFollowTorchvisionsLayout()
     {
         using var r101 = ImageNetResNet.ResNet101(10, 224);
@@ -46,6 +48,7 @@ public sealed class ImageNetTests
     [DataRow("resnet152")]
     [DataRow("resnext101_32x8d")]
     [DataRow("vgg13_bn")]
+    [TestCategory("Slow")]
     public void EverySplitChainsToTheNetworksOutput(string arch)
     {
         manual_seed(3);
@@ -70,6 +73,7 @@ public sealed class ImageNetTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")]
     public void ReferenceTablesAreTheSpecs()
     {
         using var r101 = ImageNetResNet.ResNet101(10, 64);
@@ -148,6 +152,7 @@ public sealed class ImageNetTests
     [DataRow("resnet152", "infopro")]
     [DataRow("resnext101_32x8d", "infopro")]
     [DataRow("vgg13_bn", "dgl")]
+    [TestCategory("Slow")]
     public void EveryBackboneTrainsAtK2WithMan(string arch, string ruleName)
     {
         manual_seed(5);

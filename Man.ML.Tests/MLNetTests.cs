@@ -250,6 +250,7 @@ public sealed class MLNetTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")]
     public void FitChecksTheBackendOnceAndTheCheckCanBeTurnedOff()
     {
         foreach (bool check in new[] { true, false })

@@ -20,6 +20,7 @@ public sealed class MemoryGuardTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")]
     public void DglAtK16TrainsInAtMostSixTenthsOfTheEndToEndPeak()
     {
         double e2e = PeakMiB("--rule", "e2e", "--k", "1");

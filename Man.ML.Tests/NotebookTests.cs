@@ -90,6 +90,7 @@ public sealed class NotebookTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")]
     public void QuickstartTrainsThroughMLNetEvaluatesPlotsPerClassAccuracyAndRoundTripsTheModel()
     {
         var run = RunNotebook("quickstart");
@@ -106,6 +107,7 @@ public sealed class NotebookTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")]
     public void Table1NotebookTrainsE2EDglAndDglManAndPlotsTheirErrors()
     {
         var run = RunNotebook("table1");
@@ -123,6 +125,7 @@ public sealed class NotebookTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")]
     public void MemoryNotebookMeasuresPeakMemoryAgainstKAndPlotsIt()
     {
         var run = RunNotebook("memory");

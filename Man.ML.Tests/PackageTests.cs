@@ -197,6 +197,7 @@ public sealed class PackageTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")]
     public void AnApplicationOutsideTheSolutionTrainsSavesLoadsAndPredictsWithThePackage()
     {
         // The consumer: a copy of nuget/consumer-check in a folder of its own, with the feed as an extra package source.

@@ -14,6 +14,7 @@ public sealed class RobustnessTests
     private static long LiveTensors() => DisposeScopeManager.Statistics.ThreadTotalLiveCount;
 
     [TestMethod]
+    [TestCategory("Slow")]
     public void LiveTensorsAndMemoryStayFlatOverTwentyEpochsAndCancellingReleasesEverything()
     {
         using var train = TestSupport.SampleImages(0, 64);
@@ -45,6 +46,7 @@ public sealed class RobustnessTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")]
     public void KillingARunMidSaveNeverLeavesATornCheckpoint()
     {
         var dir = TestSupport.NewTempFolder();

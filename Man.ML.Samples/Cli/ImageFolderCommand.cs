@@ -12,7 +12,7 @@ internal static class ImageFolderCommand
     public static Command Create()
     {
         var images = new Option<string>("--images") { Description = "Folder of class folders (or with train/ and val/ inside).", Required = true };
-        var epochs = new Option<int>("--epochs") { Description = "Epochs.", DefaultValueFactory = _ => 8 };
+        var epochs = new Option<int>("--epochs") { Description = "Epochs (default: the library's, 3).", DefaultValueFactory = _ => Man.ML.Training.TrainingOptions.DefaultEpochs };
         var arch = new Option<string>("--arch") { Description = "Architecture.", DefaultValueFactory = _ => "resnet32" };
         var k = new Option<int>("--k") { Description = "Segments.", DefaultValueFactory = _ => 16 };
         var batch = new Option<int>("--batch-size") { Description = "Mini-batch size.", DefaultValueFactory = _ => 64 };

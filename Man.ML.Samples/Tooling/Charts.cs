@@ -7,10 +7,10 @@ using SkiaSharp;
 namespace Man.ML.Samples.Tooling;
 
 /// <summary>A named series of (x, y) points.</summary>
-internal sealed record ChartSeries(string Name, IReadOnlyList<double> X, IReadOnlyList<double> Y);
+public sealed record ChartSeries(string Name, IReadOnlyList<double> X, IReadOnlyList<double> Y);
 
 /// <summary>Draws line and bar charts to PNG files.</summary>
-internal static class Charts
+public static class Charts
 {
     private const int Width = 900, Height = 560, Left = 90, Right = 220, Top = 50, Bottom = 70;
     private static readonly SKColor[] Palette =
