@@ -169,7 +169,7 @@ internal static class DoctorCommand
     private static IReadOnlyList<string> ChildArguments(ParseResult parse) => new[]
     {
         "doctor", "--threads", TorchSharp.torch.get_num_threads().ToString(CultureInfo.InvariantCulture),
-        "--device", parse.GetValue<string>("--device")!, "--conv-workaround", ConvolutionRouting.Workaround.ToString().ToLowerInvariant(),
+        "--device", parse.GetValue<string>("--device")!, "--conv-workaround", Choices.Name(ConvolutionRouting.Workaround),
     };
 
     private static string FormatShape(ConvolutionShape s) => string.Join(',', new object[]

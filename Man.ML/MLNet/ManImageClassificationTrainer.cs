@@ -185,7 +185,7 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         if (trainer.BackendReport is { } backend)
             channel.Info(MessageSensitivity.None,
                 $"Man.ML backend check: {backend.Convolutions.Count} convolution shapes correct against float64 in {backend.Seconds:0.00} s " +
-                $"({backend.Environment.Cpu}; oneDNN {backend.Environment.OneDnnIsa}; convolution workaround {backend.Environment.Workaround}).");
+                $"({backend.Environment.Cpu}; oneDNN {backend.Environment.OneDnnIsa}; convolution workaround {Choices.Name(backend.Environment.Workaround)}).");
         channel.Info(MessageSensitivity.None,
             $"Man.ML trained in {result.Final.TrainSeconds:0.0} s ({result.Final.ImagesPerSecond:0.0} images/s); final validation accuracy " +
             $"{(result.Final.ValAccuracy is { } f ? f.ToString("P2") : "n/a")}.");
