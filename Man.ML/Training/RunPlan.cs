@@ -251,8 +251,9 @@ public sealed record RunPlan
                 ["padding"] = aug.Padding,
                 ["reflect"] = aug.Reflect,
                 ["flip"] = aug.Flip,
-                ["mean"] = new JsonArray(aug.Normalization.Mean.Select(v => (JsonNode)(double)v).ToArray()),
-                ["std"] = new JsonArray(aug.Normalization.Std.Select(v => (JsonNode)(double)v).ToArray()),
+                // float32 values as their shortest decimal (0.4913726, not 0.49137255549430847)
+                ["mean"] = new JsonArray(aug.Normalization.Mean.Select(v => (JsonNode)(double)(decimal)v).ToArray()),
+                ["std"] = new JsonArray(aug.Normalization.Std.Select(v => (JsonNode)(double)(decimal)v).ToArray()),
             },
             ["device"] = Device,
             ["evaluation_batch_size"] = o.EvaluationBatchSize,
