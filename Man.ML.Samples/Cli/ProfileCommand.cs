@@ -14,12 +14,17 @@ internal static class ProfileCommand
         var arch = new Option<string>("--arch") { Description = "Architecture.", DefaultValueFactory = _ => "resnet32" };
         var batch = new Option<int>("--batch-size") { Description = "Batch size.", DefaultValueFactory = _ => 128 };
         var repeats = new Option<int>("--repeats") { Description = "Timed repeats per unit (median reported).", DefaultValueFactory = _ => 5 };
-        var command = new Command("profile", "Per-unit forward and backward time and achieved GFLOP/s of a network's training step.") { arch, batch, repeats };
+        var phases = new Option<bool>("--phases") { Description = "Also time the phases of a whole end-to-end step: zero-grad, forward, backward, non-finite check, optimizer." };
+        var command = new Command("profile", "Per-unit forward and backward time and achieved GFLOP/s of a network's training step.") { arch, batch, repeats, phases };
         command.SetAction(parse => CliErrors.Run(() =>
         {
             TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
             double peak = MatrixRate.MeasureGflops();
-            using var network = Architectures.Create(parse.GetValue(arch)!);
+            // The network as training builds it (which also tunes the native heap as training does).
+            var options = new Man.ML.Training.TrainingOptions { Architecture = parse.GetValue(arch)!, K = 1, Rule = Man.ML.Local.LearningRule.EndToEnd, Man = null, BatchSize = parse.GetValue(batch) };
+            var dataset = Models.Architectures.FamilyOf(options.Architecture) == NetworkFamily.ImageNet ? Man.ML.Data.DatasetKind.ImageNet : Man.ML.Data.DatasetKind.Cifar10;
+            using var local = new Man.ML.Training.Trainer(options).CreateLocalTrainer(dataset.Classes, dataset.ImageSize, TorchSharp.torch.CPU);
+            using var network = local.Network;
             var profiles = UnitProfiler.Profile(network, parse.GetValue(batch), parse.GetValue(repeats));
             var table = new Table().Title($"{network.Architecture}, batch {parse.GetValue(batch)}; peak matrix rate {peak:0.0} GFLOP/s")
                 .AddColumns("unit", "forward ms", "backward ms", "GFLOP", "GFLOP/s", "of peak");
@@ -30,6 +35,14 @@ internal static class ProfileCommand
             table.AddRow("[bold]all units[/]", f.ToString("0.0"), b.ToString("0.0"), g.ToString("0.00"), (g / ((f + b) / 1000)).ToString("0.0"),
                 (g / ((f + b) / 1000) / peak).ToString("0.00"));
             AnsiConsole.Write(table);
+            if (parse.GetValue(phases))
+            {
+                var s = StepProfiler.EndToEnd(local, parse.GetValue(batch), parse.GetValue(repeats));
+                var steps = new Table().Title("end-to-end step by phase (median ms)").AddColumns("zero-grad", "forward + loss", "backward", "non-finite check", "optimizer", "sum", "LocalTrainer.Step");
+                steps.AddRow(s.ZeroGradMs.ToString("0.0"), s.ForwardMs.ToString("0.0"), s.BackwardMs.ToString("0.0"), s.CheckMs.ToString("0.0"), s.OptimizerMs.ToString("0.0"),
+                    (s.ZeroGradMs + s.ForwardMs + s.BackwardMs + s.CheckMs + s.OptimizerMs).ToString("0.0"), s.StepMs.ToString("0.0"));
+                AnsiConsole.Write(steps);
+            }
             return 0;
         }));
         return command;

@@ -61,3 +61,55 @@ internal static class UnitProfiler
         return values[values.Count / 2];
     }
 }
+
+/// <summary>Milliseconds of each phase of an end-to-end training step (medians), and of the whole <see cref="Local.LocalTrainer.Step(Tensor, Tensor)"/>.</summary>
+internal sealed record StepPhases(double ZeroGradMs, double ForwardMs, double BackwardMs, double CheckMs, double OptimizerMs, double StepMs);
+
+/// <summary>Times the phases of a training step the way <see cref="Local.LocalTrainer.Step(Tensor, Tensor)"/> runs them.</summary>
+internal static class StepProfiler
+{
+    /// <summary>Phases of an end-to-end step of <paramref name="trainer"/> (K = 1) at <paramref name="batchSize"/>, median of <paramref name="repeats"/>.</summary>
+    public static StepPhases EndToEnd(Local.LocalTrainer trainer, int batchSize, int repeats)
+    {
+        var network = trainer.Network;
+        var shape = network.InputShape;
+        trainer.SetTraining(true);
+        using var x = randn(batchSize, shape.Channels, shape.Height, shape.Width);
+        using var y = randint(0, network.ClassCount, new long[] { batchSize });
+        var phases = Enumerable.Range(0, 6).Select(_ => new List<double>()).ToArray();
+        var parameters = network.parameters().ToList();
+        for (int r = 0; r < repeats + 2; r++)
+        {
+            using var scope = NewDisposeScope();
+            var clock = Stopwatch.StartNew();
+            trainer.Optimizer.zero_grad();
+            double zero = clock.Elapsed.TotalMilliseconds;
+            clock.Restart();
+            var loss = nn.functional.cross_entropy(network.call(x), y);
+            _ = loss.item<float>();
+            double forward = clock.Elapsed.TotalMilliseconds;
+            clock.Restart();
+            loss.backward();
+            double backward = clock.Elapsed.TotalMilliseconds;
+            clock.Restart();
+            _ = stack(parameters.Select(p => p.grad!.isfinite().all()).ToArray()).all().item<bool>();
+            double check = clock.Elapsed.TotalMilliseconds;
+            clock.Restart();
+            trainer.Optimizer.step();
+            double optimizer = clock.Elapsed.TotalMilliseconds;
+            clock.Restart();
+            trainer.Step(x, y);
+            double step = clock.Elapsed.TotalMilliseconds;
+            if (r < 2) continue; // warm-up
+            foreach (var (list, value) in phases.Zip(new[] { zero, forward, backward, check, optimizer, step })) list.Add(value);
+        }
+        var m = phases.Select(Median).ToArray();
+        return new StepPhases(m[0], m[1], m[2], m[3], m[4], m[5]);
+    }
+
+    private static double Median(List<double> values)
+    {
+        values.Sort();
+        return values[values.Count / 2];
+    }
+}
