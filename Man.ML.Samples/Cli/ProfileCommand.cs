@@ -15,7 +15,8 @@ internal static class ProfileCommand
         var batch = new Option<int>("--batch-size") { Description = "Batch size.", DefaultValueFactory = _ => 128 };
         var repeats = new Option<int>("--repeats") { Description = "Timed repeats per unit (median reported).", DefaultValueFactory = _ => 5 };
         var phases = new Option<bool>("--phases") { Description = "Also time the phases of a whole end-to-end step: zero-grad, forward, backward, non-finite check, optimizer." };
-        var command = new Command("profile", "Per-unit forward and backward time and achieved GFLOP/s of a network's training step.") { arch, batch, repeats, phases };
+        var localSpec = new Option<string?>("--local") { Description = "Also time the parts of a local-learning step, summed over its segments, for RULE-kK[-man] (for example dgl-k16-man, infopro-k16-man): units, MAN's copies, heads, backward, EMA update, check, optimizer." };
+        var command = new Command("profile", "Per-unit forward and backward time and achieved GFLOP/s of a network's training step.") { arch, batch, repeats, phases, localSpec };
         command.SetAction(parse => CliErrors.Run(() =>
         {
             TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
@@ -42,6 +43,26 @@ internal static class ProfileCommand
                 steps.AddRow(s.ZeroGradMs.ToString("0.0"), s.ForwardMs.ToString("0.0"), s.BackwardMs.ToString("0.0"), s.CheckMs.ToString("0.0"), s.OptimizerMs.ToString("0.0"),
                     (s.ZeroGradMs + s.ForwardMs + s.BackwardMs + s.CheckMs + s.OptimizerMs).ToString("0.0"), s.StepMs.ToString("0.0"));
                 AnsiConsole.Write(steps);
+            }
+            if (parse.GetValue(localSpec) is { } spec)
+            {
+                var m = System.Text.RegularExpressions.Regex.Match(spec.Trim().ToLowerInvariant(), @"^(\w+)-k(\d+)(-man)?$");
+                if (!m.Success) throw new CliException($"--local '{spec}' is not RULE-kK[-man] (for example dgl-k16-man).");
+                var localOptions = options with
+                {
+                    Rule = Choices.Parse<Man.ML.Local.LearningRule>(m.Groups[1].Value, "--local rule"),
+                    K = int.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture),
+                    Man = m.Groups[3].Success ? new Man.ML.Local.MomentumOptions() : null,
+                };
+                using var trainer = new Man.ML.Training.Trainer(localOptions).CreateLocalTrainer(dataset.Classes, dataset.ImageSize, TorchSharp.torch.CPU);
+                var p = LocalStepProfiler.Profile(trainer, parse.GetValue(batch), parse.GetValue(repeats));
+                double sum = p.ZeroGradMs + p.UnitsForwardMs + p.ManForwardMs + p.HeadForwardMs + p.BackwardMs + p.EmaUpdateMs + p.CheckMs + p.OptimizerMs;
+                var parts = new Table().Title($"{spec}: a local step by part, summed over {localOptions.K} segments (median ms)")
+                    .AddColumns("zero-grad", "units fwd", "MAN fwd", "heads fwd + loss", "backward", "EMA update", "check", "optimizer", "sum", "Step");
+                parts.AddRow(new[] { p.ZeroGradMs, p.UnitsForwardMs, p.ManForwardMs, p.HeadForwardMs, p.BackwardMs, p.EmaUpdateMs, p.CheckMs, p.OptimizerMs, sum, p.StepMs }
+                    .Select(v => v.ToString("0.0")).ToArray());
+                AnsiConsole.Write(parts);
+                trainer.Network.Dispose();
             }
             return 0;
         }));

@@ -113,3 +113,79 @@ internal static class StepProfiler
         return values[values.Count / 2];
     }
 }
+
+/// <summary>Milliseconds per step (medians) of each part of a local-learning step, summed over its segments.</summary>
+internal sealed record LocalStepPhases(double ZeroGradMs, double UnitsForwardMs, double ManForwardMs, double HeadForwardMs, double BackwardMs,
+    double EmaUpdateMs, double CheckMs, double OptimizerMs, double StepMs);
+
+/// <summary>Times the parts of <see cref="Local.LocalTrainer.Step(Tensor, Tensor)"/> the way it runs them, segment by segment.</summary>
+internal static class LocalStepProfiler
+{
+    public static LocalStepPhases Profile(Local.LocalTrainer trainer, int batchSize, int repeats)
+    {
+        var network = trainer.Network;
+        var plan = trainer.Plan;
+        var shape = network.InputShape;
+        trainer.SetTraining(true);
+        using var x0 = randn(batchSize, shape.Channels, shape.Height, shape.Width);
+        using var y = randint(0, network.ClassCount, new long[] { batchSize });
+        var targets = new Local.LocalTargets(y, x0);
+        var all = Enumerable.Range(0, 9).Select(_ => new List<double>()).ToArray();
+        var parameters = trainer.Optimizer.parameters().ToList();
+        for (int r = 0; r < repeats + 2; r++)
+        {
+            var t = new double[9];
+            var clock = Stopwatch.StartNew();
+            double Lap() { double ms = clock.Elapsed.TotalMilliseconds; clock.Restart(); return ms; }
+            trainer.Optimizer.zero_grad();
+            t[0] += Lap();
+            Tensor x = x0;
+            for (int j = 0; j < plan.K; j++)
+            {
+                using var scope = NewDisposeScope();
+                var range = plan.Segments[j];
+                if (j < plan.K - 1) trainer.Man?.BeforeForward(j);
+                var h = network.ForwardUnits(x, range.Start, range.End);
+                t[1] += Lap();
+                Tensor loss;
+                if (j == plan.K - 1)
+                {
+                    loss = nn.functional.cross_entropy(network.Head.call(h), y);
+                    _ = loss.item<float>();
+                    t[3] += Lap();
+                }
+                else
+                {
+                    var features = trainer.Man is null ? h : trainer.Man[j].call(h);
+                    t[2] += Lap();
+                    loss = trainer.Heads[j].Loss(features, targets);
+                    _ = loss.item<float>();
+                    t[3] += Lap();
+                }
+                loss.backward();
+                t[4] += Lap();
+                if (j < plan.K - 1)
+                {
+                    trainer.Man?.AfterLocalBackward(j);
+                    t[5] += Lap();
+                    var next = h.detach().MoveToOuterDisposeScope();
+                    if (!ReferenceEquals(x, x0)) x.Dispose();
+                    x = next;
+                }
+                clock.Restart();
+            }
+            if (!ReferenceEquals(x, x0)) x.Dispose();
+            using (NewDisposeScope())
+                _ = stack(parameters.Where(p => p.grad is not null).Select(p => p.grad!.isfinite().all()).ToArray()).all().item<bool>();
+            t[6] += Lap();
+            trainer.Optimizer.step();
+            t[7] += Lap();
+            trainer.Step(x0, y);
+            t[8] += Lap();
+            if (r < 2) continue; // warm-up
+            for (int i = 0; i < 9; i++) all[i].Add(t[i]);
+        }
+        var m = all.Select(v => { v.Sort(); return v[v.Count / 2]; }).ToArray();
+        return new LocalStepPhases(m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8]);
+    }
+}
