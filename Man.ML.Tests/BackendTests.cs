@@ -219,4 +219,17 @@ public sealed class BackendTests
         Assert.AreEqual(ConvolutionWorkaround.Never, ConvolutionRouting.Parse("never"));
         StringAssert.Contains(Assert.ThrowsExactly<InvalidOptionException>(() => ConvolutionRouting.Parse("sometimes")).Message, "auto, always, never");
     }
+
+    [TestMethod]
+    public void TrainingKeepsFreedBuffersInTheHeapUnlessTheEnvironmentSaysOtherwise()
+    {
+        using var local = new Trainer(new TrainingOptions { Architecture = "resnet8", K = 1, Rule = LearningRule.EndToEnd, Man = null }).CreateLocalTrainer(10, 32, CPU);
+        local.Network.Dispose();
+        bool userChose = new[] { "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES" }.Any(v => Environment.GetEnvironmentVariable(v) is not null)
+                         || string.Equals(Environment.GetEnvironmentVariable(HeapTuning.EnvironmentVariable), "off", StringComparison.OrdinalIgnoreCase);
+        if (!OperatingSystem.IsLinux() || userChose)
+            Assert.IsFalse(HeapTuning.Applied, "the heap must be left as the environment set it");
+        else
+            Assert.IsTrue(HeapTuning.Applied, "on Linux with glibc, creating a trainer keeps freed activation buffers in the heap (mallopt)");
+    }
 }
