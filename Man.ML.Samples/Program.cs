@@ -2,6 +2,10 @@
 using System.CommandLine;
 using Man.ML.Samples.Cli;
 
+// Written to a file or pipe, Spectre.Console lays tables out for 80 columns; COLUMNS (as shells export it) widens them.
+if (Console.IsOutputRedirected && int.TryParse(Environment.GetEnvironmentVariable("COLUMNS"), out int columns) && columns >= 40)
+    Spectre.Console.AnsiConsole.Profile.Width = columns;
+
 var root = new RootCommand("Man.ML: supervised local learning with Momentum Auxiliary Networks (MAN).");
 root.Subcommands.Add(TrainCommand.Create());
 root.Subcommands.Add(DoctorCommand.Create());

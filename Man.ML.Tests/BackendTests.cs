@@ -26,8 +26,13 @@ public sealed class BackendTests
         Assert.AreEqual(ConvolutionRoute.Direct, Route(ConvolutionWorkaround.Never, Small));
         Assert.AreEqual(ConvolutionRoute.Direct, Route(ConvolutionWorkaround.Never, Pointwise, stride: 2, padding: 0));
         // Always: both rewrites, on any device, only where an input gradient is taken.
-        Assert.AreEqual(ConvolutionRoute.PaddedOutputChannels, Route(ConvolutionWorkaround.Always, Small));
-        Assert.AreEqual(ConvolutionRoute.PaddedOutputChannels, Route(ConvolutionWorkaround.Always, Small, device: DeviceType.CUDA));
+        // Few outputs at stride 1 ("same" padding): 3·9 = 27 tap maps, shifted taps; strided, or too many tap maps: padded.
+        Assert.AreEqual(ConvolutionRoute.ShiftedTaps, Route(ConvolutionWorkaround.Always, Small));
+        Assert.AreEqual(ConvolutionRoute.ShiftedTaps, Route(ConvolutionWorkaround.Always, Small, device: DeviceType.CUDA));
+        Assert.AreEqual(ConvolutionRoute.PaddedOutputChannels, Route(ConvolutionWorkaround.Always, Small, stride: 2));
+        Assert.AreEqual(ConvolutionRoute.PaddedOutputChannels, Route(ConvolutionWorkaround.Always, Small, padding: 0));
+        Assert.AreEqual(ConvolutionRoute.PaddedOutputChannels, Route(ConvolutionWorkaround.Always, new long[] { 12, 16, 3, 3 }), "108 tap maps");
+        Assert.AreEqual(ConvolutionRoute.ShiftedTaps, Route(ConvolutionWorkaround.Always, new long[] { 10, 64, 1, 1 }, padding: 0), "a 1x1 with 10 outputs");
         Assert.AreEqual(ConvolutionRoute.SubsampledInput, Route(ConvolutionWorkaround.Always, Pointwise, stride: 2, padding: 0));
         Assert.AreEqual(ConvolutionRoute.Direct, Route(ConvolutionWorkaround.Always, Small, gradient: false));
         Assert.AreEqual(ConvolutionRoute.Direct, Route(ConvolutionWorkaround.Always, Block));
@@ -36,31 +41,83 @@ public sealed class BackendTests
         // Auto: the CPU only; strided 1x1 always, small outputs where the probe found the fault.
         Assert.AreEqual(ConvolutionRoute.SubsampledInput, Route(ConvolutionWorkaround.Auto, Pointwise, stride: 2, padding: 0));
         Assert.AreEqual(ConvolutionRoute.Direct, Route(ConvolutionWorkaround.Auto, Pointwise, stride: 2, padding: 0, device: DeviceType.CUDA));
-        Assert.AreEqual(ConvolutionRouting.SmallOutputChannelFault ? ConvolutionRoute.PaddedOutputChannels : ConvolutionRoute.Direct,
+        Assert.AreEqual(ConvolutionRouting.SmallOutputChannelFault ? ConvolutionRoute.ShiftedTaps : ConvolutionRoute.Direct,
             Route(ConvolutionWorkaround.Auto, Small));
         Assert.AreEqual(ConvolutionRoute.Direct, Route(ConvolutionWorkaround.Auto, Block));
+        // Channels-last inputs: every 1x1 convolution without padding is a matrix product, strided or not, with or
+        // without an input gradient, on any device; unless the policy is Never.
+        ConvolutionRoute Last(ConvolutionWorkaround policy, long[] weight, int stride = 1, int padding = 0, bool gradient = true) =>
+            ConvolutionRouting.RouteFor(policy, DeviceType.CPU, gradient, weight, stride, padding, 1, channelsLast: true);
+        Assert.AreEqual(ConvolutionRoute.PointwiseProduct, Last(ConvolutionWorkaround.Auto, Pointwise, stride: 2));
+        Assert.AreEqual(ConvolutionRoute.PointwiseProduct, Last(ConvolutionWorkaround.Auto, Pointwise, gradient: false));
+        Assert.AreEqual(ConvolutionRoute.PointwiseProduct, Last(ConvolutionWorkaround.Always, new long[] { 1024, 512, 1, 1 }));
+        Assert.AreEqual(ConvolutionRoute.Direct, Last(ConvolutionWorkaround.Never, Pointwise));
+        Assert.AreEqual(ConvolutionRoute.Direct, Last(ConvolutionWorkaround.Auto, Block, padding: 1));
     }
 
     [TestMethod]
     public void EveryRouteComputesTheSameOutputAsLibTorch()
     {
         manual_seed(3);
-        foreach (var (weight, stride, padding, side) in new[] { (Small, 1, 1, 9), (Small, 2, 1, 9), (Pointwise, 2, 0, 9), (Pointwise, 3, 0, 10) })
+        foreach (var (weight, stride, padding, side) in new[] { (Small, 1, 1, 9), (Small, 2, 1, 9), (Pointwise, 2, 0, 9), (Pointwise, 3, 0, 10),
+                     (new long[] { 5, 16, 1, 1 }, 1, 0, 7), (new long[] { 1, 16, 5, 5 }, 1, 2, 8) })
         {
             using var x = randn(4, 16, side, side, requires_grad: true);
             using var w = randn(weight) * 0.1;
             using var b = randn(weight[0]);
             using var expected = nn.functional.conv2d(x, w, b, new long[] { stride, stride }, new long[] { padding, padding });
             // Subsampling is what a strided 1x1 convolution without padding is; padding the outputs applies to any shape.
-            var routes = weight[2] == 1 && padding == 0
-                ? Enum.GetValues<ConvolutionRoute>()
-                : new[] { ConvolutionRoute.Direct, ConvolutionRoute.PaddedOutputChannels };
+            var routes = weight[2] == 1 && padding == 0 && stride > 1
+                ? new[] { ConvolutionRoute.Direct, ConvolutionRoute.PaddedOutputChannels, ConvolutionRoute.SubsampledInput }
+                : stride == 1 && padding == weight[2] / 2
+                    ? new[] { ConvolutionRoute.Direct, ConvolutionRoute.PaddedOutputChannels, ConvolutionRoute.ShiftedTaps }
+                    : new[] { ConvolutionRoute.Direct, ConvolutionRoute.PaddedOutputChannels };
             foreach (var route in routes)
             {
                 using var y = ConvolutionRouting.Convolve(x, w, b, stride, padding, 1, route);
                 CollectionAssert.AreEqual(expected.shape, y.shape, $"{route} on {string.Join("x", weight)} stride {stride}");
                 Assert.IsTrue(y.allclose(expected, rtol: 1e-5, atol: 1e-5), $"{route} on {string.Join("x", weight)} stride {stride}: forward differs");
                 Assert.IsTrue(y.is_contiguous(), $"{route}: the output must not be a view of a larger padded map");
+            }
+        }
+    }
+
+    [TestMethod]
+    public void EveryRouteGivesLibTorchsFloat64Gradients()
+    {
+        // Each route's input, weight and bias gradients in float64 against libtorch's own float64 convolution (its
+        // reference kernels, not oneDNN): the rewrites are exact, so they agree to rounding.
+        foreach (var (weight, stride, padding, routes) in new[]
+                 {
+                     (Small, 1, 1, new[] { ConvolutionRoute.PaddedOutputChannels, ConvolutionRoute.ShiftedTaps }),
+                     (new long[] { 1, 16, 5, 5 }, 1, 2, new[] { ConvolutionRoute.ShiftedTaps }),
+                     (new long[] { 5, 16, 1, 1 }, 1, 0, new[] { ConvolutionRoute.ShiftedTaps }),
+                     (Small, 2, 1, new[] { ConvolutionRoute.PaddedOutputChannels }),
+                     (Pointwise, 2, 0, new[] { ConvolutionRoute.SubsampledInput, ConvolutionRoute.PointwiseProduct }),
+                     (Pointwise, 1, 0, new[] { ConvolutionRoute.PointwiseProduct }),
+                     (new long[] { 10, 16, 1, 1 }, 3, 0, new[] { ConvolutionRoute.PointwiseProduct }),
+                 })
+        {
+            using var scope = NewDisposeScope();
+            Tensor Data(long[] shape, double frequency) => ConvolutionRouting.Pattern(shape, frequency);
+            (Tensor X, Tensor W, Tensor B) Gradients(ConvolutionRoute route)
+            {
+                var x = Data(new long[] { 3, 16, 9, 9 }, 0.7);
+                if (route == ConvolutionRoute.PointwiseProduct) x = ActivationLayouts.ToChannelsLast(x); // the layout it is taken for
+                x.requires_grad_(true);
+                var w = Data(weight, 1.3).mul_(0.1).requires_grad_(true);
+                var b = Data(new[] { weight[0] }, 2.1).requires_grad_(true);
+                var y = ConvolutionRouting.Convolve(x, w, b, stride, padding, 1, route);
+                (y * Data(y.shape, 0.37)).sum().backward();
+                return (x.grad!, w.grad!, b.grad!);
+            }
+            var reference = Gradients(ConvolutionRoute.Direct);
+            foreach (var route in routes)
+            {
+                var got = Gradients(route);
+                foreach (var (name, g, r) in new[] { ("input", got.X, reference.X), ("weight", got.W, reference.W), ("bias", got.B, reference.B) })
+                    Assert.IsLessThan(1e-12, (g - r).abs().max().item<double>() / r.abs().max().item<double>(),
+                        $"{route} on {string.Join("x", weight)} stride {stride}: {name} gradient differs from libtorch's float64 one");
             }
         }
     }
@@ -143,9 +200,11 @@ public sealed class BackendTests
         // of layer2[0] with its strided 1x1 projection, InfoPro's decoder (16 → 12 → 3) and 2c2f classifier.
         var names = report.Convolutions.ToDictionary(c => c.Shape.ToString(), c => c);
         Assert.IsFalse(names["conv 3→16 3x3 stride 1 padding 1 at 32x32 (weight gradient only)"].Shape.InputGradient);
-        Assert.AreEqual(ConvolutionRoute.SubsampledInput, names["conv 16→32 1x1 stride 2 padding 0 at 32x32"].Route);
+        // Channels-last (the default for CIFAR networks on the CPU): a 1x1 convolution is a matrix product.
+        Assert.AreEqual(ActivationLayouts.ChannelsLastOn(DeviceType.CPU, NetworkFamily.Cifar) ? ConvolutionRoute.PointwiseProduct : ConvolutionRoute.SubsampledInput,
+            names["conv 16→32 1x1 stride 2 padding 0 at 32x32"].Route);
         CollectionAssert.Contains(names["conv 16→32 1x1 stride 2 padding 0 at 32x32"].Layers.ToList(), "auxiliary.man.branches.0.learnable.downsample.0");
-        Assert.AreEqual(ConvolutionRouting.SmallOutputChannelFault ? ConvolutionRoute.PaddedOutputChannels : ConvolutionRoute.Direct,
+        Assert.AreEqual(ConvolutionRouting.SmallOutputChannelFault ? ConvolutionRoute.ShiftedTaps : ConvolutionRoute.Direct,
             names["conv 12→3 3x3 stride 1 padding 1 at 32x32"].Route);
         CollectionAssert.Contains(names["conv 12→3 3x3 stride 1 padding 1 at 32x32"].Layers.ToList(), "auxiliary.heads.0.decoder.3");
         Assert.IsTrue(names.ContainsKey("conv 32→32 3x3 stride 1 padding 1 at 16x16"), "the 2c2f classifier's second convolution");

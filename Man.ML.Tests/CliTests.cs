@@ -183,7 +183,8 @@ public sealed class CliTests
         foreach (var line in new[] { "CPU ", "oneDNN ISA", "libtorch / TorchSharp", "threads", "convolution workaround", "resnet8 K=2, rule infopro + MAN" })
             StringAssert.Contains(r.Stdout, line);
         StringAssert.Contains(r.Stdout, "12→3 3x3/1 p1 at 32x32");   // InfoPro's decoder
-        StringAssert.Contains(r.Stdout, "SubsampledInput");          // MAN's copy of layer2[0]'s strided projection
+        StringAssert.Contains(r.Stdout, "PointwiseProduct");         // MAN's copy of layer2[0]'s strided projection, channels-last
+        StringAssert.Contains(r.Stdout, "activation layout       channels-last");
         StringAssert.Matches(r.Stdout, new System.Text.RegularExpressions.Regex(@"all \d+ shapes correct"));
         // Each shape in its own child process: the same verdicts.
         var isolated = TestSupport.RunManml(new[] { "doctor", "--arch", "resnet8", "--k", "2", "--rule", "dgl", "--isolate" });

@@ -132,6 +132,18 @@ public sealed class ModuleGradientTests
 
     public static IEnumerable<object[]> CaseNamesAtOneThread => Cases.Keys.Select(name => new object[] { name, 1 });
 
+    // Training lays activations out channels-last on the CPU (ActivationLayouts): the same modules with a channels-last
+    // float32 input (every layer after the first then sees channels-last tensors) against float64.
+    [TestMethod]
+    [DynamicData(nameof(CaseNamesAtTwoThreads))]
+    public void Float32GradientsMatchFloat64WithChannelsLastInputs(string name, int threads)
+    {
+        var failures = GradientComparison.Compare(Cases[name], threads, channelsLast: true);
+        Assert.IsEmpty(failures, $"{name} with a channels-last input at {threads} thread(s): {string.Join("; ", failures)}. {GradientComparison.Explanation}");
+    }
+
+    public static IEnumerable<object[]> CaseNamesAtTwoThreads => Cases.Keys.Select(name => new object[] { name, 2 });
+
     [TestMethod]
     public void EveryModuleKindIsCovered()
     {
@@ -159,14 +171,14 @@ internal static class GradientComparison
         "The float32 CPU kernels of libtorch (oneDNN) disagree with its float64 path on this CPU, a backend fault, not a Man.ML one " +
         "(see docs/BACKEND.md; `manml doctor` shows this machine's ISA and which convolution shapes are wrong)";
 
-    public static List<string> Compare(ModuleGradientTests.Case c, int threads, int seed = 11)
+    public static List<string> Compare(ModuleGradientTests.Case c, int threads, int seed = 11, bool channelsLast = false)
     {
         int before = get_num_threads();
         set_num_threads(threads);
         try
         {
-            var g32 = Gradients(c, float32, seed);
-            var g64 = Gradients(c, float64, seed);
+            var g32 = Gradients(c, float32, seed, channelsLast);
+            var g64 = Gradients(c, float64, seed, channelsLast: false);
             double global = g64.Values.Max(g => g.Max(Math.Abs));
             var failures = new List<string>();
             foreach (var (tensorName, reference) in g64)
@@ -187,14 +199,20 @@ internal static class GradientComparison
     }
 
     // d loss / d input and d loss / d every trainable parameter, as float64 arrays by name.
-    private static Dictionary<string, double[]> Gradients(ModuleGradientTests.Case c, ScalarType dtype, int seed)
+    private static Dictionary<string, double[]> Gradients(ModuleGradientTests.Case c, ScalarType dtype, int seed, bool channelsLast)
     {
         using var scope = NewDisposeScope();
         manual_seed(seed);
         using var module = c.Build();
         module.to(dtype);
         module.train();
-        var x = arange(c.Input.Aggregate(1L, (a, b) => a * b), dtype: float64).mul_(0.7).cos_().view(c.Input).to(dtype).requires_grad_(true);
+        var x = arange(c.Input.Aggregate(1L, (a, b) => a * b), dtype: float64).mul_(0.7).cos_().view(c.Input).to(dtype);
+        if (channelsLast && x.dim() == 4)
+        {
+            x = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2);
+            Assert.IsTrue(ActivationLayouts.IsChannelsLast(x));
+        }
+        x.requires_grad_(true);
         var loss = c.Loss(module, x);
         loss.backward();
         var result = new Dictionary<string, double[]> { ["input"] = Values(x.grad!) };

@@ -27,6 +27,8 @@ internal static class DoctorCommand
         foreach (var o in model.All) command.Options.Add(o);
         command.Options.Add(isolate);
         command.Options.Add(checkShape);
+        var checkChannelsLast = new Option<bool>("--check-channels-last") { Description = "Internal: with --check-shape, lay the input out channels-last.", Hidden = true };
+        command.Options.Add(checkChannelsLast);
         command.Options.Add(oneDnnInfo);
         command.SetAction(parse => CliErrors.Run(() =>
         {
@@ -43,7 +45,7 @@ internal static class DoctorCommand
             }
             if (parse.GetValue(checkShape) is { } spec)
             {
-                var check = BackendCheck.Check(ParseShape(spec), Array.Empty<string>(), device);
+                var check = BackendCheck.Check(ParseShape(spec), Array.Empty<string>(), device, parse.GetValue(checkChannelsLast));
                 Console.WriteLine(JsonSerializer.Serialize(new
                 {
                     route = check.Route.ToString(), output_error = Finite(check.OutputError), input_gradient_error = Finite(check.InputGradientError),
@@ -73,6 +75,8 @@ internal static class DoctorCommand
         var trainer = new Trainer(options);
         using var local = trainer.CreateLocalTrainer(dataset.Classes, side, device);
         var shapes = BackendCheck.Shapes(local);
+        bool channelsLast = ActivationLayouts.ChannelsLastOn(device.type, local.Network.Family);
+        Console.WriteLine($"activation layout       {(channelsLast ? "channels-last (NHWC strides)" : "channels-first (NCHW)")}, {ActivationLayouts.EnvironmentVariable}={Choices.Name(ActivationLayouts.Layout)}");
         Console.WriteLine(FormattableString.Invariant(
             $"configuration           {options.Architecture} K={options.K}, rule {Choices.Name(options.Rule)}{(options.Man is null ? "" : " + MAN")} ({(trainer.Plan!.SplitTable is { } t ? $"reference split '{t}'" : "balanced split")}), {side}x{side}, on {device}: {shapes.Count} convolution shapes{(isolate ? ", each checked in a child process" : "")}"));
         Console.WriteLine();
@@ -83,7 +87,8 @@ internal static class DoctorCommand
             string route, output, input, weights, verdict;
             if (isolate)
             {
-                var (ok, json, failure) = RunChild(childArguments.Concat(new[] { "--check-shape", FormatShape(shape) }));
+                var (ok, json, failure) = RunChild(childArguments.Concat(new[] { "--check-shape", FormatShape(shape) })
+                    .Concat(channelsLast ? new[] { "--check-channels-last" } : Array.Empty<string>()));
                 if (!ok) { (route, output, input, weights, verdict) = ("-", "-", "-", "-", failure); wrong++; }
                 else
                 {
@@ -97,7 +102,7 @@ internal static class DoctorCommand
             }
             else
             {
-                var check = BackendCheck.Check(shape, layers, device);
+                var check = BackendCheck.Check(shape, layers, device, channelsLast);
                 (route, output, input, weights) = (check.Route.ToString(), Error(check.OutputError), shape.InputGradient ? Error(check.InputGradientError) : "-",
                     Error(check.WeightGradientError));
                 verdict = check.Correct ? "ok" : "WRONG";

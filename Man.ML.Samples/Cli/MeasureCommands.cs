@@ -34,7 +34,12 @@ internal static class MeasureCommands
         });
 
     public static Command Speed() => Create("measure-speed", "Step times (ms) of one configuration on synthetic data.", defaultSteps: 5,
-        (options, steps, warmup, classes, imageSize) => new { step_ms = TrainingSpeedProbe.Measure(options, steps, warmup, classes, imageSize) });
+        (options, steps, warmup, classes, imageSize) =>
+        {
+            var times = TrainingSpeedProbe.Measure(options, out double gflop, steps, warmup, classes, imageSize);
+            // The peak matrix rate in the same process, after the steps, so the step's GFLOP/s can be set against it.
+            return new { step_ms = times, gflop_per_step = Math.Round(gflop, 3), peak_matrix_gflops = Math.Round(MatrixRate.MeasureGflops(), 1) };
+        });
 
     private static Command Create(string name, string description, int defaultSteps, Func<TrainingOptions, int, int, int, int, object> measure)
     {

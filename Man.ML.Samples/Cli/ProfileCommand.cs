@@ -16,7 +16,8 @@ internal static class ProfileCommand
         var repeats = new Option<int>("--repeats") { Description = "Timed repeats per unit (median reported).", DefaultValueFactory = _ => 5 };
         var phases = new Option<bool>("--phases") { Description = "Also time the phases of a whole end-to-end step: zero-grad, forward, backward, non-finite check, optimizer." };
         var localSpec = new Option<string?>("--local") { Description = "Also time the parts of a local-learning step, summed over its segments, for RULE-kK[-man] (for example dgl-k16-man, infopro-k16-man): units, MAN's copies, heads, backward, EMA update, check, optimizer." };
-        var command = new Command("profile", "Per-unit forward and backward time and achieved GFLOP/s of a network's training step.") { arch, batch, repeats, phases, localSpec };
+        var heads = new Option<bool>("--heads") { Description = "With --local: also time, segment by segment, MAN's copies and the auxiliary head (InfoPro's decoder and classifier apart), forward and backward, with their GFLOP/s." };
+        var command = new Command("profile", "Per-unit forward and backward time and achieved GFLOP/s of a network's training step.") { arch, batch, repeats, phases, localSpec, heads };
         command.SetAction(parse => CliErrors.Run(() =>
         {
             TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
@@ -62,6 +63,22 @@ internal static class ProfileCommand
                 parts.AddRow(new[] { p.ZeroGradMs, p.UnitsForwardMs, p.ManForwardMs, p.HeadForwardMs, p.BackwardMs, p.EmaUpdateMs, p.CheckMs, p.OptimizerMs, sum, p.StepMs }
                     .Select(v => v.ToString("0.0")).ToArray());
                 AnsiConsole.Write(parts);
+                if (parse.GetValue(heads))
+                {
+                    var rows = HeadProfiler.Profile(trainer, parse.GetValue(batch), parse.GetValue(repeats));
+                    var partTable = new Table().Title($"{spec}: auxiliary parts by segment (median ms; peak {peak:0.0} GFLOP/s)")
+                        .AddColumns("segment", "part", "input", "forward ms", "backward ms", "GFLOP", "GFLOP/s", "of peak");
+                    foreach (var r in rows)
+                        partTable.AddRow(r.Segment.ToString(), r.Part, r.Input.ToString(), r.ForwardMs.ToString("0.0"), r.BackwardMs.ToString("0.0"),
+                            r.StepGflop.ToString("0.000"), r.AchievedGflops.ToString("0.0"), (r.AchievedGflops / peak).ToString("0.00"));
+                    foreach (var group in rows.GroupBy(r => r.Part))
+                    {
+                        double ms = group.Sum(r => r.ForwardMs + r.BackwardMs), gf = group.Sum(r => r.StepGflop);
+                        partTable.AddRow("[bold]all[/]", group.Key, "", group.Sum(r => r.ForwardMs).ToString("0.0"), group.Sum(r => r.BackwardMs).ToString("0.0"),
+                            gf.ToString("0.000"), (gf / (ms / 1000)).ToString("0.0"), (gf / (ms / 1000) / peak).ToString("0.00"));
+                    }
+                    AnsiConsole.Write(partTable);
+                }
                 trainer.Network.Dispose();
             }
             return 0;

@@ -11,10 +11,15 @@ namespace Man.ML.Samples.Tooling;
 internal static class TrainingSpeedProbe
 {
     /// <summary>Milliseconds of each of <paramref name="steps"/> timed steps after <paramref name="warmupSteps"/> warm-up steps.</summary>
-    public static IReadOnlyList<double> Measure(TrainingOptions options, int steps = 5, int warmupSteps = 2, int classes = 10, int imageSize = 32)
+    public static IReadOnlyList<double> Measure(TrainingOptions options, int steps = 5, int warmupSteps = 2, int classes = 10, int imageSize = 32) =>
+        Measure(options, out _, steps, warmupSteps, classes, imageSize);
+
+    /// <summary>As <see cref="Measure(TrainingOptions, int, int, int, int)"/>, with the step's matrix GFLOP from the cost model.</summary>
+    public static IReadOnlyList<double> Measure(TrainingOptions options, out double stepGflop, int steps = 5, int warmupSteps = 2, int classes = 10, int imageSize = 32)
     {
         var device = Trainer.ResolveDevice(options.Device);
         using var local = new Trainer(options).CreateLocalTrainer(classes, imageSize, device);
+        stepGflop = Man.ML.Diagnostics.TrainingCost.Compute(local, options.BatchSize).StepGflops;
         var network = local.Network;
         local.SetTraining(true);
         var generator = new Random(options.Seed);

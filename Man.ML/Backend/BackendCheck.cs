@@ -107,7 +107,7 @@ public static class BackendCheck
     public const double Tolerance = 1e-3;
 
     private const int Batch = 2; // the smallest batch that shows the faults measured (a batch of one does not)
-    private static readonly ConcurrentDictionary<(ConvolutionShape, string, int, ConvolutionWorkaround), ConvolutionCheck> Checked = new();
+    private static readonly ConcurrentDictionary<(ConvolutionShape, string, int, ConvolutionWorkaround, bool ChannelsLast), ConvolutionCheck> Checked = new();
 
     /// <summary>
     /// Checks every convolution shape <paramref name="trainer"/> trains (its network, auxiliary heads and MAN's copies):
@@ -118,7 +118,8 @@ public static class BackendCheck
     {
         var clock = Stopwatch.StartNew();
         var device = trainer.Network.parameters().First().device;
-        var checks = Shapes(trainer).Select(u => Check(u.Key, u.Value, device)).ToList();
+        bool channelsLast = ActivationLayouts.ChannelsLastOn(device.type, trainer.Network.Family);
+        var checks = Shapes(trainer).Select(u => Check(u.Key, u.Value, device, Candidate, channelsLast)).ToList();
         return new BackendReport(DescribeEnvironment(), device.ToString(), checks, clock.Elapsed.TotalSeconds);
     }
 
@@ -127,7 +128,15 @@ public static class BackendCheck
     /// <param name="layers">Names of the layers that run it (reported only).</param>
     /// <param name="device">Where the float32 computation runs.</param>
     public static ConvolutionCheck Check(ConvolutionShape shape, IReadOnlyList<string> layers, Device device) =>
-        Check(shape, layers, device, Candidate);
+        Check(shape, layers, device, Candidate, channelsLast: false);
+
+    /// <summary>Checks one convolution shape on <paramref name="device"/> with its float32 input laid out channels-last or not.</summary>
+    /// <param name="shape">The shape.</param>
+    /// <param name="layers">Names of the layers that run it (reported only).</param>
+    /// <param name="device">Where the float32 computation runs.</param>
+    /// <param name="channelsLast">Whether the float32 input is laid out channels-last (see <see cref="ActivationLayouts"/>).</param>
+    public static ConvolutionCheck Check(ConvolutionShape shape, IReadOnlyList<string> layers, Device device, bool channelsLast) =>
+        Check(shape, layers, device, Candidate, channelsLast);
 
     /// <summary>
     /// What training runs once per process: <see cref="Run"/> for the shapes not checked before in this process (same
@@ -139,7 +148,8 @@ public static class BackendCheck
         var device = trainer.Network.parameters().First().device;
         int threads = get_num_threads();
         var policy = ConvolutionRouting.Workaround;
-        var checks = Shapes(trainer).Select(u => Checked.GetOrAdd((u.Key, device.ToString(), threads, policy), _ => Check(u.Key, u.Value, device, Candidate)))
+        bool channelsLast = ActivationLayouts.ChannelsLastOn(device.type, trainer.Network.Family);
+        var checks = Shapes(trainer).Select(u => Checked.GetOrAdd((u.Key, device.ToString(), threads, policy, channelsLast), _ => Check(u.Key, u.Value, device, Candidate, channelsLast)))
             .ToList();
         var report = new BackendReport(DescribeEnvironment(), device.ToString(), checks, clock.Elapsed.TotalSeconds);
         report.EnsureCorrect();
@@ -211,7 +221,7 @@ public static class BackendCheck
     }
 
     /// <summary>One shape: float32 on <paramref name="device"/> through <paramref name="candidate"/> against float64 on the CPU.</summary>
-    internal static ConvolutionCheck Check(ConvolutionShape shape, IReadOnlyList<string> layers, Device device, Convolution candidate)
+    internal static ConvolutionCheck Check(ConvolutionShape shape, IReadOnlyList<string> layers, Device device, Convolution candidate, bool channelsLast = false)
     {
         using var scope = NewDisposeScope();
         using var grad = enable_grad();
@@ -220,19 +230,22 @@ public static class BackendCheck
             .mul_(1.0 / Math.Sqrt((double)shape.InChannels / shape.Groups * shape.Kernel * shape.Kernel));
         var b64 = shape.HasBias ? Pattern(new long[] { shape.OutChannels }, 2.1) : null;
 
-        var (y, gx, gw, gb) = Gradients(x64, w64, b64, shape, float32, device, candidate);
-        var (y64, gx64, gw64, gb64) = Gradients(x64, w64, b64, shape, float64, CPU,
+        var (y, gx, gw, gb) = Gradients(x64, w64, b64, shape, float32, device, channelsLast, candidate);
+        var (y64, gx64, gw64, gb64) = Gradients(x64, w64, b64, shape, float64, CPU, channelsLast: false, convolution:
             (x, w, b, s) => nn.functional.conv2d(x, w, b, new long[] { s.Stride, s.Stride }, new long[] { s.Padding, s.Padding }, groups: s.Groups));
         var route = ConvolutionRouting.RouteFor(ConvolutionRouting.Workaround, device.type, shape.InputGradient, w64.shape, shape.Stride,
-            shape.Padding, shape.Groups);
+            shape.Padding, shape.Groups, channelsLast);
         double weightError = Math.Max(RelativeError(gw, gw64), gb is null ? 0 : RelativeError(gb, gb64!));
         return new ConvolutionCheck(shape, layers, route, RelativeError(y, y64), gx is null ? 0 : RelativeError(gx, gx64!), weightError);
     }
 
     private static (Tensor Y, Tensor? Gx, Tensor Gw, Tensor? Gb) Gradients(Tensor x64, Tensor w64, Tensor? b64, ConvolutionShape shape,
-        ScalarType dtype, Device device, Convolution convolution)
+        ScalarType dtype, Device device, bool channelsLast, Convolution convolution)
     {
-        var x = x64.to(dtype).to(device).requires_grad_(shape.InputGradient);
+        // The candidate sees its input in the layout training gives it.
+        var x = x64.to(dtype).to(device);
+        if (channelsLast) x = ActivationLayouts.ToChannelsLast(x);
+        x.requires_grad_(shape.InputGradient);
         var w = w64.to(dtype).to(device).requires_grad_(true);
         var b = b64?.to(dtype).to(device).requires_grad_(true);
         var y = convolution(x, w, b, shape);

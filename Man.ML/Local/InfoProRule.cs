@@ -317,14 +317,20 @@ public sealed class InfoProHead : AuxiliaryHead, IHasCost
     public Tensor Reconstruct(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var up = nn.functional.interpolate(x, imageSize, mode: InterpolationMode.Bilinear, align_corners: true); // (B, C, H, W)
-        return decoder.call(up).MoveToOuterDisposeScope();
+        // The first convolution of the bilinearly resized map, without building the resized map where that is cheaper
+        // (UpsampledConvolution.cs); then the rest of the decoder.
+        var layers = decoder.children().Cast<nn.Module<Tensor, Tensor>>().ToList();
+        var h = UpsampledConvolution.Forward((Conv2dLayer)layers[0], x, (int)imageSize[0], (int)imageSize[1]); // (B, 12, H, W)
+        foreach (var layer in layers.Skip(1)) h = layer.call(h);
+        return h.MoveToOuterDisposeScope();
     }
 
     /// <summary>
-    /// Decoder (when λ1 ≠ 0): the resized map (conv input), conv output, ReLU output, the sigmoid output and the
+    /// Decoder (when λ1 ≠ 0): what its first convolution's route keeps (the resized map, the separable route's two
+    /// products, or the input itself; see UpsampledConvolution), conv output, ReLU output, the sigmoid output and the
     /// reconstruction target. Classifier (when λ2 ≠ 0): its input, per conv its output and ReLU output, per linear layer
-    /// its input, the output's softmax or similarity matrix. Its input counts once.
+    /// its input, the output's softmax or similarity matrix. Its input counts once. FLOPs are the reference
+    /// computation's (the decoder's convolution at full resolution), whichever route computes it.
     /// </summary>
     public ModuleCost Cost(FeatureShape input)
     {
@@ -334,7 +340,9 @@ public sealed class InfoProHead : AuxiliaryHead, IHasCost
         if (ReconstructionWeight != 0)
         {
             var up = new FeatureShape(input.Channels, (int)imageSize[0], (int)imageSize[1]);
-            saved += up.Elements + 2 * DecoderWidth * image + 2 * 3 * image;
+            var first = (Conv2dLayer)decoder.children().First();
+            saved += UpsampledConvolution.SavedElements(first, input, up.Height, up.Width) + 2 * DecoderWidth * image + 2 * 3 * image;
+            keepsInput = UpsampledConvolution.KeepsInput(first, input, up.Height, up.Width);
             flops += LayerCost.ConvFlops(up, new FeatureShape(DecoderWidth, up.Height, up.Width), 3)
                      + LayerCost.ConvFlops(new FeatureShape(DecoderWidth, up.Height, up.Width), new FeatureShape(3, up.Height, up.Width), 3);
         }
@@ -343,7 +351,7 @@ public sealed class InfoProHead : AuxiliaryHead, IHasCost
             int convs = config switch { AuxClassifierConfig.C0F1 or AuxClassifierConfig.C0F2 => 0, AuxClassifierConfig.C2F2 => 2, _ => 1 };
             int linears = config switch { AuxClassifierConfig.C0F1 or AuxClassifierConfig.C1F1 => 1, AuxClassifierConfig.C1F3 => 3, _ => 2 };
             var shape = input;
-            keepsInput = convs > 0;
+            keepsInput |= convs > 0;
             for (int c = 0; c < convs; c++)
             {
                 bool first = c == 0;

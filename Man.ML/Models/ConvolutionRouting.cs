@@ -6,14 +6,24 @@
 //    NaN in some runs), while its forward pass and weight gradient are right. Computing it with the weights zero-padded
 //    to the next multiple of 16 output channels, and the extra outputs sliced away, gives the exact result; the
 //    trained parameters keep their true shape. Whether this CPU needs it is probed once per process (a few
-//    milliseconds), so unaffected machines keep the plain path.
+//    milliseconds), so unaffected machines keep the plain path. For very few outputs (InfoPro's 12→3 decoder layer)
+//    padding computes five times the outputs needed; there the convolution is instead written as what it is, a channel
+//    mixing per kernel tap (one batched matrix product, no convolution kernel involved) and a sum of the k² shifted
+//    tap maps: 12→3 at 32×32, batch 128, forward + backward 16.5 ms padded, 10–12.5 ms this way, 11–12 ms unpadded
+//    (docs/BENCHMARKS.md). It forms outputs·k² full-resolution maps, so it is used up to 32 of them (16→12 would form
+//    108 and take 35 ms against 14 padded).
 // 2. A crash: the input gradient of a 1x1 convolution with stride > 1 kills the process with SIGFPE (an integer division
 //    by zero inside oneDNN's kernel selection) for some channel pairs, among them ResNet-50/101/152's projection
 //    shortcuts 512→1024 and 1024→2048. A 1x1 convolution with stride s and no padding equals a stride-1 1x1 convolution
 //    of the input subsampled by s, which takes another kernel. A crash cannot be probed in-process, and the rewrite
 //    costs nothing measurable, so it is applied on the CPU whenever an input gradient is needed.
 //
-// Neither rewrite runs when no input gradient is taken (inference, the first layer of a segment): forward passes and
+// 3. Channels-last inputs (ActivationLayouts): oneDNN's 1x1 convolution of an NHWC tensor kills the process with the
+//    same SIGFPE for some channel pairs, stride 1 included (measured: 512→1024). An NHWC tensor is a (B·H·W, C) matrix
+//    already, so a 1x1 convolution of it is one matrix product with the (C, O) weight, whose result is the NHWC output;
+//    no convolution kernel runs. It is used for every channels-last 1x1 convolution, forward included, on any device.
+//
+// The first two rewrites do not run when no input gradient is taken (inference, the first layer of a segment): forward passes and
 // weight gradients are right on every CPU measured.
 using TorchSharp;
 using static TorchSharp.torch;
@@ -48,6 +58,12 @@ public enum ConvolutionRoute
 
     /// <summary>A strided 1x1 convolution as a stride-1 convolution of the subsampled input.</summary>
     SubsampledInput,
+
+    /// <summary>Few output channels: a channel mixing per kernel tap (a matrix product), then the shifted tap maps summed.</summary>
+    ShiftedTaps,
+
+    /// <summary>A 1x1 convolution of a channels-last input as one matrix product (subsampled first when strided).</summary>
+    PointwiseProduct,
 }
 
 /// <summary>The process-wide convolution policy and the probe that decides it.</summary>
@@ -55,6 +71,9 @@ public static class ConvolutionRouting
 {
     /// <summary>Output channels are padded to a multiple of this (oneDNN's AVX-512 block; a multiple of its AVX2 block of 8).</summary>
     public const int ChannelBlock = 16;
+
+    /// <summary>The most tap maps (output channels × k²) the <see cref="ConvolutionRoute.ShiftedTaps"/> route forms.</summary>
+    public const int MaxShiftedTapMaps = 2 * ChannelBlock;
 
     /// <summary>Environment variable read at start-up for <see cref="Workaround"/>: auto, always or never.</summary>
     public const string EnvironmentVariable = "MANML_CONV_WORKAROUND";
@@ -99,7 +118,8 @@ public static class ConvolutionRouting
 
     /// <summary>The route a convolution of <paramref name="weight"/> on <paramref name="input"/> takes under the current policy.</summary>
     internal static ConvolutionRoute RouteFor(Tensor input, Tensor weight, int stride, int padding, int groups) =>
-        RouteFor(Workaround, input.device_type, input.requires_grad && is_grad_enabled(), weight.shape, stride, padding, groups);
+        RouteFor(Workaround, input.device_type, input.requires_grad && is_grad_enabled(), weight.shape, stride, padding, groups,
+            ActivationLayouts.IsChannelsLast(input));
 
     /// <summary>The route for a convolution described by its parts (see <see cref="RouteFor(Tensor, Tensor, int, int, int)"/>).</summary>
     /// <param name="policy">The policy.</param>
@@ -109,16 +129,23 @@ public static class ConvolutionRouting
     /// <param name="stride">Stride (both directions).</param>
     /// <param name="padding">Zero padding (both directions).</param>
     /// <param name="groups">Groups.</param>
+    /// <param name="channelsLast">Whether the input is laid out channels-last.</param>
     internal static ConvolutionRoute RouteFor(ConvolutionWorkaround policy, DeviceType device, bool inputGradient, long[] weightShape,
-        int stride, int padding, int groups)
+        int stride, int padding, int groups, bool channelsLast = false)
     {
+        if (channelsLast && policy != ConvolutionWorkaround.Never && groups == 1 && padding == 0 && weightShape[2] == 1 && weightShape[3] == 1)
+            return ConvolutionRoute.PointwiseProduct;
         if (policy == ConvolutionWorkaround.Never || !inputGradient) return ConvolutionRoute.Direct;
         if (policy == ConvolutionWorkaround.Auto && device != DeviceType.CPU) return ConvolutionRoute.Direct;
         bool pointwise = weightShape[2] == 1 && weightShape[3] == 1;
         if (pointwise && stride > 1 && padding == 0) return ConvolutionRoute.SubsampledInput;
         if (groups == 1 && weightShape[0] % ChannelBlock != 0
             && (policy == ConvolutionWorkaround.Always || SmallOutputChannelFault))
-            return ConvolutionRoute.PaddedOutputChannels;
+        {
+            long k = weightShape[2];
+            bool shiftable = stride == 1 && k == weightShape[3] && k % 2 == 1 && padding == k / 2 && weightShape[0] * k * k <= MaxShiftedTapMaps;
+            return shiftable ? ConvolutionRoute.ShiftedTaps : ConvolutionRoute.PaddedOutputChannels;
+        }
         return ConvolutionRoute.Direct;
     }
 
@@ -144,9 +171,50 @@ public static class ConvolutionRouting
                 // A copy of the true outputs, so the padded map is freed now rather than kept by whatever saves its input.
                 return y.narrow(1, 0, outputs).contiguous().MoveToOuterDisposeScope();
             }
+            case ConvolutionRoute.ShiftedTaps:
+                return ShiftedTaps(input, weight, bias);
+            case ConvolutionRoute.PointwiseProduct:
+                return PointwiseProduct(input, weight, bias, stride);
             default:
                 return nn.functional.conv2d(input, weight, bias, strides, paddings, groups: groups);
         }
+    }
+
+    // (B·H'·W', C) · (C, O) → (B·H'·W', O), which read as (B, H', W', O) and permuted is the (B, O, H', W') output with
+    // NHWC strides. The product keeps the input matrix (a view of the input when it is channels-last already) and the
+    // weight for backward, as the convolution would.
+    private static Tensor PointwiseProduct(Tensor input, Tensor weight, Tensor? bias, int stride)
+    {
+        using var scope = NewDisposeScope();
+        var x = stride == 1 ? input : input[.., .., TensorIndex.Slice(null, null, stride), TensorIndex.Slice(null, null, stride)];
+        long b = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3], o = weight.shape[0];
+        var rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c);                  // a view when x is channels-last
+        var matrix = weight.view(o, c).t();                                       // (C, O)
+        var y = bias is null ? rows.mm(matrix) : bias.addmm(rows, matrix);        // (B·H'·W', O)
+        return y.view(b, h, w, o).permute(0, 3, 1, 2).MoveToOuterDisposeScope(); // (B, O, H', W'), NHWC strides
+    }
+
+    // y[o, i, j] = Σ over taps (dy, dx) of z[(dy, dx, o), i + dy − p, j + dx − p], zero outside, where z = W_tap · x mixes
+    // channels for every tap at once (stride 1, padding p = k/2). The batched product keeps x and the weight for its
+    // backward (x is kept by the layer before in any case); the tap maps and their shifts keep nothing.
+    private static Tensor ShiftedTaps(Tensor input, Tensor weight, Tensor? bias)
+    {
+        using var scope = NewDisposeScope();
+        long b = input.shape[0], c = input.shape[1], h = input.shape[2], w = input.shape[3];
+        long o = weight.shape[0], k = weight.shape[2], p = k / 2;
+        var mixing = weight.permute(2, 3, 0, 1).reshape(k * k * o, c);                          // rows (dy, dx, o)
+        var taps = mixing.expand(b, k * k * o, c).bmm(input.reshape(b, c, h * w)).view(b, k * k * o, h, w).split(o, 1);
+        Tensor? y = null;
+        for (long dy = 0; dy < k; dy++)
+            for (long dx = 0; dx < k; dx++)
+            {
+                long sy = dy - p, sx = dx - p; // y[i, j] takes tap[i + sy, j + sx]
+                var shifted = nn.functional.pad(taps[dy * k + dx], new[] { Math.Max(-sx, 0), Math.Max(sx, 0), Math.Max(-sy, 0), Math.Max(sy, 0) })
+                    .narrow(2, Math.Max(sy, 0), h).narrow(3, Math.Max(sx, 0), w);               // (B, O, H, W)
+                y = y is null ? shifted : y.add(shifted);
+            }
+        if (bias is not null) y = y!.add(bias.view(1, -1, 1, 1));
+        return y!.contiguous().MoveToOuterDisposeScope();
     }
 
     // Input gradients of a few small-output convolutions against float64, at 1 thread and at the current count. The inputs

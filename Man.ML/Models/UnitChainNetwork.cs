@@ -80,10 +80,12 @@ public abstract class UnitChainNetwork : nn.Module<Tensor, Tensor>
     /// </summary>
     public abstract nn.Module<Tensor, Tensor> CreateUnitLike(int index);
 
-    /// <summary>Runs units <paramref name="start"/> (inclusive) to <paramref name="end"/> (exclusive) in order.</summary>
+    /// <summary>Runs units <paramref name="start"/> (inclusive) to <paramref name="end"/> (exclusive) in order. Images
+    /// entering the first unit are laid out as <see cref="ActivationLayouts"/> asks (channels-last on the CPU by default),
+    /// and every later activation keeps that layout.</summary>
     public Tensor ForwardUnits(Tensor input, int start, int end)
     {
-        var x = input;
+        var x = start == 0 && end > 0 ? ActivationLayouts.ForNetwork(input, Family) : input;
         for (int i = start; i < end; i++)
         {
             var next = Units[i].call(x);
