@@ -44,7 +44,7 @@ internal static class HeadProfiler
                 long ema = branch.EmaForwardFlops(h);
                 // The learnable copy: forward and both gradients; the EMA copy: forward and the input gradient only.
                 double gflop = (3.0 * (cost.ForwardFlops - ema) + 2.0 * ema) * batchSize / 1e9;
-                results.Add(Time(j, "MAN copies", h, batchSize, repeats, gflop, x => branch.call(x), backwardFromOutput: true));
+                results.Add(Time(j, "MAN copies", h, batchSize, repeats, gflop, x => branch.call(x), network.Family, backwardFromOutput: true));
                 features = cost.Output;
             }
             var head = trainer.Heads[j];
@@ -54,17 +54,17 @@ internal static class HeadProfiler
                 double decoderFlops = DecoderFlops(features, image);
                 if (infoPro.ReconstructionWeight != 0)
                     results.Add(Time(j, "decoder", features, batchSize, repeats, 3.0 * decoderFlops * batchSize / 1e9,
-                        x => nn.functional.binary_cross_entropy(infoPro.Reconstruct(x), images.sigmoid())));
+                        x => nn.functional.binary_cross_entropy(infoPro.Reconstruct(x), images.sigmoid()), network.Family));
                 if (infoPro.ClassificationWeight != 0)
                     results.Add(Time(j, "classifier", features, batchSize, repeats, 3.0 * (cost.ForwardFlops - (infoPro.ReconstructionWeight != 0 ? decoderFlops : 0)) * batchSize / 1e9,
                         x => infoPro.Mode == InfoProLossMode.CrossEntropy
                             ? nn.functional.cross_entropy(infoPro.call(x), labels)
-                            : SupervisedContrastiveLoss.Compute(infoPro.call(x), labels)));
+                            : SupervisedContrastiveLoss.Compute(infoPro.call(x), labels), network.Family));
             }
             else
             {
                 double flops = head is IHasCost c ? c.Cost(features).ForwardFlops : 0;
-                results.Add(Time(j, "head", features, batchSize, repeats, 3.0 * flops * batchSize / 1e9, x => head.Loss(x, targets)));
+                results.Add(Time(j, "head", features, batchSize, repeats, 3.0 * flops * batchSize / 1e9, x => head.Loss(x, targets), network.Family));
             }
         }
         foreach (var p in trainer.Optimizer.parameters()) p.grad?.zero_();
@@ -80,14 +80,15 @@ internal static class HeadProfiler
     }
 
     private static HeadPartProfile Time(int segment, string part, FeatureShape input, int batchSize, int repeats, double gflop,
-        Func<Tensor, Tensor> run, bool backwardFromOutput = false)
+        Func<Tensor, Tensor> run, NetworkFamily family, bool backwardFromOutput = false)
     {
         var forward = new List<double>();
         var backward = new List<double>();
         for (int r = 0; r < repeats + 1; r++)
         {
             using var scope = NewDisposeScope();
-            var x = randn(batchSize, input.Channels, input.Height, input.Width).requires_grad_(true);
+            // Features in the layout the units hand over in training (channels-last for CIFAR networks on the CPU by default).
+            var x = ActivationLayouts.ForNetwork(randn(batchSize, input.Channels, input.Height, input.Width), family).requires_grad_(true);
             var clock = Stopwatch.StartNew();
             var y = run(x);
             if (!backwardFromOutput) _ = y.item<float>();

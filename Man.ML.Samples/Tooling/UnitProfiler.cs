@@ -33,10 +33,12 @@ internal static class UnitProfiler
             var cost = ((IHasCost)unit).Cost(shape);
             var forward = new List<double>();
             var backward = new List<double>();
-            for (int r = 0; r < repeats + 1; r++)
+            for (int r = 0; r < repeats + 2; r++)
             {
                 using var scope = NewDisposeScope();
-                var x = randn(batchSize, shape.Channels, shape.Height, shape.Width).requires_grad_(true);
+                // In the layout training gives the unit (channels-last for CIFAR networks on the CPU by default).
+                // The first unit's input is the image batch, which takes no gradient in training.
+                var x = ActivationLayouts.ForNetwork(randn(batchSize, shape.Channels, shape.Height, shape.Width), network.Family).requires_grad_(u > 0);
                 var clock = Stopwatch.StartNew();
                 var y = unit.call(x);
                 double f = clock.Elapsed.TotalMilliseconds;
@@ -44,12 +46,12 @@ internal static class UnitProfiler
                 clock.Restart();
                 y.backward(new[] { g });
                 double b = clock.Elapsed.TotalMilliseconds;
-                if (r == 0) continue; // warm-up
+                if (r < 2) continue; // warm-up (the first call of a shape also creates its kernels)
                 forward.Add(f);
                 backward.Add(b);
             }
             foreach (var p in unit.parameters()) p.grad?.zero_();
-            profiles.Add(new UnitProfile(network.UnitInfos[u].Name, Median(forward), Median(backward), 3.0 * cost.ForwardFlops * batchSize / 1e9));
+            profiles.Add(new UnitProfile(network.UnitInfos[u].Name, Median(forward), Median(backward), (u == 0 ? 2.0 : 3.0) * cost.ForwardFlops * batchSize / 1e9));
             shape = cost.Output;
         }
         return profiles;
