@@ -69,7 +69,7 @@ public sealed class CliTests
         {
             Architecture = "resnet8", K = 2, Rule = LearningRule.InfoPro, Man = new MomentumOptions(), Epochs = 1, BatchSize = 32, Seed = 4,
         }, 10, 32).ToJson();
-        foreach (var key in first!.Select(p => p.Key).Where(k => !plan.ContainsKey(k)).ToList()) first.Remove(key);
+        foreach (var key in first!.Select(p => p.Key).Where(k => !plan.ContainsKey(k)).ToList()) first!.Remove(key);
         Assert.IsTrue(JsonNode.DeepEquals(plan, first), $"config\n{first}\nis not the plan\n{plan}");
     }
 

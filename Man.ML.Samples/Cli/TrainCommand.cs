@@ -300,7 +300,7 @@ internal static class TrainCommand
 
     private static string FaultNote(Backend.BackendEnvironment e) => !e.SmallOutputChannelFault ? ""
         : e.Workaround == Models.ConvolutionWorkaround.Never ? "; this CPU computes small output channel counts wrongly and the workaround is off"
-        : "; this CPU computes small output channel counts wrongly: such convolutions are padded";
+        : "; this CPU computes small output channel counts wrongly: such convolutions are padded or computed as shifted taps";
 
     // What the backend was and what its check found (null when --no-backend-check).
     private static JsonObject? Backend(Backend.BackendReport? report) => report is null ? null : new JsonObject
