@@ -208,6 +208,19 @@ public sealed class MLNetTests
         var loaded = Preprocessing(mlContext).Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(SmallOptions(1)));
         var l = Assert.ThrowsExactly<InvalidDataException>(() => loaded.Fit(rows));
         StringAssert.Contains(l.Message, "Image column 'Image', row 2");
+        // The file it came from, read from the path column the pipeline holds.
+        var path = Path.Combine(broken, "dog", "c.png");
+        StringAssert.Contains(e.Message, $"(ImagePath = '{path}')");
+        StringAssert.Contains(l.Message, $"(ImagePath = '{path}')");
+    }
+
+    [TestMethod]
+    public void AnEmptyDataViewIsReportedAsEmpty()
+    {
+        var empty = mlContext.Data.LoadFromEnumerable(new List<ImageRow>());
+        var pipeline = Preprocessing(mlContext).Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(SmallOptions(1)));
+        var e = Assert.ThrowsExactly<ArgumentException>(() => pipeline.Fit(empty));
+        Assert.AreEqual("The training data holds no rows; at least 2 are needed.", e.Message);
     }
 
     [TestMethod]

@@ -64,9 +64,12 @@ internal sealed class ImageColumn
             $"Image column '{name}' has type {type}; expected an image (LoadImages), encoded image bytes (LoadRawImageBytes) or a Single pixel vector (ExtractPixels).");
     }
 
-    /// <summary>A reader for the current row of <paramref name="row"/>, filling a 3·S·S byte buffer.</summary>
-    public Action<long, byte[]> CreateReader(DataViewRow row)
+    /// <summary>A reader for the current row of <paramref name="row"/>, filling a 3·S·S byte buffer. An error names the
+    /// column and the row, and where <paramref name="describeRow"/> is given what it says of the row (for example the
+    /// file the image was loaded from).</summary>
+    public Action<long, byte[]> CreateReader(DataViewRow row, Func<string>? describeRow = null)
     {
+        this.describeRow = describeRow;
         var column = row.Schema[Name];
         switch (Kind)
         {
@@ -120,8 +123,41 @@ internal sealed class ImageColumn
         }
     }
 
-    private InvalidDataException RowError(long position, string message, Exception? inner = null) =>
-        new($"Image column '{Name}', row {position}: {message}", inner);
+    private Func<string>? describeRow;
+
+    private InvalidDataException RowError(long position, string message, Exception? inner = null)
+    {
+        string where = "";
+        try { if (describeRow?.Invoke() is { Length: > 0 } d) where = $" ({d})"; }
+        catch (Exception e) when (e is not OperationCanceledException) { } // the description is a courtesy: the error is the image's
+        return new($"Image column '{Name}', row {position}{where}: {message}", inner);
+    }
+
+    /// <summary>
+    /// A description of the current row for error messages: the text columns of <paramref name="schema"/> whose value is
+    /// the path of an existing file (where a pipeline's LoadImages or LoadRawImageBytes read the image from), as
+    /// "Column = 'path'". The columns are read only when an error is described.
+    /// </summary>
+    public static (IEnumerable<DataViewSchema.Column> Columns, Func<DataViewRow, Func<string>> Describe) PathColumns(DataViewSchema schema)
+    {
+        var text = schema.Where(c => !c.IsHidden && c.Type is TextDataViewType).ToList();
+        return (text, row =>
+        {
+            var getters = text.Select(c => (c.Name, Getter: row.GetGetter<ReadOnlyMemory<char>>(c))).ToList();
+            return () =>
+            {
+                var found = new List<string>();
+                foreach (var (name, getter) in getters)
+                {
+                    var value = default(ReadOnlyMemory<char>);
+                    getter(ref value);
+                    var path = value.ToString();
+                    if (path.Length > 0 && path.IndexOfAny(Path.GetInvalidPathChars()) < 0 && File.Exists(path)) found.Add($"{name} = '{path}'");
+                }
+                return string.Join(", ", found);
+            };
+        });
+    }
 
     // MLImage pixels are 32-bit BGRA or RGBA, row-major; the network wants planar RGB at S x S.
     private void FromImage(MLImage image, byte[] target, long position)

@@ -203,6 +203,9 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         var labelColumn = data.Schema.GetColumnOrNull(options.LabelColumnName)
             ?? throw new ArgumentOutOfRangeException(nameof(data),
                 $"Label column '{options.LabelColumnName}' was not found in the {what} (columns: {string.Join(", ", data.Schema.Select(c => c.Name))}).");
+        // An empty view first: the key mapping below would make it "one class" and the message would mislead.
+        using (var probe = data.GetRowCursor(Array.Empty<DataViewSchema.Column>()))
+            if (!probe.MoveNext()) throw new ArgumentException($"The {what} holds no rows; at least 2 are needed.");
         if (labelColumn.Type is not KeyDataViewType)
         {
             // Any type MapValueToKey accepts becomes a key, classes in sorted order.
@@ -230,10 +233,11 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
 
         var labels = new List<long>();
         var pixels = new List<byte[]>();
-        using (var cursor = data.GetRowCursor(new[] { labelColumn, data.Schema[options.ImageColumnName] }))
+        var (pathColumns, describe) = ImageColumn.PathColumns(data.Schema);
+        using (var cursor = data.GetRowCursor(new[] { labelColumn, data.Schema[options.ImageColumnName] }.Concat(pathColumns).Distinct()))
         {
             var getLabel = cursor.GetGetter<uint>(labelColumn);
-            var readImage = image.CreateReader(cursor);
+            var readImage = image.CreateReader(cursor, describe(cursor));
             uint key = 0;
             while (cursor.MoveNext())
             {
