@@ -215,6 +215,61 @@ public sealed class MLNetTests
     }
 
     [TestMethod]
+    public void EveryRuleMixSplitAndHeadOptionReachesThePlan()
+    {
+        var trainers = mlContext.MulticlassClassification.Trainers;
+        var infoPro = trainers.ManImageClassification(new ManImageClassificationTrainer.Options
+        {
+            Architecture = "resnet32", K = 4, Rule = Local.LearningRule.InfoPro, ManMix = Local.ManMix.Learnable,
+            SplitTable = Local.SplitTable.InfoPro,
+            RuleSettings = new Local.RuleSettings
+            {
+                InfoPro = new Local.InfoProSettings
+                {
+                    Classifier = Local.AuxClassifierConfig.C1F1, LossMode = Local.InfoProLossMode.CrossEntropy,
+                    Lambdas = new Local.InfoProLambdas(5, 0.5, 1, 0.5), Schedule = Local.LambdaSchedule.ModuleIndex,
+                },
+            },
+        }).ResolvePlan(10);
+        Assert.AreEqual(Local.LearningRule.InfoPro, infoPro.Rule);
+        Assert.AreEqual(Local.ManMix.Learnable, infoPro.Man!.Mix);
+        Assert.AreEqual("infopro", infoPro.SplitTable);
+        Assert.IsTrue(infoPro.Heads.All(h => h.Head == "1c1f" && h.Loss == "ce"), string.Join(", ", infoPro.Heads.Select(h => $"{h.Head}/{h.Loss}")));
+        Assert.AreEqual(5, infoPro.Heads[0].ReconstructionWeight);   // λ by module index: (5, 0.5) on the first head, (1, 0.5) on the last
+        Assert.AreEqual(1.0, infoPro.Heads[^1].ReconstructionWeight!.Value, 1e-12);
+        var predSim = trainers.ManImageClassification(new ManImageClassificationTrainer.Options { Architecture = "resnet8", K = 2, Rule = Local.LearningRule.PredSim, UseMan = false })
+            .ResolvePlan(10);
+        Assert.AreEqual(Local.LearningRule.PredSim, predSim.Rule);
+        Assert.IsNull(predSim.Man);
+        // Combinations are rejected with the command line's messages: at construction, or where the network decides, by ResolvePlan.
+        var mix = Assert.ThrowsExactly<InvalidOptionException>(() => trainers.ManImageClassification(new ManImageClassificationTrainer.Options
+        {
+            ManMix = Local.ManMix.Learnable, ManAblation = Local.ManAblation.EmaOnly,
+        }));
+        StringAssert.Contains(mix.Message, "both");
+        var k = Assert.ThrowsExactly<InvalidOptionException>(() => trainers.ManImageClassification(new ManImageClassificationTrainer.Options
+        {
+            Architecture = "resnet8", K = 40,
+        }).ResolvePlan(10));
+        Assert.AreEqual("K", k.Option, k.Message);
+    }
+
+    [TestMethod]
+    public void InfoProTrainsThroughMLNet()
+    {
+        var pipeline = Preprocessing(mlContext).Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(new ManImageClassificationTrainer.Options
+        {
+            Architecture = "resnet8", K = 2, Rule = Local.LearningRule.InfoPro, Epochs = 1, BatchSize = 64, Seed = 1,
+        }));
+        var trained = pipeline.Fit(trainData);
+        var man = trained.LastTransformer;
+        Assert.IsNotNull(man);
+        StringAssert.StartsWith(man.TrainedWith, "resnet8 infopro+man K=2");
+        var metrics = mlContext.MulticlassClassification.Evaluate(trained.Transform(validationData));
+        Assert.IsTrue(metrics.MacroAccuracy >= 0 && metrics.LogLoss > 0 && double.IsFinite(metrics.LogLoss), $"log-loss {metrics.LogLoss}");
+    }
+
+    [TestMethod]
     public void AnEmptyDataViewIsReportedAsEmpty()
     {
         var empty = mlContext.Data.LoadFromEnumerable(new List<ImageRow>());

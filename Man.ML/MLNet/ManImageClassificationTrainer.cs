@@ -54,6 +54,18 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         /// <summary>EMA momentum of MAN. Default 0.995.</summary>
         public double EmaMomentum { get; set; } = MomentumOptions.DefaultMomentum;
 
+        /// <summary>How MAN combines its two copies: <see cref="ManMix.Sum"/> (MAN) or <see cref="ManMix.Learnable"/> (MAN++,
+        /// needs both copies). Default sum.</summary>
+        public ManMix ManMix { get; set; } = ManMix.Sum;
+
+        /// <summary>Segment boundaries from a reference split table (man, manpp, infopro, dgl) or balanced by cost; null
+        /// takes the method's default for the rule and MAN (docs/METHOD.md), as the command line does. Default null.</summary>
+        public SplitTable? SplitTable { get; set; }
+
+        /// <summary>Settings of the rules: DGL's head kind, InfoPro's classifier, loss, λ and λ schedule (a null member takes
+        /// the method's default for the run). Default: every default.</summary>
+        public RuleSettings RuleSettings { get; set; } = new();
+
         /// <summary>Epochs. Default <see cref="TrainingOptions.DefaultEpochs"/> (3), as the library and the samples.</summary>
         public int Epochs { get; set; } = TrainingOptions.DefaultEpochs;
 
@@ -115,8 +127,10 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         K = options.K,
         Rule = options.Rule,
         Man = options.UseMan
-            ? new MomentumOptions { Ablation = options.ManAblation, Initialization = options.ManInitialization, Momentum = options.EmaMomentum }
+            ? new MomentumOptions { Ablation = options.ManAblation, Initialization = options.ManInitialization, Momentum = options.EmaMomentum, Mix = options.ManMix }
             : null,
+        SplitTable = options.SplitTable,
+        RuleSettings = options.RuleSettings,
         Epochs = options.Epochs,
         BatchSize = options.BatchSize,
         LearningRate = options.LearningRate,
@@ -125,6 +139,15 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         Device = options.Device,
         Augmentation = options.Augment ? ImageAugmentation.Cifar : new ImageAugmentation(0, false, false, Normalization.Cifar),
     };
+
+    /// <summary>
+    /// The run these options describe, resolved as Fit will resolve it for <paramref name="classes"/> classes: the canonical
+    /// architecture, K and the segment boundaries, each segment's head and loss weights, MAN, the optimizer and the
+    /// schedule (the same plan the command line prints and metrics.json records). Builds the network once to do so.
+    /// </summary>
+    /// <exception cref="InvalidOptionException">An option, or a combination, that the network rejects (K out of range, a
+    /// split table without an entry for it, InfoPro without reference λ).</exception>
+    public RunPlan ResolvePlan(int classes) => RunPlan.Resolve(ToTrainingOptions(), classes, options.ImageSize);
 
     /// <inheritdoc />
     public SchemaShape GetOutputSchema(SchemaShape inputSchema)
