@@ -270,6 +270,30 @@ public sealed class MLNetTests
     }
 
     [TestMethod]
+    public void AValidationFractionIsHeldOutAndScoredEveryEpoch()
+    {
+        var epochs = new List<Training.EpochMetrics>();
+        var options = SmallOptions(1);
+        options.ValidationSetFraction = 0.25;
+        options.MetricsCallback = epochs.Add;
+        Preprocessing(mlContext).Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(options)).Fit(trainData);
+        Assert.HasCount(1, epochs);
+        Assert.IsNotNull(epochs[0].ValAccuracy, "the held-out rows were not scored");
+        int rows = ImageFolderSample.ListImages(ImageFolderFixture.Train).Count;
+        // Scored on round(0.25 · rows) images: the accuracy is a multiple of 1 / that count.
+        double held = Math.Round(0.25 * rows);
+        Assert.AreEqual(0, epochs[0].ValAccuracy!.Value * held % 1, 1e-6, $"validation accuracy {epochs[0].ValAccuracy} is not k / {held}");
+        var both = SmallOptions(1);
+        both.ValidationSetFraction = 0.1;
+        both.ValidationSet = validationData;
+        var e = Assert.ThrowsExactly<InvalidOptionException>(() => mlContext.MulticlassClassification.Trainers.ManImageClassification(both));
+        Assert.AreEqual("ValidationSetFraction", e.Option);
+        var outOfRange = SmallOptions(1);
+        outOfRange.ValidationSetFraction = 1;
+        Assert.ThrowsExactly<InvalidOptionException>(() => mlContext.MulticlassClassification.Trainers.ManImageClassification(outOfRange));
+    }
+
+    [TestMethod]
     public void AnEmptyDataViewIsReportedAsEmpty()
     {
         var empty = mlContext.Data.LoadFromEnumerable(new List<ImageRow>());

@@ -100,6 +100,13 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         /// <summary>Validation data in the same format as the training data, scored after every epoch. Default none.</summary>
         public IDataView? ValidationSet { get; set; }
 
+        /// <summary>
+        /// When <see cref="ValidationSet"/> is not given: the fraction of the training rows held out and scored after every
+        /// epoch instead, chosen by a permutation seeded with <see cref="Seed"/> (not stratified), in [0, 1). Default 0
+        /// (none held out; ML.NET's ImageClassificationTrainer holds out 0.1 by default, Man.ML trains on every row unless told).
+        /// </summary>
+        public double ValidationSetFraction { get; set; }
+
         /// <summary>Called after every epoch with its figures (accuracy, loss, learning rate, local losses, time). Default none.</summary>
         public Action<EpochMetrics>? MetricsCallback { get; set; }
 
@@ -119,6 +126,10 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         this.options = options;
         ToTrainingOptions().Validate();
         if (options.ImageSize < 8) throw new InvalidOptionException(nameof(Options.ImageSize), $"ImageSize must be at least 8 (got {options.ImageSize}).");
+        if (!(options.ValidationSetFraction is >= 0 and < 1))
+            throw new InvalidOptionException(nameof(Options.ValidationSetFraction), $"ValidationSetFraction must lie in [0, 1) (got {options.ValidationSetFraction}).");
+        if (options.ValidationSetFraction > 0 && options.ValidationSet is not null)
+            throw new InvalidOptionException(nameof(Options.ValidationSetFraction), "Give either ValidationSet or ValidationSetFraction, not both.");
     }
 
     private TrainingOptions ToTrainingOptions() => new()
@@ -176,10 +187,20 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         var host = environment.Register(nameof(ManImageClassificationTrainer));
         using var channel = host.Start("Training");
         var (train, keyValues) = ReadLabeledImages(input, "training data", expectedClasses: null);
-        using var _ = train;
         LabeledImages? validation = null;
-        if (options.ValidationSet is not null)
-            validation = ReadLabeledImages(options.ValidationSet, "validation set", train.ClassNames.Count).Images;
+        try
+        {
+            if (options.ValidationSet is not null)
+                validation = ReadLabeledImages(options.ValidationSet, "validation set", train.ClassNames.Count).Images;
+            else if (options.ValidationSetFraction > 0)
+                (train, validation) = HoldOut(train, options.ValidationSetFraction, options.Seed);
+        }
+        catch
+        {
+            train.Dispose(); // the training images are not left to the garbage collector
+            throw;
+        }
+        using var _ = train;
         using var __ = validation;
 
         var trainingOptions = ToTrainingOptions();
@@ -215,6 +236,29 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         return new ManImageClassificationTransformer(result.Network, keyValues, trainingOptions.Augmentation.Normalization,
             options.ImageColumnName, options.ImageSize, options.ScoringBatchSize, options.Device,
             TrainedWith(plan));
+    }
+
+    // A seeded permutation's first round(fraction · n) rows become the validation set; both keep the rows' order.
+    private static (LabeledImages Train, LabeledImages Validation) HoldOut(LabeledImages all, double fraction, int seed)
+    {
+        int held = (int)Math.Round(fraction * all.Count);
+        if (held < 1 || all.Count - held < 2)
+            throw new InvalidOptionException(nameof(Options.ValidationSetFraction), FormattableString.Invariant(
+                $"ValidationSetFraction {fraction} of {all.Count} training rows holds out {held}; at least 1 must be held out and 2 kept."));
+        var order = Enumerable.Range(0, all.Count).ToArray();
+        var random = new Random(seed);
+        for (int i = order.Length - 1; i > 0; i--)
+        {
+            int j = random.Next(i + 1);
+            (order[i], order[j]) = (order[j], order[i]);
+        }
+        LabeledImages Take(IEnumerable<int> rows, string source)
+        {
+            var (images, labels) = all.Gather(rows.OrderBy(r => r).Select(r => (long)r).ToArray());
+            return new LabeledImages(images, labels, all.ClassNames, source);
+        }
+        using (all)
+            return (Take(order.Skip(held), "training data"), Take(order.Take(held), $"validation set ({fraction:P0} of the training data)"));
     }
 
     internal static string TrainedWith(RunPlan plan) =>
