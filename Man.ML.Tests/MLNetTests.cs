@@ -294,6 +294,50 @@ public sealed class MLNetTests
     }
 
     [TestMethod]
+    public void NormalisationIsMeasuredOnTheTrainingImagesOrTakenAsGiven()
+    {
+        // The model trained in ClassInitialize measured it: recomputed here from the files, in float64 (the sample's
+        // images are 32×32 already, fewer than NormalizationSampleSize, so every pixel of every training image counts).
+        var sum = new double[3];
+        var squares = new double[3];
+        long pixels = 0;
+        foreach (var row in ImageFolderSample.ListImages(ImageFolderFixture.Train))
+        {
+            using var image = MLImage.CreateFromFile(row.ImagePath);
+            Assert.AreEqual(32, image.Width);
+            var bytes = image.Pixels;
+            bool bgra = image.PixelFormat == MLPixelFormat.Bgra32;
+            for (int i = 0; i < image.Width * image.Height; i++)
+                for (int c = 0; c < 3; c++)
+                {
+                    double v = bytes[i * 4 + (bgra ? 2 - c : c)] / 255.0;
+                    sum[c] += v;
+                    squares[c] += v * v;
+                }
+            pixels += image.Width * image.Height;
+        }
+        Assert.IsLessThan(ManImageClassificationTrainer.NormalizationSampleSize, (int)(pixels / 1024));
+        var measured = ((TransformerChain<ManImageClassificationTransformer>)model).LastTransformer.Normalization;
+        Assert.IsNotNull(measured);
+        for (int c = 0; c < 3; c++)
+        {
+            double mean = sum[c] / pixels, std = Math.Sqrt(squares[c] / pixels - mean * mean);
+            Assert.AreEqual(mean, measured.Mean[c], 1e-5, $"mean of channel {c}");
+            Assert.AreEqual(std, measured.Std[c], 1e-5, $"std of channel {c}");
+        }
+        // Given: used as is, and stored with the model.
+        var options = SmallOptions(1);
+        options.Normalization = Data.Normalization.Cifar;
+        var given = Preprocessing(mlContext).Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(options)).Fit(trainData);
+        CollectionAssert.AreEqual(Data.Normalization.Cifar.Mean, given.LastTransformer.Normalization.Mean);
+        CollectionAssert.AreEqual(Data.Normalization.Cifar.Std, given.LastTransformer.Normalization.Std);
+        var bad = SmallOptions(1);
+        bad.Normalization = new Data.Normalization(new[] { 0.5f, 0.5f, 0.5f }, new[] { 0.2f, 0f, 0.2f });
+        var e = Assert.ThrowsExactly<InvalidOptionException>(() => mlContext.MulticlassClassification.Trainers.ManImageClassification(bad));
+        Assert.AreEqual("Normalization", e.Option);
+    }
+
+    [TestMethod]
     public void AnEmptyDataViewIsReportedAsEmpty()
     {
         var empty = mlContext.Data.LoadFromEnumerable(new List<ImageRow>());

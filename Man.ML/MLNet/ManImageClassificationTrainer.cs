@@ -88,6 +88,13 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         public bool Augment { get; set; } = true;
 
         /// <summary>
+        /// Per-channel mean and standard deviation (of pixel values in [0, 1], RGB) the network's inputs are normalised with,
+        /// for training and scoring; stored with the model. Null measures them on the training rows (at most
+        /// <see cref="NormalizationSampleSize"/>, evenly spaced, after resizing to <see cref="ImageSize"/>). Default null.
+        /// </summary>
+        public Normalization? Normalization { get; set; }
+
+        /// <summary>
         /// Before training, check that the backend (libtorch on this CPU or GPU) computes every convolution of the
         /// configuration correctly against float64, once per process (a fraction of a second for CIFAR networks); Fit
         /// then throws <see cref="Backend.BackendFaultException"/> naming the layer, the shape and the remedy. Default true.
@@ -126,13 +133,42 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         this.options = options;
         ToTrainingOptions().Validate();
         if (options.ImageSize < 8) throw new InvalidOptionException(nameof(Options.ImageSize), $"ImageSize must be at least 8 (got {options.ImageSize}).");
+        if (options.Normalization is { } given && (given.Mean.Length != 3 || given.Std.Length != 3 || given.Std.Any(v => !(v > 0)) || given.Mean.Any(v => !float.IsFinite(v))))
+            throw new InvalidOptionException(nameof(Options.Normalization), "Normalization needs three finite means and three positive standard deviations (R, G, B).");
         if (!(options.ValidationSetFraction is >= 0 and < 1))
             throw new InvalidOptionException(nameof(Options.ValidationSetFraction), $"ValidationSetFraction must lie in [0, 1) (got {options.ValidationSetFraction}).");
         if (options.ValidationSetFraction > 0 && options.ValidationSet is not null)
             throw new InvalidOptionException(nameof(Options.ValidationSetFraction), "Give either ValidationSet or ValidationSetFraction, not both.");
     }
 
-    private TrainingOptions ToTrainingOptions() => new()
+    /// <summary>Most training rows the normalisation is measured on when <see cref="Options.Normalization"/> is null.</summary>
+    public const int NormalizationSampleSize = 10_000;
+
+    // Mean and population standard deviation per channel over evenly spaced rows, in float64, a few hundred images at a time.
+    private static Normalization Measure(LabeledImages train)
+    {
+        int n = Math.Min(train.Count, NormalizationSampleSize);
+        var rows = Enumerable.Range(0, n).Select(i => (long)((double)i * train.Count / n)).ToArray();
+        var sum = new double[3];
+        var squares = new double[3];
+        long pixels = 0;
+        for (int start = 0; start < n; start += 256)
+        {
+            using var scope = NewDisposeScope();
+            var (images, _) = train.Gather(rows.Skip(start).Take(256).ToArray());
+            var x = images.to(ScalarType.Float64).div_(255);                               // (b, 3, S, S)
+            var s1 = x.sum(new long[] { 0, 2, 3 }).data<double>().ToArray();
+            var s2 = x.square().sum(new long[] { 0, 2, 3 }).data<double>().ToArray();
+            for (int c = 0; c < 3; c++) { sum[c] += s1[c]; squares[c] += s2[c]; }
+            pixels += x.shape[0] * x.shape[2] * x.shape[3];
+        }
+        var mean = sum.Select(v => v / pixels).ToArray();
+        // A constant channel (a grayscale image's copies have none, but a blank one would) keeps unit scale.
+        var std = squares.Select((v, c) => Math.Sqrt(Math.Max(v / pixels - mean[c] * mean[c], 0))).Select(v => v > 1e-6 ? v : 1).ToArray();
+        return new Normalization(mean.Select(v => (float)v).ToArray(), std.Select(v => (float)v).ToArray());
+    }
+
+    private TrainingOptions ToTrainingOptions(Normalization? normalization = null) => new()
     {
         Architecture = options.Architecture,
         K = options.K,
@@ -148,7 +184,9 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         WeightDecay = options.WeightDecay,
         Seed = options.Seed,
         Device = options.Device,
-        Augmentation = options.Augment ? ImageAugmentation.Cifar : new ImageAugmentation(0, false, false, Normalization.Cifar),
+        Augmentation = options.Augment
+            ? ImageAugmentation.Cifar with { Normalization = normalization ?? options.Normalization ?? Normalization.Cifar }
+            : new ImageAugmentation(0, false, false, normalization ?? options.Normalization ?? Normalization.Cifar),
     };
 
     /// <summary>
@@ -203,7 +241,10 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         using var _ = train;
         using var __ = validation;
 
-        var trainingOptions = ToTrainingOptions();
+        var normalization = options.Normalization ?? Measure(train);
+        channel.Info(MessageSensitivity.None, FormattableString.Invariant(
+            $"Man.ML normalisation{(options.Normalization is null ? $" measured on {Math.Min(train.Count, NormalizationSampleSize)} training images" : " as given")}: mean {string.Join(", ", normalization.Mean.Select(m => m.ToString("0.0000")))}, std {string.Join(", ", normalization.Std.Select(m => m.ToString("0.0000")))}."));
+        var trainingOptions = ToTrainingOptions(normalization);
         var trainer = new Trainer(trainingOptions) { CheckBackend = options.CheckBackend };
         var plan = trainer.Prepare(train.ClassNames.Count, options.ImageSize);
         channel.Info(MessageSensitivity.None,
