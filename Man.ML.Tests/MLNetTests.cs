@@ -118,7 +118,8 @@ public sealed class MLNetTests
     public void APredictionEngineAgreesWithBatchedScoring()
     {
         var batched = model.Transform(validationData).GetColumn<VBuffer<float>>("Score").Take(3).Select(v => v.DenseValues().ToArray()).ToList();
-        using var engine = mlContext.Model.CreatePredictionEngine<ImageRow, EnginePrediction>(model);
+        // ML.NET's engines own their transformer by default (disposing one disposes the model); this one borrows it.
+        using var engine = mlContext.Model.CreatePredictionEngine<ImageRow, EnginePrediction>(model, new PredictionEngineOptions { OwnsTransformer = false });
         for (int i = 0; i < 3; i++)
         {
             var single = engine.Predict(validationRows[i]).Score;
@@ -126,6 +127,10 @@ public sealed class MLNetTests
             for (int c = 0; c < 10; c++) Assert.AreEqual(batched[i][c], single[c], 1e-4, $"image {i}, class {c}");
             Assert.AreEqual(Array.IndexOf(single, single.Max()) + 1, (int)engine.Predict(validationRows[i]).PredictedLabel);
         }
+        engine.Dispose();
+        // Disposing a borrowing engine leaves the model usable.
+        var after = model.Transform(validationData).GetColumn<VBuffer<float>>("Score").Take(3).Select(v => v.DenseValues().ToArray()).ToList();
+        for (int i = 0; i < 3; i++) CollectionAssert.AreEqual(batched[i], after[i], $"image {i} after the engine was disposed");
     }
 
     public sealed class EnginePrediction
@@ -335,6 +340,32 @@ public sealed class MLNetTests
         bad.Normalization = new Data.Normalization(new[] { 0.5f, 0.5f, 0.5f }, new[] { 0.2f, 0f, 0.2f });
         var e = Assert.ThrowsExactly<InvalidOptionException>(() => mlContext.MulticlassClassification.Trainers.ManImageClassification(bad));
         Assert.AreEqual("Normalization", e.Option);
+    }
+
+    [TestMethod]
+    public void TrainingContinuesFromAGivenModel()
+    {
+        var preprocess = Preprocessing(mlContext).Fit(trainData);
+        using var initial = mlContext.MulticlassClassification.Trainers.ManImageClassification(SmallOptions(1)).Fit(preprocess.Transform(trainData));
+        var before = initial.Network.named_parameters().ToDictionary(p => p.name, p => p.parameter.detach().clone());
+        var options = SmallOptions(1);
+        options.LearningRate = 1e-9; // so small that the weights must stay where the initial model left them
+        var further = mlContext.MulticlassClassification.Trainers.ManImageClassification(options)
+            .Fit(preprocess.Transform(trainData), initial);
+        foreach (var (name, p) in further.Network.named_parameters())
+            Assert.IsLessThan(1e-5, (p.detach() - before[name]).abs().max().item<float>(), $"{name} moved away from the initial model");
+        CollectionAssert.AreEqual(initial.Normalization.Mean, further.Normalization.Mean, "the initial model's normalisation is kept");
+        // Without the initial model the same options start from the seeded initialisation, far from it.
+        var fresh = mlContext.MulticlassClassification.Trainers.ManImageClassification(options).Fit(preprocess.Transform(trainData));
+        Assert.IsGreaterThan(1e-2, fresh.Network.named_parameters().Max(p => (p.parameter.detach() - before[p.name]).abs().max().item<float>()));
+        // Another architecture is refused, naming both.
+        var other = SmallOptions(1);
+        other.Architecture = "resnet14";
+        var e = Assert.ThrowsExactly<ArgumentException>(() => mlContext.MulticlassClassification.Trainers.ManImageClassification(other)
+            .Fit(preprocess.Transform(trainData), initial));
+        StringAssert.Contains(e.Message, "resnet8");
+        StringAssert.Contains(e.Message, "resnet14");
+        foreach (var t in before.Values) t.Dispose();
     }
 
     [TestMethod]

@@ -220,7 +220,18 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
     /// <exception cref="InvalidDataException">A row holds a missing label or an image that cannot be decoded.</exception>
     /// <exception cref="OperationCanceledException">Training was cancelled.</exception>
     /// <exception cref="Backend.BackendFaultException">The backend computes a convolution of this configuration wrongly (see <see cref="Options.CheckBackend"/>).</exception>
-    public ManImageClassificationTransformer Fit(IDataView input)
+    public ManImageClassificationTransformer Fit(IDataView input) => Fit(input, initialModel: null);
+
+    /// <summary>
+    /// Trains further from <paramref name="initialModel"/> (a transformer this trainer made, or one loaded with
+    /// LoadManModel): its backbone weights and batch-norm statistics replace the seeded initialisation, and its
+    /// normalisation is kept unless <see cref="Options.Normalization"/> is given; auxiliary heads and MAN's copies start
+    /// afresh (copies made from the loaded next unit when <see cref="Options.ManInitialization"/> says so), and the
+    /// learning-rate schedule starts again over <see cref="Options.Epochs"/>.
+    /// </summary>
+    /// <exception cref="ArgumentException">The model's architecture, class count or class labels differ from these
+    /// options and this data.</exception>
+    public ManImageClassificationTransformer Fit(IDataView input, ManImageClassificationTransformer? initialModel)
     {
         var host = environment.Register(nameof(ManImageClassificationTrainer));
         using var channel = host.Start("Training");
@@ -241,12 +252,13 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         using var _ = train;
         using var __ = validation;
 
-        var normalization = options.Normalization ?? Measure(train);
+        var normalization = options.Normalization ?? initialModel?.Normalization ?? Measure(train);
         channel.Info(MessageSensitivity.None, FormattableString.Invariant(
-            $"Man.ML normalisation{(options.Normalization is null ? $" measured on {Math.Min(train.Count, NormalizationSampleSize)} training images" : " as given")}: mean {string.Join(", ", normalization.Mean.Select(m => m.ToString("0.0000")))}, std {string.Join(", ", normalization.Std.Select(m => m.ToString("0.0000")))}."));
+            $"Man.ML normalisation{(options.Normalization is not null ? " as given" : initialModel is not null ? " of the initial model" : $" measured on {Math.Min(train.Count, NormalizationSampleSize)} training images")}: mean {string.Join(", ", normalization.Mean.Select(m => m.ToString("0.0000")))}, std {string.Join(", ", normalization.Std.Select(m => m.ToString("0.0000")))}."));
         var trainingOptions = ToTrainingOptions(normalization);
         var trainer = new Trainer(trainingOptions) { CheckBackend = options.CheckBackend };
         var plan = trainer.Prepare(train.ClassNames.Count, options.ImageSize);
+        if (initialModel is not null) Continue(trainer.PreparedNetwork!, plan, initialModel, train.ClassNames);
         channel.Info(MessageSensitivity.None,
             $"Man.ML: {plan.Summary}, " +
             $"{train.Count} training images of {train.ClassNames.Count} classes{(validation is null ? "" : $", {validation.Count} validation images")}, " +
@@ -277,6 +289,28 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         return new ManImageClassificationTransformer(result.Network, keyValues, trainingOptions.Augmentation.Normalization,
             options.ImageColumnName, options.ImageSize, options.ScoringBatchSize, options.Device,
             TrainedWith(plan));
+    }
+
+    // The initial model's weights and statistics into the freshly built network, after checking they describe the same thing.
+    private static void Continue(Models.UnitChainNetwork target, RunPlan plan, ManImageClassificationTransformer initialModel, IReadOnlyList<string> classNames)
+    {
+        var source = initialModel.Network;
+        if (!string.Equals(source.Architecture, plan.Architecture, StringComparison.OrdinalIgnoreCase))
+            throw new ArgumentException($"The initial model is a {source.Architecture}; these options train a {plan.Architecture}.", nameof(initialModel));
+        if (source.ClassCount != classNames.Count)
+            throw new ArgumentException($"The initial model has {source.ClassCount} classes; the training data has {classNames.Count}.", nameof(initialModel));
+        if (initialModel.KeyValues?.Names() is { } names && !names.SequenceEqual(classNames))
+            throw new ArgumentException($"The initial model's classes ({string.Join(", ", names)}) are not the training data's ({string.Join(", ", classNames)}).", nameof(initialModel));
+        var from = source.state_dict();
+        using var noGrad = no_grad();
+        foreach (var (name, tensor) in target.state_dict())
+        {
+            if (!from.TryGetValue(name, out var value))
+                throw new ArgumentException($"The initial model has no tensor '{name}'.", nameof(initialModel));
+            if (!value.shape.SequenceEqual(tensor.shape))
+                throw new ArgumentException($"The initial model's '{name}' has shape [{string.Join(", ", value.shape)}]; this network's has [{string.Join(", ", tensor.shape)}].", nameof(initialModel));
+            tensor.copy_(value);
+        }
     }
 
     // A seeded permutation's first round(fraction · n) rows become the validation set; both keep the rows' order.

@@ -101,6 +101,10 @@ public sealed class Trainer
         return Plan;
     }
 
+    /// <summary>The network <see cref="Prepare"/> built, before a run takes it (null otherwise): a front end may set its
+    /// weights here, for example to continue training a saved model; MAN's copies are made from it when the run starts.</summary>
+    internal UnitChainNetwork? PreparedNetwork => prepared?.Network;
+
     /// <summary>Builds the network, split and rule the options describe (seeded), without training; the caller owns the network.</summary>
     public (UnitChainNetwork Network, SplitPlan Plan, ILocalLearningRule Rule) Build(int classes, int imageSize)
     {
