@@ -11,7 +11,7 @@ namespace Man.ML.Tests;
 /// and an application outside the solution (nuget/consumer-check) that restores it from a local folder with the CPU
 /// backend, trains, saves, loads and predicts.
 /// </summary>
-/// <remarks>The package is packed with a version of its own (0.1.0-check.XXXXXXXX) and the consumer restores into a
+/// <remarks>The package is packed with a version of its own (0.1.0-check.cXXXXXXXX: the letter keeps the identifier alphanumeric, since an all-digit one with a leading zero is not valid SemVer) and the consumer restores into a
 /// private packages folder, with the machine's global packages folder only as a read-only fallback for everything
 /// else, so a Man.ML 0.1.0 cached by an earlier restore can never stand in for the package under test.</remarks>
 [TestClass]
@@ -30,7 +30,7 @@ public sealed class PackageTests
         work = TestSupport.NewTempFolder();
         feed = Path.Combine(work, "feed");
         var assemblyVersion = typeof(Man.ML.Training.Trainer).Assembly.GetName().Version!;
-        version = $"{assemblyVersion.Major}.{assemblyVersion.Minor}.{assemblyVersion.Build}-check.{Guid.NewGuid().ToString("N")[..8]}";
+        version = $"{assemblyVersion.Major}.{assemblyVersion.Minor}.{assemblyVersion.Build}-check.c{Guid.NewGuid().ToString("N")[..8]}";
         var r = TestSupport.Run("dotnet", new[]
         {
             "pack", Path.Combine(TestSupport.RepositoryRoot, "Man.ML", "Man.ML.csproj"), "-c", TestSupport.Configuration, "--no-build",
