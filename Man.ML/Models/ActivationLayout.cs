@@ -36,23 +36,14 @@ public static class ActivationLayouts
     /// <summary>Environment variable read at start-up for <see cref="Layout"/>: auto, nchw or nhwc.</summary>
     public const string EnvironmentVariable = "MANML_LAYOUT";
 
-    private static int layout = -1; // unset: read from the environment on first use
+    private static readonly ProcessChoice<ActivationLayout> layout = new(EnvironmentVariable, EnvironmentVariable, ActivationLayout.Auto);
 
     /// <summary>The policy. Default <see cref="ActivationLayout.Auto"/>, or the value of <c>MANML_LAYOUT</c>.</summary>
     /// <exception cref="InvalidOptionException">On first use, when <c>MANML_LAYOUT</c> holds another value.</exception>
     public static ActivationLayout Layout
     {
-        get
-        {
-            int value = Volatile.Read(ref layout);
-            if (value < 0)
-            {
-                value = (int)FromEnvironment();
-                Interlocked.CompareExchange(ref layout, value, -1);
-            }
-            return (ActivationLayout)Volatile.Read(ref layout);
-        }
-        set => Volatile.Write(ref layout, (int)value);
+        get => layout.Value;
+        set => layout.Value = value;
     }
 
     /// <summary>Whether a <paramref name="family"/> network's activations on <paramref name="device"/> are laid out
@@ -84,12 +75,4 @@ public static class ActivationLayouts
     /// <summary>A channels-last copy of a 4-D tensor (the same tensor when it already is).</summary>
     public static Tensor ToChannelsLast(Tensor x) =>
         IsChannelsLast(x) ? x : x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2); // (B, C, H, W), NHWC strides
-
-    private static ActivationLayout FromEnvironment()
-    {
-        var value = Environment.GetEnvironmentVariable(EnvironmentVariable);
-        if (string.IsNullOrWhiteSpace(value)) return ActivationLayout.Auto;
-        try { return Choices.Parse<ActivationLayout>(value, EnvironmentVariable); }
-        catch (InvalidOptionException e) { throw new InvalidOptionException(EnvironmentVariable, $"The environment variable {EnvironmentVariable}: {e.Message}"); }
-    }
 }

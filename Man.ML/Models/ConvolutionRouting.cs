@@ -78,24 +78,15 @@ public static class ConvolutionRouting
     /// <summary>Environment variable read at start-up for <see cref="Workaround"/>: auto, always or never.</summary>
     public const string EnvironmentVariable = "MANML_CONV_WORKAROUND";
 
-    private static int workaround = -1; // unset: read from the environment on first use
+    private static readonly ProcessChoice<ConvolutionWorkaround> workaround = new(EnvironmentVariable, "The convolution workaround", ConvolutionWorkaround.Auto);
     private static readonly Lazy<bool> smallOutputFault = new(ProbeSmallOutputFault, LazyThreadSafetyMode.ExecutionAndPublication);
 
     /// <summary>The policy. Default <see cref="ConvolutionWorkaround.Auto"/>, or the value of <c>MANML_CONV_WORKAROUND</c>.</summary>
     /// <exception cref="ArgumentException">On first use, when <c>MANML_CONV_WORKAROUND</c> holds another value.</exception>
     public static ConvolutionWorkaround Workaround
     {
-        get
-        {
-            int value = Volatile.Read(ref workaround);
-            if (value < 0)
-            {
-                value = (int)FromEnvironment();
-                Interlocked.CompareExchange(ref workaround, value, -1);
-            }
-            return (ConvolutionWorkaround)Volatile.Read(ref workaround);
-        }
-        set => Volatile.Write(ref workaround, (int)value);
+        get => workaround.Value;
+        set => workaround.Value = value;
     }
 
     /// <summary>
@@ -107,14 +98,6 @@ public static class ConvolutionRouting
     /// <summary>Parses auto, always or never (case-insensitive).</summary>
     /// <exception cref="InvalidOptionException">Another value.</exception>
     public static ConvolutionWorkaround Parse(string text) => Choices.Parse<ConvolutionWorkaround>(text, "The convolution workaround");
-
-    private static ConvolutionWorkaround FromEnvironment()
-    {
-        var value = Environment.GetEnvironmentVariable(EnvironmentVariable);
-        if (string.IsNullOrWhiteSpace(value)) return ConvolutionWorkaround.Auto;
-        try { return Parse(value); }
-        catch (InvalidOptionException e) { throw new InvalidOptionException(EnvironmentVariable, $"The environment variable {EnvironmentVariable}: {e.Message}"); }
-    }
 
     /// <summary>The route a convolution of <paramref name="weight"/> on <paramref name="input"/> takes under the current policy.</summary>
     internal static ConvolutionRoute RouteFor(Tensor input, Tensor weight, int stride, int padding, int groups) =>
