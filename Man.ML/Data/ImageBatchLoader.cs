@@ -186,7 +186,7 @@ internal sealed class ImageBatchLoader
     }
 
     // A 32-bit seed from (seed, epoch, position) by SplitMix64 mixing: stable across processes and runs.
-    private static int Mix(int seed, int epoch, int position)
+    internal static int Mix(int seed, int epoch, int position)
     {
         ulong z = unchecked((ulong)seed * 0x9E3779B97F4A7C15UL ^ (ulong)epoch * 0xBF58476D1CE4E5B9UL ^ (ulong)position * 0x94D049BB133111EBUL);
         z = unchecked((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL);

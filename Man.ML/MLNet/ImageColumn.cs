@@ -1,7 +1,9 @@
 // Reading an image column of an IDataView into the network's input format (3 x S x S, uint8, planar RGB): an MLImage
 // (from LoadImages), encoded image bytes (from LoadRawImageBytes), or a pixel vector from ExtractPixels with its default
-// settings (planar RGB, values 0-255, known size 3·S·S). Images of another size are resized bilinearly (antialiased).
-// Every failure names the column, and the row where there is one.
+// settings (planar RGB, values 0-255, known size 3·S·S). Each image is cropped to the rectangle the data recipe asks for
+// (the whole image by default) and resized bilinearly (antialiased) to S×S. Grayscale and palette images arrive as
+// 32-bit MLImages (LoadImages converts them) and become three equal planes; an alpha channel is dropped. Every failure
+// names the column, and the row where there is one.
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using Microsoft.ML.Transforms.Image;
@@ -66,10 +68,12 @@ internal sealed class ImageColumn
 
     /// <summary>A reader for the current row of <paramref name="row"/>, filling a 3·S·S byte buffer. An error names the
     /// column and the row, and where <paramref name="describeRow"/> is given what it says of the row (for example the
-    /// file the image was loaded from).</summary>
-    public Action<long, byte[]> CreateReader(DataViewRow row, Func<string>? describeRow = null)
+    /// file the image was loaded from). <paramref name="crop"/> gives, for an image of (width, height), the source
+    /// rectangle (x, y, w, h) that is resized to S×S; null takes the whole image.</summary>
+    public Action<long, byte[]> CreateReader(DataViewRow row, Func<string>? describeRow = null, Func<int, int, (int X, int Y, int W, int H)>? crop = null)
     {
         this.describeRow = describeRow;
+        this.crop = crop;
         var column = row.Schema[Name];
         switch (Kind)
         {
@@ -112,11 +116,19 @@ internal sealed class ImageColumn
                     getter(ref buffer);
                     if (buffer.Length != PixelCount)
                         throw RowError(position, $"the pixel vector has {buffer.Length} values, expected {PixelCount}.");
+                    var rect = crop?.Invoke(ImageSize, ImageSize) ?? (0, 0, ImageSize, ImageSize);
+                    bool whole = rect == (0, 0, ImageSize, ImageSize);
+                    var planes = whole ? target : new byte[PixelCount];
                     int i = 0;
                     foreach (var v in buffer.DenseValues())
                     {
                         if (float.IsNaN(v)) throw RowError(position, $"pixel {i} is NaN.");
-                        target[i++] = (byte)Math.Clamp(MathF.Round(v), 0, 255);
+                        planes[i++] = (byte)Math.Clamp(MathF.Round(v), 0, 255);
+                    }
+                    if (!whole)
+                    {
+                        using var scope = NewDisposeScope();
+                        CropResize(tensor(planes, new long[] { 3, ImageSize, ImageSize }, dtype: ScalarType.Byte), rect, target);
                     }
                 };
             }
@@ -124,6 +136,7 @@ internal sealed class ImageColumn
     }
 
     private Func<string>? describeRow;
+    private Func<int, int, (int X, int Y, int W, int H)>? crop;
 
     private InvalidDataException RowError(long position, string message, Exception? inner = null)
     {
@@ -168,7 +181,8 @@ internal sealed class ImageColumn
         int bytesPerPixel = image.BitsPerPixel / 8;
         if (bytesPerPixel < 3) throw RowError(position, $"unsupported pixel format {image.PixelFormat}.");
         bool bgr = image.PixelFormat == MLPixelFormat.Bgra32;
-        if (w == ImageSize && h == ImageSize)
+        var rect = crop?.Invoke(w, h) ?? (0, 0, w, h);
+        if (w == ImageSize && h == ImageSize && rect == (0, 0, w, h))
         {
             int plane = w * h;
             for (int p = 0; p < plane; p++)
@@ -182,10 +196,18 @@ internal sealed class ImageColumn
         }
         using var scope = NewDisposeScope();
         var raw = tensor(pixels.ToArray(), new long[] { h, w, bytesPerPixel }, dtype: ScalarType.Byte);
-        var rgb = (bgr ? raw.index_select(2, tensor(new long[] { 2, 1, 0 })) : raw.narrow(2, 0, 3))
-            .permute(2, 0, 1).unsqueeze(0).to_type(ScalarType.Float32);                       // (1, 3, H, W)
-        var resized = nn.functional.interpolate(rgb, new long[] { ImageSize, ImageSize }, mode: InterpolationMode.Bilinear,
-            align_corners: false, antialias: true);                                             // (1, 3, S, S)
+        var rgb = (bgr ? raw.index_select(2, tensor(new long[] { 2, 1, 0 })) : raw.narrow(2, 0, 3)).permute(2, 0, 1); // (3, H, W)
+        CropResize(rgb, rect, target);
+    }
+
+    // A rectangle of a (3, H, W) uint8 image, resized to (3, S, S) into target.
+    private void CropResize(Tensor rgb, (int X, int Y, int W, int H) rect, byte[] target)
+    {
+        var (x, y, cw, ch) = rect;
+        var region = rgb.narrow(1, y, ch).narrow(2, x, cw).unsqueeze(0).to_type(ScalarType.Float32);    // (1, 3, ch, cw)
+        var resized = cw == ImageSize && ch == ImageSize ? region
+            : nn.functional.interpolate(region, new long[] { ImageSize, ImageSize }, mode: InterpolationMode.Bilinear,
+                align_corners: false, antialias: true);                                                  // (1, 3, S, S)
         var bytes = resized.round().clamp(0, 255).to_type(ScalarType.Byte).contiguous();
         bytes.data<byte>().CopyTo(target);
     }

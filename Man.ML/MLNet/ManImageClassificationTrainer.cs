@@ -1,7 +1,8 @@
-// The ML.NET estimator: reads the image and label columns of an IDataView into memory, trains a CIFAR ResNet by
-// supervised local learning (DGL + MAN at K = 16 by default) through Man.ML's Trainer, and returns the transformer.
-// Progress goes to MLContext.Log; cancellation is honoured between batches (Options.CancellationToken, or ML.NET's own
-// cancellation of the MLContext).
+// The ML.NET estimator: streams the image and label columns of an IDataView (DataViewImages: memory bounded whatever
+// the row count), trains any of the engine's networks by supervised local learning (DGL + MAN at K = 16 on a CIFAR
+// ResNet-32 by default) through Man.ML's Trainer, and returns the transformer. Progress goes to MLContext.Log;
+// cancellation is honoured between batches (Options.CancellationToken, or ML.NET's own cancellation of the MLContext:
+// ML.NET 5 keeps CancelExecution internal, so it is read through MLNetInternals).
 using Man.ML.Data;
 using Man.ML.Local;
 using Man.ML.Training;
@@ -33,7 +34,10 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         /// <summary>Side S of the square network input; images of another size are resized (bilinear). Default 32.</summary>
         public int ImageSize { get; set; } = 32;
 
-        /// <summary>Architecture: resnet32, resnet110 or resnet&lt;6n+2&gt;. Default "resnet32".</summary>
+        /// <summary>
+        /// Architecture: a CIFAR ResNet (resnet32, resnet110, any resnet&lt;6n+2&gt; such as resnet8), an ImageNet ResNet or
+        /// ResNeXt (resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d) or vgg13_bn. Default "resnet32".
+        /// </summary>
         public string Architecture { get; set; } = "resnet32";
 
         /// <summary>Number of gradient-isolated segments (1 = end-to-end). Default 16.</summary>
@@ -84,8 +88,29 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         /// <summary>Device: "cpu" or "cuda". Default "cpu".</summary>
         public string Device { get; set; } = "cpu";
 
-        /// <summary>Random crop (reflect padding 4) and horizontal flip during training. Default true.</summary>
+        /// <summary>Training augmentation of the <see cref="ImageRecipe"/> (CIFAR: reflect-pad 4, random crop, flip; ImageNet:
+        /// random-resized crop, flip); off, training images get the scoring crop. Default true.</summary>
         public bool Augment { get; set; } = true;
+
+        /// <summary>
+        /// How images of any size become the S×S input: <see cref="Data.ImageRecipe.Cifar"/> (the whole image resized) or
+        /// <see cref="Data.ImageRecipe.ImageNet"/> (random-resized crops for training; shorter side to S·256/224 and centre
+        /// crop for scoring); stored with the model. Default automatic: CIFAR's for CIFAR ResNets, ImageNet's otherwise.
+        /// </summary>
+        public ImageRecipe ImageRecipe { get; set; } = ImageRecipe.Automatic;
+
+        /// <summary>
+        /// Rows held in the shuffle buffer when the training view cannot shuffle (a text file, a database: views loaded
+        /// from a list shuffle fully without one); null takes as many as fit in
+        /// <see cref="DefaultShuffleBufferBytes"/> at <see cref="ImageSize"/> (at least two batches). Default null.
+        /// </summary>
+        public int? ShuffleBufferSize { get; set; }
+
+        /// <summary>
+        /// Stop once the validation figure has stalled and return the best epoch's model (needs <see cref="ValidationSet"/>
+        /// or <see cref="ValidationSetFraction"/>). Default none: every epoch is trained and the last returned.
+        /// </summary>
+        public EarlyStopping? EarlyStopping { get; set; }
 
         /// <summary>
         /// Per-channel mean and standard deviation (of pixel values in [0, 1], RGB) the network's inputs are normalised with,
@@ -139,34 +164,26 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
             throw new InvalidOptionException(nameof(Options.ValidationSetFraction), $"ValidationSetFraction must lie in [0, 1) (got {options.ValidationSetFraction}).");
         if (options.ValidationSetFraction > 0 && options.ValidationSet is not null)
             throw new InvalidOptionException(nameof(Options.ValidationSetFraction), "Give either ValidationSet or ValidationSetFraction, not both.");
+        if (options.EarlyStopping is { } stopping)
+        {
+            stopping.Validate(nameof(Options.EarlyStopping));
+            if (options.ValidationSet is null && options.ValidationSetFraction == 0)
+                throw new InvalidOptionException(nameof(Options.EarlyStopping), "EarlyStopping watches validation data: give ValidationSet or ValidationSetFraction.");
+        }
+        if (options.ShuffleBufferSize is < 1)
+            throw new InvalidOptionException(nameof(Options.ShuffleBufferSize), $"ShuffleBufferSize must be at least 1 row (got {options.ShuffleBufferSize}).");
     }
 
     /// <summary>Most training rows the normalisation is measured on when <see cref="Options.Normalization"/> is null.</summary>
     public const int NormalizationSampleSize = 10_000;
 
-    // Mean and population standard deviation per channel over evenly spaced rows, in float64, a few hundred images at a time.
-    private static Normalization Measure(LabeledImages train)
-    {
-        int n = Math.Min(train.Count, NormalizationSampleSize);
-        var rows = Enumerable.Range(0, n).Select(i => (long)((double)i * train.Count / n)).ToArray();
-        var sum = new double[3];
-        var squares = new double[3];
-        long pixels = 0;
-        for (int start = 0; start < n; start += 256)
-        {
-            using var scope = NewDisposeScope();
-            var (images, _) = train.Gather(rows.Skip(start).Take(256).ToArray());
-            var x = images.to(ScalarType.Float64).div_(255);                               // (b, 3, S, S)
-            var s1 = x.sum(new long[] { 0, 2, 3 }).data<double>().ToArray();
-            var s2 = x.square().sum(new long[] { 0, 2, 3 }).data<double>().ToArray();
-            for (int c = 0; c < 3; c++) { sum[c] += s1[c]; squares[c] += s2[c]; }
-            pixels += x.shape[0] * x.shape[2] * x.shape[3];
-        }
-        var mean = sum.Select(v => v / pixels).ToArray();
-        // A constant channel (a grayscale image's copies have none, but a blank one would) keeps unit scale.
-        var std = squares.Select((v, c) => Math.Sqrt(Math.Max(v / pixels - mean[c] * mean[c], 0))).Select(v => v > 1e-6 ? v : 1).ToArray();
-        return new Normalization(mean.Select(v => (float)v).ToArray(), std.Select(v => (float)v).ToArray());
-    }
+    /// <summary>Memory the shuffle buffer may take when <see cref="Options.ShuffleBufferSize"/> is null: 256 MiB.</summary>
+    public const long DefaultShuffleBufferBytes = 256L << 20;
+
+    private ImageRecipe Recipe => ImageRecipes.Resolve(options.ImageRecipe, options.Architecture);
+
+    private int BufferRows => options.ShuffleBufferSize
+        ?? (int)Math.Max(2L * options.BatchSize, DefaultShuffleBufferBytes / (3L * options.ImageSize * options.ImageSize));
 
     private TrainingOptions ToTrainingOptions(Normalization? normalization = null) => new()
     {
@@ -184,9 +201,7 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         WeightDecay = options.WeightDecay,
         Seed = options.Seed,
         Device = options.Device,
-        Augmentation = options.Augment
-            ? ImageAugmentation.Cifar with { Normalization = normalization ?? options.Normalization ?? Normalization.Cifar }
-            : new ImageAugmentation(0, false, false, normalization ?? options.Normalization ?? Normalization.Cifar),
+        Augmentation = ImageRecipes.BatchAugmentation(Recipe, options.Augment, normalization ?? options.Normalization ?? Normalization.Cifar),
     };
 
     /// <summary>
@@ -235,36 +250,32 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
     {
         var host = environment.Register(nameof(ManImageClassificationTrainer));
         using var channel = host.Start("Training");
-        var (train, keyValues) = ReadLabeledImages(input, "training data", expectedClasses: null);
-        LabeledImages? validation = null;
-        try
-        {
-            if (options.ValidationSet is not null)
-                validation = ReadLabeledImages(options.ValidationSet, "validation set", train.ClassNames.Count).Images;
-            else if (options.ValidationSetFraction > 0)
-                (train, validation) = HoldOut(train, options.ValidationSetFraction, options.Seed);
-        }
-        catch
-        {
-            train.Dispose(); // the training images are not left to the garbage collector
-            throw;
-        }
-        using var _ = train;
-        using var __ = validation;
+        var token = options.CancellationToken;
+        var train = DataViewImages.Scan(input, options.LabelColumnName, options.ImageColumnName, options.ImageSize, "training data", null, token);
+        DataViewImages? validation = null;
+        if (options.ValidationSet is not null)
+            validation = DataViewImages.Scan(options.ValidationSet, options.LabelColumnName, options.ImageColumnName, options.ImageSize,
+                "validation set", train.ClassNames.Count, token);
+        else if (options.ValidationSetFraction > 0)
+            (train, validation) = train.HoldOut(options.ValidationSetFraction, options.Seed);
+        var recipe = Recipe;
 
-        var normalization = options.Normalization ?? initialModel?.Normalization ?? Measure(train);
+        var normalization = options.Normalization ?? initialModel?.Normalization
+            ?? train.MeasureNormalization(NormalizationSampleSize, (w, h) => ImageRecipes.ScoringCrop(recipe, options.ImageSize, w, h), token);
         channel.Info(MessageSensitivity.None, FormattableString.Invariant(
             $"Man.ML normalisation{(options.Normalization is not null ? " as given" : initialModel is not null ? " of the initial model" : $" measured on {Math.Min(train.Count, NormalizationSampleSize)} training images")}: mean {string.Join(", ", normalization.Mean.Select(m => m.ToString("0.0000")))}, std {string.Join(", ", normalization.Std.Select(m => m.ToString("0.0000")))}."));
         var trainingOptions = ToTrainingOptions(normalization);
-        var trainer = new Trainer(trainingOptions) { CheckBackend = options.CheckBackend };
+        var trainer = new Trainer(trainingOptions) { CheckBackend = options.CheckBackend, EarlyStopping = options.EarlyStopping };
         var plan = trainer.Prepare(train.ClassNames.Count, options.ImageSize);
         if (initialModel is not null) Continue(trainer.PreparedNetwork!, plan, initialModel, train.ClassNames);
+        int bufferRows = BufferRows;
         channel.Info(MessageSensitivity.None,
             $"Man.ML: {plan.Summary}, " +
             $"{train.Count} training images of {train.ClassNames.Count} classes{(validation is null ? "" : $", {validation.Count} validation images")}, " +
-            $"{trainingOptions.Epochs} epochs, batch {trainingOptions.BatchSize}, lr {plan.LearningRate:0.####}.");
+            $"{trainingOptions.Epochs} epochs, batch {trainingOptions.BatchSize}, lr {plan.LearningRate:0.####}, {Choices.Name(recipe)} recipe at {options.ImageSize}x{options.ImageSize}; " +
+            (train.CanShuffle ? "rows read in a seeded permutation every epoch." : $"rows shuffled within a buffer of {bufferRows} (the view cannot shuffle{(bufferRows < train.Count ? $"; fewer than its {train.Count} rows" : "")})."));
 
-        using var cancellation = CancellationTokenSource.CreateLinkedTokenSource(options.CancellationToken);
+        using var cancellation = CancellationTokenSource.CreateLinkedTokenSource(token);
         trainer.BatchCompleted += progress =>
         {
             options.ProgressCallback?.Invoke(progress);
@@ -275,20 +286,26 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
             channel.Info(MessageSensitivity.None,
                 $"Man.ML epoch {metrics.Epoch}/{trainingOptions.Epochs}: train loss {metrics.TrainLoss:0.0000}, train accuracy {metrics.TrainAccuracy:P2}" +
                 (metrics.ValAccuracy is { } v ? $", validation accuracy {v:P2}, validation loss {metrics.ValLoss:0.0000}" : "") +
-                $", lr {metrics.Lr:0.#####}, {metrics.Seconds:0.0} s.");
+                $", local losses {string.Join(" / ", metrics.SegmentLosses.Select(l => l.ToString("0.000")))}, lr {metrics.Lr:0.#####}, {metrics.Seconds:0.0} s.");
             options.MetricsCallback?.Invoke(metrics);
         };
-        var result = trainer.Train(train, validation, cancellation: cancellation.Token);
+        var augmentation = trainingOptions.Augmentation;
+        var result = trainer.Train(new DataViewSource(train, recipe, augmentation, options.Augment, bufferRows),
+            validation is null ? null : new DataViewSource(validation, recipe, augmentation, false, bufferRows), null, cancellation.Token);
         if (trainer.BackendReport is { } backend)
             channel.Info(MessageSensitivity.None,
                 $"Man.ML backend check: {backend.Convolutions.Count} convolution shapes correct against float64 in {backend.Seconds:0.00} s " +
                 $"({backend.Environment.Cpu}; oneDNN {backend.Environment.OneDnnIsa}; convolution workaround {Choices.Name(backend.Environment.Workaround)}).");
+        if (result.Final.BestEpoch is { } best)
+            channel.Info(MessageSensitivity.None, result.Final.StoppedEarly
+                ? $"Man.ML stopped early after epoch {result.Epochs.Count}: no improvement of the validation {Choices.Name(options.EarlyStopping!.Metric)} for {options.EarlyStopping.Patience} epochs; returning epoch {best}'s weights."
+                : $"Man.ML early stopping: returning epoch {best}'s weights, the best of the {result.Epochs.Count}.");
         channel.Info(MessageSensitivity.None,
             $"Man.ML trained in {result.Final.TrainSeconds:0.0} s ({result.Final.ImagesPerSecond:0.0} images/s); final validation accuracy " +
             $"{(result.Final.ValAccuracy is { } f ? f.ToString("P2") : "n/a")}.");
-        return new ManImageClassificationTransformer(result.Network, keyValues, trainingOptions.Augmentation.Normalization,
+        return new ManImageClassificationTransformer(result.Network, train.KeyValues, trainingOptions.Augmentation.Normalization,
             options.ImageColumnName, options.ImageSize, options.ScoringBatchSize, options.Device,
-            TrainedWith(plan));
+            TrainedWith(plan), recipe);
     }
 
     // The initial model's weights and statistics into the freshly built network, after checking they describe the same thing.
@@ -313,95 +330,8 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         }
     }
 
-    // A seeded permutation's first round(fraction · n) rows become the validation set; both keep the rows' order.
-    private static (LabeledImages Train, LabeledImages Validation) HoldOut(LabeledImages all, double fraction, int seed)
-    {
-        int held = (int)Math.Round(fraction * all.Count);
-        if (held < 1 || all.Count - held < 2)
-            throw new InvalidOptionException(nameof(Options.ValidationSetFraction), FormattableString.Invariant(
-                $"ValidationSetFraction {fraction} of {all.Count} training rows holds out {held}; at least 1 must be held out and 2 kept."));
-        var order = Enumerable.Range(0, all.Count).ToArray();
-        var random = new Random(seed);
-        for (int i = order.Length - 1; i > 0; i--)
-        {
-            int j = random.Next(i + 1);
-            (order[i], order[j]) = (order[j], order[i]);
-        }
-        LabeledImages Take(IEnumerable<int> rows, string source)
-        {
-            var (images, labels) = all.Gather(rows.OrderBy(r => r).Select(r => (long)r).ToArray());
-            return new LabeledImages(images, labels, all.ClassNames, source);
-        }
-        using (all)
-            return (Take(order.Skip(held), "training data"), Take(order.Take(held), $"validation set ({fraction:P0} of the training data)"));
-    }
-
     internal static string TrainedWith(RunPlan plan) =>
         $"{plan.Architecture} {Choices.Name(plan.Rule)}{(plan.Man is null ? "" : "+man")} K={plan.K}, {plan.Options.Epochs} epochs, seed {plan.Options.Seed}";
-
-    /// <summary>Reads every row's label and image into memory (uint8 images, 0-based class indices).</summary>
-    private (LabeledImages Images, LabelKeyValues? KeyValues) ReadLabeledImages(IDataView data, string what, int? expectedClasses)
-    {
-        var labelColumn = data.Schema.GetColumnOrNull(options.LabelColumnName)
-            ?? throw new ArgumentOutOfRangeException(nameof(data),
-                $"Label column '{options.LabelColumnName}' was not found in the {what} (columns: {string.Join(", ", data.Schema.Select(c => c.Name))}).");
-        // An empty view first: the key mapping below would make it "one class" and the message would mislead.
-        using (var probe = data.GetRowCursor(Array.Empty<DataViewSchema.Column>()))
-            if (!probe.MoveNext()) throw new ArgumentException($"The {what} holds no rows; at least 2 are needed.");
-        if (labelColumn.Type is not KeyDataViewType)
-        {
-            // Any type MapValueToKey accepts becomes a key, classes in sorted order.
-            var mapped = $"{options.LabelColumnName}.Key";
-            try
-            {
-                var mapping = new MLContext().Transforms.Conversion.MapValueToKey(mapped, options.LabelColumnName,
-                    keyOrdinality: Microsoft.ML.Transforms.ValueToKeyMappingEstimator.KeyOrdinality.ByValue);
-                data = mapping.Fit(data).Transform(data);
-            }
-            catch (Exception e) when (e is ArgumentException or InvalidOperationException)
-            {
-                throw new ArgumentException($"Label column '{options.LabelColumnName}' has type {labelColumn.Type}, which cannot be mapped to a key: {e.Message}", e);
-            }
-            labelColumn = data.Schema[mapped];
-        }
-        var keyType = (KeyDataViewType)labelColumn.Type;
-        if (keyType.Count is 0 or > int.MaxValue) throw new ArgumentException($"Label column '{options.LabelColumnName}' is a key of unknown size.");
-        int classes = (int)keyType.Count;
-        if (classes < 2) throw new ArgumentException($"Label column '{options.LabelColumnName}' has {classes} class; at least 2 are needed.");
-        if (expectedClasses is { } n && n != classes)
-            throw new ArgumentException($"The {what}'s label column '{options.LabelColumnName}' has {classes} classes; the training data has {n}.");
-        var keyValues = LabelKeyValues.FromColumn(labelColumn);
-        var image = ImageColumn.Resolve(data.Schema, options.ImageColumnName, options.ImageSize);
-
-        var labels = new List<long>();
-        var pixels = new List<byte[]>();
-        var (pathColumns, describe) = ImageColumn.PathColumns(data.Schema);
-        using (var cursor = data.GetRowCursor(new[] { labelColumn, data.Schema[options.ImageColumnName] }.Concat(pathColumns).Distinct()))
-        {
-            var getLabel = cursor.GetGetter<uint>(labelColumn);
-            var readImage = image.CreateReader(cursor, describe(cursor));
-            uint key = 0;
-            while (cursor.MoveNext())
-            {
-                options.CancellationToken.ThrowIfCancellationRequested();
-                getLabel(ref key);
-                if (key == 0 || key > classes)
-                    throw new InvalidDataException($"Label column '{options.LabelColumnName}', row {cursor.Position}: the label is missing or not one of the {classes} known classes.");
-                var buffer = new byte[image.PixelCount];
-                readImage(cursor.Position, buffer);
-                labels.Add(key - 1);
-                pixels.Add(buffer);
-            }
-        }
-        if (labels.Count < 2) throw new ArgumentException($"The {what} holds {labels.Count} rows; at least 2 are needed.");
-        var all = new byte[(long)pixels.Count * image.PixelCount];
-        for (int i = 0; i < pixels.Count; i++) Buffer.BlockCopy(pixels[i], 0, all, i * image.PixelCount, image.PixelCount);
-        var names = keyValues?.Names() ?? Enumerable.Range(0, classes).Select(i => i.ToString()).ToArray();
-        var images = new LabeledImages(
-            tensor(all, new long[] { labels.Count, 3, options.ImageSize, options.ImageSize }, dtype: ScalarType.Byte),
-            tensor(labels.ToArray(), dtype: ScalarType.Int64), names, what);
-        return (images, keyValues);
-    }
 }
 
 /// <summary>Catalog extension: <c>mlContext.MulticlassClassification.Trainers.ManImageClassification(...)</c>.</summary>

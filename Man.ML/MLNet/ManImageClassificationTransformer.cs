@@ -43,6 +43,9 @@ public sealed class ManImageClassificationTransformer : ITransformer, IDisposabl
     /// <summary>Images scored together inside <see cref="Transform"/>.</summary>
     public int ScoringBatchSize { get; }
 
+    /// <summary>How images are cropped and resized for scoring: the recipe the model was trained with (never automatic).</summary>
+    public ImageRecipe ImageRecipe { get; }
+
     /// <summary>How the model was trained (architecture, rule, K, MAN, epochs, seed).</summary>
     public string TrainedWith { get; }
 
@@ -50,8 +53,9 @@ public sealed class ManImageClassificationTransformer : ITransformer, IDisposabl
     public bool IsRowToRowMapper => true;
 
     internal ManImageClassificationTransformer(UnitChainNetwork network, LabelKeyValues? keyValues, Normalization normalization,
-        string imageColumnName, int imageSize, int scoringBatchSize, string device, string trainedWith)
+        string imageColumnName, int imageSize, int scoringBatchSize, string device, string trainedWith, ImageRecipe recipe)
     {
+        ImageRecipe = recipe;
         Network = network;
         KeyValues = keyValues;
         Normalization = normalization;
@@ -118,6 +122,9 @@ public sealed class ManImageClassificationTransformer : ITransformer, IDisposabl
             return probabilities.data<float>().ToArray();
         }
     }
+
+    /// <summary>The scoring crop of an image of width×height: the recipe's.</summary>
+    internal (int X, int Y, int W, int H) ScoringCrop(int width, int height) => ImageRecipes.ScoringCrop(ImageRecipe, ImageSize, width, height);
 
     /// <inheritdoc />
     public void Dispose() => Network.Dispose();

@@ -72,6 +72,7 @@ public static class ManModelOperations
             ["image_size"] = man.ImageSize,
             ["scoring_batch_size"] = man.ScoringBatchSize,
             ["trained_with"] = man.TrainedWith,
+            ["image_recipe"] = Choices.Name(man.ImageRecipe),
             ["label_key_values"] = man.KeyValues?.ToJson(),
         };
         using (var entry = new StreamWriter(zip.CreateEntry(Description).Open()))
@@ -119,7 +120,9 @@ public static class ManModelOperations
             var keyValues = description["label_key_values"] is { } kv ? LabelKeyValues.FromJson(kv) : null;
             var man = new ManImageClassificationTransformer(network, keyValues, new Normalization(info.NormalizationMean, info.NormalizationStd),
                 description["image_column"]!.GetValue<string>(), description["image_size"]!.GetValue<int>(),
-                description["scoring_batch_size"]!.GetValue<int>(), device, description["trained_with"]!.GetValue<string>());
+                description["scoring_batch_size"]!.GetValue<int>(), device, description["trained_with"]!.GetValue<string>(),
+                // Models saved before the recipe was stored were trained and scored with CIFAR's.
+                description["image_recipe"] is { } recipe ? Choices.Parse<ImageRecipe>(recipe.GetValue<string>(), "image_recipe") : ImageRecipe.Cifar);
             return new TransformerChain<ITransformer>(Flatten(before).Append(man).Concat(Flatten(after)).ToArray());
         }
     }

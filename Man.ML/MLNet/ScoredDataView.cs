@@ -61,7 +61,7 @@ internal sealed class ScoredDataView : IDataView
             onePixels = new byte[size];
             batchPixels = images is null ? Array.Empty<byte>() : new byte[size * model.ScoringBatchSize];
             if (images is not null)
-                readImage = ImageColumn.Resolve(images.Schema, model.ImageColumnName, model.ImageSize).CreateReader(images);
+                readImage = ImageColumn.Resolve(images.Schema, model.ImageColumnName, model.ImageSize).CreateReader(images, crop: model.ScoringCrop);
         }
 
         public override DataViewSchema Schema { get; }
@@ -178,7 +178,7 @@ internal sealed class ScoringRowMapper : IRowToRowMapper
             Schema = schema;
             pixels = new byte[3 * model.ImageSize * model.ImageSize];
             scoredPixels = new byte[pixels.Length];
-            if (scores) readImage = ImageColumn.Resolve(input.Schema, model.ImageColumnName, model.ImageSize).CreateReader(input);
+            if (scores) readImage = ImageColumn.Resolve(input.Schema, model.ImageColumnName, model.ImageSize).CreateReader(input, crop: model.ScoringCrop);
         }
 
         public override DataViewSchema Schema { get; }

@@ -41,7 +41,8 @@ public static class Evaluation
         return Score(network, loader.Batches(order, ranges, train: false, 0, 0, cancellation), count, device, cancellation);
     }
 
-    private static EvaluationResult Score(UnitChainNetwork network, IEnumerable<(Tensor Images, Tensor Labels)> batches, int total, Device device,
+    /// <summary>Scores normalised batches (images float (B, C, H, W), labels int64 (B)) created as they are enumerated.</summary>
+    internal static EvaluationResult Score(UnitChainNetwork network, IEnumerable<(Tensor Images, Tensor Labels)> batches, int total, Device device,
         CancellationToken cancellation)
     {
         network.eval();

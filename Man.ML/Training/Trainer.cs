@@ -45,6 +45,13 @@ public sealed class Trainer
     /// <summary>A run checkpoint to continue from (same configuration), or null.</summary>
     public string? ResumeFrom { get; init; }
 
+    /// <summary>
+    /// Stop once the validation figure has stalled and return the best epoch's weights (null: train every epoch and
+    /// return the last). Needs validation data; not combined with <see cref="ResumeFrom"/> (the best weights of the
+    /// epochs before the checkpoint are not in it).
+    /// </summary>
+    public EarlyStopping? EarlyStopping { get; init; }
+
     /// <summary>What to do with a NaN or infinite loss or gradient. Default: stop.</summary>
     public NonFinitePolicy OnNonFinite { get; init; } = NonFinitePolicy.Stop;
 
@@ -147,11 +154,18 @@ public sealed class Trainer
             validation is null ? null : new FileSource(validation, transform, Options.DataWorkers), null, cancellation);
     }
 
-    private TrainingResult Train(ITrainingSource train, ITrainingSource? validation, IReadOnlyList<(string Name, ITrainingSource Data)>? tests,
+    internal TrainingResult Train(ITrainingSource train, ITrainingSource? validation, IReadOnlyList<(string Name, ITrainingSource Data)>? tests,
         CancellationToken cancellation)
     {
         if (train.Count < 2)
             throw new InvalidOptionException("data", $"Training needs at least 2 images (got {train.Count}).");
+        if (EarlyStopping is { } stopping)
+        {
+            stopping.Validate(nameof(EarlyStopping));
+            if (validation is null) throw new InvalidOptionException(nameof(EarlyStopping), "Early stopping needs validation data to watch.");
+            if (ResumeFrom is not null)
+                throw new InvalidOptionException(nameof(EarlyStopping), "Early stopping cannot continue a resumed run: the checkpoint does not hold the best epoch's weights.");
+        }
         var device = ResolveDevice(Options.Device);
         using var local = CreateLocalTrainer(train.ClassNames.Count, train.ImageSize, device);
         var plan = Plan!;
@@ -188,6 +202,8 @@ public sealed class Trainer
             lastCheckpoint = ResumeFrom;
         }
         double trainSeconds = epochs.Sum(e => e.Seconds);
+        using var monitor = EarlyStopping is null ? null : new EarlyStoppingMonitor(EarlyStopping);
+        bool stoppedEarly = false;
         long imagesSeen = (long)epochs.Count * train.Count;
 
         for (int epoch = epochs.Count; epoch < Options.Epochs; epoch++)
@@ -255,13 +271,22 @@ public sealed class Trainer
             };
             epochs.Add(metrics);
             EpochCompleted?.Invoke(metrics);
-            bool last = epoch == Options.Epochs - 1;
+            stoppedEarly = monitor?.Observe(metrics, network) == true && epoch < Options.Epochs - 1;
+            bool last = epoch == Options.Epochs - 1 || stoppedEarly;
             if (CheckpointPath is not null && (last || (CheckpointEvery > 0 && (epoch + 1) % CheckpointEvery == 0)))
             {
                 TrainingCheckpoint.Save(CheckpointPath, runPlan, local, epochs);
                 lastCheckpoint = CheckpointPath;
                 CheckpointWritten?.Invoke(CheckpointPath, epochs.Count);
             }
+            if (stoppedEarly) break;
+        }
+        // Early stopping hands back its best epoch, the figures of which are that epoch's.
+        var returned = epochs[^1];
+        if (monitor is not null && monitor.BestEpoch != returned.Epoch)
+        {
+            monitor.RestoreBest(network);
+            returned = epochs[monitor.BestEpoch - 1];
         }
 
         Dictionary<string, double>? testAccuracy = null;
@@ -273,8 +298,10 @@ public sealed class Trainer
         }
         var final = new FinalMetrics
         {
-            ValAccuracy = epochs[^1].ValAccuracy,
-            ValTop5Accuracy = epochs[^1].ValTop5Accuracy,
+            ValAccuracy = returned.ValAccuracy,
+            ValTop5Accuracy = returned.ValTop5Accuracy,
+            BestEpoch = monitor is null ? null : monitor.BestEpoch,
+            StoppedEarly = stoppedEarly,
             TestAccuracy = testAccuracy,
             TrainSeconds = trainSeconds,
             ImagesPerSecond = imagesSeen / trainSeconds,

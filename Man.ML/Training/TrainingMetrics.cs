@@ -45,13 +45,13 @@ public sealed record EpochMetrics
     public int SkippedSteps { get; init; }
 }
 
-/// <summary>Figures at the end of a run (the last epoch, never the best one).</summary>
+/// <summary>Figures at the end of a run: of the last epoch, or with early stopping of the best epoch, whose weights the run returns.</summary>
 public sealed record FinalMetrics
 {
-    /// <summary>Validation accuracy after the last epoch; null without validation data.</summary>
+    /// <summary>Validation accuracy of the returned weights (the last epoch's, or the best epoch's with early stopping); null without validation data.</summary>
     public double? ValAccuracy { get; init; }
 
-    /// <summary>Validation top-5 accuracy after the last epoch; null without validation data.</summary>
+    /// <summary>Validation top-5 accuracy of the returned weights; null without validation data.</summary>
     public double? ValTop5Accuracy { get; init; }
 
     /// <summary>Accuracy on each extra evaluation set after the last epoch, by name; null when none were given.</summary>
@@ -68,6 +68,12 @@ public sealed record FinalMetrics
 
     /// <summary>Parameters of the auxiliary heads and MAN copies (training only).</summary>
     public long ParametersAuxiliary { get; init; }
+
+    /// <summary>With early stopping: the 1-based epoch whose weights were returned; null without early stopping.</summary>
+    public int? BestEpoch { get; init; }
+
+    /// <summary>Whether early stopping ended the run before its last epoch.</summary>
+    public bool StoppedEarly { get; init; }
 
     /// <summary>Steps of the whole run dropped for a NaN or infinite loss or gradient (<see cref="Local.NonFinitePolicy.SkipStep"/>).</summary>
     public int SkippedSteps { get; init; }

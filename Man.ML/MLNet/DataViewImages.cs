@@ -1,0 +1,312 @@
+// The training and validation rows of an IDataView, read as the run goes rather than up front, so Fit's memory does
+// not grow with the number of rows. One scan at the start reads only the label column (labels checked, row ids
+// recorded: 16 bytes a row, plus a row-number index when the view can shuffle); images are decoded batch by batch on a
+// background thread while the network trains. Shuffling: a view that can shuffle (LoadFromEnumerable over a list,
+// and the row-to-row transforms on it such as LoadImages) is read in a fresh seeded permutation every epoch, decoding
+// only the rows being used; any other view (a text file, a database) is shuffled within a bounded buffer of rows, the
+// reservoir-style shuffle of ML.NET's ShuffleRows. Crops and flips are drawn from (seed, epoch, row), so a run is the
+// same whatever the thread timing.
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using Man.ML.Data;
+using Man.ML.Models;
+using Man.ML.Training;
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using static TorchSharp.torch;
+
+namespace Man.ML.MLNet;
+
+/// <summary>Labelled image rows of an IDataView, read on demand.</summary>
+internal sealed class DataViewImages
+{
+    private readonly IDataView data;
+    private readonly DataViewSchema.Column label;
+    private readonly ImageColumn image;
+    private readonly string what;
+    private readonly DataViewRowId[] ids;                 // every row's id, in the view's order
+    private readonly Dictionary<DataViewRowId, int>? rowNumbers; // for a shuffled cursor's messages
+    private readonly HashSet<DataViewRowId>? included;    // null: every row
+
+    public IReadOnlyList<string> ClassNames { get; }
+    public LabelKeyValues? KeyValues { get; }
+    public int Count => included?.Count ?? ids.Length;
+    public int ImageSize => image.ImageSize;
+    public bool CanShuffle => data.CanShuffle;
+    public string What => what;
+
+    private DataViewImages(IDataView data, DataViewSchema.Column label, ImageColumn image, string what, DataViewRowId[] ids,
+        Dictionary<DataViewRowId, int>? rowNumbers, HashSet<DataViewRowId>? included, IReadOnlyList<string> classNames, LabelKeyValues? keyValues)
+    {
+        this.data = data;
+        this.label = label;
+        this.image = image;
+        this.what = what;
+        this.ids = ids;
+        this.rowNumbers = rowNumbers;
+        this.included = included;
+        ClassNames = classNames;
+        KeyValues = keyValues;
+    }
+
+    /// <summary>Checks the columns and scans the labels of <paramref name="data"/> (images are not read here).</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The label or image column is missing.</exception>
+    /// <exception cref="ArgumentException">The view is empty, a column has a type Man.ML cannot read, or there are too few classes.</exception>
+    /// <exception cref="InvalidDataException">A row's label is missing.</exception>
+    public static DataViewImages Scan(IDataView data, string labelColumnName, string imageColumnName, int imageSize, string what,
+        int? expectedClasses, CancellationToken cancellation)
+    {
+        var labelColumn = data.Schema.GetColumnOrNull(labelColumnName)
+            ?? throw new ArgumentOutOfRangeException(nameof(data),
+                $"Label column '{labelColumnName}' was not found in the {what} (columns: {string.Join(", ", data.Schema.Select(c => c.Name))}).");
+        // An empty view first: the key mapping below would make it "one class" and the message would mislead.
+        using (var probe = data.GetRowCursor(Array.Empty<DataViewSchema.Column>()))
+            if (!probe.MoveNext()) throw new ArgumentException($"The {what} holds no rows; at least 2 are needed.");
+        if (labelColumn.Type is not KeyDataViewType)
+        {
+            // Any type MapValueToKey accepts becomes a key, classes in sorted order.
+            var mapped = $"{labelColumnName}.Key";
+            try
+            {
+                var mapping = new MLContext().Transforms.Conversion.MapValueToKey(mapped, labelColumnName,
+                    keyOrdinality: Microsoft.ML.Transforms.ValueToKeyMappingEstimator.KeyOrdinality.ByValue);
+                data = mapping.Fit(data).Transform(data);
+            }
+            catch (Exception e) when (e is ArgumentException or InvalidOperationException)
+            {
+                throw new ArgumentException($"Label column '{labelColumnName}' has type {labelColumn.Type}, which cannot be mapped to a key: {e.Message}", e);
+            }
+            labelColumn = data.Schema[mapped];
+        }
+        var keyType = (KeyDataViewType)labelColumn.Type;
+        if (keyType.Count is 0 or > int.MaxValue) throw new ArgumentException($"Label column '{labelColumnName}' is a key of unknown size.");
+        int classes = (int)keyType.Count;
+        if (classes < 2) throw new ArgumentException($"Label column '{labelColumnName}' has {classes} class; at least 2 are needed.");
+        if (expectedClasses is { } n && n != classes)
+            throw new ArgumentException($"The {what}'s label column '{labelColumnName}' has {classes} classes; the training data has {n}.");
+        var keyValues = LabelKeyValues.FromColumn(labelColumn);
+        var imageColumn = ImageColumn.Resolve(data.Schema, imageColumnName, imageSize);
+
+        var ids = new List<DataViewRowId>();
+        using (var cursor = data.GetRowCursor(new[] { labelColumn }))
+        {
+            var getLabel = cursor.GetGetter<uint>(labelColumn);
+            var getId = cursor.GetIdGetter();
+            uint key = 0;
+            var id = default(DataViewRowId);
+            while (cursor.MoveNext())
+            {
+                cancellation.ThrowIfCancellationRequested();
+                getLabel(ref key);
+                if (key == 0 || key > classes)
+                    throw new InvalidDataException($"Label column '{labelColumnName}', row {cursor.Position}: the label is missing or not one of the {classes} known classes.");
+                getId(ref id);
+                ids.Add(id);
+            }
+        }
+        if (ids.Count < 2) throw new ArgumentException($"The {what} holds {ids.Count} rows; at least 2 are needed.");
+        var rowNumbers = data.CanShuffle ? ids.Select((id, row) => (id, row)).ToDictionary(p => p.id, p => p.row) : null;
+        var names = keyValues?.Names() ?? Enumerable.Range(0, classes).Select(i => i.ToString()).ToArray();
+        return new DataViewImages(data, labelColumn, imageColumn, what, ids.ToArray(), rowNumbers, null, names, keyValues);
+    }
+
+    /// <summary>A seeded permutation's first round(fraction · n) rows held out (not stratified); the rest kept.</summary>
+    public (DataViewImages Train, DataViewImages Validation) HoldOut(double fraction, int seed)
+    {
+        int held = (int)Math.Round(fraction * Count);
+        if (held < 1 || Count - held < 2)
+            throw new InvalidOptionException(nameof(ManImageClassificationTrainer.Options.ValidationSetFraction), FormattableString.Invariant(
+                $"ValidationSetFraction {fraction} of {Count} training rows holds out {held}; at least 1 must be held out and 2 kept."));
+        var order = Enumerable.Range(0, ids.Length).ToArray();
+        var random = new Random(seed);
+        for (int i = order.Length - 1; i > 0; i--)
+        {
+            int j = random.Next(i + 1);
+            (order[i], order[j]) = (order[j], order[i]);
+        }
+        var heldIds = order.Take(held).Select(i => ids[i]).ToHashSet();
+        var keptIds = order.Skip(held).Select(i => ids[i]).ToHashSet();
+        return (With(keptIds, what), With(heldIds, $"validation set ({fraction:P0} of the training data)"));
+    }
+
+    private DataViewImages With(HashSet<DataViewRowId> rows, string source) =>
+        new(data, label, image, source, ids, rowNumbers, rows, ClassNames, KeyValues);
+
+    /// <summary>
+    /// The rows as (planar RGB uint8 3·S·S, class index), read on the calling thread. <paramref name="shuffle"/> null: in
+    /// the view's order; else a seeded permutation (a view that can shuffle) or a buffer of <paramref name="bufferRows"/>
+    /// rows. <paramref name="crop"/> gives each row's source rectangle from the image size and the row's id.
+    /// <paramref name="select"/>, when given, picks rows by their 0-based index among the included rows (others are not decoded).
+    /// </summary>
+    public IEnumerable<(byte[] Pixels, long Label)> Rows(Random? shuffle, int bufferRows,
+        Func<DataViewRowId, int, int, (int X, int Y, int W, int H)> crop, Func<int, bool>? select, CancellationToken cancellation)
+    {
+        bool permuted = shuffle is not null && data.CanShuffle;
+        var imageSource = data.Schema[image.Name];
+        var (pathColumns, describe) = ImageColumn.PathColumns(data.Schema);
+        using var cursor = data.GetRowCursor(new[] { label, imageSource }.Concat(pathColumns).Distinct(), permuted ? shuffle : null);
+        var getLabel = cursor.GetGetter<uint>(label);
+        var getId = cursor.GetIdGetter();
+        var id = default(DataViewRowId);
+        var read = image.CreateReader(cursor, describe(cursor), (w, h) => crop(id, w, h));
+        var buffer = shuffle is not null && !permuted ? new List<(byte[], long)>(Math.Min(bufferRows, Count)) : null;
+        uint key = 0;
+        int index = -1;
+        while (cursor.MoveNext())
+        {
+            cancellation.ThrowIfCancellationRequested();
+            getId(ref id);
+            if (included is not null && !included.Contains(id)) continue;
+            index++;
+            if (select is not null && !select(index)) continue;
+            getLabel(ref key);
+            var pixels = new byte[image.PixelCount];
+            read(permuted ? rowNumbers![id] : cursor.Position, pixels);
+            var row = (pixels, (long)key - 1);
+            if (buffer is null) yield return row;
+            else if (buffer.Count < bufferRows) buffer.Add(row);
+            else
+            {
+                int j = shuffle!.Next(bufferRows);
+                yield return buffer[j];
+                buffer[j] = row;
+            }
+        }
+        if (buffer is null) yield break;
+        for (int i = buffer.Count - 1; i >= 0; i--)
+        {
+            int j = shuffle!.Next(i + 1);
+            yield return buffer[j];
+            buffer[j] = buffer[i];
+        }
+    }
+
+    /// <summary>Per-channel mean and population standard deviation, in float64, over at most <paramref name="sampleSize"/>
+    /// evenly spaced rows at the scoring crop.</summary>
+    public Normalization MeasureNormalization(int sampleSize, Func<int, int, (int X, int Y, int W, int H)> scoringCrop, CancellationToken cancellation)
+    {
+        int n = Math.Min(Count, sampleSize);
+        var picks = new HashSet<int>(Enumerable.Range(0, n).Select(i => (int)((long)i * Count / n)));
+        var sum = new double[3];
+        var squares = new double[3];
+        long pixels = 0;
+        int plane = ImageSize * ImageSize;
+        foreach (var (bytes, _) in Rows(null, 0, (_, w, h) => scoringCrop(w, h), picks.Contains, cancellation))
+        {
+            for (int c = 0; c < 3; c++)
+            {
+                double s1 = 0, s2 = 0;
+                for (int p = c * plane; p < (c + 1) * plane; p++)
+                {
+                    double v = bytes[p] / 255.0;
+                    s1 += v;
+                    s2 += v * v;
+                }
+                sum[c] += s1;
+                squares[c] += s2;
+            }
+            pixels += plane;
+        }
+        var mean = sum.Select(v => v / pixels).ToArray();
+        // A constant channel (a blank image set) keeps unit scale.
+        var std = squares.Select((v, c) => Math.Sqrt(Math.Max(v / pixels - mean[c] * mean[c], 0))).Select(v => v > 1e-6 ? v : 1).ToArray();
+        return new Normalization(mean.Select(v => (float)v).ToArray(), std.Select(v => (float)v).ToArray());
+    }
+
+    /// <summary>The id's 32-bit hash, for per-row random draws.</summary>
+    public static int RowSeed(DataViewRowId id) => unchecked((int)(id.Low ^ (id.Low >> 32) ^ id.High ^ (id.High >> 32)));
+}
+
+/// <summary>An <see cref="ITrainingSource"/> over <see cref="DataViewImages"/>: batches decoded ahead on a background thread.</summary>
+internal sealed class DataViewSource(DataViewImages rows, ImageRecipe recipe, ImageAugmentation batchAugmentation, bool augment, int bufferRows)
+    : ITrainingSource
+{
+    /// <summary>Batches decoded ahead of the one training.</summary>
+    public const int Prefetch = 2;
+
+    private double waitSeconds;
+
+    public int Count => rows.Count;
+    public int ImageSize => rows.ImageSize;
+    public IReadOnlyList<string> ClassNames => rows.ClassNames;
+    public double WaitSeconds => waitSeconds;
+
+    private (int X, int Y, int W, int H) ScoringCrop(int w, int h) => ImageRecipes.ScoringCrop(recipe, ImageSize, w, h);
+
+    public IEnumerator<(Tensor Images, Tensor Labels)> Epoch(long[] order, IReadOnlyList<(int Start, int End)> ranges, Random random, int seed, int epoch,
+        CancellationToken cancellation)
+    {
+        var shuffle = new Random(ImageBatchLoader.Mix(seed, epoch, -1));
+        var stream = rows.Rows(shuffle, bufferRows, (id, w, h) => augment
+            ? ImageRecipes.TrainingCrop(recipe, w, h, new Random(ImageBatchLoader.Mix(seed, epoch, DataViewImages.RowSeed(id))))
+            : ScoringCrop(w, h), null, cancellation);
+        waitSeconds = 0;
+        foreach (var (pixels, labels) in Batched(stream, ranges.Select(r => r.End - r.Start), cancellation))
+            yield return (batchAugmentation.Apply(pixels, random), labels);
+    }
+
+    public EvaluationResult Evaluate(UnitChainNetwork network, int batchSize, Device device, CancellationToken cancellation)
+    {
+        var sizes = Enumerable.Range(0, (Count + batchSize - 1) / batchSize).Select(b => Math.Min(batchSize, Count - b * batchSize));
+        var stream = rows.Rows(null, 0, (_, w, h) => ScoringCrop(w, h), null, cancellation);
+        var normalization = batchAugmentation.Normalization;
+        return Evaluation.Score(network, Batched(stream, sizes, cancellation)
+            .Select(b => (normalization.Apply(b.Images.to_type(ScalarType.Float32).div_(255f)), b.Labels)), Count, device, cancellation);
+    }
+
+    // Groups the rows into uint8 (B, 3, S, S) and int64 (B) batches of the given sizes, the rows read (and decoded) on a
+    // background thread at most Prefetch batches ahead; its errors surface here, on the training thread.
+    private IEnumerable<(Tensor Images, Tensor Labels)> Batched(IEnumerable<(byte[] Pixels, long Label)> stream, IEnumerable<int> sizes,
+        CancellationToken cancellation)
+    {
+        var sizeList = sizes.ToList();
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
+        using var queue = new BlockingCollection<(byte[] Pixels, long[] Labels, Exception? Error)>(Prefetch);
+        int perImage = 3 * ImageSize * ImageSize;
+        var producer = Task.Run(() =>
+        {
+            try
+            {
+                using var rowsOfEpoch = stream.GetEnumerator();
+                foreach (int size in sizeList)
+                {
+                    var pixels = new byte[size * perImage];
+                    var labels = new long[size];
+                    for (int i = 0; i < size; i++)
+                    {
+                        if (!rowsOfEpoch.MoveNext()) throw new InvalidDataException($"The {rows.What} gave fewer rows than the {rows.Count} it held when scanned.");
+                        rowsOfEpoch.Current.Pixels.CopyTo(pixels, i * perImage);
+                        labels[i] = rowsOfEpoch.Current.Label;
+                    }
+                    queue.Add((pixels, labels, null), stop.Token);
+                }
+            }
+            catch (OperationCanceledException) when (stop.IsCancellationRequested) { }
+            catch (Exception e)
+            {
+                try { queue.Add((Array.Empty<byte>(), Array.Empty<long>(), e), stop.Token); } catch (OperationCanceledException) { }
+            }
+            finally { queue.CompleteAdding(); }
+        }, stop.Token);
+        try
+        {
+            foreach (int size in sizeList)
+            {
+                var clock = Stopwatch.StartNew();
+                (byte[] Pixels, long[] Labels, Exception? Error) item;
+                try { item = queue.Take(cancellation); }
+                catch (InvalidOperationException) { throw new InvalidOperationException("The image reader stopped early."); }
+                waitSeconds += clock.Elapsed.TotalSeconds;
+                if (item.Error is not null) throw item.Error;
+                yield return (tensor(item.Pixels, new long[] { size, 3, ImageSize, ImageSize }, dtype: ScalarType.Byte),
+                    tensor(item.Labels, dtype: ScalarType.Int64));
+            }
+        }
+        finally
+        {
+            stop.Cancel();
+            while (queue.TryTake(out _)) { }  // unblock a producer waiting to add
+            try { producer.Wait(); } catch (AggregateException) { }
+        }
+    }
+}
