@@ -144,7 +144,7 @@ public sealed class InfoProRule(InfoProSettings settings) : ILocalLearningRule
         else if (context.Network is CifarResNet resnet && InfoProLambdaTable.TryGet(Settings.Dataset, resnet.Depth, context.Plan.K, out var table)) lambdas = table;
         else
             throw new InvalidOptionException("InfoPro.Lambdas",
-                $"InfoPro has no reference λ for {Settings.Dataset}, {context.Network.Architecture}, K={context.Plan.K}; give them as 'ixx1,ixy1,ixx2,ixy2' (--lambda).");
+                $"InfoPro has no reference λ for {Settings.Dataset}, {context.Network.Architecture}, K={context.Plan.K}; give them as 'ixx1,ixy1,ixx2,ixy2' (--lambda; in ML.NET RuleSettings.InfoPro.Lambdas).");
         return (classifier, mode, lambdas, schedule);
     }
 

@@ -170,6 +170,9 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
             if (options.ValidationSet is null && options.ValidationSetFraction == 0)
                 throw new InvalidOptionException(nameof(Options.EarlyStopping), "EarlyStopping watches validation data: give ValidationSet or ValidationSetFraction.");
         }
+        // What needs the network (K in range, a split table's entry, InfoPro's λ) fails here too, with the CLI's
+        // message, not in Fit: the class count does not change any of it.
+        _ = ResolvePlan(2);
         if (options.ShuffleBufferSize is < 1)
             throw new InvalidOptionException(nameof(Options.ShuffleBufferSize), $"ShuffleBufferSize must be at least 1 row (got {options.ShuffleBufferSize}).");
     }
