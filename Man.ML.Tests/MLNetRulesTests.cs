@@ -46,6 +46,8 @@ public sealed class MLNetRulesTests
                         : new RuleSettings(),
                 }));
             var model = pipeline.Fit(train);
+            // The data recipe follows the architecture: CIFAR's for the CIFAR ResNet, ImageNet's for ResNet-18.
+            Assert.AreEqual(architecture == "resnet18" ? Data.ImageRecipe.ImageNet : Data.ImageRecipe.Cifar, model.LastTransformer.ImageRecipe);
             var scored = model.Transform(validation);
             var metrics = mlContext.MulticlassClassification.Evaluate(scored);
             Assert.IsTrue(double.IsFinite(metrics.LogLoss) && metrics.LogLoss > 0, $"log-loss {metrics.LogLoss}");
