@@ -186,3 +186,46 @@ public sealed class MLNetDataTests
         finally { Directory.Delete(folder, true); }
     }
 }
+
+[TestClass]
+public sealed class MLNetPresetTests
+{
+    [TestMethod]
+    public void APresetsOptionsResolveToThePresetsRun()
+    {
+        var mlContext = new MLContext(0);
+        // One preset of each data set and rule, with and without MAN: the ML.NET options resolve to the same run.
+        var presets = ExperimentPresets.All.GroupBy(p => (p.Options.Dataset.Name, p.Options.Rule, p.Options.Man is null)).Select(g => g.First()).ToList();
+        Assert.IsGreaterThanOrEqualTo(6, presets.Count);
+        foreach (var preset in presets)
+        {
+            var options = ManImageClassificationTrainer.Options.FromPreset(preset.Name);
+            var plan = mlContext.MulticlassClassification.Trainers.ManImageClassification(options).ResolvePlan(10);
+            var expected = RunPlan.Resolve(preset.Options, 10, preset.Options.ImageSize ?? preset.Options.Dataset.ImageSize);
+            Assert.AreEqual(expected.Summary, plan.Summary, preset.Name);
+            CollectionAssert.AreEqual(expected.SegmentEnds.ToArray(), plan.SegmentEnds.ToArray(), preset.Name);
+            CollectionAssert.AreEqual(expected.Heads.ToArray(), plan.Heads.ToArray(), preset.Name);
+            Assert.AreEqual(expected.InfoPro, plan.InfoPro, preset.Name);
+            Assert.AreEqual(expected.Man, plan.Man, preset.Name);
+            Assert.AreEqual(expected.LearningRate, plan.LearningRate, preset.Name);
+            Assert.AreEqual(expected.Options.Epochs, plan.Options.Epochs, preset.Name);
+        }
+        Assert.ThrowsExactly<InvalidOptionException>(() => ManImageClassificationTrainer.Options.FromPreset("no-such-preset"));
+    }
+}
+
+[TestClass]
+public sealed class TensorFromArrayTests
+{
+    // The streaming reader hands each batch buffer round again as soon as its tensor exists: that is only sound if
+    // torch.tensor(array, shape) copies the array, as PyTorch's torch.tensor does.
+    [TestMethod]
+    public void ATensorMadeFromAnArrayDoesNotShareItsMemory()
+    {
+        var pixels = new byte[] { 1, 2, 3, 4, 5, 6 };
+        using var t = tensor(pixels, new long[] { 1, 2, 3 }, dtype: ScalarType.Byte);
+        pixels[0] = 99;
+        Array.Fill(pixels, (byte)7);
+        CollectionAssert.AreEqual(new byte[] { 1, 2, 3, 4, 5, 6 }, t.data<byte>().ToArray());
+    }
+}

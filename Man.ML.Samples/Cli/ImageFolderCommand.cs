@@ -17,17 +17,28 @@ internal static class ImageFolderCommand
         var k = new Option<int>("--k") { Description = "Segments.", DefaultValueFactory = _ => 16 };
         var batch = new Option<int>("--batch-size") { Description = "Mini-batch size.", DefaultValueFactory = _ => 64 };
         var seed = new Option<int>("--seed") { Description = "Seed.", DefaultValueFactory = _ => 0 };
+        var size = new Option<int>("--image-size") { Description = "Network input side S (images of any size are cropped and resized to it).", DefaultValueFactory = _ => 32 };
+        var rule = new Option<string>("--rule") { Description = "Rule: dgl, infopro, predsim or e2e (e2e needs --k 1 and --without-man).", DefaultValueFactory = _ => "dgl" };
+        var withoutMan = new Option<bool>("--without-man") { Description = "Train without Momentum Auxiliary Networks." };
+        var recipe = new Option<string>("--recipe") { Description = "Data recipe: auto (by architecture), cifar or imagenet.", DefaultValueFactory = _ => "auto" };
+        var patience = new Option<int>("--patience")
+        {
+            Description = "Early stopping: stop after this many epochs without a better validation accuracy and keep the best epoch's model (0: off).",
+        };
         var output = new Option<string>("--out") { Description = "Output folder for the saved model.", DefaultValueFactory = _ => "runs/image-folder" };
         var command = new Command("image-folder", "ML.NET sample: train a MAN-enhanced ResNet on an image folder, evaluate, save, load, predict.")
         {
-            images, epochs, arch, k, batch, seed, output,
+            images, epochs, arch, k, batch, seed, size, rule, withoutMan, recipe, patience, output,
         };
         command.SetAction(parse => CliErrors.Run(() =>
         {
             var options = new ManImageClassificationTrainer.Options
             {
                 Architecture = parse.GetValue(arch)!, K = parse.GetValue(k), Epochs = parse.GetValue(epochs),
-                BatchSize = parse.GetValue(batch), Seed = parse.GetValue(seed),
+                BatchSize = parse.GetValue(batch), Seed = parse.GetValue(seed), ImageSize = parse.GetValue(size),
+                Rule = Choices.Parse<Man.ML.Local.LearningRule>(parse.GetValue(rule)!, "--rule"), UseMan = !parse.GetValue(withoutMan),
+                ImageRecipe = Choices.Parse<Man.ML.Data.ImageRecipe>(parse.GetValue(recipe)!, "--recipe"),
+                EarlyStopping = parse.GetValue(patience) > 0 ? new Man.ML.Training.EarlyStopping(Patience: parse.GetValue(patience)) : null,
             };
             var outcome = ImageFolderSample.Run(parse.GetValue(images)!, parse.GetValue(output)!, options,
                 line => AnsiConsole.WriteLine(line), parse.GetValue(seed));

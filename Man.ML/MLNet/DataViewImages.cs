@@ -17,6 +17,25 @@ using static TorchSharp.torch;
 
 namespace Man.ML.MLNet;
 
+/// <summary>
+/// Row buffers handed out and taken back, so decoding does not allocate one array a row: at 224×224 a row is 150 KB,
+/// which .NET puts on the large-object heap, collected only with generation 2 — resident memory then grew with the rows
+/// read (measured: docs/BENCHMARKS.md, "Streaming Fit"). The pool holds at most the rows alive at once.
+/// </summary>
+internal sealed class RowBufferPool(int length)
+{
+    private readonly ConcurrentBag<byte[]> free = new();
+
+    public int Length => length;
+
+    public byte[] Rent() => free.TryTake(out var buffer) ? buffer : new byte[length];
+
+    public void Return(byte[] buffer)
+    {
+        if (buffer.Length == length) free.Add(buffer);
+    }
+}
+
 /// <summary>Labelled image rows of an IDataView, read on demand.</summary>
 internal sealed class DataViewImages
 {
@@ -30,6 +49,9 @@ internal sealed class DataViewImages
 
     public IReadOnlyList<string> ClassNames { get; }
     public LabelKeyValues? KeyValues { get; }
+
+    /// <summary>Where the rows' pixel buffers come from; a consumer of <see cref="Rows"/> gives each back when done.</summary>
+    public RowBufferPool Buffers { get; }
     public int Count => included?.Count ?? ids.Length;
     public int ImageSize => image.ImageSize;
     public bool CanShuffle => data.CanShuffle;
@@ -47,6 +69,7 @@ internal sealed class DataViewImages
         this.included = included;
         ClassNames = classNames;
         KeyValues = keyValues;
+        Buffers = new RowBufferPool(image.PixelCount);
     }
 
     /// <summary>Checks the columns and scans the labels of <paramref name="data"/> (images are not read here).</summary>
@@ -137,6 +160,7 @@ internal sealed class DataViewImages
     /// the view's order; else a seeded permutation (a view that can shuffle) or a buffer of <paramref name="bufferRows"/>
     /// rows. <paramref name="crop"/> gives each row's source rectangle from the image size and the row's id.
     /// <paramref name="select"/>, when given, picks rows by their 0-based index among the included rows (others are not decoded).
+    /// Each row's pixels are rented from <see cref="Buffers"/>: return them there once used.
     /// </summary>
     public IEnumerable<(byte[] Pixels, long Label)> Rows(Random? shuffle, int bufferRows,
         Func<DataViewRowId, int, int, (int X, int Y, int W, int H)> crop, Func<int, bool>? select, CancellationToken cancellation)
@@ -160,7 +184,7 @@ internal sealed class DataViewImages
             index++;
             if (select is not null && !select(index)) continue;
             getLabel(ref key);
-            var pixels = new byte[image.PixelCount];
+            var pixels = Buffers.Rent();
             read(permuted ? rowNumbers![id] : cursor.Position, pixels);
             var row = (pixels, (long)key - 1);
             if (buffer is null) yield return row;
@@ -193,6 +217,7 @@ internal sealed class DataViewImages
         int plane = ImageSize * ImageSize;
         foreach (var (bytes, _) in Rows(null, 0, (_, w, h) => scoringCrop(w, h), picks.Contains, cancellation))
         {
+            using var returned = new ReturnOnDispose(Buffers, bytes);
             for (int c = 0; c < 3; c++)
             {
                 double s1 = 0, s2 = 0;
@@ -211,6 +236,11 @@ internal sealed class DataViewImages
         // A constant channel (a blank image set) keeps unit scale.
         var std = squares.Select((v, c) => Math.Sqrt(Math.Max(v / pixels - mean[c] * mean[c], 0))).Select(v => v > 1e-6 ? v : 1).ToArray();
         return new Normalization(mean.Select(v => (float)v).ToArray(), std.Select(v => (float)v).ToArray());
+    }
+
+    private readonly struct ReturnOnDispose(RowBufferPool pool, byte[] buffer) : IDisposable
+    {
+        public void Dispose() => pool.Return(buffer);
     }
 
     /// <summary>The id's 32-bit hash, for per-row random draws.</summary>
@@ -263,6 +293,11 @@ internal sealed class DataViewSource(DataViewImages rows, ImageRecipe recipe, Im
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
         using var queue = new BlockingCollection<(byte[] Pixels, long[] Labels, Exception? Error)>(Prefetch);
         int perImage = 3 * ImageSize * ImageSize;
+        // Full-size batch buffers go round between the two threads (the one filling, those queued, the one being copied
+        // into a tensor): allocated once per epoch, not once per batch.
+        int full = sizeList.Count == 0 ? 0 : sizeList.GroupBy(n => n).MaxBy(g => g.Count())!.Key; // the batch size
+        using var spare = new BlockingCollection<byte[]>();
+        for (int i = 0; i < Prefetch + 2 && i < sizeList.Count; i++) spare.Add(new byte[full * perImage]);
         var producer = Task.Run(() =>
         {
             try
@@ -270,12 +305,13 @@ internal sealed class DataViewSource(DataViewImages rows, ImageRecipe recipe, Im
                 using var rowsOfEpoch = stream.GetEnumerator();
                 foreach (int size in sizeList)
                 {
-                    var pixels = new byte[size * perImage];
+                    var pixels = size == full ? spare.Take(stop.Token) : new byte[size * perImage];
                     var labels = new long[size];
                     for (int i = 0; i < size; i++)
                     {
                         if (!rowsOfEpoch.MoveNext()) throw new InvalidDataException($"The {rows.What} gave fewer rows than the {rows.Count} it held when scanned.");
                         rowsOfEpoch.Current.Pixels.CopyTo(pixels, i * perImage);
+                        rows.Buffers.Return(rowsOfEpoch.Current.Pixels);
                         labels[i] = rowsOfEpoch.Current.Label;
                     }
                     queue.Add((pixels, labels, null), stop.Token);
@@ -298,8 +334,10 @@ internal sealed class DataViewSource(DataViewImages rows, ImageRecipe recipe, Im
                 catch (InvalidOperationException) { throw new InvalidOperationException("The image reader stopped early."); }
                 waitSeconds += clock.Elapsed.TotalSeconds;
                 if (item.Error is not null) throw item.Error;
-                yield return (tensor(item.Pixels, new long[] { size, 3, ImageSize, ImageSize }, dtype: ScalarType.Byte),
-                    tensor(item.Labels, dtype: ScalarType.Int64));
+                // tensor() copies the array (a test checks it), so the buffer can go round again at once.
+                var images = tensor(item.Pixels, new long[] { size, 3, ImageSize, ImageSize }, dtype: ScalarType.Byte);
+                if (item.Pixels.Length == full * perImage) spare.Add(item.Pixels);
+                yield return (images, tensor(item.Labels, dtype: ScalarType.Int64));
             }
         }
         finally

@@ -22,6 +22,27 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
     /// <summary>Options of <see cref="ManImageClassificationTrainer"/>; every default is documented.</summary>
     public sealed class Options
     {
+        /// <summary>
+        /// Options of one of the paper's experiments (<c>manml presets</c> lists them; <see cref="ExperimentPresets"/>):
+        /// architecture, data set, K, rule, MAN and its settings, split, rule settings, epochs, batch, learning rate, weight
+        /// decay and seed as the preset has them; every other option at its default, to be set after.
+        /// </summary>
+        /// <exception cref="InvalidOptionException">No preset has that name.</exception>
+        public static Options FromPreset(string name)
+        {
+            var preset = ExperimentPresets.Get(name).Options;
+            return new Options
+            {
+                Architecture = preset.Architecture, Dataset = preset.Dataset, K = preset.K, Rule = preset.Rule,
+                UseMan = preset.Man is not null, ManAblation = preset.Man?.Ablation ?? ManAblation.None,
+                ManInitialization = preset.Man?.Initialization ?? ManInitialization.Random,
+                EmaMomentum = preset.Man?.Momentum ?? MomentumOptions.DefaultMomentum, ManMix = preset.Man?.Mix ?? ManMix.Sum,
+                SplitTable = preset.SplitTable, RuleSettings = preset.RuleSettings, Epochs = preset.Epochs, BatchSize = preset.BatchSize,
+                LearningRate = preset.LearningRate, WeightDecay = preset.WeightDecay, Seed = preset.Seed,
+                ImageSize = preset.ImageSize ?? preset.Dataset.ImageSize,
+            };
+        }
+
         /// <summary>Label column: a key (MapValueToKey) or any type that can be mapped to one. Default "Label".</summary>
         public string LabelColumnName { get; set; } = "Label";
 
@@ -39,6 +60,10 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         /// ResNeXt (resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d) or vgg13_bn. Default "resnet32".
         /// </summary>
         public string Architecture { get; set; } = "resnet32";
+
+        /// <summary>The data set the run follows where the method's reference values depend on it (InfoPro's λ table:
+        /// CIFAR-10, SVHN, STL-10, ImageNet); the images themselves come from the IDataView. Default CIFAR-10.</summary>
+        public DatasetKind Dataset { get; set; } = DatasetKind.Cifar10;
 
         /// <summary>Number of gradient-isolated segments (1 = end-to-end). Default 16.</summary>
         public int K { get; set; } = 16;
@@ -191,6 +216,7 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
     private TrainingOptions ToTrainingOptions(Normalization? normalization = null) => new()
     {
         Architecture = options.Architecture,
+        Dataset = options.Dataset,
         K = options.K,
         Rule = options.Rule,
         Man = options.UseMan
