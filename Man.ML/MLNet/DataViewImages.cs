@@ -1,11 +1,12 @@
 // The training and validation rows of an IDataView, read as the run goes rather than up front, so Fit's memory does
 // not grow with the number of rows. One scan at the start reads only the label column (labels checked, row ids
-// recorded: 16 bytes a row, plus a row-number index when the view can shuffle); images are decoded batch by batch on a
-// background thread while the network trains. Shuffling: a view that can shuffle (LoadFromEnumerable over a list,
-// and the row-to-row transforms on it such as LoadImages) is read in a fresh seeded permutation every epoch, decoding
-// only the rows being used; any other view (a text file, a database) is shuffled within a bounded buffer of rows, the
-// reservoir-style shuffle of ML.NET's ShuffleRows. Crops and flips are drawn from (seed, epoch, row), so a run is the
-// same whatever the thread timing.
+// recorded: 16 bytes a row); images are decoded batch by batch on a background thread while the network trains.
+// Shuffling is an exact seeded permutation of the rows every epoch, for any view (most cannot seek: LoadFromEnumerable,
+// text files, databases): the permutation is cut into chunks of at most ShuffleBufferSize rows, and each chunk is
+// gathered in one sequential pass over the view that decodes only that chunk's images (a cursor that does not call the
+// image getter does not decode), then handed out in permuted order. Memory: one chunk and a few batches, whatever the
+// row count; cost: ceil(rows / chunk) cheap passes per epoch. Crops and flips are drawn from (seed, epoch, row), so a
+// run is the same whatever the thread timing.
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using Man.ML.Data;
@@ -44,7 +45,6 @@ internal sealed class DataViewImages
     private readonly ImageColumn image;
     private readonly string what;
     private readonly DataViewRowId[] ids;                 // every row's id, in the view's order
-    private readonly Dictionary<DataViewRowId, int>? rowNumbers; // for a shuffled cursor's messages
     private readonly HashSet<DataViewRowId>? included;    // null: every row
 
     public IReadOnlyList<string> ClassNames { get; }
@@ -54,18 +54,16 @@ internal sealed class DataViewImages
     public RowBufferPool Buffers { get; }
     public int Count => included?.Count ?? ids.Length;
     public int ImageSize => image.ImageSize;
-    public bool CanShuffle => data.CanShuffle;
     public string What => what;
 
     private DataViewImages(IDataView data, DataViewSchema.Column label, ImageColumn image, string what, DataViewRowId[] ids,
-        Dictionary<DataViewRowId, int>? rowNumbers, HashSet<DataViewRowId>? included, IReadOnlyList<string> classNames, LabelKeyValues? keyValues)
+        HashSet<DataViewRowId>? included, IReadOnlyList<string> classNames, LabelKeyValues? keyValues)
     {
         this.data = data;
         this.label = label;
         this.image = image;
         this.what = what;
         this.ids = ids;
-        this.rowNumbers = rowNumbers;
         this.included = included;
         ClassNames = classNames;
         KeyValues = keyValues;
@@ -128,9 +126,8 @@ internal sealed class DataViewImages
             }
         }
         if (ids.Count < 2) throw new ArgumentException($"The {what} holds {ids.Count} rows; at least 2 are needed.");
-        var rowNumbers = data.CanShuffle ? ids.Select((id, row) => (id, row)).ToDictionary(p => p.id, p => p.row) : null;
         var names = keyValues?.Names() ?? Enumerable.Range(0, classes).Select(i => i.ToString()).ToArray();
-        return new DataViewImages(data, labelColumn, imageColumn, what, ids.ToArray(), rowNumbers, null, names, keyValues);
+        return new DataViewImages(data, labelColumn, imageColumn, what, ids.ToArray(), null, names, keyValues);
     }
 
     /// <summary>A seeded permutation's first round(fraction · n) rows held out (not stratified); the rest kept.</summary>
@@ -140,40 +137,54 @@ internal sealed class DataViewImages
         if (held < 1 || Count - held < 2)
             throw new InvalidOptionException(nameof(ManImageClassificationTrainer.Options.ValidationSetFraction), FormattableString.Invariant(
                 $"ValidationSetFraction {fraction} of {Count} training rows holds out {held}; at least 1 must be held out and 2 kept."));
-        var order = Enumerable.Range(0, ids.Length).ToArray();
-        var random = new Random(seed);
-        for (int i = order.Length - 1; i > 0; i--)
-        {
-            int j = random.Next(i + 1);
-            (order[i], order[j]) = (order[j], order[i]);
-        }
+        var order = Trainer.Permutation(ids.Length, new Random(seed));
         var heldIds = order.Take(held).Select(i => ids[i]).ToHashSet();
         var keptIds = order.Skip(held).Select(i => ids[i]).ToHashSet();
         return (With(keptIds, what), With(heldIds, $"validation set ({fraction:P0} of the training data)"));
     }
 
     private DataViewImages With(HashSet<DataViewRowId> rows, string source) =>
-        new(data, label, image, source, ids, rowNumbers, rows, ClassNames, KeyValues);
+        new(data, label, image, source, ids, rows, ClassNames, KeyValues);
 
     /// <summary>
     /// The rows as (planar RGB uint8 3·S·S, class index), read on the calling thread. <paramref name="shuffle"/> null: in
-    /// the view's order; else a seeded permutation (a view that can shuffle) or a buffer of <paramref name="bufferRows"/>
-    /// rows. <paramref name="crop"/> gives each row's source rectangle from the image size and the row's id.
-    /// <paramref name="select"/>, when given, picks rows by their 0-based index among the included rows (others are not decoded).
-    /// Each row's pixels are rented from <see cref="Buffers"/>: return them there once used.
+    /// the view's order; else in a permutation drawn from it, gathered in chunks of <paramref name="chunkRows"/> rows (one
+    /// sequential pass each). <paramref name="crop"/> gives each row's source rectangle from the row's id and the image
+    /// size. <paramref name="select"/>, when given, picks rows by their 0-based index among the included rows (others are
+    /// not decoded). Each row's pixels are rented from <see cref="Buffers"/>: return them there once used.
     /// </summary>
-    public IEnumerable<(byte[] Pixels, long Label)> Rows(Random? shuffle, int bufferRows,
+    public IEnumerable<(byte[] Pixels, long Label)> Rows(Random? shuffle, int chunkRows,
         Func<DataViewRowId, int, int, (int X, int Y, int W, int H)> crop, Func<int, bool>? select, CancellationToken cancellation)
     {
-        bool permuted = shuffle is not null && data.CanShuffle;
+        if (shuffle is null)
+        {
+            foreach (var row in Pass(crop, (index, _) => select is null || select(index) ? 0 : -1, cancellation)) yield return row.Row;
+            yield break;
+        }
+        var order = Trainer.Permutation(Count, shuffle);       // order[position] = included row index
+        var positionOf = new int[Count];
+        for (int p = 0; p < order.Length; p++) positionOf[order[p]] = p;
+        for (int start = 0; start < Count; start += chunkRows)
+        {
+            int end = Math.Min(Count, start + chunkRows);
+            var chunk = new (byte[] Pixels, long Label)[end - start];
+            foreach (var (slot, row) in Pass(crop, (index, _) => positionOf[index] is var p && p >= start && p < end ? p - start : -1, cancellation))
+                chunk[slot] = row;
+            foreach (var row in chunk) yield return row;
+        }
+    }
+
+    // One sequential pass: every included row for which slotOf(index, id) ≥ 0 is decoded and returned with its slot.
+    private IEnumerable<(int Slot, (byte[] Pixels, long Label) Row)> Pass(Func<DataViewRowId, int, int, (int X, int Y, int W, int H)> crop,
+        Func<int, DataViewRowId, int> slotOf, CancellationToken cancellation)
+    {
         var imageSource = data.Schema[image.Name];
         var (pathColumns, describe) = ImageColumn.PathColumns(data.Schema);
-        using var cursor = data.GetRowCursor(new[] { label, imageSource }.Concat(pathColumns).Distinct(), permuted ? shuffle : null);
+        using var cursor = data.GetRowCursor(new[] { label, imageSource }.Concat(pathColumns).Distinct());
         var getLabel = cursor.GetGetter<uint>(label);
         var getId = cursor.GetIdGetter();
         var id = default(DataViewRowId);
         var read = image.CreateReader(cursor, describe(cursor), (w, h) => crop(id, w, h));
-        var buffer = shuffle is not null && !permuted ? new List<(byte[], long)>(Math.Min(bufferRows, Count)) : null;
         uint key = 0;
         int index = -1;
         while (cursor.MoveNext())
@@ -182,26 +193,12 @@ internal sealed class DataViewImages
             getId(ref id);
             if (included is not null && !included.Contains(id)) continue;
             index++;
-            if (select is not null && !select(index)) continue;
+            int slot = slotOf(index, id);
+            if (slot < 0) continue;
             getLabel(ref key);
             var pixels = Buffers.Rent();
-            read(permuted ? rowNumbers![id] : cursor.Position, pixels);
-            var row = (pixels, (long)key - 1);
-            if (buffer is null) yield return row;
-            else if (buffer.Count < bufferRows) buffer.Add(row);
-            else
-            {
-                int j = shuffle!.Next(bufferRows);
-                yield return buffer[j];
-                buffer[j] = row;
-            }
-        }
-        if (buffer is null) yield break;
-        for (int i = buffer.Count - 1; i >= 0; i--)
-        {
-            int j = shuffle!.Next(i + 1);
-            yield return buffer[j];
-            buffer[j] = buffer[i];
+            read(cursor.Position, pixels);
+            yield return (slot, (pixels, (long)key - 1));
         }
     }
 
@@ -248,7 +245,7 @@ internal sealed class DataViewImages
 }
 
 /// <summary>An <see cref="ITrainingSource"/> over <see cref="DataViewImages"/>: batches decoded ahead on a background thread.</summary>
-internal sealed class DataViewSource(DataViewImages rows, ImageRecipe recipe, ImageAugmentation batchAugmentation, bool augment, int bufferRows)
+internal sealed class DataViewSource(DataViewImages rows, ImageRecipe recipe, ImageAugmentation batchAugmentation, bool augment, int chunkRows)
     : ITrainingSource
 {
     /// <summary>Batches decoded ahead of the one training.</summary>
@@ -267,7 +264,7 @@ internal sealed class DataViewSource(DataViewImages rows, ImageRecipe recipe, Im
         CancellationToken cancellation)
     {
         var shuffle = new Random(ImageBatchLoader.Mix(seed, epoch, -1));
-        var stream = rows.Rows(shuffle, bufferRows, (id, w, h) => augment
+        var stream = rows.Rows(shuffle, chunkRows, (id, w, h) => augment
             ? ImageRecipes.TrainingCrop(recipe, w, h, new Random(ImageBatchLoader.Mix(seed, epoch, DataViewImages.RowSeed(id))))
             : ScoringCrop(w, h), null, cancellation);
         waitSeconds = 0;

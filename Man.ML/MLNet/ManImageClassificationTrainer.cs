@@ -125,9 +125,11 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         public ImageRecipe ImageRecipe { get; set; } = ImageRecipe.Automatic;
 
         /// <summary>
-        /// Rows held in the shuffle buffer when the training view cannot shuffle (a text file, a database: views loaded
-        /// from a list shuffle fully without one); null takes as many as fit in
-        /// <see cref="DefaultShuffleBufferBytes"/> at <see cref="ImageSize"/> (at least two batches). Default null.
+        /// Most decoded rows held at once. Every epoch reads the rows in an exact seeded permutation, gathered in chunks of
+        /// this many rows, one sequential pass over the view per chunk (decoding only that chunk's images): memory is one
+        /// chunk (rows · 3·S·S bytes) and a few batches whatever the row count; a larger chunk means fewer passes. Null
+        /// takes as many rows as fit in <see cref="DefaultShuffleBufferBytes"/> at <see cref="ImageSize"/> (at least two
+        /// batches). Default null.
         /// </summary>
         public int? ShuffleBufferSize { get; set; }
 
@@ -205,8 +207,8 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
     /// <summary>Most training rows the normalisation is measured on when <see cref="Options.Normalization"/> is null.</summary>
     public const int NormalizationSampleSize = 10_000;
 
-    /// <summary>Memory the shuffle buffer may take when <see cref="Options.ShuffleBufferSize"/> is null: 256 MiB.</summary>
-    public const long DefaultShuffleBufferBytes = 256L << 20;
+    /// <summary>Memory the decoded rows of one shuffle chunk may take when <see cref="Options.ShuffleBufferSize"/> is null: 64 MiB.</summary>
+    public const long DefaultShuffleBufferBytes = 64L << 20;
 
     private ImageRecipe Recipe => ImageRecipes.Resolve(options.ImageRecipe, options.Architecture);
 
@@ -298,11 +300,12 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         var plan = trainer.Prepare(train.ClassNames.Count, options.ImageSize);
         if (initialModel is not null) Continue(trainer.PreparedNetwork!, plan, initialModel, train.ClassNames);
         int bufferRows = BufferRows;
+        int passes = (train.Count + bufferRows - 1) / bufferRows;
         channel.Info(MessageSensitivity.None,
             $"Man.ML: {plan.Summary}, " +
             $"{train.Count} training images of {train.ClassNames.Count} classes{(validation is null ? "" : $", {validation.Count} validation images")}, " +
             $"{trainingOptions.Epochs} epochs, batch {trainingOptions.BatchSize}, lr {plan.LearningRate:0.####}, {Choices.Name(recipe)} recipe at {options.ImageSize}x{options.ImageSize}; " +
-            (train.CanShuffle ? "rows read in a seeded permutation every epoch." : $"rows shuffled within a buffer of {bufferRows} (the view cannot shuffle{(bufferRows < train.Count ? $"; fewer than its {train.Count} rows" : "")})."));
+            $"rows read in a seeded permutation every epoch, {passes} {(passes == 1 ? "pass" : "passes")} of at most {bufferRows} decoded rows.");
 
         using var cancellation = CancellationTokenSource.CreateLinkedTokenSource(token);
         trainer.BatchCompleted += progress =>

@@ -313,7 +313,8 @@ public sealed class Trainer
         return new TrainingResult(network, plan, epochs, final) { RunPlan = runPlan };
     }
 
-    private static long[] Permutation(int n, Random random)
+    /// <summary>A Fisher–Yates permutation of 0..n−1 drawn from <paramref name="random"/>.</summary>
+    internal static long[] Permutation(int n, Random random)
     {
         var order = new long[n];
         for (int i = 0; i < n; i++) order[i] = i;
