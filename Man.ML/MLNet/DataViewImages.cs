@@ -158,7 +158,7 @@ internal sealed class DataViewImages
     {
         if (shuffle is null)
         {
-            foreach (var row in Pass(crop, (index, _) => select is null || select(index) ? 0 : -1, cancellation)) yield return row.Row;
+            foreach (var row in Pass(crop, index => select is null || select(index) ? 0 : -1, cancellation)) yield return row.Row;
             yield break;
         }
         var order = Trainer.Permutation(Count, shuffle);       // order[position] = included row index
@@ -168,15 +168,15 @@ internal sealed class DataViewImages
         {
             int end = Math.Min(Count, start + chunkRows);
             var chunk = new (byte[] Pixels, long Label)[end - start];
-            foreach (var (slot, row) in Pass(crop, (index, _) => positionOf[index] is var p && p >= start && p < end ? p - start : -1, cancellation))
+            foreach (var (slot, row) in Pass(crop, index => positionOf[index] is var p && p >= start && p < end ? p - start : -1, cancellation))
                 chunk[slot] = row;
             foreach (var row in chunk) yield return row;
         }
     }
 
-    // One sequential pass: every included row for which slotOf(index, id) ≥ 0 is decoded and returned with its slot.
+    // One sequential pass: every included row whose slotOf(index) ≥ 0 is decoded and returned with its slot.
     private IEnumerable<(int Slot, (byte[] Pixels, long Label) Row)> Pass(Func<DataViewRowId, int, int, (int X, int Y, int W, int H)> crop,
-        Func<int, DataViewRowId, int> slotOf, CancellationToken cancellation)
+        Func<int, int> slotOf, CancellationToken cancellation)
     {
         var imageSource = data.Schema[image.Name];
         var (pathColumns, describe) = ImageColumn.PathColumns(data.Schema);
@@ -193,7 +193,7 @@ internal sealed class DataViewImages
             getId(ref id);
             if (included is not null && !included.Contains(id)) continue;
             index++;
-            int slot = slotOf(index, id);
+            int slot = slotOf(index);
             if (slot < 0) continue;
             getLabel(ref key);
             var pixels = Buffers.Rent();
@@ -214,7 +214,6 @@ internal sealed class DataViewImages
         int plane = ImageSize * ImageSize;
         foreach (var (bytes, _) in Rows(null, 0, (_, w, h) => scoringCrop(w, h), picks.Contains, cancellation))
         {
-            using var returned = new ReturnOnDispose(Buffers, bytes);
             for (int c = 0; c < 3; c++)
             {
                 double s1 = 0, s2 = 0;
@@ -227,17 +226,13 @@ internal sealed class DataViewImages
                 sum[c] += s1;
                 squares[c] += s2;
             }
+            Buffers.Return(bytes);
             pixels += plane;
         }
         var mean = sum.Select(v => v / pixels).ToArray();
         // A constant channel (a blank image set) keeps unit scale.
         var std = squares.Select((v, c) => Math.Sqrt(Math.Max(v / pixels - mean[c] * mean[c], 0))).Select(v => v > 1e-6 ? v : 1).ToArray();
         return new Normalization(mean.Select(v => (float)v).ToArray(), std.Select(v => (float)v).ToArray());
-    }
-
-    private readonly struct ReturnOnDispose(RowBufferPool pool, byte[] buffer) : IDisposable
-    {
-        public void Dispose() => pool.Return(buffer);
     }
 
     /// <summary>The id's 32-bit hash, for per-row random draws.</summary>
