@@ -33,6 +33,7 @@ internal sealed class ModelOptions
     public Option<int> BatchSize { get; } = new("--batch-size") { Description = "Mini-batch size.", DefaultValueFactory = _ => 128 };
     public Option<double?> Lr { get; } = new("--lr") { Description = "Initial learning rate (default 0.1·B/128)." };
     public Option<double> WeightDecay { get; } = new("--weight-decay") { Description = "Weight decay.", DefaultValueFactory = _ => 1e-4 };
+    public Option<string?> InitFrom { get; } = new("--init-from") { Description = "Start the backbone from a PyTorch state dict (torch.save or safetensors, torchvision's names): fine-tuning; a classifier for another class count is replaced." };
     public Option<int> Seed { get; } = new("--seed") { Description = "Random seed (initialisation, data order, augmentation).", DefaultValueFactory = _ => 0 };
     public Option<int?> Threads { get; } = new("--threads") { Description = "CPU threads for libtorch (default: all cores)." };
     public Option<string> Device { get; } = new("--device") { Description = "Device: cpu or cuda.", DefaultValueFactory = _ => "cpu" };
@@ -41,7 +42,7 @@ internal sealed class ModelOptions
     public IEnumerable<Option> All => new Option[]
     {
         Preset, Dataset, Arch, K, Split, ImageSize, Workers, Rule, Man, NoMan, ManAblation, ManInit, EmaMomentum, ManMix, DglHead, AuxConfig, InfoProLoss, Lambda,
-        LambdaSchedule, Epochs, BatchSize, Lr, WeightDecay, Seed, Threads, Device, ConvWorkaround,
+        LambdaSchedule, Epochs, BatchSize, Lr, WeightDecay, InitFrom, Seed, Threads, Device, ConvWorkaround,
     };
 
     private static bool Given(ParseResult parse, Option option) => parse.GetResult(option) is { Implicit: false };
@@ -115,6 +116,7 @@ internal sealed class ModelOptions
                     : baseline.LearningRate,
             WeightDecay = Pick(WeightDecay, baseline.WeightDecay),
             Seed = Pick(Seed, baseline.Seed),
+            InitFrom = Given(parse, InitFrom) ? parse.GetValue(InitFrom) : baseline.InitFrom,
             Device = Pick(Device, baseline.Device),
             Augmentation = dataset.Augmentation,
         };

@@ -65,6 +65,7 @@ internal static class TrainCommand
         ["infopro"] = "--aux-config/--infopro-loss/--lambda/--lambda-schedule", ["heads"] = "--rule", ["man"] = "--man/--no-man",
         ["man_ablation"] = "--man-ablation", ["man_init"] = "--man-init", ["ema_momentum"] = "--ema-momentum", ["man_mix"] = "--man-mix",
         ["epochs"] = "--epochs", ["batch_size"] = "--batch-size", ["lr"] = "--lr", ["weight_decay"] = "--weight-decay", ["seed"] = "--seed",
+        ["init_from"] = "--init-from", ["init_classifier"] = "--init-from",
         ["augmentation"] = "--dataset",
     };
 

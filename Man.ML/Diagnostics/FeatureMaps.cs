@@ -46,7 +46,7 @@ public static class FeatureMaps
         }
         using var snapshot = surface.Snapshot();
         using var data = snapshot.Encode(SKEncodedImageFormat.Png, 100);
-        Training.AtomicFile.Write(path, s => data.SaveTo(s));
+        AtomicFile.Write(path, s => data.SaveTo(s));
         return (int)c;
     }
 }

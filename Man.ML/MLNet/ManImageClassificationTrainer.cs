@@ -113,6 +113,13 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         /// <summary>Device: "cpu" or "cuda". Default "cpu".</summary>
         public string Device { get; set; } = "cpu";
 
+        /// <summary>
+        /// A PyTorch state dict (torch.save or safetensors, torchvision's names) to start the backbone from: fine-tuning a
+        /// pretrained network. A final classifier of another class count is replaced by a fresh one (PyTorch's nn.Linear
+        /// initialisation under <see cref="Seed"/>). Default null: a fresh initialisation.
+        /// </summary>
+        public string? InitFrom { get; set; }
+
         /// <summary>Training augmentation of the <see cref="ImageRecipe"/> (CIFAR: reflect-pad 4, random crop, flip; ImageNet:
         /// random-resized crop, flip); off, training images get the scoring crop. Default true.</summary>
         public bool Augment { get; set; } = true;
@@ -231,6 +238,7 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         LearningRate = options.LearningRate,
         WeightDecay = options.WeightDecay,
         Seed = options.Seed,
+        InitFrom = options.InitFrom,
         Device = options.Device,
         Augmentation = ImageRecipes.BatchAugmentation(Recipe, options.Augment, normalization ?? options.Normalization ?? Normalization.Cifar),
     };

@@ -6,6 +6,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Man.ML.Data;
+using Man.ML.Interop;
 using Man.ML.Local;
 using Man.ML.Models;
 using static TorchSharp.torch;
@@ -73,6 +74,9 @@ public sealed record RunPlan
     /// <summary>Canonical device name.</summary>
     public required string Device { get; init; }
 
+    /// <summary>What was loaded from <see cref="TrainingOptions.InitFrom"/> (null without one).</summary>
+    public WeightsLoadReport? InitialWeights { get; init; }
+
     /// <summary>Number of segments.</summary>
     public int K => SegmentEnds.Count;
 
@@ -112,6 +116,9 @@ public sealed record RunPlan
         var network = Architectures.Create(options.Architecture, classes, imageSize);
         try
         {
+            // Before the split and the heads: the balancing rule reads nothing of the weights, but MAN's copies are
+            // made from this network when the run starts.
+            var initial = options.InitFrom is { } from ? PyTorchWeights.Load(network, from, replaceClassifierOnClassMismatch: true) : null;
             var split = SplitPlan.Create(network, options.K, options.SplitTable,
                 rule.IsLocal ? b => BoundaryCost(options, network, rule, b) : null);
             var heads = new List<HeadPlan>();
@@ -143,6 +150,7 @@ public sealed record RunPlan
                 InfoPro = infoPro,
                 LearningRate = options.EffectiveLearningRate,
                 Device = TrainingOptions.DeviceName(options.Device),
+                InitialWeights = initial,
             };
             return new Built(plan, network, split, rule);
         }
@@ -255,6 +263,8 @@ public sealed record RunPlan
                 ["mean"] = new JsonArray(aug.Normalization.Mean.Select(v => (JsonNode)(double)(decimal)v).ToArray()),
                 ["std"] = new JsonArray(aug.Normalization.Std.Select(v => (JsonNode)(double)(decimal)v).ToArray()),
             },
+            ["init_from"] = o.InitFrom,
+            ["init_classifier"] = InitialWeights is { } w ? (w.HeadReplaced ? "replaced" : "loaded") : null,
             ["device"] = Device,
             ["evaluation_batch_size"] = o.EvaluationBatchSize,
             ["data_workers"] = o.DataWorkers,

@@ -22,6 +22,15 @@ public sealed record TrainingOptions
     /// </summary>
     public SplitTable? SplitTable { get; init; }
 
+    /// <summary>
+    /// A PyTorch state dict (torch.save's zip format or safetensors, with torchvision's names; docs/INTEROP.md) the
+    /// backbone starts from instead of a fresh initialisation: fine-tuning. When its final classifier has another class
+    /// count it is replaced by the network's own, freshly initialised under <see cref="Seed"/> (PyTorch's default for
+    /// nn.Linear); MAN's copies are made from the loaded network (with <see cref="ManInitialization.Next"/>, copies of the
+    /// loaded next unit). Null: no file. Default null.
+    /// </summary>
+    public string? InitFrom { get; init; }
+
     /// <summary>Side of the network input for image-file data (ImageNet layout); null: 224. Data held in memory keeps its own size.</summary>
     public int? ImageSize { get; init; }
 
@@ -95,6 +104,7 @@ public sealed record TrainingOptions
         Check(Architecture.Length > 0, nameof(Architecture), "The architecture is empty.");
         try { _ = Models.Architectures.Canonical(Architecture); }
         catch (ArgumentException e) { throw new InvalidOptionException(nameof(Architecture), e.Message); }
+        Check(InitFrom is null || File.Exists(InitFrom), nameof(InitFrom), $"The weights file '{InitFrom}' to initialise from does not exist.");
         try { _ = DeviceName(Device); }
         catch (ArgumentException e) { throw new InvalidOptionException(nameof(Device), e.Message); }
     }
