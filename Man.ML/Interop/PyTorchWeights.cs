@@ -105,12 +105,11 @@ public static class PyTorchWeights
             headReplaced = true;
 
         var expected = new HashSet<string>(names.Select(n => n.PyTorchKey));
-        foreach (var key in file.Keys)
-        {
-            if (!expected.Contains(key))
-                throw new IncompatibleWeightsException(
-                    $"Weights file '{name}': key '{key}' is not a tensor of {network.Architecture} (its keys run {names[0].PyTorchKey} … {names[^1].PyTorchKey}); is the file for another architecture?");
-        }
+        // The containers keep no order: report the unexpected keys in ordinal order, so the message is the same every time.
+        var unexpected = file.Keys.Where(k => !expected.Contains(k)).Order(StringComparer.Ordinal).ToList();
+        if (unexpected.Count > 0)
+            throw new IncompatibleWeightsException(
+                $"Weights file '{name}': key '{unexpected[0]}'{(unexpected.Count > 1 ? $" (and {unexpected.Count - 1} more)" : "")} is not a tensor of {network.Architecture}; is the file for another architecture?");
         int loaded = 0;
         using var noGrad = no_grad();
         foreach (var (manKey, torchKey) in names)
