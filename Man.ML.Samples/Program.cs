@@ -13,6 +13,7 @@ root.Subcommands.Add(MeasureCommands.Memory());
 root.Subcommands.Add(ImageFolderCommand.Create());
 root.Subcommands.Add(ScoreModelCommand.Create());
 root.Subcommands.Add(ExportWeightsCommand.Create());
+root.Subcommands.Add(ExportOnnxCommand.Create());
 root.Subcommands.Add(FitMemoryCommand.Create());
 root.Subcommands.Add(ScoringThroughputCommand.Create());
 root.Subcommands.Add(PresetsCommand.Create());

@@ -24,7 +24,7 @@ public sealed record ImageNetTransform(int CropSize, int ResizeSize, Normalizati
     public static ImageNetTransform Standard { get; } = new(224, 256, ImageNetNormalization);
 
     /// <summary>The recipe at another crop size, with the evaluation resize scaled as 256/224.</summary>
-    public static ImageNetTransform ForCrop(int cropSize) => new(cropSize, (int)Math.Round(cropSize * 256.0 / 224.0), ImageNetNormalization);
+    public static ImageNetTransform ForCrop(int cropSize) => new(cropSize, ImagePixels.ResizeFor(cropSize), ImageNetNormalization);
 
     /// <summary>
     /// torchvision's RandomResizedCrop parameters for an image of <paramref name="width"/>×<paramref name="height"/>: ten
@@ -53,12 +53,7 @@ public sealed record ImageNetTransform(int CropSize, int ResizeSize, Normalizati
     }
 
     /// <summary>Evaluation crop: the centre square that becomes <see cref="CropSize"/> once the shorter side is <see cref="ResizeSize"/>.</summary>
-    public (int X, int Y, int W, int H) CentreCrop(int width, int height)
-    {
-        double scale = (double)ResizeSize / Math.Min(width, height);
-        int side = Math.Min(Math.Min(width, height), (int)Math.Round(CropSize / scale));
-        return ((width - side) / 2, (height - side) / 2, side, side);
-    }
+    public (int X, int Y, int W, int H) CentreCrop(int width, int height) => ImagePixels.CentreCrop(CropSize, ResizeSize, width, height);
 
     /// <summary>
     /// Decodes <paramref name="path"/>, crops (randomly with flip when <paramref name="random"/> is given, else the

@@ -1,14 +1,13 @@
 // Reading an image column of an IDataView into the network's input format (3 x S x S, uint8, planar RGB): an MLImage
 // (from LoadImages), encoded image bytes (from LoadRawImageBytes), or a pixel vector from ExtractPixels with its default
 // settings (planar RGB, values 0-255, known size 3·S·S). Each image is cropped to the rectangle the data recipe asks for
-// (the whole image by default) and resized bilinearly (antialiased) to S×S. Grayscale and palette images arrive as
+// (the whole image by default) and resized bilinearly (antialiased, ImagePixels) to S×S. Grayscale and palette images arrive as
 // 32-bit MLImages (LoadImages converts them) and become three equal planes; an alpha channel is dropped. Every failure
 // names the column, and the row where there is one.
 using Microsoft.ML;
 using Microsoft.ML.Data;
+using Man.ML.Data;
 using Microsoft.ML.Transforms.Image;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.MLNet;
 
@@ -125,11 +124,7 @@ internal sealed class ImageColumn
                         if (float.IsNaN(v)) throw RowError(position, $"pixel {i} is NaN.");
                         planes[i++] = (byte)Math.Clamp(MathF.Round(v), 0, 255);
                     }
-                    if (!whole)
-                    {
-                        using var scope = NewDisposeScope();
-                        CropResize(tensor(planes, new long[] { 3, ImageSize, ImageSize }, dtype: ScalarType.Byte), rect, target);
-                    }
+                    if (!whole) ImagePixels.CropResize(planes, ImageSize, ImageSize, rect, ImageSize, target);
                 };
             }
         }
@@ -172,43 +167,16 @@ internal sealed class ImageColumn
         });
     }
 
-    // MLImage pixels are 32-bit BGRA or RGBA, row-major; the network wants planar RGB at S x S.
+    // MLImage pixels are 32-bit BGRA or RGBA, row-major; the network wants planar RGB at S x S (ImagePixels, the one
+    // implementation the ONNX scoring sample shares).
     private void FromImage(MLImage image, byte[] target, long position)
     {
+        byte[] planar;
+        try { planar = ImagePixels.Planar(image); }
+        catch (InvalidDataException e) { throw RowError(position, e.Message); }
         int w = image.Width, h = image.Height;
-        if (w <= 0 || h <= 0) throw RowError(position, "the image is empty.");
-        var pixels = image.Pixels;
-        int bytesPerPixel = image.BitsPerPixel / 8;
-        if (bytesPerPixel < 3) throw RowError(position, $"unsupported pixel format {image.PixelFormat}.");
-        bool bgr = image.PixelFormat == MLPixelFormat.Bgra32;
         var rect = crop?.Invoke(w, h) ?? (0, 0, w, h);
-        if (w == ImageSize && h == ImageSize && rect == (0, 0, w, h))
-        {
-            int plane = w * h;
-            for (int p = 0; p < plane; p++)
-            {
-                int at = p * bytesPerPixel;
-                target[p] = pixels[at + (bgr ? 2 : 0)];
-                target[plane + p] = pixels[at + 1];
-                target[2 * plane + p] = pixels[at + (bgr ? 0 : 2)];
-            }
-            return;
-        }
-        using var scope = NewDisposeScope();
-        var raw = tensor(pixels.ToArray(), new long[] { h, w, bytesPerPixel }, dtype: ScalarType.Byte);
-        var rgb = (bgr ? raw.index_select(2, tensor(new long[] { 2, 1, 0 })) : raw.narrow(2, 0, 3)).permute(2, 0, 1); // (3, H, W)
-        CropResize(rgb, rect, target);
-    }
-
-    // A rectangle of a (3, H, W) uint8 image, resized to (3, S, S) into target.
-    private void CropResize(Tensor rgb, (int X, int Y, int W, int H) rect, byte[] target)
-    {
-        var (x, y, cw, ch) = rect;
-        var region = rgb.narrow(1, y, ch).narrow(2, x, cw).unsqueeze(0).to_type(ScalarType.Float32);    // (1, 3, ch, cw)
-        var resized = cw == ImageSize && ch == ImageSize ? region
-            : nn.functional.interpolate(region, new long[] { ImageSize, ImageSize }, mode: InterpolationMode.Bilinear,
-                align_corners: false, antialias: true);                                                  // (1, 3, S, S)
-        var bytes = resized.round().clamp(0, 255).to_type(ScalarType.Byte).contiguous();
-        bytes.data<byte>().CopyTo(target);
+        if (w == ImageSize && h == ImageSize && rect == (0, 0, w, h)) planar.CopyTo(target, 0);
+        else ImagePixels.CropResize(planar, w, h, rect, ImageSize, target);
     }
 }

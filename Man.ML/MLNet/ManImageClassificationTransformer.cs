@@ -123,6 +123,21 @@ public sealed class ManImageClassificationTransformer : ITransformer, IDisposabl
         }
     }
 
+    /// <summary>
+    /// Writes the model as an ONNX inference graph that ML.NET's <c>ApplyOnnxModel</c> (or ONNX Runtime) scores without
+    /// TorchSharp or libtorch. Input <see cref="Interop.OnnxExport.InputName"/> ("Pixels"): planar RGB in 0..255 of the
+    /// image cropped and resized as this transformer does (<see cref="ImageRecipe"/>; for an image already S×S under the
+    /// CIFAR recipe, exactly what <c>ExtractPixels</c> gives with its defaults); the normalisation is inside the graph.
+    /// Output <see cref="ScoreColumnName"/> ("Score"): the class probabilities. The class names, the image size and the
+    /// recipe are stored as metadata (<see cref="Interop.OnnxExport.ClassesKey"/>, <see cref="Interop.OnnxExport.ImageSizeKey"/>,
+    /// <see cref="Interop.OnnxExport.RecipeKey"/>).
+    /// </summary>
+    public void SaveAsOnnx(string path)
+    {
+        var names = KeyValues?.Names() ?? Enumerable.Range(0, ClassCount).Select(i => i.ToString()).ToArray();
+        lock (scoringLock) Interop.OnnxExport.Save(Network, path, Normalization, names, ImageSize, ImageRecipe, TrainedWith);
+    }
+
     /// <summary>The scoring crop of an image of width×height: the recipe's.</summary>
     internal (int X, int Y, int W, int H) ScoringCrop(int width, int height) => ImageRecipes.ScoringCrop(ImageRecipe, ImageSize, width, height);
 
