@@ -50,6 +50,8 @@ internal static class ImageFolderCommand
             AnsiConsole.MarkupLine($"saved and reloaded {Markup.Escape(outcome.ModelPath)}; PredictionEngine on {Markup.Escape(outcome.Example.ImagePath)} " +
                                    $"(label {Markup.Escape(outcome.Example.Label)}): predicted [bold]{Markup.Escape(outcome.Prediction.PredictedLabelValue)}[/] " +
                                    $"with probability {outcome.Prediction.Score.Max():P1}");
+            AnsiConsole.MarkupLine($"wrote {Markup.Escape(outcome.OnnxPath)}: score it without TorchSharp or libtorch with " +
+                                   Markup.Escape($"dotnet run --project Man.ML.OnnxScoring -c Release -- --model {outcome.OnnxPath} --images <folder>"));
             return 0;
         }));
         return command;

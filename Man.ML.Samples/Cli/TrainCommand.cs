@@ -269,6 +269,9 @@ internal static class TrainCommand
         var options = plan.Options;
         AnsiConsole.MarkupLine(Markup.Escape($"manml train {plan.Summary}, ") +
                                Markup.Escape(FormattableString.Invariant($"{trainCount} training / {valCount} validation images at {imageSize}x{imageSize}, {options.Epochs} epochs, batch {options.BatchSize}, lr {plan.LearningRate:0.###}")));
+        if (plan.InitialWeights is { } w)
+            AnsiConsole.MarkupLine(Markup.Escape($"initialised from {w.Path} ({Choices.Name(w.Format)}, {w.TensorsLoaded} tensors)" +
+                (w.HeadReplaced ? $"; its classifier has another class count and was replaced by a fresh {classes}-class one (PyTorch's nn.Linear initialisation, seed {options.Seed})" : "")));
         return config;
     }
 

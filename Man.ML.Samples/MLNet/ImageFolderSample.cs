@@ -48,7 +48,7 @@ public static class ImageFolderSample
     }
 
     public sealed record Outcome(double MicroAccuracy, double MacroAccuracy, double LogLoss, int TrainImages, int ValidationImages,
-        string ModelPath, ImageRow Example, ImagePrediction Prediction, IReadOnlyList<(string Class, double Accuracy)> PerClass);
+        string ModelPath, string OnnxPath, ImageRow Example, ImagePrediction Prediction, IReadOnlyList<(string Class, double Accuracy)> PerClass);
 
     /// <summary>The whole sample; <paramref name="log"/> receives progress lines.</summary>
     public static Outcome Run(string imagesFolder, string outFolder, ManImageClassificationTrainer.Options options, Action<string> log,
@@ -78,11 +78,14 @@ public static class ImageFolderSample
         Directory.CreateDirectory(outFolder);
         var modelPath = Path.Combine(outFolder, "model.manml.zip");
         mlContext.Model.SaveManModel(model, trainData.Schema, modelPath);
+        // The same model as an ONNX graph, for scoring without TorchSharp (Man.ML.OnnxScoring, ApplyOnnxModel).
+        var onnxPath = Path.Combine(outFolder, "model.onnx");
+        model.OfType<ManImageClassificationTransformer>().Single().SaveAsOnnx(onnxPath);
         var loaded = mlContext.Model.LoadManModel(modelPath, out _);
         using var engine = mlContext.Model.CreatePredictionEngine<ImageRow, ImagePrediction>(loaded);
         var example = validationRows[0];
         var prediction = engine.Predict(example);
         return new Outcome(metrics.MicroAccuracy, metrics.MacroAccuracy, metrics.LogLoss, trainRows.Count, validationRows.Count,
-            modelPath, example, prediction, perClass);
+            modelPath, onnxPath, example, prediction, perClass);
     }
 }
