@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Man.ML.Interop;
 using Man.ML.Local;
+using Man.ML.MLNet;
 using Man.ML.Models;
 using Man.ML.Samples.Tooling;
 using Man.ML.Training;
@@ -157,5 +158,67 @@ public sealed class PyTorchInteropTests
         var e = Assert.ThrowsExactly<InvalidOptionException>(() => new Trainer(new TrainingOptions { InitFrom = "/no/such/weights.pt" }));
         Assert.AreEqual(nameof(TrainingOptions.InitFrom), e.Option);
         StringAssert.Contains(e.Message, "'/no/such/weights.pt'");
+    }
+
+    [TestMethod]
+    public void TheMLNetOptionsCarryInitFromIntoThePlan()
+    {
+        var mlContext = new Microsoft.ML.MLContext(0);
+        var options = new MLNet.ManImageClassificationTrainer.Options { Architecture = "resnet8", K = 2, InitFrom = Golden("resnet8_c100.safetensors") };
+        var trainer = mlContext.MulticlassClassification.Trainers.ManImageClassification(options);
+        var plan = trainer.ResolvePlan(10);
+        Assert.AreEqual(WeightsFormat.Safetensors, plan.InitialWeights!.Format);
+        Assert.IsTrue(plan.InitialWeights.HeadReplaced, "a 100-class classifier was kept for 10 classes");
+        Assert.AreEqual(54, plan.InitialWeights.TensorsLoaded);
+        options.InitFrom = "/no/such.pt";
+        var e = Assert.ThrowsExactly<InvalidOptionException>(() => mlContext.MulticlassClassification.Trainers.ManImageClassification(options));
+        Assert.AreEqual("InitFrom", e.Option);
+    }
+
+    [TestMethod]
+    public void TheCommandLineReportsAFileThatDoesNotFitInOneLine()
+    {
+        var dir = TestSupport.NewTempFolder();
+        var r = TestSupport.RunManml(new[] { "export-weights", "--arch", "resnet14", "--init-from", Golden("resnet8_c100.pt"), "--out", Path.Combine(dir, "x.pt") });
+        Assert.AreEqual(2, r.ExitCode, r.Stderr);
+        StringAssert.Contains(r.Stderr, "'resnet8_c100.pt' has no key 'layer1.1.conv1.weight' (16, 16, 3, 3), which resnet14 needs");
+        Assert.AreEqual(1, r.Stderr.Trim().Split('\n').Length, r.Stderr);
+        Assert.IsFalse(File.Exists(Path.Combine(dir, "x.pt")), "an output was written for a failed export");
+        var train = TestSupport.RunManml(new[] { "train", "--init-from", Path.Combine(dir, "absent.pt"), "--out", dir });
+        Assert.AreEqual(2, train.ExitCode, train.Stderr);
+        StringAssert.Contains(train.Stderr, "absent.pt' to initialise from does not exist");
+    }
+
+    [TestMethod]
+    public void ExportWeightsAndExportOnnxWriteWhatTheyPromise()
+    {
+        var dir = TestSupport.NewTempFolder();
+        string weights = Path.Combine(dir, "w.safetensors"), logitsPath = Path.Combine(dir, "logits.json");
+        var r = TestSupport.RunManml(new[] { "export-weights", "--arch", "resnet8", "--classes", "100", "--init-from", Golden("resnet8_c100.pt"), "--out", weights, "--logits-out", logitsPath });
+        Assert.AreEqual(0, r.ExitCode, r.Stderr);
+        // The logits Man.ML wrote are PyTorch's (the file PyTorch wrote, re-exported as safetensors).
+        using var ours = JsonDocument.Parse(File.ReadAllText(logitsPath));
+        using var theirs = JsonDocument.Parse(File.ReadAllText(Golden("resnet8_c100.logits.json")));
+        var a = ours.RootElement.GetProperty("logits").EnumerateArray().SelectMany(x => x.EnumerateArray()).Select(v => v.GetDouble()).ToArray();
+        var b = theirs.RootElement.GetProperty("logits").EnumerateArray().SelectMany(x => x.EnumerateArray()).Select(v => v.GetDouble()).ToArray();
+        Assert.IsTrue(a.Zip(b, (x, y) => Math.Abs(x - y)).Max() < 1e-4, "export-weights --logits-out differs from PyTorch's logits");
+        using (var reloaded = new CifarResNet(8, 100)) Assert.AreEqual(56, PyTorchWeights.Load(reloaded, weights).TensorsLoaded);
+
+        // A model.ckpt to ONNX, with its class names and recipe in the metadata.
+        using var network = new CifarResNet(8, 3);
+        var checkpoint = Path.Combine(dir, "model.ckpt");
+        ModelCheckpoint.Save(checkpoint, network, new CheckpointInfo
+        {
+            Architecture = "resnet8", Classes = 3, ImageSize = 32, ClassNames = new[] { "cat", "dog", "owl" },
+            NormalizationMean = Data.Normalization.Cifar.Mean, NormalizationStd = Data.Normalization.Cifar.Std,
+        });
+        var onnx = Path.Combine(dir, "model.onnx");
+        var e = TestSupport.RunManml(new[] { "export-onnx", "--model", checkpoint, "--out", onnx });
+        Assert.AreEqual(0, e.ExitCode, e.Stderr);
+        using var session = new Microsoft.ML.OnnxRuntime.InferenceSession(onnx);
+        var metadata = session.ModelMetadata.CustomMetadataMap;
+        Assert.AreEqual("[\"cat\",\"dog\",\"owl\"]", metadata[OnnxExport.ClassesKey]);
+        Assert.AreEqual("cifar", metadata[OnnxExport.RecipeKey]);
+        Assert.AreEqual(3, session.OutputMetadata[OnnxExport.OutputName].Dimensions[1]);
     }
 }
