@@ -18,41 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, 0, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class CifarResNet(nn.Module):
-    def __init__(self, depth=32, classes=10):
-        super().__init__()
-        n = (depth - 2) // 6
-        self.conv = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn = nn.BatchNorm2d(16)
-        blocks, cin = [], 16
-        for stage, cout in enumerate((16, 32, 64)):
-            for i in range(n):
-                blocks.append(BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1))
-                cin = cout
-        self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(64, classes)
-
-    def forward(self, x):
-        x = self.blocks(F.relu(self.bn(self.conv(x))))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+from cifar_resnet import CifarResNet
 
 
 def main():
@@ -69,7 +35,7 @@ def main():
         parser.error(f"--depth must be 6n+2 (got {args.depth})")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = CifarResNet(args.depth)
+    model = CifarResNet(args.depth, 10)
     x = torch.randn(args.batch_size, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch_size,))
     if args.channels_last:
