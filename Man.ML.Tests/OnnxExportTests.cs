@@ -134,6 +134,23 @@ public sealed class OnnxExportTests
                 largest = Math.Max(largest, expected[i].Zip(actual[i], (a, b) => Math.Abs(a - b)).Max());
             }
             Assert.IsTrue(largest <= 1e-4, $"{architecture}: probabilities differ by up to {largest:E2}");
+
+            // The saved ML.NET model through the command line: the same ONNX bytes, and a state dict of the backbone.
+            var zip = Path.Combine(folder, "model.manml.zip");
+            mlContext.Model.SaveManModel(model, train.Schema, zip);
+            var again = Path.Combine(folder, "again.onnx");
+            var export = TestSupport.RunManml(new[] { "export-onnx", "--model", zip, "--out", again });
+            Assert.AreEqual(0, export.ExitCode, export.Stderr);
+            CollectionAssert.AreEqual(File.ReadAllBytes(onnx), File.ReadAllBytes(again), "export-onnx of the saved model differs from SaveAsOnnx");
+            var weights = Path.Combine(folder, "backbone.safetensors");
+            var exportWeights = TestSupport.RunManml(new[] { "export-weights", "--model", zip, "--out", weights });
+            Assert.AreEqual(0, exportWeights.ExitCode, exportWeights.Stderr);
+            using (var copy = Architectures.Create(architecture, 10, size))
+            {
+                PyTorchWeights.Load(copy, weights);
+                foreach (var ((key, a), (_, b)) in copy.state_dict().Zip(model.LastTransformer.Network.state_dict()))
+                    Assert.IsTrue(a.equal(b.cpu()).all().item<bool>(), $"{key} differs in the exported state dict");
+            }
             Console.WriteLine($"{architecture}: {expected.Length} images, top-1 identical, largest probability difference {largest:E2}; {result.Stdout.Trim()}");
         }
         finally { Directory.Delete(folder, true); }

@@ -25,11 +25,11 @@ internal static class ExportOnnxCommand
             var target = parse.GetValue(output)!;
             if (!File.Exists(path)) throw new FileNotFoundException($"Model '{path}' does not exist.", path);
             var chosen = Choices.Parse<ImageRecipe>(parse.GetValue(recipe)!, recipe.Name);
-            if (IsZip(path))
+            if (ModelFiles.IsZip(path))
             {
                 if (chosen != ImageRecipe.Automatic) throw new CliException("An ML.NET model keeps the recipe it was trained with: --recipe is for a model.ckpt.");
                 var loaded = new MLContext(0).Model.LoadManModel(path, out _);
-                var man = Find(loaded) ?? throw new CliException($"'{path}' holds no Man.ML transformer.");
+                var man = ModelFiles.Find(loaded) ?? throw new CliException($"'{path}' holds no Man.ML transformer.");
                 man.SaveAsOnnx(target);
                 Report(target, man.Network, man.ImageSize, man.ImageRecipe);
                 man.Dispose();
@@ -54,18 +54,4 @@ internal static class ExportOnnxCommand
 
     private static void Report(string path, UnitChainNetwork network, int size, ImageRecipe recipe) =>
         Console.WriteLine($"Wrote {path} ({new FileInfo(path).Length / 1e6:F1} MB): {network.Architecture}, {network.ClassCount} classes, input {OnnxExport.InputName} 3x{size}x{size} ({Choices.Name(recipe)} recipe), output {OnnxExport.OutputName}, opset {OnnxExport.OpsetVersion}.");
-
-    private static bool IsZip(string path)
-    {
-        Span<byte> head = stackalloc byte[4];
-        using var stream = File.OpenRead(path);
-        return stream.ReadAtLeast(head, 4, throwOnEndOfStream: false) == 4 && head[0] == (byte)'P' && head[1] == (byte)'K';
-    }
-
-    private static ManImageClassificationTransformer? Find(ITransformer model) => model switch
-    {
-        ManImageClassificationTransformer man => man,
-        IEnumerable<ITransformer> chain => chain.Select(Find).FirstOrDefault(m => m is not null),
-        _ => null,
-    };
 }

@@ -1,10 +1,11 @@
 // manml export-weights: a network's weights as a PyTorch state dict (torch.save or safetensors) with torchvision's
-// names, from a trained checkpoint (manml train's model.ckpt), from another state dict (read, checked and written again),
+// names, from a trained model (manml train's model.ckpt or an ML.NET model zip), from another state dict (read, checked and written again),
 // or regenerated from a seed by the cross-framework generator (docs/INTEROP.md). With --logits-out it also writes the
 // network's eval-mode logits on the fixed probe batch, which scripts/pytorch_interop.py compares with PyTorch's.
 using System.CommandLine;
 using System.Text.Json;
 using Man.ML.Interop;
+using Man.ML.MLNet;
 using Man.ML.Models;
 using Man.ML.Samples.Tooling;
 using Man.ML.Training;
@@ -16,7 +17,7 @@ internal static class ExportWeightsCommand
 {
     public static Command Create()
     {
-        var model = new Option<string?>("--model") { Description = "A trained checkpoint (manml train's DIR/model.ckpt)." };
+        var model = new Option<string?>("--model") { Description = "A trained model: manml train's DIR/model.ckpt, or an ML.NET model saved with SaveManModel (.zip)." };
         var arch = new Option<string?>("--arch") { Description = "Without --model: the architecture to build." };
         var classes = new Option<int>("--classes") { Description = "Without --model: number of classes.", DefaultValueFactory = _ => 10 };
         var imageSize = new Option<int?>("--image-size") { Description = "Without --model: input side (default 32 for CIFAR ResNets, 224 otherwise); only the probe batch depends on it." };
@@ -36,8 +37,18 @@ internal static class ExportWeightsCommand
             {
                 if (parse.GetValue(arch) is not null || parse.GetValue(initFrom) is not null || parse.GetValue(synthetic) is not null)
                     throw new CliException("--model brings its own network: give --arch, --init-from and --synthetic-seed only without it.");
-                (network, var info) = ModelCheckpoint.Load(checkpoint);
-                side = info.ImageSize;
+                if (!File.Exists(checkpoint)) throw new FileNotFoundException($"Model '{checkpoint}' does not exist.", checkpoint);
+                if (ModelFiles.IsZip(checkpoint))
+                {
+                    var man = ModelFiles.Find(new Microsoft.ML.MLContext(0).Model.LoadManModel(checkpoint, out _))
+                        ?? throw new CliException($"'{checkpoint}' holds no Man.ML transformer.");
+                    (network, side) = (man.Network, man.ImageSize); // disposing the network releases what the transformer holds
+                }
+                else
+                {
+                    (network, var info) = ModelCheckpoint.Load(checkpoint);
+                    side = info.ImageSize;
+                }
             }
             else
             {
