@@ -64,14 +64,7 @@ internal static class Scoring
             MLImage image;
             try { image = MLImage.CreateFromFile(input.ImagePath); }
             catch (Exception e) when (e is not OperationCanceledException) { throw new InvalidDataException($"Image '{input.ImagePath}' cannot be decoded: {e.Message}", e); }
-            using (image)
-            {
-                var planar = ImagePixels.Planar(image);
-                int w = image.Width, h = image.Height;
-                var rect = imageNetRecipe ? ImagePixels.CentreCrop(size, resize, w, h) : (0, 0, w, h);
-                if (rect == (0, 0, size, size) && w == size && h == size) planar.CopyTo(pixels, 0);
-                else ImagePixels.CropResize(planar, w, h, rect, size, pixels);
-            }
+            using (image) ImagePixels.ToInput(image, imageNetRecipe ? (w, h) => ImagePixels.CentreCrop(size, resize, w, h) : null, size, pixels);
             var values = new float[pixels.Length];
             for (int i = 0; i < pixels.Length; i++) values[i] = pixels[i];
             output.Pixels = values;

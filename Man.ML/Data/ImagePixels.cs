@@ -51,6 +51,21 @@ internal static class ImagePixels
     }
 
     /// <summary>
+    /// The network input of <paramref name="image"/>: the rectangle <paramref name="crop"/> gives for its (width, height)
+    /// (null: the whole image), resized to <paramref name="size"/>×<paramref name="size"/>, as planar RGB bytes in
+    /// <paramref name="target"/> (3·size·size).
+    /// </summary>
+    /// <exception cref="InvalidDataException">The image is empty or not 24/32-bit.</exception>
+    public static void ToInput(MLImage image, Func<int, int, (int X, int Y, int W, int H)>? crop, int size, Span<byte> target)
+    {
+        var planar = Planar(image);
+        int w = image.Width, h = image.Height;
+        var rect = crop?.Invoke(w, h) ?? (0, 0, w, h);
+        if (w == size && h == size && rect == (0, 0, w, h)) planar.CopyTo(target);
+        else CropResize(planar, w, h, rect, size, target);
+    }
+
+    /// <summary>
     /// Resizes the rectangle <paramref name="rect"/> of a planar RGB image (<paramref name="width"/>×<paramref name="height"/>)
     /// to <paramref name="size"/>×<paramref name="size"/> into <paramref name="target"/> (3·size·size bytes).
     /// </summary>

@@ -171,12 +171,7 @@ internal sealed class ImageColumn
     // implementation the ONNX scoring sample shares).
     private void FromImage(MLImage image, byte[] target, long position)
     {
-        byte[] planar;
-        try { planar = ImagePixels.Planar(image); }
+        try { ImagePixels.ToInput(image, crop, ImageSize, target); }
         catch (InvalidDataException e) { throw RowError(position, e.Message); }
-        int w = image.Width, h = image.Height;
-        var rect = crop?.Invoke(w, h) ?? (0, 0, w, h);
-        if (w == ImageSize && h == ImageSize && rect == (0, 0, w, h)) planar.CopyTo(target, 0);
-        else ImagePixels.CropResize(planar, w, h, rect, ImageSize, target);
     }
 }
