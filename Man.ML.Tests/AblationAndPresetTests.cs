@@ -57,7 +57,7 @@ public sealed class AblationAndPresetTests
     {
         using var net = new CifarResNet(8);
         var plan = SplitPlan.Create(net, 2);
-        using var trainer = new LocalTrainer(net, plan, new DglRule(), new MomentumOptions { LearnableMix = true }, new OptimizerSettings { LearningRate = 0.5 }, CPU);
+        using var trainer = new LocalTrainer(net, plan, new DglRule(), new MomentumOptions { Mix = ManMix.Learnable }, new OptimizerSettings { LearningRate = 0.5 }, CPU);
         var branch = trainer.Man![0];
         Assert.AreEqual(1f, branch.Mix!.item<float>());
         Assert.IsTrue(trainer.Optimizer.parameters().Any(p => p.Handle == branch.Mix.Handle));
@@ -75,7 +75,7 @@ public sealed class AblationAndPresetTests
         var (x, y) = Batch(8);
         trainer.Step(x, y);
         Assert.AreNotEqual(1f, branch.Mix.item<float>(), "s did not move");
-        Assert.ThrowsExactly<ArgumentException>(() => new MomentumAuxiliaryNetwork(net, plan, new MomentumOptions { LearnableMix = true, Ablation = ManAblation.EmaOnly }));
+        Assert.ThrowsExactly<InvalidOptionException>(() => new MomentumAuxiliaryNetwork(net, plan, new MomentumOptions { Mix = ManMix.Learnable, Ablation = ManAblation.EmaOnly }));
     }
 
     [TestMethod]
@@ -115,12 +115,10 @@ public sealed class AblationAndPresetTests
             var options = preset.Options;
             var dataset = options.Dataset;
             var trainer = new Trainer(options);
-            var (network, plan, rule) = trainer.Build(dataset.Classes, dataset.ImageSize);
-            Assert.AreEqual(options.K, plan.K, preset.Name);
-            using (network)
-            using (var local = new LocalTrainer(network, plan, rule, options.Man, new OptimizerSettings { LearningRate = options.EffectiveLearningRate }, CPU,
-                       options.Augmentation.Normalization))
+            using (var local = trainer.CreateLocalTrainer(dataset.Classes, dataset.ImageSize))
+            using (local.Network)
             {
+                Assert.AreEqual(options.K, local.Split.K, preset.Name);
                 local.SetTraining(true);
                 var (x, y) = Batch(2, dataset.ImageSize);
                 var result = local.Step(x, y);

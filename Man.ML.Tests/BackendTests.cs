@@ -282,7 +282,7 @@ public sealed class BackendTests
     [TestMethod]
     public void TrainingKeepsFreedBuffersInTheHeapUnlessTheEnvironmentSaysOtherwise()
     {
-        using var local = new Trainer(new TrainingOptions { Architecture = "resnet8", K = 1, Rule = LearningRule.EndToEnd, Man = null }).CreateLocalTrainer(10, 32, CPU);
+        using var local = new Trainer(new TrainingOptions { Architecture = "resnet8", K = 1, Rule = LearningRule.EndToEnd, Man = null }).CreateLocalTrainer(10, 32);
         local.Network.Dispose();
         bool userChose = new[] { "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES" }.Any(v => Environment.GetEnvironmentVariable(v) is not null)
                          || string.Equals(Environment.GetEnvironmentVariable(HeapTuning.EnvironmentVariable), "off", StringComparison.OrdinalIgnoreCase);

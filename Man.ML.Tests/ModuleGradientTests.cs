@@ -73,7 +73,7 @@ public sealed class ModuleGradientTests
         ["VggHead 16→10"] = new(() => new VggHead(16, 10), new long[] { 4, 16, 14, 14 }, Classifier),
         // MAN's copies of the next unit (LB + EMA; EMA takes no parameter gradient but passes the input gradient).
         ["MomentumBranch of a CIFAR BasicBlock 16→32"] = new(() => Branch(new CifarResNet(8), 2, new MomentumOptions()), new long[] { 4, 16, 8, 8 }, Unit),
-        ["MomentumBranch, MAN++ learnable mix"] = new(() => Branch(new CifarResNet(8), 2, new MomentumOptions { LearnableMix = true }), new long[] { 4, 16, 8, 8 }, Unit),
+        ["MomentumBranch, MAN++ learnable mix"] = new(() => Branch(new CifarResNet(8), 2, new MomentumOptions { Mix = ManMix.Learnable }), new long[] { 4, 16, 8, 8 }, Unit),
         ["MomentumBranch of an ImageNet Bottleneck 512→1024"] = new(() => Branch(ImageNetResNet.ResNet50(10, 32), 8, new MomentumOptions()), new long[] { 2, 512, 4, 4 }, Unit),
         // Auxiliary heads.
         ["DglHead (MLP-SR)"] = new(() => new DglHead(new FeatureShape(32, 8, 8), 10), new long[] { 4, 32, 8, 8 }, HeadLoss(SmallImage)),

@@ -74,7 +74,7 @@ public sealed class MomentumTests
         using var net = new CifarResNet(8);
         var plan = SplitPlan.Create(net, 4);
         const double m = 0.9;
-        using var man = new MomentumAuxiliaryNetwork(net, plan, new MomentumOptions { Momentum = m });
+        using var man = new MomentumAuxiliaryNetwork(net, plan, new MomentumOptions { EmaDecay = m });
         int next = plan.NextUnit(1);
         var old = man[1].Ema!.parameters().Select(p => p.data<float>().ToArray()).ToList();
         var source = net.Units[next].parameters().Select(p => p.data<float>().ToArray()).ToList();
@@ -93,9 +93,9 @@ public sealed class MomentumTests
         manual_seed(1);
         using var net = new CifarResNet(8);
         const double m = 0.5;
-        using var trainer = NewTrainer(net, 2, new MomentumOptions { Momentum = m }, lr: 0.5);
+        using var trainer = NewTrainer(net, 2, new MomentumOptions { EmaDecay = m }, lr: 0.5);
         trainer.SetTraining(true);
-        int next = trainer.Plan.NextUnit(0);
+        int next = trainer.Split.NextUnit(0);
         var emaBefore = trainer.Man![0].Ema!.parameters().Select(p => p.detach().clone()).ToList();
         var nextBefore = net.Units[next].parameters().Select(p => p.detach().clone()).ToList();
         using var x = randn(8, 3, 32, 32);

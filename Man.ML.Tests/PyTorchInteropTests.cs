@@ -135,8 +135,8 @@ public sealed class PyTorchInteropTests
         var prepared = trainer.PreparedNetwork!;
         foreach (var ((key, loaded), (_, original)) in prepared.state_dict().Zip(file.state_dict()))
             if (!key.StartsWith("head.", StringComparison.Ordinal)) Assert.IsTrue(loaded.equal(original).all().item<bool>(), $"{key} was not loaded from the file");
-        using var local = trainer.CreateLocalTrainer(10, 32, CPU);
-        int next = local.Plan.NextUnit(0);
+        using var local = trainer.CreateLocalTrainer(10, 32);
+        int next = local.Split.NextUnit(0);
         // Next copies the parameters (the copy's batch norm runs in training mode and keeps its own statistics).
         var copy = local.Man![0].Learnable!.parameters().ToList();
         var unit = local.Network.Units[next].parameters().ToList();

@@ -79,7 +79,7 @@ public sealed class RobustnessTests
                 Assert.IsTrue(header.EpochsCompleted >= 1);
                 var options = new TrainingOptions { Architecture = "resnet8", K = 2, Epochs = 400, BatchSize = 32, Seed = 0, Man = new Local.MomentumOptions() };
                 var trainer = new Trainer(options);
-                using var local = trainer.CreateLocalTrainer(10, 32, torch.CPU);
+                using var local = trainer.CreateLocalTrainer(10, 32);
                 TrainingCheckpoint.Restore(path, trainer.Plan!, local);    // and the whole state loads
                 local.Network.Dispose();
                 loaded++;

@@ -84,7 +84,7 @@ public sealed class RunPlanTests
             Assert.AreSame(plan, trainer.Prepare(10, 32));
             var result = trainer.Train(train, null);
             Assert.AreEqual(1, UnitChainNetwork.Constructed - before, $"{options.Rule} K={options.K}: the run built its network more than once");
-            Assert.AreSame(plan, result.RunPlan);
+            Assert.AreSame(plan, result.Plan);
             result.Network.Dispose();
         }
     }
@@ -207,12 +207,12 @@ public sealed class RunPlanTests
     {
         using var train = TestSupport.SampleImages(0, 64);
         var trainer = new Trainer(Tiny() with { Epochs = 1 }) { CheckBackend = false };
-        using var local = trainer.CreateLocalTrainer(10, 32, CPU);
+        using var local = trainer.CreateLocalTrainer(10, 32);
         using var memory = new MemoryStream();
         TrainingCheckpoint.Save(memory, trainer.Plan!, local, Array.Empty<EpochMetrics>());
         memory.Position = 0;
         var other = new Trainer(Tiny() with { Epochs = 1 }) { CheckBackend = false };
-        using var restored = other.CreateLocalTrainer(10, 32, CPU);
+        using var restored = other.CreateLocalTrainer(10, 32);
         TrainingCheckpoint.Restore(memory, other.Plan!, restored, "in-memory checkpoint");
         using var model = new MemoryStream();
         ModelCheckpoint.Save(model, local.Network, new CheckpointInfo { Architecture = "resnet8", Classes = 10, ImageSize = 32 });
@@ -229,7 +229,7 @@ public sealed class RunPlanTests
     {
         using var data = TestSupport.SampleImages(0, 32);
         var trainer = new Trainer(Tiny(k: 4) with { Man = new MomentumOptions() }) { CheckBackend = false };
-        using var local = trainer.CreateLocalTrainer(10, 32, CPU);
+        using var local = trainer.CreateLocalTrainer(10, 32);
         using var x = Data.Normalization.Cifar.Apply(data.Images.to_type(ScalarType.Float32).div(255));
         long before = local.GradientCheckReads;
         for (int step = 0; step < 3; step++)

@@ -127,7 +127,7 @@ internal static partial class BenchCommand
             if (b < 2 || n < 1) throw new CliException("--batch-size must be at least 2 and --steps at least 1.");
             if (dev != "cpu" && !TorchSharp.torch.cuda.is_available()) throw new CliException($"--device {dev}: CUDA is not available here.");
             TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
-            double peak = MatrixRate.MeasureGflops(Trainer.ResolveDevice(dev));
+            double peak = MatrixRate.MeasureGflops(Devices.Resolve(dev));
             var commandLine = "manml bench " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1).SkipWhile(a => a != "bench").Skip(1));
             AnsiConsole.MarkupLine($"peak float32 matrix rate of this libtorch: [bold]{peak:0.0} GFLOP/s[/] ({TorchSharp.torch.get_num_threads()} threads); {list.Count} configurations");
 
@@ -214,11 +214,10 @@ internal static partial class BenchCommand
     private static TrainingCostReport Cost(Config config, int batch, int imageSize, out string split)
     {
         var options = config.Options(batch);
-        var (network, plan, rule) = new Trainer(options).Build(config.ImageNet ? 1000 : 10, imageSize);
-        split = (plan.Table is { } table ? $"{table}: " : "balanced: ") + plan.Describe(network);
-        using var local = new LocalTrainer(network, plan, rule, options.Man, new OptimizerSettings(), TorchSharp.torch.CPU);
+        using var local = new Trainer(options).CreateLocalTrainer(config.ImageNet ? 1000 : 10, imageSize);
+        split = (local.Split.Table is { } table ? $"{table}: " : "balanced: ") + local.Split.Describe(local.Network);
         var report = TrainingCost.Compute(local, batch);
-        network.Dispose();
+        local.Network.Dispose();
         return report;
     }
 

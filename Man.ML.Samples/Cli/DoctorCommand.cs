@@ -35,7 +35,7 @@ internal static class DoctorCommand
             model.ApplyProcessSettings(parse);
             var options = model.ToTrainingOptions(parse);
             options.Validate();
-            var device = Trainer.ResolveDevice(options.Device);
+            var device = Devices.Resolve(options.Device);
             if (parse.GetValue(oneDnnInfo))
             {
                 using var x = TorchSharp.torch.ones(2, 16, 8, 8, requires_grad: true);
@@ -73,7 +73,7 @@ internal static class DoctorCommand
         var dataset = options.Dataset;
         int side = options.ImageSize ?? dataset.ImageSize;
         var trainer = new Trainer(options);
-        using var local = trainer.CreateLocalTrainer(dataset.Classes, side, device);
+        using var local = trainer.CreateLocalTrainer(dataset.Classes, side);
         var shapes = BackendCheck.Shapes(local);
         bool channelsLast = ActivationLayouts.ChannelsLastOn(device.type, local.Network.Family);
         Console.WriteLine($"activation layout       {(channelsLast ? "channels-last (NHWC strides)" : "channels-first (NCHW)")}, {ActivationLayouts.EnvironmentVariable}={Choices.Name(ActivationLayouts.Layout)}");

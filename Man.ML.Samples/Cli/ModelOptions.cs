@@ -10,33 +10,37 @@ namespace Man.ML.Samples.Cli;
 
 internal sealed class ModelOptions
 {
+    // Every default is the library's (TrainingOptions), read from one instance rather than written again here.
+    private static readonly TrainingOptions Defaults = new();
+    private static readonly MomentumOptions DefaultMan = Defaults.Man ?? new MomentumOptions();
+
     public Option<string?> Preset { get; } = new("--preset") { Description = "A paper experiment by name ('manml presets' lists them); other options override parts of it." };
-    public Option<string> Dataset { get; } = new("--dataset") { Description = "Data format and recipe: cifar10, svhn, stl10 or imagenet (default cifar10; imagenet for ImageNet architectures).", DefaultValueFactory = _ => "cifar10" };
-    public Option<string> Arch { get; } = new("--arch") { Description = "Architecture: resnet32, resnet110, resnet<6n+2> (CIFAR); resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, vgg11/13/16/19_bn (ImageNet).", DefaultValueFactory = _ => "resnet32" };
+    public Option<string> Dataset { get; } = new("--dataset") { Description = "Data format and recipe: cifar10, svhn, stl10 or imagenet (default cifar10; imagenet for ImageNet architectures).", DefaultValueFactory = _ => Defaults.Dataset.Name };
+    public Option<string> Arch { get; } = new("--arch") { Description = "Architecture: resnet32, resnet110, resnet<6n+2> (CIFAR); resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, vgg11/13/16/19_bn (ImageNet).", DefaultValueFactory = _ => Defaults.Architecture };
     public Option<string?> Split { get; } = new("--split") { Description = "Split table: man, manpp, infopro, dgl, or balanced (default: the architecture's reference table at this K when there is one, else balanced)." };
     public Option<int?> ImageSize { get; } = new("--image-size") { Description = "Network input side for ImageNet-layout data and synthetic measurements (default: the data set's, 224 for ImageNet)." };
-    public Option<int> Workers { get; } = new("--workers") { Description = "Background threads decoding image files (default 0: half the cores).", DefaultValueFactory = _ => 0 };
-    public Option<int> K { get; } = new("--k") { Description = "Number of gradient-isolated segments (1 = end-to-end).", DefaultValueFactory = _ => 16 };
-    public Option<string> Rule { get; } = new("--rule") { Description = $"Learning rule: {string.Join(", ", Choices.Names<LearningRule>())}.", DefaultValueFactory = _ => "dgl" };
+    public Option<int> Workers { get; } = new("--workers") { Description = "Background threads decoding image files (default 0: half the cores).", DefaultValueFactory = _ => Defaults.DataWorkers };
+    public Option<int> K { get; } = new("--k") { Description = "Number of gradient-isolated segments (1 = end-to-end).", DefaultValueFactory = _ => Defaults.K };
+    public Option<string> Rule { get; } = new("--rule") { Description = $"Learning rule: {string.Join(", ", Choices.Names<LearningRule>())}.", DefaultValueFactory = _ => Choices.Name(Defaults.Rule) };
     public Option<bool> Man { get; } = new("--man") { Description = "Add Momentum Auxiliary Networks (on by default only when neither --rule nor --k is given)." };
     public Option<bool> NoMan { get; } = new("--no-man") { Description = "Train without MAN (for example to override a preset)." };
     public Option<string?> ManAblation { get; } = new("--man-ablation") { Description = "MAN ablation: ema-only, lb-only or param-copy (a live copy of the next unit, no LB)." };
-    public Option<string> ManInit { get; } = new("--man-init") { Description = "Initialisation of MAN's copies: random (reference code) or next (copy of the next unit).", DefaultValueFactory = _ => "random" };
-    public Option<double> EmaMomentum { get; } = new("--ema-momentum") { Description = "EMA momentum m of MAN's EMA copy.", DefaultValueFactory = _ => MomentumOptions.DefaultMomentum };
-    public Option<string> ManMix { get; } = new("--man-mix") { Description = "How MAN combines its copies: sum (LB + EMA) or learnable (MAN++: s·LB + (2 − s)·EMA).", DefaultValueFactory = _ => "sum" };
-    public Option<string> DglHead { get; } = new("--dgl-head") { Description = "DGL's auxiliary head: mlp-sr (default) or manpp (MAN++'s).", DefaultValueFactory = _ => "mlp-sr" };
+    public Option<string> ManInit { get; } = new("--man-init") { Description = "Initialisation of MAN's copies: random (reference code) or next (copy of the next unit).", DefaultValueFactory = _ => Choices.Name(DefaultMan.Initialization) };
+    public Option<double> EmaMomentum { get; } = new("--ema-momentum") { Description = "EMA momentum m of MAN's EMA copy.", DefaultValueFactory = _ => DefaultMan.EmaDecay };
+    public Option<string> ManMix { get; } = new("--man-mix") { Description = "How MAN combines its copies: sum (LB + EMA) or learnable (MAN++: s·LB + (2 − s)·EMA).", DefaultValueFactory = _ => Choices.Name(DefaultMan.Mix) };
+    public Option<string> DglHead { get; } = new("--dgl-head") { Description = "DGL's auxiliary head: mlp-sr (default) or manpp (MAN++'s).", DefaultValueFactory = _ => Choices.Name(Defaults.RuleSettings.DglHead) };
     public Option<string?> AuxConfig { get; } = new("--aux-config") { Description = "InfoPro's classifier: 0c1f, 0c2f, 1c1f, 1c2f, 1c3f or 2c2f (default 1c2f, with MAN 2c2f)." };
     public Option<string?> InfoProLoss { get; } = new("--infopro-loss") { Description = "InfoPro's classifier loss: ce or contrast (default contrast, with MAN ce)." };
     public Option<string?> Lambda { get; } = new("--lambda") { Description = "InfoPro's λ as ixx1,ixy1,ixx2,ixy2 (default InfoPro's table; with MAN 5,0.5,0,0)." };
     public Option<string?> LambdaSchedule { get; } = new("--lambda-schedule") { Description = "How λ varies: module (InfoPro) or stage (MAN's code); default module, with MAN stage." };
-    public Option<int> Epochs { get; } = new("--epochs") { Description = "Epochs.", DefaultValueFactory = _ => TrainingOptions.DefaultEpochs };
-    public Option<int> BatchSize { get; } = new("--batch-size") { Description = "Mini-batch size.", DefaultValueFactory = _ => 128 };
+    public Option<int> Epochs { get; } = new("--epochs") { Description = "Epochs.", DefaultValueFactory = _ => Defaults.Epochs };
+    public Option<int> BatchSize { get; } = new("--batch-size") { Description = "Mini-batch size.", DefaultValueFactory = _ => Defaults.BatchSize };
     public Option<double?> Lr { get; } = new("--lr") { Description = "Initial learning rate (default 0.1·B/128)." };
-    public Option<double> WeightDecay { get; } = new("--weight-decay") { Description = "Weight decay.", DefaultValueFactory = _ => 1e-4 };
+    public Option<double> WeightDecay { get; } = new("--weight-decay") { Description = "Weight decay.", DefaultValueFactory = _ => Defaults.WeightDecay };
     public Option<string?> InitFrom { get; } = new("--init-from") { Description = "Start the backbone from a PyTorch state dict (torch.save or safetensors, torchvision's names): fine-tuning; a classifier for another class count is replaced." };
-    public Option<int> Seed { get; } = new("--seed") { Description = "Random seed (initialisation, data order, augmentation).", DefaultValueFactory = _ => 0 };
+    public Option<int> Seed { get; } = new("--seed") { Description = "Random seed (initialisation, data order, augmentation).", DefaultValueFactory = _ => Defaults.Seed };
     public Option<int?> Threads { get; } = new("--threads") { Description = "CPU threads for libtorch (default: all cores)." };
-    public Option<string> Device { get; } = new("--device") { Description = "Device: cpu or cuda.", DefaultValueFactory = _ => "cpu" };
+    public Option<string> Device { get; } = new("--device") { Description = "Device: cpu or cuda.", DefaultValueFactory = _ => Defaults.Device };
     public Option<string?> ConvWorkaround { get; } = new("--conv-workaround") { Description = "How convolutions avoid libtorch's known CPU faults: auto (default: where this CPU needs it), always, or never (plain libtorch). Default: the MANML_CONV_WORKAROUND environment variable, else auto." };
 
     public IEnumerable<Option> All => new Option[]
@@ -55,7 +59,7 @@ internal sealed class ModelOptions
     public TrainingOptions ToTrainingOptions(ParseResult parse)
     {
         var preset = parse.GetValue(Preset) is { } name ? ExperimentPresets.Get(name) : null;
-        var baseline = preset?.Options ?? new TrainingOptions { Man = null };
+        var baseline = preset?.Options ?? Defaults with { Man = null };
         T Pick<T>(Option<T> option, T fallback) => Given(parse, option) ? parse.GetValue(option)! : fallback;
         T Choice<T>(Option<string?> option, T fallback) where T : struct, Enum =>
             Given(parse, option) ? Choices.Parse<T>(parse.GetValue(option)!, option.Name) : fallback;
@@ -63,7 +67,7 @@ internal sealed class ModelOptions
             Given(parse, option) ? Choices.Parse<T>(parse.GetValue(option)!, option.Name) : fallback;
 
         string archName;
-        try { archName = Models.Architectures.Canonical(Pick(Arch, preset is null ? "resnet32" : baseline.Architecture)); }
+        try { archName = Models.Architectures.Canonical(Pick(Arch, baseline.Architecture)); }
         catch (ArgumentException e) { throw new InvalidOptionException(Arch.Name, $"{Arch.Name}: {e.Message}"); }
         var dataset = Given(parse, Dataset) ? DatasetKind.Get(parse.GetValue(Dataset)!)
             : preset is not null ? baseline.Dataset
@@ -76,7 +80,7 @@ internal sealed class ModelOptions
         MomentumOptions? momentum = null;
         if (man)
         {
-            var start = baseline.Man ?? new MomentumOptions();
+            var start = baseline.Man ?? DefaultMan;
             momentum = start with
             {
                 Ablation = Choice(ManAblation, start.Ablation),
@@ -103,12 +107,12 @@ internal sealed class ModelOptions
             SplitTable = Given(parse, Split) ? Choices.Parse<SplitTable>(parse.GetValue(Split)!, Split.Name) : baseline.SplitTable,
             ImageSize = Given(parse, ImageSize) ? parse.GetValue(ImageSize) : baseline.ImageSize,
             DataWorkers = Pick(Workers, baseline.DataWorkers),
-            K = Pick(K, preset is null ? 16 : baseline.K),
-            Rule = ChoiceOf(Rule, preset is null ? LearningRule.Dgl : baseline.Rule),
+            K = Pick(K, baseline.K),
+            Rule = ChoiceOf(Rule, baseline.Rule),
             RuleSettings = rules,
             Man = momentum,
-            Epochs = Pick(Epochs, preset is null ? TrainingOptions.DefaultEpochs : baseline.Epochs),
-            BatchSize = Pick(BatchSize, preset is null ? 128 : baseline.BatchSize),
+            Epochs = Pick(Epochs, baseline.Epochs),
+            BatchSize = Pick(BatchSize, baseline.BatchSize),
             // A preset's rate follows an overridden batch size by the linear-scaling rule unless --lr is given.
             LearningRate = Given(parse, Lr) ? parse.GetValue(Lr)
                 : preset is not null && Given(parse, BatchSize) && baseline.LearningRate is { } presetRate

@@ -25,7 +25,7 @@ internal static class ProfileCommand
             // The network as training builds it (which also tunes the native heap as training does).
             var options = new Man.ML.Training.TrainingOptions { Architecture = parse.GetValue(arch)!, K = 1, Rule = Man.ML.Local.LearningRule.EndToEnd, Man = null, BatchSize = parse.GetValue(batch) };
             var dataset = Models.Architectures.FamilyOf(options.Architecture) == NetworkFamily.ImageNet ? Man.ML.Data.DatasetKind.ImageNet : Man.ML.Data.DatasetKind.Cifar10;
-            using var local = new Man.ML.Training.Trainer(options).CreateLocalTrainer(dataset.Classes, dataset.ImageSize, TorchSharp.torch.CPU);
+            using var local = new Man.ML.Training.Trainer(options).CreateLocalTrainer(dataset.Classes, dataset.ImageSize);
             using var network = local.Network;
             var profiles = UnitProfiler.Profile(network, parse.GetValue(batch), parse.GetValue(repeats));
             var table = new Table().Title($"{network.Architecture}, batch {parse.GetValue(batch)}; peak matrix rate {peak:0.0} GFLOP/s")
@@ -55,7 +55,7 @@ internal static class ProfileCommand
                     K = int.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture),
                     Man = m.Groups[3].Success ? new Man.ML.Local.MomentumOptions() : null,
                 };
-                using var trainer = new Man.ML.Training.Trainer(localOptions).CreateLocalTrainer(dataset.Classes, dataset.ImageSize, TorchSharp.torch.CPU);
+                using var trainer = new Man.ML.Training.Trainer(localOptions).CreateLocalTrainer(dataset.Classes, dataset.ImageSize);
                 var p = LocalStepProfiler.Profile(trainer, parse.GetValue(batch), parse.GetValue(repeats));
                 double sum = p.ZeroGradMs + p.UnitsForwardMs + p.ManForwardMs + p.HeadForwardMs + p.BackwardMs + p.EmaUpdateMs + p.CheckMs + p.OptimizerMs;
                 var parts = new Table().Title($"{spec}: a local step by part, summed over {localOptions.K} segments (median ms)")

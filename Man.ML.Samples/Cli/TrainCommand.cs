@@ -277,7 +277,7 @@ internal static class TrainCommand
 
     private static void Finish(Trainer trainer, TrainingResult result, JsonObject config, string outDir, IReadOnlyList<string> classNames)
     {
-        var plan = result.RunPlan!;
+        var plan = result.Plan;
         ModelCheckpoint.Save(Path.Combine(outDir, "model.ckpt"), result.Network, new CheckpointInfo
         {
             Architecture = plan.Architecture,
@@ -286,7 +286,7 @@ internal static class TrainCommand
             ClassNames = classNames.ToArray(),
             NormalizationMean = plan.Options.Augmentation.Normalization.Mean,
             NormalizationStd = plan.Options.Augmentation.Normalization.Std,
-            TrainedWith = $"{Choices.Name(plan.Rule)}{(plan.Man is null ? "" : "+man")} K={plan.K}, {plan.Options.Epochs} epochs, seed {plan.Options.Seed}",
+            TrainedWith = plan.TrainedWith,
         });
         var metrics = new JsonObject
         {

@@ -33,9 +33,9 @@ internal static class HeadProfiler
         using var labels = randint(0, network.ClassCount, new long[] { batchSize });
         var targets = new LocalTargets(labels, images);
         var results = new List<HeadPartProfile>();
-        for (int j = 0; j < trainer.Plan.K - 1; j++)
+        for (int j = 0; j < trainer.Split.K - 1; j++)
         {
-            var h = network.UnitInfos[trainer.Plan.Segments[j].End - 1].Output;
+            var h = network.UnitInfos[trainer.Split.Segments[j].End - 1].Output;
             var features = h;
             if (trainer.Man is { } man)
             {

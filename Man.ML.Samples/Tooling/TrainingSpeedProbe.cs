@@ -17,8 +17,8 @@ internal static class TrainingSpeedProbe
     /// <summary>As <see cref="Measure(TrainingOptions, int, int, int, int)"/>, with the step's matrix GFLOP from the cost model.</summary>
     public static IReadOnlyList<double> Measure(TrainingOptions options, out double stepGflop, int steps = 5, int warmupSteps = 2, int classes = 10, int imageSize = 32)
     {
-        var device = Trainer.ResolveDevice(options.Device);
-        using var local = new Trainer(options).CreateLocalTrainer(classes, imageSize, device);
+        var device = Devices.Resolve(options.Device);
+        using var local = new Trainer(options).CreateLocalTrainer(classes, imageSize);
         stepGflop = Man.ML.Diagnostics.TrainingCost.Compute(local, options.BatchSize).StepGflops;
         var network = local.Network;
         local.SetTraining(true);

@@ -126,7 +126,7 @@ internal static class LocalStepProfiler
     public static LocalStepPhases Profile(Local.LocalTrainer trainer, int batchSize, int repeats)
     {
         var network = trainer.Network;
-        var plan = trainer.Plan;
+        var plan = trainer.Split;
         var shape = network.InputShape;
         trainer.SetTraining(true);
         using var x0 = randn(batchSize, shape.Channels, shape.Height, shape.Width);

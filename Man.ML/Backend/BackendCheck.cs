@@ -193,11 +193,11 @@ public static class BackendCheck
             calls = ConvolutionTrace.Collect(() =>
             {
                 var h = images;
-                for (int j = 0; j < trainer.Plan.K; j++)
+                for (int j = 0; j < trainer.Split.K; j++)
                 {
-                    var range = trainer.Plan.Segments[j];
+                    var range = trainer.Split.Segments[j];
                     h = network.ForwardUnits(h.detach(), range.Start, range.End);
-                    if (j < trainer.Plan.K - 1)
+                    if (j < trainer.Split.K - 1)
                         trainer.Heads[j].Loss(trainer.Man is { } man ? man[j].call(h) : h, targets);
                     else
                         network.Head.call(h);

@@ -36,7 +36,7 @@ public static class TrainingCost
     public static TrainingCostReport Compute(LocalTrainer trainer, int batchSize)
     {
         var network = trainer.Network;
-        var plan = trainer.Plan;
+        var plan = trainer.Split;
         var segments = new List<SegmentCost>();
         for (int j = 0; j < plan.K; j++)
         {

@@ -29,8 +29,8 @@ public static class TrainingMemoryProbe
     {
         if (options.Device.StartsWith("cuda", StringComparison.OrdinalIgnoreCase)) return MeasureCuda(options, steps, warmupSteps, classes, imageSize);
         if (!ProcessMemory.IsSupported) throw new PlatformNotSupportedException("Memory probing reads /proc (Linux only).");
-        var device = Trainer.ResolveDevice(options.Device);
-        using var local = new Trainer(options).CreateLocalTrainer(classes, imageSize, device);
+        using var local = new Trainer(options).CreateLocalTrainer(classes, imageSize);
+        var device = local.Device;
         var network = local.Network;
         local.SetTraining(true);
         var generator = new Random(options.Seed);
@@ -54,8 +54,8 @@ public static class TrainingMemoryProbe
     // optimizer state after warm-up). Meaningful with PYTORCH_NO_CUDA_MEMORY_CACHING=1, else it includes the allocator's cache.
     private static TrainingMemoryReport MeasureCuda(TrainingOptions options, int steps, int warmupSteps, int classes, int imageSize)
     {
-        var device = Trainer.ResolveDevice(options.Device);
-        using var local = new Trainer(options).CreateLocalTrainer(classes, imageSize, device);
+        using var local = new Trainer(options).CreateLocalTrainer(classes, imageSize);
+        var device = local.Device;
         local.SetTraining(true);
         var generator = new Random(options.Seed);
         using var y = tensor(Enumerable.Range(0, options.BatchSize).Select(_ => (long)generator.Next(classes)).ToArray()).to(device);

@@ -141,10 +141,10 @@ public sealed class InfoProRule(InfoProSettings settings) : ILocalLearningRule
         InfoProLambdas lambdas;
         if (Settings.Lambdas is { } given) lambdas = given;
         else if (context.WithMan) lambdas = ManLambdas;
-        else if (context.Network is CifarResNet resnet && InfoProLambdaTable.TryGet(Settings.Dataset, resnet.Depth, context.Plan.K, out var table)) lambdas = table;
+        else if (context.Network is CifarResNet resnet && InfoProLambdaTable.TryGet(Settings.Dataset, resnet.Depth, context.Split.K, out var table)) lambdas = table;
         else
             throw new InvalidOptionException("InfoPro.Lambdas",
-                $"InfoPro has no reference λ for {Settings.Dataset}, {context.Network.Architecture}, K={context.Plan.K}; give them as 'ixx1,ixy1,ixx2,ixy2' (--lambda; in ML.NET RuleSettings.InfoPro.Lambdas).");
+                $"InfoPro has no reference λ for {Settings.Dataset}, {context.Network.Architecture}, K={context.Split.K}; give them as 'ixx1,ixy1,ixx2,ixy2' (--lambda; in ML.NET RuleSettings.InfoPro.Lambdas).");
         return (classifier, mode, lambdas, schedule);
     }
 
@@ -152,11 +152,11 @@ public sealed class InfoProRule(InfoProSettings settings) : ILocalLearningRule
     /// <exception cref="ArgumentException">The schedule gives a negative weight.</exception>
     public static (double Reconstruction, double Classification) Weights(HeadContext context, InfoProLambdas lambdas, LambdaSchedule schedule)
     {
-        int k = context.Plan.K;
+        int k = context.Split.K;
         double ratio;
         if (k <= 2) ratio = 0;
         else if (schedule == LambdaSchedule.ModuleIndex) ratio = (double)context.Segment / (k - 2);
-        else ratio = (double)context.Network.UnitInfos[context.CopiedUnit ?? context.Plan.NextUnit(context.Segment)].Stage / (k - 2);
+        else ratio = (double)context.Network.UnitInfos[context.CopiedUnit ?? context.Split.NextUnit(context.Segment)].Stage / (k - 2);
         double l1 = lambdas.Ixx1 * (1 - ratio) + lambdas.Ixx2 * ratio;
         double l2 = lambdas.Ixy1 * (1 - ratio) + lambdas.Ixy2 * ratio;
         if (l1 < 0 || l2 < 0)

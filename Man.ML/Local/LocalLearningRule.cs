@@ -14,12 +14,12 @@ public sealed record LocalTargets(Tensor Labels, Tensor Images);
 
 /// <summary>Where an auxiliary head sits.</summary>
 /// <param name="Network">The network being trained.</param>
-/// <param name="Plan">Its split.</param>
+/// <param name="Split">Its split.</param>
 /// <param name="Segment">Index of the segment the head trains (never the last).</param>
 /// <param name="Features">Shape of the features the head consumes (with MAN: the output shape of the next unit).</param>
 /// <param name="CopiedUnit">With MAN, the index of next(j), the unit whose copies feed the head; null without MAN.</param>
 /// <param name="Normalization">How input images were normalised (reconstruction targets are de-normalised with it).</param>
-public sealed record HeadContext(UnitChainNetwork Network, SplitPlan Plan, int Segment, FeatureShape Features, int? CopiedUnit,
+public sealed record HeadContext(UnitChainNetwork Network, SplitPlan Split, int Segment, FeatureShape Features, int? CopiedUnit,
     Data.Normalization Normalization)
 {
     /// <summary>Number of classes.</summary>
@@ -27,6 +27,23 @@ public sealed record HeadContext(UnitChainNetwork Network, SplitPlan Plan, int S
 
     /// <summary>Whether the segment is trained with MAN.</summary>
     public bool WithMan => CopiedUnit is not null;
+
+    /// <summary>
+    /// The context of every segment's head but the last's: without MAN a head sees its segment's own output; with MAN
+    /// it sees the next unit's output, through MAN's copies of that unit.
+    /// </summary>
+    /// <param name="network">The network being trained.</param>
+    /// <param name="split">Its split.</param>
+    /// <param name="withMan">Whether the run has MAN.</param>
+    /// <param name="normalization">How input images are normalised.</param>
+    public static IReadOnlyList<HeadContext> ForSegments(UnitChainNetwork network, SplitPlan split, bool withMan,
+        Data.Normalization normalization) =>
+        Enumerable.Range(0, split.K - 1).Select(j =>
+        {
+            int? copied = withMan ? split.NextUnit(j) : null;
+            var features = network.UnitInfos[copied ?? split.Segments[j].End - 1].Output;
+            return new HeadContext(network, split, j, features, copied, normalization);
+        }).ToArray();
 }
 
 /// <summary>An auxiliary head: a small network on a segment's features with the loss that trains the segment.</summary>

@@ -91,7 +91,7 @@ public sealed class LocalTrainer : IDisposable
     public UnitChainNetwork Network { get; }
 
     /// <summary>Its split.</summary>
-    public SplitPlan Plan { get; }
+    public SplitPlan Split { get; }
 
     /// <summary>The local-learning rule.</summary>
     public ILocalLearningRule Rule { get; }
@@ -105,35 +105,47 @@ public sealed class LocalTrainer : IDisposable
     /// <summary>Every training-only module (auxiliary heads and MAN copies) as one module tree.</summary>
     public nn.Module AuxiliaryModule => auxiliary;
 
-    /// <summary>Sets up local learning of <paramref name="network"/> (moved to <paramref name="device"/>).</summary>
+    /// <summary>Where every module and tensor of the run lives.</summary>
+    public Device Device { get; }
+
+    /// <summary>
+    /// Sets up local learning of <paramref name="network"/> (moved to <paramref name="device"/>) with a rule of your own
+    /// or one of Man.ML's; <see cref="Training.Trainer"/> builds the same engine from a resolved run.
+    /// </summary>
     /// <param name="network">The network; its units and head are trained in place.</param>
-    /// <param name="plan">How it is split.</param>
+    /// <param name="split">How it is split.</param>
     /// <param name="rule">The local-learning rule.</param>
     /// <param name="momentum">MAN settings, or null to train without MAN.</param>
     /// <param name="optimizerSettings">SGD settings.</param>
     /// <param name="device">Where every module and tensor lives.</param>
     /// <param name="normalization">How inputs were normalised (for rules that reconstruct the image); default CIFAR's.</param>
-    public LocalTrainer(UnitChainNetwork network, SplitPlan plan, ILocalLearningRule rule, MomentumOptions? momentum,
+    /// <exception cref="InvalidOptionException">The rule, K and MAN do not go together, or the split is not of this network.</exception>
+    public LocalTrainer(UnitChainNetwork network, SplitPlan split, ILocalLearningRule rule, MomentumOptions? momentum,
         OptimizerSettings optimizerSettings, Device device, Data.Normalization? normalization = null)
+        : this(network, split, rule, momentum, optimizerSettings, device,
+            Checked(network, split, rule, momentum, normalization ?? Data.Normalization.Cifar))
     {
-        if (plan.UnitCount != network.Units.Count)
-            throw new ArgumentException($"The split covers {plan.UnitCount} units but the network has {network.Units.Count}.", nameof(plan));
-        if (!rule.IsLocal && plan.K != 1)
-            throw new ArgumentException($"Rule '{rule.Name}' trains the whole network as one segment, so K must be 1 (got {plan.K}).", nameof(plan));
-        if (momentum is not null && plan.K == 1)
-            throw new ArgumentException("MAN needs at least two segments (K ≥ 2): with K = 1 there is no next segment to copy.", nameof(momentum));
+    }
+
+    private static IReadOnlyList<HeadContext> Checked(UnitChainNetwork network, SplitPlan split, ILocalLearningRule rule,
+        MomentumOptions? momentum, Data.Normalization normalization)
+    {
+        if (split.UnitCount != network.Units.Count)
+            throw new InvalidOptionException(nameof(split), $"The split covers {split.UnitCount} units but the network has {network.Units.Count}.");
+        Training.TrainingOptions.CheckStructure(rule.IsLocal, rule.Name, split.K, momentum);
+        return HeadContext.ForSegments(network, split, momentum is not null, normalization);
+    }
+
+    /// <summary>The engine of a resolved run: everything as the plan resolved it, nothing derived again.</summary>
+    internal LocalTrainer(UnitChainNetwork network, SplitPlan split, ILocalLearningRule rule, MomentumOptions? momentum,
+        OptimizerSettings optimizerSettings, Device device, IReadOnlyList<HeadContext> headContexts)
+    {
         Network = network;
-        Plan = plan;
+        Split = split;
         Rule = rule;
-        if (momentum is not null) man = new MomentumAuxiliaryNetwork(network, plan, momentum);
-        var headList = new List<AuxiliaryHead>();
-        for (int j = 0; j < plan.K - 1; j++)
-        {
-            // With MAN the head sees the next unit's output (its copies'), otherwise the segment's own output.
-            int featuresOf = man is null ? plan.Segments[j].End - 1 : plan.NextUnit(j);
-            headList.Add(rule.CreateHead(new HeadContext(network, plan, j, network.UnitInfos[featuresOf].Output,
-                man is null ? null : plan.NextUnit(j), normalization ?? Data.Normalization.Cifar)));
-        }
+        Device = device;
+        if (momentum is not null) man = new MomentumAuxiliaryNetwork(network, split, momentum);
+        var headList = headContexts.Select(rule.CreateHead).ToList();
         auxiliary = new AuxiliaryModules(headList, man);
         heads = auxiliary.heads;
         headView = headList.AsReadOnly();
@@ -147,10 +159,10 @@ public sealed class LocalTrainer : IDisposable
         optimizer = new KeepAlive.SGD(trainable, optimizerSettings.LearningRate, optimizerSettings.Momentum, 0,
             optimizerSettings.WeightDecay, optimizerSettings.Nesterov);
         // Every parameter that receives a gradient, with the segment it belongs to (units, head, MAN's copies).
-        checkedParameters = Enumerable.Range(0, plan.K).SelectMany(j =>
-            Enumerable.Range(plan.Segments[j].Start, plan.Segments[j].Length).SelectMany(u => network.Units[u].parameters())
-                .Concat(j < plan.K - 1 ? heads[j].parameters() : network.Head.parameters())
-                .Concat(j < plan.K - 1 && man is not null ? man[j].parameters() : Enumerable.Empty<Parameter>())
+        checkedParameters = Enumerable.Range(0, split.K).SelectMany(j =>
+            Enumerable.Range(split.Segments[j].Start, split.Segments[j].Length).SelectMany(u => network.Units[u].parameters())
+                .Concat(j < split.K - 1 ? heads[j].parameters() : network.Head.parameters())
+                .Concat(j < split.K - 1 && man is not null ? man[j].parameters() : Enumerable.Empty<Parameter>())
                 .Select(p => (j, p))).ToList();
     }
 
@@ -185,7 +197,7 @@ public sealed class LocalTrainer : IDisposable
     {
         optimizer.zero_grad();
         var targets = new LocalTargets(labels, images);
-        var segmentLosses = new float[Plan.K];
+        var segmentLosses = new float[Split.K];
         long correct = 0;
         Tensor x = images;
         // A dropped step must leave no trace: batch-norm statistics move during the forward passes, so keep them.
@@ -196,7 +208,7 @@ public sealed class LocalTrainer : IDisposable
         var saved = buffers?.Select(b => b.detach().clone().DetachFromDisposeScope()).ToList();
         try
         {
-            for (int j = 0; j < Plan.K; j++)
+            for (int j = 0; j < Split.K; j++)
             {
                 var result = TrainSegment(j, x, targets);
                 segmentLosses[j] = result.Loss;
@@ -255,11 +267,11 @@ public sealed class LocalTrainer : IDisposable
         long correct = 0;
         using (var scope = NewDisposeScope())
         {
-            var range = Plan.Segments[segment];
-            if (segment < Plan.K - 1) man?.BeforeForward(segment);
+            var range = Split.Segments[segment];
+            if (segment < Split.K - 1) man?.BeforeForward(segment);
             var h = Network.ForwardUnits(input, range.Start, range.End);  // (B, C, H, W) of the segment's last unit
             Tensor loss;
-            if (segment == Plan.K - 1)
+            if (segment == Split.K - 1)
             {
                 var logits = Network.Head.call(h);                         // (B, classes)
                 loss = nn.functional.cross_entropy(logits, targets.Labels);
@@ -275,7 +287,7 @@ public sealed class LocalTrainer : IDisposable
             if (!float.IsFinite(lossValue)) throw new NonFiniteException("The local loss", segment); // before any gradient is made
             loss.backward();
         }
-        if (segment < Plan.K - 1) man?.AfterLocalBackward(segment);
+        if (segment < Split.K - 1) man?.AfterLocalBackward(segment);
         return new SegmentResult(handOver, lossValue, correct);
     }
 

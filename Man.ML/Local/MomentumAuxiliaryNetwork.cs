@@ -69,26 +69,29 @@ public sealed record MomentumOptions
     /// <summary>How the copies start. Default: random, as the reference code.</summary>
     public ManInitialization Initialization { get; init; } = ManInitialization.Random;
 
-    /// <summary>
-    /// EMA decay m in θ_EMA ← m·θ_EMA + (1 − m)·θ_next (not SGD's momentum). Default 0.995. <see cref="Momentum"/> is the
-    /// same value under its first name.
-    /// </summary>
+    /// <summary>EMA decay m in θ_EMA ← m·θ_EMA + (1 − m)·θ_next (not SGD's momentum). Default 0.995.</summary>
     public double EmaDecay { get; init; } = DefaultMomentum;
-
-    /// <summary>The EMA decay under its first name (kept for compatibility; see <see cref="EmaDecay"/>).</summary>
-    public double Momentum { get => EmaDecay; init => EmaDecay = value; }
 
     /// <summary>How the copies are combined. Default <see cref="ManMix.Sum"/> (y = LB + EMA).</summary>
     public ManMix Mix { get; init; } = ManMix.Sum;
-
-    /// <summary>MAN++'s learnable mix (<see cref="Mix"/> is <see cref="ManMix.Learnable"/>), as a switch.</summary>
-    public bool LearnableMix { get => Mix == ManMix.Learnable; init => Mix = value ? ManMix.Learnable : ManMix.Sum; }
 
     /// <summary>Whether the trainable LB copy exists.</summary>
     public bool HasLearnableCopy => Ablation is not (ManAblation.EmaOnly or ManAblation.ParameterCopy);
 
     /// <summary>Whether the gradient-free EMA copy exists.</summary>
     public bool HasEmaCopy => Ablation != ManAblation.LbOnly;
+
+    /// <summary>Checks the settings: the EMA decay in [0, 1], and MAN++'s mix only with both copies.</summary>
+    /// <param name="option">The option the settings were given as, named in the message.</param>
+    /// <exception cref="InvalidOptionException">A setting, or their combination, is invalid.</exception>
+    public void Validate(string option)
+    {
+        if (!(EmaDecay is >= 0 and <= 1))
+            throw new InvalidOptionException(option, FormattableString.Invariant($"The EMA momentum must lie in [0, 1] (got {EmaDecay})."));
+        if (Mix == ManMix.Learnable && Ablation != ManAblation.None)
+            throw new InvalidOptionException(option,
+                $"MAN++'s learnable mix needs both the LB and the EMA copy; it cannot be combined with the ablation '{Choices.Name(Ablation)}'.");
+    }
 }
 
 /// <summary>MAN's two copies of next(j) for one segment j.</summary>
@@ -112,6 +115,7 @@ public sealed class MomentumBranch : nn.Module<Tensor, Tensor>, IHasCost
     /// <summary>Builds the copies of unit <paramref name="nextUnit"/> of <paramref name="network"/>.</summary>
     public MomentumBranch(UnitChainNetwork network, int nextUnit, MomentumOptions options) : base(nameof(MomentumBranch))
     {
+        options.Validate(nameof(options));
         var next = network.Units[nextUnit];
         if (options.HasLearnableCopy)
         {
@@ -125,12 +129,7 @@ public sealed class MomentumBranch : nn.Module<Tensor, Tensor>, IHasCost
                 CopyParameters(next, ema);
             foreach (var p in ema.parameters()) p.requires_grad = false;
         }
-        if (options.LearnableMix)
-        {
-            if (learnable is null || ema is null)
-                throw new ArgumentException("MAN++'s learnable mix needs both the LB and the EMA copy (no ablation).", nameof(options));
-            mix = new TorchSharp.Modules.Parameter(ones(1));
-        }
+        if (options.Mix == ManMix.Learnable) mix = new TorchSharp.Modules.Parameter(ones(1));
         RegisterComponents();
     }
 
@@ -204,8 +203,7 @@ public sealed class MomentumAuxiliaryNetwork : nn.Module
     public MomentumAuxiliaryNetwork(UnitChainNetwork network, SplitPlan plan, MomentumOptions options)
         : base(nameof(MomentumAuxiliaryNetwork))
     {
-        if (options.Momentum is < 0 or > 1 || double.IsNaN(options.Momentum))
-            throw new ArgumentOutOfRangeException(nameof(options), options.Momentum, "The EMA momentum must lie in [0, 1].");
+        options.Validate(nameof(options));
         unitAt = i => network.Units[i];
         this.plan = plan;
         Options = options;
@@ -229,6 +227,6 @@ public sealed class MomentumAuxiliaryNetwork : nn.Module
     public void AfterLocalBackward(int segment)
     {
         if (Options.Ablation == ManAblation.ParameterCopy) return;
-        branches[segment].UpdateEma(unitAt(plan.NextUnit(segment)), Options.Momentum);
+        branches[segment].UpdateEma(unitAt(plan.NextUnit(segment)), Options.EmaDecay);
     }
 }

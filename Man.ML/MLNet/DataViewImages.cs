@@ -137,7 +137,7 @@ internal sealed class DataViewImages
         if (held < 1 || Count - held < 2)
             throw new InvalidOptionException(nameof(ManImageClassificationTrainer.Options.ValidationSetFraction), FormattableString.Invariant(
                 $"ValidationSetFraction {fraction} of {Count} training rows holds out {held}; at least 1 must be held out and 2 kept."));
-        var order = Trainer.Permutation(ids.Length, new Random(seed));
+        var order = EpochSpec.Permutation(ids.Length, new Random(seed));
         var heldIds = order.Take(held).Select(i => ids[i]).ToHashSet();
         var keptIds = order.Skip(held).Select(i => ids[i]).ToHashSet();
         return (With(keptIds, what), With(heldIds, $"validation set ({fraction:P0} of the training data)"));
@@ -161,7 +161,7 @@ internal sealed class DataViewImages
             foreach (var row in Pass(crop, index => select is null || select(index) ? 0 : -1, cancellation)) yield return row.Row;
             yield break;
         }
-        var order = Trainer.Permutation(Count, shuffle);       // order[position] = included row index
+        var order = EpochSpec.Permutation(Count, shuffle);       // order[position] = included row index
         var positionOf = new int[Count];
         for (int p = 0; p < order.Length; p++) positionOf[order[p]] = p;
         for (int start = 0; start < Count; start += chunkRows)
@@ -255,15 +255,18 @@ internal sealed class DataViewSource(DataViewImages rows, ImageRecipe recipe, Im
 
     private (int X, int Y, int W, int H) ScoringCrop(int w, int h) => ImageRecipes.ScoringCrop(recipe, ImageSize, w, h);
 
-    public IEnumerator<(Tensor Images, Tensor Labels)> Epoch(long[] order, IReadOnlyList<(int Start, int End)> ranges, Random random, int seed, int epoch,
-        CancellationToken cancellation)
+    public IEnumerator<(Tensor Images, Tensor Labels)> Epoch(EpochSpec spec, CancellationToken cancellation)
     {
+        // The rows' order is this reader's own (chunked passes over the view); the batch augmentation continues the
+        // epoch's generator as the in-memory source does.
+        var (seed, epoch) = (spec.Seed, spec.Epoch);
+        var random = spec.Draw(Count).Random;
         var shuffle = new Random(ImageBatchLoader.Mix(seed, epoch, -1));
         var stream = rows.Rows(shuffle, chunkRows, (id, w, h) => augment
             ? ImageRecipes.TrainingCrop(recipe, w, h, new Random(ImageBatchLoader.Mix(seed, epoch, DataViewImages.RowSeed(id))))
             : ScoringCrop(w, h), null, cancellation);
         waitSeconds = 0;
-        foreach (var (pixels, labels) in Batched(stream, ranges.Select(r => r.End - r.Start), cancellation))
+        foreach (var (pixels, labels) in Batched(stream, spec.Batches.Select(r => r.End - r.Start), cancellation))
             yield return (batchAugmentation.Apply(pixels, random), labels);
     }
 

@@ -22,6 +22,12 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
     /// <summary>Options of <see cref="ManImageClassificationTrainer"/>; every default is documented.</summary>
     public sealed class Options
     {
+        // The run's settings live in one TrainingOptions, so every default below is the library's own, defined once
+        // there; MAN's settings are kept while UseMan is off, so switching it back on restores them.
+        private TrainingOptions training = new();
+        private MomentumOptions man = new TrainingOptions().Man ?? new MomentumOptions();
+        private bool useMan = new TrainingOptions().Man is not null;
+
         /// <summary>
         /// Options of one of the paper's experiments (<c>manml presets</c> lists them; <see cref="ExperimentPresets"/>):
         /// architecture, data set, K, rule, MAN and its settings, split, rule settings, epochs, batch, learning rate, weight
@@ -33,15 +39,15 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
             var preset = ExperimentPresets.Get(name).Options;
             return new Options
             {
-                Architecture = preset.Architecture, Dataset = preset.Dataset, K = preset.K, Rule = preset.Rule,
-                UseMan = preset.Man is not null, ManAblation = preset.Man?.Ablation ?? ManAblation.None,
-                ManInitialization = preset.Man?.Initialization ?? ManInitialization.Random,
-                EmaMomentum = preset.Man?.Momentum ?? MomentumOptions.DefaultMomentum, ManMix = preset.Man?.Mix ?? ManMix.Sum,
-                SplitTable = preset.SplitTable, RuleSettings = preset.RuleSettings, Epochs = preset.Epochs, BatchSize = preset.BatchSize,
-                LearningRate = preset.LearningRate, WeightDecay = preset.WeightDecay, Seed = preset.Seed,
+                training = preset with { Man = null, Augmentation = new TrainingOptions().Augmentation },
+                man = preset.Man ?? new MomentumOptions(),
+                useMan = preset.Man is not null,
                 ImageSize = preset.ImageSize ?? preset.Dataset.ImageSize,
             };
         }
+
+        /// <summary>The run these options describe, as the library's options (normalisation and augmentation are set by Fit).</summary>
+        internal TrainingOptions ToTrainingOptions() => training with { Man = useMan ? man : null };
 
         /// <summary>Label column: a key (MapValueToKey) or any type that can be mapped to one. Default "Label".</summary>
         public string LabelColumnName { get; set; } = "Label";
@@ -59,66 +65,66 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         /// Architecture: a CIFAR ResNet (resnet32, resnet110, any resnet&lt;6n+2&gt; such as resnet8), an ImageNet ResNet or
         /// ResNeXt (resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d) or vgg13_bn. Default "resnet32".
         /// </summary>
-        public string Architecture { get; set; } = "resnet32";
+        public string Architecture { get => training.Architecture; set => training = training with { Architecture = value }; }
 
         /// <summary>The data set the run follows where the method's reference values depend on it (InfoPro's λ table:
         /// CIFAR-10, SVHN, STL-10, ImageNet); the images themselves come from the IDataView. Default CIFAR-10.</summary>
-        public DatasetKind Dataset { get; set; } = DatasetKind.Cifar10;
+        public DatasetKind Dataset { get => training.Dataset; set => training = training with { Dataset = value }; }
 
         /// <summary>Number of gradient-isolated segments (1 = end-to-end). Default 16.</summary>
-        public int K { get; set; } = 16;
+        public int K { get => training.K; set => training = training with { K = value }; }
 
         /// <summary>Learning rule (end-to-end needs K = 1). Default <see cref="LearningRule.Dgl"/>.</summary>
-        public LearningRule Rule { get; set; } = LearningRule.Dgl;
+        public LearningRule Rule { get => training.Rule; set => training = training with { Rule = value }; }
 
         /// <summary>Whether to add Momentum Auxiliary Networks. Default true.</summary>
-        public bool UseMan { get; set; } = true;
+        public bool UseMan { get => useMan; set => useMan = value; }
 
         /// <summary>MAN ablation. Default none (full MAN).</summary>
-        public ManAblation ManAblation { get; set; } = ManAblation.None;
+        public ManAblation ManAblation { get => man.Ablation; set => man = man with { Ablation = value }; }
 
         /// <summary>Initialisation of MAN's copies. Default random (as the reference code).</summary>
-        public ManInitialization ManInitialization { get; set; } = ManInitialization.Random;
+        public ManInitialization ManInitialization { get => man.Initialization; set => man = man with { Initialization = value }; }
 
         /// <summary>EMA momentum of MAN. Default 0.995.</summary>
-        public double EmaMomentum { get; set; } = MomentumOptions.DefaultMomentum;
+        public double EmaMomentum { get => man.EmaDecay; set => man = man with { EmaDecay = value }; }
 
         /// <summary>How MAN combines its two copies: <see cref="ManMix.Sum"/> (MAN) or <see cref="ManMix.Learnable"/> (MAN++,
         /// needs both copies). Default sum.</summary>
-        public ManMix ManMix { get; set; } = ManMix.Sum;
+        public ManMix ManMix { get => man.Mix; set => man = man with { Mix = value }; }
 
         /// <summary>Segment boundaries from a reference split table (man, manpp, infopro, dgl) or balanced by cost; null
         /// takes the method's default for the rule and MAN (docs/METHOD.md), as the command line does. Default null.</summary>
-        public SplitTable? SplitTable { get; set; }
+        public SplitTable? SplitTable { get => training.SplitTable; set => training = training with { SplitTable = value }; }
 
         /// <summary>Settings of the rules: DGL's head kind, InfoPro's classifier, loss, λ and λ schedule (a null member takes
         /// the method's default for the run). Default: every default.</summary>
-        public RuleSettings RuleSettings { get; set; } = new();
+        public RuleSettings RuleSettings { get => training.RuleSettings; set => training = training with { RuleSettings = value }; }
 
         /// <summary>Epochs. Default <see cref="TrainingOptions.DefaultEpochs"/> (3), as the library and the samples.</summary>
-        public int Epochs { get; set; } = TrainingOptions.DefaultEpochs;
+        public int Epochs { get => training.Epochs; set => training = training with { Epochs = value }; }
 
         /// <summary>Mini-batch size. Default 128.</summary>
-        public int BatchSize { get; set; } = 128;
+        public int BatchSize { get => training.BatchSize; set => training = training with { BatchSize = value }; }
 
         /// <summary>Initial learning rate; null means 0.1·BatchSize/128. Default null.</summary>
-        public double? LearningRate { get; set; }
+        public double? LearningRate { get => training.LearningRate; set => training = training with { LearningRate = value }; }
 
         /// <summary>Weight decay. Default 1e-4.</summary>
-        public double WeightDecay { get; set; } = 1e-4;
+        public double WeightDecay { get => training.WeightDecay; set => training = training with { WeightDecay = value }; }
 
         /// <summary>Seed of initialisation, data order and augmentation. Default 0.</summary>
-        public int Seed { get; set; }
+        public int Seed { get => training.Seed; set => training = training with { Seed = value }; }
 
         /// <summary>Device: "cpu" or "cuda". Default "cpu".</summary>
-        public string Device { get; set; } = "cpu";
+        public string Device { get => training.Device; set => training = training with { Device = value }; }
 
         /// <summary>
         /// A PyTorch state dict (torch.save or safetensors, torchvision's names) to start the backbone from: fine-tuning a
         /// pretrained network. A final classifier of another class count is replaced by a fresh one (PyTorch's nn.Linear
         /// initialisation under <see cref="Seed"/>). Default null: a fresh initialisation.
         /// </summary>
-        public string? InitFrom { get; set; }
+        public string? InitFrom { get => training.InitFrom; set => training = training with { InitFrom = value }; }
 
         /// <summary>Training augmentation of the <see cref="ImageRecipe"/> (CIFAR: reflect-pad 4, random crop, flip; ImageNet:
         /// random-resized crop, flip); off, training images get the scoring crop. Default true.</summary>
@@ -161,7 +167,7 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         public bool CheckBackend { get; set; } = true;
 
         /// <summary>Images scored together by the transformer. Default 256.</summary>
-        public int ScoringBatchSize { get; set; } = 256;
+        public int ScoringBatchSize { get => training.EvaluationBatchSize; set => training = training with { EvaluationBatchSize = value }; }
 
         /// <summary>Validation data in the same format as the training data, scored after every epoch. Default none.</summary>
         public IDataView? ValidationSet { get; set; }
@@ -190,7 +196,10 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
     {
         this.environment = environment;
         this.options = options;
-        ToTrainingOptions().Validate();
+        // Only the options are checked here: what needs the network (K in range, a split table's entry, InfoPro's λ)
+        // is resolved by Fit or ResolvePlan, so building a pipeline builds nothing, reads no file and leaves libtorch's
+        // random generator alone.
+        options.ToTrainingOptions().Validate();
         if (options.ImageSize < 8) throw new InvalidOptionException(nameof(Options.ImageSize), $"ImageSize must be at least 8 (got {options.ImageSize}).");
         if (options.Normalization is { } given && (given.Mean.Length != 3 || given.Std.Length != 3 || given.Std.Any(v => !(v > 0)) || given.Mean.Any(v => !float.IsFinite(v))))
             throw new InvalidOptionException(nameof(Options.Normalization), "Normalization needs three finite means and three positive standard deviations (R, G, B).");
@@ -204,9 +213,6 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
             if (options.ValidationSet is null && options.ValidationSetFraction == 0)
                 throw new InvalidOptionException(nameof(Options.EarlyStopping), "EarlyStopping watches validation data: give ValidationSet or ValidationSetFraction.");
         }
-        // What needs the network (K in range, a split table's entry, InfoPro's λ) fails here too, with the CLI's
-        // message, not in Fit: the class count does not change any of it.
-        _ = ResolvePlan(2);
         if (options.ShuffleBufferSize is < 1)
             throw new InvalidOptionException(nameof(Options.ShuffleBufferSize), $"ShuffleBufferSize must be at least 1 row (got {options.ShuffleBufferSize}).");
     }
@@ -222,31 +228,16 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
     private int BufferRows => options.ShuffleBufferSize
         ?? (int)Math.Max(2L * options.BatchSize, DefaultShuffleBufferBytes / (3L * options.ImageSize * options.ImageSize));
 
-    private TrainingOptions ToTrainingOptions(Normalization? normalization = null) => new()
+    private TrainingOptions ToTrainingOptions(Normalization? normalization = null) => options.ToTrainingOptions() with
     {
-        Architecture = options.Architecture,
-        Dataset = options.Dataset,
-        K = options.K,
-        Rule = options.Rule,
-        Man = options.UseMan
-            ? new MomentumOptions { Ablation = options.ManAblation, Initialization = options.ManInitialization, Momentum = options.EmaMomentum, Mix = options.ManMix }
-            : null,
-        SplitTable = options.SplitTable,
-        RuleSettings = options.RuleSettings,
-        Epochs = options.Epochs,
-        BatchSize = options.BatchSize,
-        LearningRate = options.LearningRate,
-        WeightDecay = options.WeightDecay,
-        Seed = options.Seed,
-        InitFrom = options.InitFrom,
-        Device = options.Device,
         Augmentation = ImageRecipes.BatchAugmentation(Recipe, options.Augment, normalization ?? options.Normalization ?? Normalization.Cifar),
     };
 
     /// <summary>
     /// The run these options describe, resolved as Fit will resolve it for <paramref name="classes"/> classes: the canonical
     /// architecture, K and the segment boundaries, each segment's head and loss weights, MAN, the optimizer and the
-    /// schedule (the same plan the command line prints and metrics.json records). Builds the network once to do so.
+    /// schedule (the same plan the command line prints and metrics.json records). Builds the network once to do so;
+    /// libtorch's global generator is left as it was.
     /// </summary>
     /// <exception cref="InvalidOptionException">An option, or a combination, that the network rejects (K out of range, a
     /// split table without an entry for it, InfoPro without reference λ).</exception>
@@ -345,7 +336,7 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
             $"{(result.Final.ValAccuracy is { } f ? f.ToString("P2") : "n/a")}.");
         return new ManImageClassificationTransformer(result.Network, train.KeyValues, trainingOptions.Augmentation.Normalization,
             options.ImageColumnName, options.ImageSize, options.ScoringBatchSize, options.Device,
-            TrainedWith(plan), recipe);
+            plan.TrainedWith, recipe);
     }
 
     // The initial model's weights and statistics into the freshly built network, after checking they describe the same thing.
@@ -369,9 +360,6 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
             tensor.copy_(value);
         }
     }
-
-    internal static string TrainedWith(RunPlan plan) =>
-        $"{plan.Architecture} {Choices.Name(plan.Rule)}{(plan.Man is null ? "" : "+man")} K={plan.K}, {plan.Options.Epochs} epochs, seed {plan.Options.Seed}";
 }
 
 /// <summary>Catalog extension: <c>mlContext.MulticlassClassification.Trainers.ManImageClassification(...)</c>.</summary>

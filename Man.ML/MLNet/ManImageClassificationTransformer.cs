@@ -63,7 +63,7 @@ public sealed class ManImageClassificationTransformer : ITransformer, IDisposabl
         ImageSize = imageSize;
         ScoringBatchSize = Math.Max(1, scoringBatchSize);
         TrainedWith = trainedWith;
-        this.device = Training.Trainer.ResolveDevice(device);
+        this.device = Training.Devices.Resolve(device);
         Network.to(this.device);
         Network.eval();
     }

@@ -20,7 +20,7 @@ namespace Man.ML.Training;
 /// <param name="Schedule">How λ varies along the network.</param>
 public sealed record InfoProPlan(AuxClassifierConfig? Classifier, InfoProLossMode Loss, InfoProLambdas Lambdas, LambdaSchedule Schedule);
 
-/// <summary>A run as it will happen. Immutable; create it with <see cref="Trainer.Prepare"/> or <see cref="Resolve"/>.</summary>
+/// <summary>A run as it will happen. Immutable; create it with <see cref="Trainer.Prepare"/>.</summary>
 public sealed record RunPlan
 {
     /// <summary>SGD's momentum (the reference code's; not MAN's EMA decay).</summary>
@@ -86,32 +86,50 @@ public sealed record RunPlan
     /// <summary>MAN's settings, or null.</summary>
     public MomentumOptions? Man => Options.Man;
 
+    /// <summary>What a model trained by this run says of itself, for example <c>resnet32 dgl+man K=16, 3 epochs, seed 0</c>.</summary>
+    public string TrainedWith => $"{Architecture} {Choices.Name(Rule)}{(Man is null ? "" : "+man")} K={K}, {Options.Epochs} epochs, seed {Options.Seed}";
+
     /// <summary>One line: architecture, K, split, rule, MAN.</summary>
     public string Summary => $"{Architecture}, K={K} ({(SplitTable is { } t ? $"reference split '{t}'" : "balanced split")}), rule {Choices.Name(Rule)}{(Man is null ? "" : " + MAN")}";
 
     /// <summary>
     /// Resolves <paramref name="options"/> for data of <paramref name="classes"/> classes at <paramref name="imageSize"/>
-    /// (builds the network once, seeded, to read its units and split, and releases it).
+    /// (builds the network once, seeded, to read its units and split, and releases it). libtorch's global generator is
+    /// left as it was.
     /// </summary>
     /// <exception cref="InvalidOptionException">An option, or a combination, is invalid.</exception>
-    public static RunPlan Resolve(TrainingOptions options, int classes, int imageSize)
+    internal static RunPlan Resolve(TrainingOptions options, int classes, int imageSize)
     {
-        var built = Build(options, classes, imageSize);
+        options.Validate();
+        using var built = Build(options, classes, imageSize);
         built.Network.Dispose();
         return built.Plan;
     }
 
-    /// <summary>What <see cref="Build"/> made: the plan and the seeded network, split and rule it describes.</summary>
-    internal sealed record Built(RunPlan Plan, UnitChainNetwork Network, SplitPlan Split, ILocalLearningRule Rule);
+    /// <summary>
+    /// What <see cref="Build"/> made, and all the engine is built from: the plan, the seeded network, its split, the rule,
+    /// each auxiliary head's context, the optimizer's settings, the device, and the generator state the run's heads and
+    /// MAN's copies draw from (libtorch's generator right after the seeded network was built).
+    /// </summary>
+    internal sealed record Built(RunPlan Plan, UnitChainNetwork Network, SplitPlan Split, ILocalLearningRule Rule,
+        IReadOnlyList<HeadContext> HeadContexts, OptimizerSettings Optimizer, Device Device, Tensor Generator) : IDisposable
+    {
+        public void Dispose() => Generator.Dispose();
+    }
 
-    /// <summary>The one place a run is resolved: validates, seeds, builds the network, splits it, describes the heads.</summary>
+    /// <summary>
+    /// The one place a run is resolved from validated options: resolves the device, builds the seeded network, splits
+    /// it, derives every head's context and describes the heads. The caller's state of libtorch's global generator is
+    /// given back.
+    /// </summary>
     internal static Built Build(TrainingOptions options, int classes, int imageSize)
     {
-        options.Validate();
         if (classes < 2) throw new InvalidOptionException("Classes", $"Training needs at least 2 classes (got {classes}).");
         if (imageSize < 8) throw new InvalidOptionException(nameof(ImageSize), $"The image size must be at least 8 (got {imageSize}).");
+        var device = Devices.Resolve(options.Device);
         var settings = options.RuleSettings with { InfoPro = options.RuleSettings.InfoPro with { Dataset = options.Dataset.Name } };
         var rule = LocalLearningRules.Create(options.Rule, settings);
+        using var callers = get_rng_state();
         manual_seed(options.Seed);
         var network = Architectures.Create(options.Architecture, classes, imageSize);
         try
@@ -121,17 +139,12 @@ public sealed record RunPlan
             var initial = options.InitFrom is { } from ? PyTorchWeights.Load(network, from, replaceClassifierOnClassMismatch: true) : null;
             var split = SplitPlan.Create(network, options.K, options.SplitTable,
                 rule.IsLocal ? b => BoundaryCost(options, network, rule, b) : null);
-            var heads = new List<HeadPlan>();
+            var contexts = HeadContext.ForSegments(network, split, options.Man is not null, options.Augmentation.Normalization);
             InfoProPlan? infoPro = null;
-            for (int j = 0; j < split.K - 1; j++)
+            if (contexts.Count > 0 && rule is InfoProRule info)
             {
-                var context = HeadContextOf(options, network, split, j);
-                heads.Add(rule.DescribeHead(context));
-                if (j == 0 && rule is InfoProRule info)
-                {
-                    var (classifier, mode, lambdas, schedule) = info.Resolve(context);
-                    infoPro = new InfoProPlan(classifier, mode, lambdas, schedule);
-                }
+                var (classifier, mode, lambdas, schedule) = info.Resolve(contexts[0]);
+                infoPro = new InfoProPlan(classifier, mode, lambdas, schedule);
             }
             var plan = new RunPlan
             {
@@ -146,26 +159,24 @@ public sealed record RunPlan
                 SplitSource = split.Source,
                 SplitTable = split.Table,
                 SplitDescription = split.Describe(network),
-                Heads = heads,
+                Heads = contexts.Select(rule.DescribeHead).ToArray(),
                 InfoPro = infoPro,
                 LearningRate = options.EffectiveLearningRate,
-                Device = TrainingOptions.DeviceName(options.Device),
+                Device = Devices.Canonical(options.Device),
                 InitialWeights = initial,
             };
-            return new Built(plan, network, split, rule);
+            var optimizer = new OptimizerSettings { LearningRate = plan.LearningRate, WeightDecay = options.WeightDecay, Momentum = SgdMomentum };
+            return new Built(plan, network, split, rule, contexts, optimizer, device, get_rng_state());
         }
         catch
         {
             network.Dispose();
             throw;
         }
-    }
-
-    internal static HeadContext HeadContextOf(TrainingOptions options, UnitChainNetwork network, SplitPlan split, int segment)
-    {
-        bool man = options.Man is not null;
-        var features = man ? network.UnitInfos[split.NextUnit(segment)].Output : network.UnitInfos[split.Segments[segment].End - 1].Output;
-        return new HeadContext(network, split, segment, features, man ? split.NextUnit(segment) : null, options.Augmentation.Normalization);
+        finally
+        {
+            set_rng_state(callers);
+        }
     }
 
     // What a segment ending after unit b keeps besides its units, for the balancing rule: MAN's copies of unit b + 1
@@ -175,14 +186,15 @@ public sealed record RunPlan
     {
         var infos = network.UnitInfos;
         var man = options.Man;
+        var twoSegments = SplitPlan.FromSegmentEnds(new[] { b, infos.Count - 1 }, infos.Count);
+        var context = HeadContext.ForSegments(network, twoSegments, man is not null, options.Augmentation.Normalization)[0];
+        var features = context.Features;
         int copies = man is null ? 0 : (man.HasLearnableCopy ? 1 : 0) + (man.HasEmaCopy ? 1 : 0);
-        var features = man is null ? infos[b].Output : infos[b + 1].Output;
         double cost = man is null ? 0 : copies * infos[b + 1].ActivationElements + features.Elements;
         using var state = get_rng_state();
         try
         {
-            var twoSegments = SplitPlan.FromSegmentEnds(new[] { b, infos.Count - 1 }, infos.Count);
-            using var head = rule.CreateHead(new HeadContext(network, twoSegments, 0, features, man is null ? null : b + 1, options.Augmentation.Normalization));
+            using var head = rule.CreateHead(context);
             if (head is IHasCost stated)
             {
                 var c = stated.Cost(features);

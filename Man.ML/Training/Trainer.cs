@@ -14,12 +14,13 @@ namespace Man.ML.Training;
 public sealed class NonFiniteTrainingException(string message, Exception inner) : Exception(message, inner);
 
 /// <summary>A finished run: the trained backbone and its figures.</summary>
-public sealed record TrainingResult(UnitChainNetwork Network, SplitPlan Plan, IReadOnlyList<EpochMetrics> Epochs,
-    FinalMetrics Final)
-{
-    /// <summary>The run as it happened.</summary>
-    public RunPlan? RunPlan { get; init; }
-}
+/// <param name="Network">The trained backbone (MAN's copies and the auxiliary heads are gone).</param>
+/// <param name="Split">How it was split.</param>
+/// <param name="Epochs">Every epoch's figures.</param>
+/// <param name="Final">The returned model's figures.</param>
+/// <param name="Plan">The run as it happened.</param>
+public sealed record TrainingResult(UnitChainNetwork Network, SplitPlan Split, IReadOnlyList<EpochMetrics> Epochs,
+    FinalMetrics Final, RunPlan Plan);
 
 /// <summary>Trains networks by supervised local learning.</summary>
 public sealed class Trainer
@@ -67,25 +68,12 @@ public sealed class Trainer
     /// <summary>Steps dropped so far for non-finite values (with <see cref="NonFinitePolicy.SkipStep"/>).</summary>
     public int SkippedSteps { get; private set; }
 
-    /// <summary>Creates a trainer; the options are validated here.</summary>
+    /// <summary>Creates a trainer; the options are validated here, once.</summary>
+    /// <exception cref="InvalidOptionException">An option, or a combination, is invalid.</exception>
     public Trainer(TrainingOptions options)
     {
         options.Validate();
         Options = options;
-    }
-
-    /// <summary>Parses a device name (cpu, cuda, cuda:N) and checks it exists.</summary>
-    /// <exception cref="InvalidOptionException">Unknown device, or CUDA is not available.</exception>
-    public static Device ResolveDevice(string name)
-    {
-        string canonical;
-        try { canonical = TrainingOptions.DeviceName(name); }
-        catch (ArgumentException e) { throw new InvalidOptionException(nameof(TrainingOptions.Device), e.Message); }
-        if (canonical == "cpu") return CPU;
-        if (!cuda.is_available())
-            throw new InvalidOptionException(nameof(TrainingOptions.Device),
-                $"Device '{name}' was asked for but CUDA is not available (reference a TorchSharp CUDA backend and run on a GPU machine).");
-        return device(canonical);
     }
 
     private RunPlan.Built? prepared;
@@ -94,41 +82,61 @@ public sealed class Trainer
     public RunPlan? Plan { get; private set; }
 
     /// <summary>
-    /// Resolves the run for data of <paramref name="classes"/> classes at <paramref name="imageSize"/>: validates the
-    /// options and builds the (seeded) network once. A following <c>Train</c> on such data trains that network, so a
-    /// front end can show the plan, check free space and so on without building anything twice.
+    /// Resolves the run for data of <paramref name="classes"/> classes at <paramref name="imageSize"/>: builds the
+    /// (seeded) network once, splits it and describes every head. A following <c>Train</c> on such data trains that
+    /// network, so a front end can show the plan, check free space and so on without building anything twice.
+    /// libtorch's global generator is left as it was.
     /// </summary>
-    /// <exception cref="InvalidOptionException">An option, or a combination, is invalid.</exception>
+    /// <exception cref="InvalidOptionException">An option that needs the network is invalid (K beyond the units, a
+    /// split table without an entry, InfoPro without reference λ).</exception>
     public RunPlan Prepare(int classes, int imageSize)
     {
         if (prepared is { } p && p.Plan.Classes == classes && p.Plan.ImageSize == imageSize) return p.Plan;
-        prepared?.Network.Dispose();
+        ReleasePrepared();
         prepared = RunPlan.Build(Options, classes, imageSize);
         Plan = prepared.Plan;
         return Plan;
+    }
+
+    private void ReleasePrepared()
+    {
+        prepared?.Network.Dispose();
+        prepared?.Dispose();
+        prepared = null;
     }
 
     /// <summary>The network <see cref="Prepare"/> built, before a run takes it (null otherwise): a front end may set its
     /// weights here, for example to continue training a saved model; MAN's copies are made from it when the run starts.</summary>
     internal UnitChainNetwork? PreparedNetwork => prepared?.Network;
 
-    /// <summary>Builds the network, split and rule the options describe (seeded), without training; the caller owns the network.</summary>
-    public (UnitChainNetwork Network, SplitPlan Plan, ILocalLearningRule Rule) Build(int classes, int imageSize)
+    /// <summary>
+    /// The engine of the prepared run (auxiliary heads, MAN, optimizer, on the plan's device), built from what the plan
+    /// resolved; the caller owns it. Heads and MAN's copies draw from the run's generator (seeded, continuing after the
+    /// network), and libtorch's global generator is left as the caller had it.
+    /// </summary>
+    internal LocalTrainer CreateLocalTrainer(int classes, int imageSize)
     {
-        var built = RunPlan.Build(Options, classes, imageSize);
-        return (built.Network, built.Split, built.Rule);
-    }
-
-    /// <summary>Builds the network and its local trainer (auxiliary heads, MAN, optimizer) on <paramref name="device"/>.</summary>
-    public LocalTrainer CreateLocalTrainer(int classes, int imageSize, Device device)
-    {
-        HeapTuning.Apply(); // freed activation buffers stay in the heap: no page faults every step (docs/BENCHMARKS.md)
         Prepare(classes, imageSize);
         var built = prepared!;
-        prepared = null; // the trainer owns the network from here
-        return new LocalTrainer(built.Network, built.Split, built.Rule, Options.Man,
-            new OptimizerSettings { LearningRate = built.Plan.LearningRate, WeightDecay = Options.WeightDecay, Momentum = RunPlan.SgdMomentum }, device,
-            Options.Augmentation.Normalization);
+        prepared = null; // the engine owns the network from here
+        using (built)
+        {
+            using var callers = get_rng_state();
+            set_rng_state(built.Generator);
+            try
+            {
+                return new LocalTrainer(built.Network, built.Split, built.Rule, Options.Man, built.Optimizer, built.Device, built.HeadContexts);
+            }
+            catch
+            {
+                built.Network.Dispose();
+                throw;
+            }
+            finally
+            {
+                set_rng_state(callers);
+            }
+        }
     }
 
     /// <summary>Trains on <paramref name="train"/>, evaluating on <paramref name="validation"/> after every epoch and
@@ -166,27 +174,31 @@ public sealed class Trainer
             if (ResumeFrom is not null)
                 throw new InvalidOptionException(nameof(EarlyStopping), "Early stopping cannot continue a resumed run: the checkpoint does not hold the best epoch's weights.");
         }
-        var device = ResolveDevice(Options.Device);
-        using var local = CreateLocalTrainer(train.ClassNames.Count, train.ImageSize, device);
+        using var local = CreateLocalTrainer(train.ClassNames.Count, train.ImageSize);
         var plan = Plan!;
+        using var callers = get_rng_state();
         try
         {
             if (ResumeFrom is not null) TrainingCheckpoint.EnsureSameRun(ResumeFrom, plan); // before anything costly
             // A wrong gradient stops the run here, with the layer, the shape and the remedy, not as a NaN hours later.
             if (CheckBackend) BackendReport = BackendCheck.EnsureCorrect(local);
-            return Run(plan, local, train, validation, tests, device, cancellation);
+            return Run(plan, local, train, validation, tests, local.Device, cancellation);
         }
         catch
         {
             local.Network.Dispose(); // a failed or cancelled run releases everything it held
             throw;
         }
+        finally
+        {
+            set_rng_state(callers); // a resumed run restores its generator: the application's is given back
+        }
     }
 
     private TrainingResult Run(RunPlan runPlan, LocalTrainer local, ITrainingSource train, ITrainingSource? validation,
         IReadOnlyList<(string Name, ITrainingSource Data)>? tests, Device device, CancellationToken cancellation)
     {
-        var (network, plan) = (local.Network, local.Plan);
+        var (network, split) = (local.Network, local.Split);
 
         int batches = (train.Count + Options.BatchSize - 1) / Options.BatchSize;
         // A last batch of one image would break batch norm: fold it into the previous one.
@@ -209,14 +221,12 @@ public sealed class Trainer
         for (int epoch = epochs.Count; epoch < Options.Epochs; epoch++)
         {
             local.SetTraining(true);
-            var random = new Random(unchecked(Options.Seed * 1_000_003 + epoch)); // order and augmentation of this epoch
-            var order = Permutation(train.Count, random);
             var clock = Stopwatch.StartNew();
             double lossSum = 0, firstRate = schedule.Rate(epoch, 0);
             long correct = 0, seen = 0;
             int skipped = 0;
-            var segmentSums = new double[plan.K];
-            using var batchesOfEpoch = train.Epoch(order, ranges, random, Options.Seed, epoch, cancellation);
+            var segmentSums = new double[split.K];
+            using var batchesOfEpoch = train.Epoch(new EpochSpec(Options.Seed, epoch, ranges), cancellation);
             for (int b = 0; b < batches; b++)
             {
                 cancellation.ThrowIfCancellationRequested();
@@ -244,7 +254,7 @@ public sealed class Trainer
                 lossSum += result.Loss * result.Count;
                 correct += result.Correct;
                 seen += result.Count;
-                for (int j = 0; j < plan.K; j++) segmentSums[j] += result.SegmentLosses[j] * result.Count;
+                for (int j = 0; j < split.K; j++) segmentSums[j] += result.SegmentLosses[j] * result.Count;
                 BatchCompleted?.Invoke(new BatchProgress(epoch + 1, b + 1, batches, result.Loss, local.LearningRate));
             }
             double seconds = clock.Elapsed.TotalSeconds;
@@ -310,19 +320,6 @@ public sealed class Trainer
             SkippedSteps = epochs.Sum(e => e.SkippedSteps),
         };
         network.eval();
-        return new TrainingResult(network, plan, epochs, final) { RunPlan = runPlan };
-    }
-
-    /// <summary>A Fisher–Yates permutation of 0..n−1 drawn from <paramref name="random"/>.</summary>
-    internal static long[] Permutation(int n, Random random)
-    {
-        var order = new long[n];
-        for (int i = 0; i < n; i++) order[i] = i;
-        for (int i = n - 1; i > 0; i--)
-        {
-            int j = random.Next(i + 1);
-            (order[i], order[j]) = (order[j], order[i]);
-        }
-        return order;
+        return new TrainingResult(network, split, epochs, final, runPlan);
     }
 }

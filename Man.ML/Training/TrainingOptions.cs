@@ -96,26 +96,24 @@ public sealed record TrainingOptions
         Check(LearningRate is null || (LearningRate > 0 && double.IsFinite(LearningRate.Value)), nameof(LearningRate),
             FormattableString.Invariant($"The learning rate must be positive (got {LearningRate})."));
         Check(WeightDecay >= 0 && double.IsFinite(WeightDecay), nameof(WeightDecay), FormattableString.Invariant($"Weight decay must be ≥ 0 (got {WeightDecay})."));
-        Check(Man is null || (Man.EmaDecay >= 0 && Man.EmaDecay <= 1), nameof(Man), FormattableString.Invariant($"The EMA momentum must lie in [0, 1] (got {Man?.EmaDecay})."));
-        Check(Man is null || Man.Mix == ManMix.Sum || Man.Ablation == ManAblation.None, nameof(Man),
-            $"MAN++'s learnable mix needs both the LB and the EMA copy; it cannot be combined with the ablation '{(Man is null ? "" : Choices.Name(Man.Ablation))}'.");
-        Check(Rule != LearningRule.EndToEnd || K == 1, nameof(K), $"Rule 'e2e' is end-to-end backprop and needs K = 1 (got K = {K}).");
-        Check(Man is null || K >= 2, nameof(Man), "MAN needs K ≥ 2: with one segment there is no next segment to copy.");
+        Man?.Validate(nameof(Man));
+        CheckStructure(Rule != LearningRule.EndToEnd, Choices.Name(Rule), K, Man);
         Check(Architecture.Length > 0, nameof(Architecture), "The architecture is empty.");
         try { _ = Models.Architectures.Canonical(Architecture); }
         catch (ArgumentException e) { throw new InvalidOptionException(nameof(Architecture), e.Message); }
         Check(InitFrom is null || File.Exists(InitFrom), nameof(InitFrom), $"The weights file '{InitFrom}' to initialise from does not exist.");
-        try { _ = DeviceName(Device); }
-        catch (ArgumentException e) { throw new InvalidOptionException(nameof(Device), e.Message); }
+        _ = Devices.Canonical(Device);
     }
 
-    /// <summary>The canonical name of a device (cpu, cuda, cuda:N), without asking whether it exists.</summary>
-    /// <exception cref="ArgumentException">Not a device name.</exception>
-    public static string DeviceName(string name)
+    /// <summary>
+    /// How a rule, K and MAN go together, for options and for an engine built by hand alike: a rule that is not local
+    /// trains one segment, and MAN needs a next segment to copy.
+    /// </summary>
+    internal static void CheckStructure(bool ruleIsLocal, string ruleName, int k, MomentumOptions? man)
     {
-        var lower = name.Trim().ToLowerInvariant();
-        if (lower is "cpu" or "cuda") return lower;
-        if (lower.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(lower.AsSpan(5), out int index) && index >= 0) return lower;
-        throw new ArgumentException($"Unknown device '{name}': expected cpu, cuda or cuda:N.");
+        if (!ruleIsLocal && k != 1)
+            throw new InvalidOptionException(nameof(K), $"Rule '{ruleName}' is end-to-end backprop and needs K = 1 (got K = {k}).");
+        if (man is not null && k < 2)
+            throw new InvalidOptionException(nameof(Man), "MAN needs K ≥ 2: with one segment there is no next segment to copy.");
     }
 }

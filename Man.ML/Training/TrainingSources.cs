@@ -7,6 +7,33 @@ using static TorchSharp.torch;
 
 namespace Man.ML.Training;
 
+/// <summary>One epoch of a run: the seed, the epoch's index and its batches as ranges of positions in the epoch's order.</summary>
+internal sealed record EpochSpec(int Seed, int Epoch, IReadOnlyList<(int Start, int End)> Batches)
+{
+    /// <summary>
+    /// The epoch's seeded draws over <paramref name="count"/> images: their order, and the generator augmentation
+    /// continues with after drawing it.
+    /// </summary>
+    public (long[] Order, Random Random) Draw(int count)
+    {
+        var random = new Random(unchecked(Seed * 1_000_003 + Epoch));
+        return (Permutation(count, random), random);
+    }
+
+    /// <summary>A Fisher–Yates permutation of 0..n−1 drawn from <paramref name="random"/>.</summary>
+    public static long[] Permutation(int n, Random random)
+    {
+        var order = new long[n];
+        for (int i = 0; i < n; i++) order[i] = i;
+        for (int i = n - 1; i > 0; i--)
+        {
+            int j = random.Next(i + 1);
+            (order[i], order[j]) = (order[j], order[i]);
+        }
+        return order;
+    }
+}
+
 internal interface ITrainingSource
 {
     int Count { get; }
@@ -20,8 +47,7 @@ internal interface ITrainingSource
     double WaitSeconds { get; }
 
     /// <summary>The epoch's batches, created when MoveNext is called (so inside the caller's dispose scope).</summary>
-    IEnumerator<(Tensor Images, Tensor Labels)> Epoch(long[] order, IReadOnlyList<(int Start, int End)> ranges, Random random, int seed, int epoch,
-        CancellationToken cancellation);
+    IEnumerator<(Tensor Images, Tensor Labels)> Epoch(EpochSpec epoch, CancellationToken cancellation);
 
     EvaluationResult Evaluate(UnitChainNetwork network, int batchSize, Device device, CancellationToken cancellation);
 }
@@ -33,10 +59,10 @@ internal sealed class InMemorySource(LabeledImages data, ImageAugmentation augme
     public IReadOnlyList<string> ClassNames => data.ClassNames;
     public double WaitSeconds => 0;
 
-    public IEnumerator<(Tensor Images, Tensor Labels)> Epoch(long[] order, IReadOnlyList<(int Start, int End)> ranges, Random random, int seed, int epoch,
-        CancellationToken cancellation)
+    public IEnumerator<(Tensor Images, Tensor Labels)> Epoch(EpochSpec epoch, CancellationToken cancellation)
     {
-        foreach (var (start, end) in ranges)
+        var (order, random) = epoch.Draw(Count);
+        foreach (var (start, end) in epoch.Batches)
         {
             var (pixels, labels) = data.Gather(order[start..end]);
             yield return (augmentation.Apply(pixels, random), labels);
@@ -56,8 +82,8 @@ internal sealed class FileSource(ImageFileSet files, ImageNetTransform transform
     public IReadOnlyList<string> ClassNames => files.ClassNames;
     public double WaitSeconds => loader.WaitSeconds;
 
-    public IEnumerator<(Tensor Images, Tensor Labels)> Epoch(long[] order, IReadOnlyList<(int Start, int End)> ranges, Random random, int seed, int epoch,
-        CancellationToken cancellation) => loader.Batches(order, ranges, train: true, seed, epoch, cancellation).GetEnumerator();
+    public IEnumerator<(Tensor Images, Tensor Labels)> Epoch(EpochSpec epoch, CancellationToken cancellation) =>
+        loader.Batches(epoch.Draw(Count).Order, epoch.Batches, train: true, epoch.Seed, epoch.Epoch, cancellation).GetEnumerator();
 
     public EvaluationResult Evaluate(UnitChainNetwork network, int batchSize, Device device, CancellationToken cancellation) =>
         Evaluation.Evaluate(network, loader, files.Count, batchSize, device, cancellation);
