@@ -9,7 +9,7 @@ namespace Man.ML;
 /// <summary>The name of an enum member on the command line, in metrics.json and in the ML.NET options.</summary>
 /// <param name="name">The name, lower case (for example <c>ema-only</c>).</param>
 [AttributeUsage(AttributeTargets.Field)]
-public sealed class ChoiceNameAttribute(string name) : Attribute
+internal sealed class ChoiceNameAttribute(string name) : Attribute
 {
     /// <summary>The name.</summary>
     public string Name { get; } = name;
@@ -31,7 +31,7 @@ public sealed class InvalidOptionException : ArgumentException
 }
 
 /// <summary>Parses and prints typed choices by their <see cref="ChoiceNameAttribute"/> names.</summary>
-public static class Choices
+internal static class Choices
 {
     private static readonly ConcurrentDictionary<Type, (Enum Value, string Name)[]> Tables = new();
 

@@ -26,7 +26,7 @@ namespace Man.ML.Backend;
 /// <param name="Height">Input height.</param>
 /// <param name="Width">Input width.</param>
 /// <param name="InputGradient">Whether training takes the gradient with respect to its input (false for the first layer of a segment).</param>
-public sealed record ConvolutionShape(int InChannels, int OutChannels, int Kernel, int Stride, int Padding, int Groups, bool HasBias,
+internal sealed record ConvolutionShape(int InChannels, int OutChannels, int Kernel, int Stride, int Padding, int Groups, bool HasBias,
     int Height, int Width, bool InputGradient)
 {
     /// <inheritdoc />
@@ -41,7 +41,7 @@ public sealed record ConvolutionShape(int InChannels, int OutChannels, int Kerne
 /// <param name="OutputError">Largest error of the forward output, relative to the output's largest magnitude.</param>
 /// <param name="InputGradientError">The same for the input gradient (0 when none is taken); NaN when not finite.</param>
 /// <param name="WeightGradientError">The same for the weight and bias gradients; NaN when not finite.</param>
-public sealed record ConvolutionCheck(ConvolutionShape Shape, IReadOnlyList<string> Layers, ConvolutionRoute Route,
+internal sealed record ConvolutionCheck(ConvolutionShape Shape, IReadOnlyList<string> Layers, ConvolutionRoute Route,
     double OutputError, double InputGradientError, double WeightGradientError)
 {
     /// <summary>Whether every value is finite and within <see cref="BackendCheck.Tolerance"/>.</summary>
@@ -58,7 +58,7 @@ public sealed record ConvolutionCheck(ConvolutionShape Shape, IReadOnlyList<stri
 /// <param name="Workaround">The convolution policy.</param>
 /// <param name="SmallOutputChannelFault">Whether this CPU computes wrong input gradients for output channel counts that
 /// are not a multiple of 16 (the once-per-process probe).</param>
-public sealed record BackendEnvironment(string Cpu, string OneDnnIsa, string LibTorch, string TorchSharp, int Threads,
+internal sealed record BackendEnvironment(string Cpu, string OneDnnIsa, string LibTorch, string TorchSharp, int Threads,
     ConvolutionWorkaround Workaround, bool SmallOutputChannelFault);
 
 /// <summary>The backend check of one configuration.</summary>
@@ -66,7 +66,7 @@ public sealed record BackendEnvironment(string Cpu, string OneDnnIsa, string Lib
 /// <param name="Device">Where the checked float32 computations ran.</param>
 /// <param name="Convolutions">One result per distinct convolution shape.</param>
 /// <param name="Seconds">How long the check took.</param>
-public sealed record BackendReport(BackendEnvironment Environment, string Device, IReadOnlyList<ConvolutionCheck> Convolutions, double Seconds)
+internal sealed record BackendReport(BackendEnvironment Environment, string Device, IReadOnlyList<ConvolutionCheck> Convolutions, double Seconds)
 {
     /// <summary>Whether every shape is computed correctly.</summary>
     public bool Correct => Convolutions.All(c => c.Correct);
@@ -93,14 +93,16 @@ public sealed record BackendReport(BackendEnvironment Environment, string Device
 }
 
 /// <summary>The backend computes a wrong convolution result or gradient for a shape training needs.</summary>
-public sealed class BackendFaultException(BackendReport report, string message) : Exception(message)
+public sealed class BackendFaultException : Exception
 {
+    internal BackendFaultException(BackendReport report, string message) : base(message) => Report = report;
+
     /// <summary>The check that failed.</summary>
-    public BackendReport Report { get; } = report;
+    internal BackendReport Report { get; }
 }
 
 /// <summary>Checks the backend's convolutions for a training configuration against float64.</summary>
-public static class BackendCheck
+internal static class BackendCheck
 {
     /// <summary>Largest accepted error, relative to the largest magnitude of the same tensor. Correct float32 kernels stay
     /// below 1e-5 on these shapes; the faults seen are errors of the gradient's own size, or NaN.</summary>

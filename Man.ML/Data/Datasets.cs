@@ -44,7 +44,7 @@ public sealed record DatasetKind(string Name, int ImageSize, int Classes, ImageA
 }
 
 /// <summary>SVHN's cropped-digit files (train_32x32.mat, test_32x32.mat): X is 32×32×3×N uint8, y is N×1 with 10 for the digit 0.</summary>
-public static class SvhnMat
+internal static class SvhnMat
 {
     /// <summary>Reads one SVHN .mat file.</summary>
     /// <exception cref="InvalidDataException">The file lacks X or y, or their shapes disagree, or a label is outside 1–10.</exception>
@@ -75,7 +75,7 @@ public static class SvhnMat
 }
 
 /// <summary>STL-10's binary files: *_X.bin holds N×3×96×96 uint8 with each channel column-major; *_y.bin holds labels 1–10.</summary>
-public static class Stl10Binary
+internal static class Stl10Binary
 {
     /// <summary>Side of an STL-10 image.</summary>
     public const int Side = 96;

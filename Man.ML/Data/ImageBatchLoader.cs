@@ -15,7 +15,7 @@ namespace Man.ML.Data;
 /// <param name="CropSize">Side of the network input (224).</param>
 /// <param name="ResizeSize">Evaluation: the shorter side is resized to this before the centre crop (256).</param>
 /// <param name="Normalization">Per-channel normalisation (ImageNet's mean and std).</param>
-public sealed record ImageNetTransform(int CropSize, int ResizeSize, Normalization Normalization)
+internal sealed record ImageNetTransform(int CropSize, int ResizeSize, Normalization Normalization)
 {
     /// <summary>ImageNet's mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).</summary>
     public static Normalization ImageNetNormalization { get; } = new(new[] { 0.485f, 0.456f, 0.406f }, new[] { 0.229f, 0.224f, 0.225f });

@@ -4,7 +4,7 @@
 namespace Man.ML.Diagnostics;
 
 /// <summary>Reads and resets the process's peak resident memory (Linux only).</summary>
-public static class ProcessMemory
+internal static class ProcessMemory
 {
     /// <summary>Whether /proc/self/status is readable here.</summary>
     public static bool IsSupported => File.Exists("/proc/self/status");

@@ -13,10 +13,10 @@ namespace Man.ML.Diagnostics;
 /// <param name="ActivationElements">Elements kept for backward, per sample (units, MAN copies, head).</param>
 /// <param name="ManElements">Of those, what MAN's copies and their sum add.</param>
 /// <param name="StepFlops">Matrix FLOPs of the segment's forward and backward, per sample.</param>
-public sealed record SegmentCost(int Segment, long ActivationElements, long ManElements, long StepFlops);
+internal sealed record SegmentCost(int Segment, long ActivationElements, long ManElements, long StepFlops);
 
 /// <summary>The floors of one configuration at one batch size.</summary>
-public sealed record TrainingCostReport(IReadOnlyList<SegmentCost> Segments, int BatchSize)
+internal sealed record TrainingCostReport(IReadOnlyList<SegmentCost> Segments, int BatchSize)
 {
     /// <summary>Bytes (float32) the largest segment keeps for backward.</summary>
     public long ActivationFloorBytes => Segments.Max(s => s.ActivationElements) * BatchSize * sizeof(float);
@@ -29,7 +29,7 @@ public sealed record TrainingCostReport(IReadOnlyList<SegmentCost> Segments, int
 }
 
 /// <summary>Computes <see cref="TrainingCostReport"/>.</summary>
-public static class TrainingCost
+internal static class TrainingCost
 {
     /// <summary>The floors of <paramref name="trainer"/>'s configuration at <paramref name="batchSize"/>.</summary>
     /// <exception cref="NotSupportedException">A unit or head cannot state its cost.</exception>

@@ -15,14 +15,14 @@ namespace Man.ML.Diagnostics;
 /// <param name="Steps">Measured steps.</param>
 /// <param name="MallocThresholdSet">Whether the memory-tracking setting was in this process's environment
 /// (CPU: MALLOC_MMAP_THRESHOLD_; CUDA: PYTORCH_NO_CUDA_MEMORY_CACHING=1).</param>
-public sealed record TrainingMemoryReport(long PeakAboveBaselineBytes, long BaselineBytes, int Steps, bool MallocThresholdSet)
+internal sealed record TrainingMemoryReport(long PeakAboveBaselineBytes, long BaselineBytes, int Steps, bool MallocThresholdSet)
 {
     /// <summary>Peak above baseline in MiB.</summary>
     public double PeakAboveBaselineMiB => PeakAboveBaselineBytes / (1024.0 * 1024.0);
 }
 
 /// <summary>Measures the peak memory of training steps on synthetic CIFAR-shaped data.</summary>
-public static class TrainingMemoryProbe
+internal static class TrainingMemoryProbe
 {
     /// <summary>Runs <paramref name="warmupSteps"/> then <paramref name="steps"/> measured steps of the configuration.</summary>
     public static TrainingMemoryReport Measure(TrainingOptions options, int steps = 3, int warmupSteps = 2, int classes = 10, int imageSize = 32)

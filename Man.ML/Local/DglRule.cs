@@ -21,7 +21,7 @@ public enum DglHeadKind
 }
 
 /// <summary>The DGL rule: an auxiliary classifier per segment, cross-entropy loss with weight 1.</summary>
-public sealed class DglRule(DglHeadKind head = DglHeadKind.MlpSr) : ILocalLearningRule
+internal sealed class DglRule(DglHeadKind head = DglHeadKind.MlpSr) : ILocalLearningRule
 {
     /// <summary>The rule's name.</summary>
     public const string RuleName = "dgl";
@@ -50,7 +50,7 @@ public sealed class DglRule(DglHeadKind head = DglHeadKind.MlpSr) : ILocalLearni
 /// hidden linear layers); on ImageNet networks DGL's own ImageNet head (three hidden linear layers with bias,
 /// docs/REFERENCE.md §6.2).
 /// </summary>
-public sealed class DglHead : AuxiliaryHead, IHasCost
+internal sealed class DglHead : AuxiliaryHead, IHasCost
 {
     private readonly int firstPool;
     private readonly int secondPool;
@@ -122,7 +122,7 @@ public sealed class DglHead : AuxiliaryHead, IHasCost
 }
 
 /// <summary>MAN++'s DGL head (docs/REFERENCE.md §2.3 (a)).</summary>
-public sealed class DglManPlusPlusHead : AuxiliaryHead, IHasCost
+internal sealed class DglManPlusPlusHead : AuxiliaryHead, IHasCost
 {
     private const int Width = 128, Hidden = 512;
     private readonly Sequential convs;

@@ -12,7 +12,7 @@ using static TorchSharp.torch;
 namespace Man.ML.Local;
 
 /// <summary>InfoPro's ImageNet decoder and classifier on one segment's features, with loss λ1·BCE + λ2·(CE | contrast).</summary>
-public sealed class InfoProImageNetHead : AuxiliaryHead, IHasCost
+internal sealed class InfoProImageNetHead : AuxiliaryHead, IHasCost
 {
     private const int EmbeddingWidth = 128, Pooled = 2048;
     private readonly ModuleList<Sequential> decoder;        // one stage per up-sampling step, in order

@@ -95,7 +95,7 @@ public sealed record InfoProSettings
 }
 
 /// <summary>The InfoPro rule.</summary>
-public sealed class InfoProRule(InfoProSettings settings) : ILocalLearningRule
+internal sealed class InfoProRule(InfoProSettings settings) : ILocalLearningRule
 {
     /// <summary>The rule's name.</summary>
     public const string RuleName = "infopro";
@@ -194,7 +194,7 @@ public sealed class InfoProRule(InfoProSettings settings) : ILocalLearningRule
 }
 
 /// <summary>The reference λ of InfoPro's command file (docs/REFERENCE.md §2.1), by data set, depth and K.</summary>
-public static class InfoProLambdaTable
+internal static class InfoProLambdaTable
 {
     private static readonly Dictionary<(string Dataset, int Depth, int K), InfoProLambdas> Table = new()
     {
@@ -236,7 +236,7 @@ public static class InfoProLambdaTable
 }
 
 /// <summary>InfoPro's auxiliary network: decoder and classifier on one segment's features.</summary>
-public sealed class InfoProHead : AuxiliaryHead, IHasCost
+internal sealed class InfoProHead : AuxiliaryHead, IHasCost
 {
     private const int DecoderWidth = 12, EmbeddingWidth = 128;
     private readonly Sequential decoder;
@@ -412,7 +412,7 @@ internal static class InfoProLoss
 }
 
 /// <summary>Supervised contrastive loss (Khosla et al., 2020) as InfoPro uses it: one view, all anchors.</summary>
-public static class SupervisedContrastiveLoss
+internal static class SupervisedContrastiveLoss
 {
     /// <summary>Temperature (and base temperature) of InfoPro: 0.07.</summary>
     public const double Temperature = 0.07;

@@ -140,7 +140,7 @@ public sealed record RuleSettings
 }
 
 /// <summary>End-to-end backprop: one segment, trained through the network's own head.</summary>
-public sealed class EndToEndRule : ILocalLearningRule
+internal sealed class EndToEndRule : ILocalLearningRule
 {
     /// <summary>The rule's name.</summary>
     public const string RuleName = "e2e";

@@ -60,7 +60,7 @@ public sealed class NonFiniteException(string what, int segment) : Exception($"{
 /// <param name="Output">The segment's output, detached from its graph; null for the last segment.</param>
 /// <param name="Loss">The segment's local loss.</param>
 /// <param name="Correct">Correct predictions of the network's head (last segment only, else 0).</param>
-public sealed record SegmentResult(Tensor? Output, float Loss, long Correct);
+internal sealed record SegmentResult(Tensor? Output, float Loss, long Correct);
 
 /// <summary>Trains a <see cref="UnitChainNetwork"/> split into K segments with a local-learning rule and, optionally, MAN.</summary>
 public sealed class LocalTrainer : IDisposable
@@ -97,7 +97,7 @@ public sealed class LocalTrainer : IDisposable
     public ILocalLearningRule Rule { get; }
 
     /// <summary>MAN, when enabled.</summary>
-    public MomentumAuxiliaryNetwork? Man => man;
+    internal MomentumAuxiliaryNetwork? Man => man;
 
     /// <summary>Auxiliary head of each segment but the last.</summary>
     public IReadOnlyList<AuxiliaryHead> Heads => headView;
@@ -260,7 +260,7 @@ public sealed class LocalTrainer : IDisposable
     /// </summary>
     /// <returns>The segment's output, detached (null for the last segment), its loss, and for the last segment the
     /// number of correct predictions.</returns>
-    public SegmentResult TrainSegment(int segment, Tensor input, LocalTargets targets)
+    internal SegmentResult TrainSegment(int segment, Tensor input, LocalTargets targets)
     {
         Tensor? handOver = null;
         float lossValue;

@@ -95,7 +95,7 @@ public sealed record MomentumOptions
 }
 
 /// <summary>MAN's two copies of next(j) for one segment j.</summary>
-public sealed class MomentumBranch : nn.Module<Tensor, Tensor>, IHasCost
+internal sealed class MomentumBranch : nn.Module<Tensor, Tensor>, IHasCost
 {
     private readonly nn.Module<Tensor, Tensor>? learnable;
     private readonly nn.Module<Tensor, Tensor>? ema;
@@ -185,7 +185,7 @@ public sealed class MomentumBranch : nn.Module<Tensor, Tensor>, IHasCost
 }
 
 /// <summary>MAN for a whole split: one <see cref="MomentumBranch"/> per segment but the last.</summary>
-public sealed class MomentumAuxiliaryNetwork : nn.Module
+internal sealed class MomentumAuxiliaryNetwork : nn.Module
 {
     private readonly TorchSharp.Modules.ModuleList<MomentumBranch> branches;
     // The network's units are reached through a delegate, not a field: a module field would be registered as a child,

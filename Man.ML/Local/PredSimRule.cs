@@ -10,7 +10,7 @@ using static TorchSharp.torch;
 namespace Man.ML.Local;
 
 /// <summary>The PredSim rule.</summary>
-public sealed class PredSimRule : ILocalLearningRule
+internal sealed class PredSimRule : ILocalLearningRule
 {
     /// <summary>The rule's name.</summary>
     public const string RuleName = "predsim";
@@ -35,7 +35,7 @@ public sealed class PredSimRule : ILocalLearningRule
 }
 
 /// <summary>PredSim's similarity and prediction heads on one segment's features.</summary>
-public sealed class PredSimHead : AuxiliaryHead, IHasCost
+internal sealed class PredSimHead : AuxiliaryHead, IHasCost
 {
     /// <summary>Most features the prediction head's pooling leaves.</summary>
     public const int MaxPredictionFeatures = 1024;

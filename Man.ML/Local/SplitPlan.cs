@@ -211,7 +211,7 @@ public sealed class SplitPlan
 /// blocks as in the configs; (0, 0) means "the stem", which belongs to the first segment unless a table starts with it.
 /// VGG entries are (0, unit index).
 /// </summary>
-public static class SplitTables
+internal static class SplitTables
 {
     /// <summary>The MAN ECCV code's tables (CIFAR: identical to InfoPro's).</summary>
     public const string Man = "man";

@@ -31,7 +31,7 @@ public enum ActivationLayout
 }
 
 /// <summary>The process-wide activation layout and the conversion applied at a network's entry.</summary>
-public static class ActivationLayouts
+internal static class ActivationLayouts
 {
     /// <summary>Environment variable read at start-up for <see cref="Layout"/>: auto, nchw or nhwc.</summary>
     public const string EnvironmentVariable = "MANML_LAYOUT";

@@ -9,7 +9,7 @@ using static TorchSharp.torch;
 namespace Man.ML.Models;
 
 /// <summary>Stem of a CIFAR ResNet: conv 3x3 (no bias), batch norm, ReLU.</summary>
-public sealed class CifarStem : nn.Module<Tensor, Tensor>, IHasCost
+internal sealed class CifarStem : nn.Module<Tensor, Tensor>, IHasCost
 {
     private readonly Conv2dLayer conv;
     private readonly BatchNorm2d bn;
@@ -41,7 +41,7 @@ public sealed class CifarStem : nn.Module<Tensor, Tensor>, IHasCost
 /// Residual BasicBlock: conv3x3(stride) → BN → ReLU → conv3x3 → BN, plus the shortcut (identity, or 1x1 conv + BN
 /// when stride or width changes), then ReLU.
 /// </summary>
-public sealed class BasicBlock : nn.Module<Tensor, Tensor>, IHasCost
+internal sealed class BasicBlock : nn.Module<Tensor, Tensor>, IHasCost
 {
     /// <summary>Output channels per width unit (1 for BasicBlock).</summary>
     public const int Expansion = 1;
@@ -104,7 +104,7 @@ public sealed class BasicBlock : nn.Module<Tensor, Tensor>, IHasCost
 }
 
 /// <summary>Classification head: global average pooling, flatten, linear.</summary>
-public sealed class PooledLinearHead : nn.Module<Tensor, Tensor>, IHasCost
+internal sealed class PooledLinearHead : nn.Module<Tensor, Tensor>, IHasCost
 {
     private readonly Linear fc;
 
@@ -133,7 +133,7 @@ public sealed class PooledLinearHead : nn.Module<Tensor, Tensor>, IHasCost
 }
 
 /// <summary>A CIFAR ResNet of depth 6n+2, as a chain of 1 + 3n units plus a pooled linear head.</summary>
-public sealed class CifarResNet : UnitChainNetwork
+internal sealed class CifarResNet : UnitChainNetwork
 {
     private static readonly int[] StageWidths = { 16, 32, 64 };
 

@@ -8,7 +8,7 @@ using static TorchSharp.torch;
 namespace Man.ML.Models;
 
 /// <summary>A 2-D convolution with square kernel, stride and zero padding, like <c>torch.nn.Conv2d</c>.</summary>
-public sealed class Conv2dLayer : nn.Module<Tensor, Tensor>
+internal sealed class Conv2dLayer : nn.Module<Tensor, Tensor>
 {
     // Field names are the state-dict names, as in torch.nn.Conv2d.
     private readonly Parameter weight;

@@ -48,7 +48,7 @@ public enum ConvolutionWorkaround
 }
 
 /// <summary>How one convolution call is computed.</summary>
-public enum ConvolutionRoute
+internal enum ConvolutionRoute
 {
     /// <summary>libtorch's convolution as is.</summary>
     Direct,
@@ -67,7 +67,7 @@ public enum ConvolutionRoute
 }
 
 /// <summary>The process-wide convolution policy and the probe that decides it.</summary>
-public static class ConvolutionRouting
+internal static class ConvolutionRouting
 {
     /// <summary>Output channels are padded to a multiple of this (oneDNN's AVX-512 block; a multiple of its AVX2 block of 8).</summary>
     public const int ChannelBlock = 16;

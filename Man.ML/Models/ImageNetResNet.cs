@@ -10,7 +10,7 @@ using static TorchSharp.torch;
 namespace Man.ML.Models;
 
 /// <summary>Stem of an ImageNet ResNet: conv 7x7 stride 2 (no bias), batch norm, ReLU, max-pool 3x3 stride 2.</summary>
-public sealed class ImageNetStem : nn.Module<Tensor, Tensor>, IHasCost
+internal sealed class ImageNetStem : nn.Module<Tensor, Tensor>, IHasCost
 {
     private readonly Conv2dLayer conv;
     private readonly BatchNorm2d bn;
@@ -46,7 +46,7 @@ public sealed class ImageNetStem : nn.Module<Tensor, Tensor>, IHasCost
 /// Bottleneck block (torchvision v1.5): conv1x1 → BN → ReLU → conv3x3(stride, groups) → BN → ReLU → conv1x1 (×4) → BN,
 /// plus the shortcut (identity, or 1x1 conv + BN where the shape changes), then ReLU.
 /// </summary>
-public sealed class Bottleneck : nn.Module<Tensor, Tensor>, IHasCost
+internal sealed class Bottleneck : nn.Module<Tensor, Tensor>, IHasCost
 {
     /// <summary>Output channels per base width.</summary>
     public const int Expansion = 4;
@@ -129,7 +129,7 @@ public sealed class Bottleneck : nn.Module<Tensor, Tensor>, IHasCost
 }
 
 /// <summary>An ImageNet ResNet or ResNeXt (torchvision layout) as a chain of 1 + Σ blocks units plus a pooled linear head.</summary>
-public sealed class ImageNetResNet : UnitChainNetwork
+internal sealed class ImageNetResNet : UnitChainNetwork
 {
     private static readonly int[] StagePlanes = { 64, 128, 256, 512 };
 

@@ -10,17 +10,17 @@ namespace Man.ML.Models;
 /// <param name="SavedInternal">Elements of tensors it creates and keeps for backward (its output included when kept).</param>
 /// <param name="SavesOutput">Whether its output is among the kept tensors.</param>
 /// <param name="ForwardFlops">Multiply-adds ×2 of its convolutions and linear layers in the forward pass.</param>
-public readonly record struct ModuleCost(FeatureShape Output, long SavedInput, long SavedInternal, bool SavesOutput, long ForwardFlops);
+internal readonly record struct ModuleCost(FeatureShape Output, long SavedInput, long SavedInternal, bool SavesOutput, long ForwardFlops);
 
 /// <summary>A module that can state its <see cref="ModuleCost"/>.</summary>
-public interface IHasCost
+internal interface IHasCost
 {
     /// <summary>The cost for one sample of shape <paramref name="input"/>.</summary>
     ModuleCost Cost(FeatureShape input);
 }
 
 /// <summary>Cost helpers for common layers.</summary>
-public static class LayerCost
+internal static class LayerCost
 {
     /// <summary>Output shape of a convolution.</summary>
     public static FeatureShape ConvOutput(FeatureShape input, int outChannels, int kernel, int stride, int padding) =>

@@ -9,7 +9,7 @@ using static TorchSharp.torch;
 namespace Man.ML.Models;
 
 /// <summary>One VGG unit: an optional 2x2 max-pool, then conv 3x3 (with bias) → BN → ReLU.</summary>
-public sealed class VggLayer : nn.Module<Tensor, Tensor>, IHasCost
+internal sealed class VggLayer : nn.Module<Tensor, Tensor>, IHasCost
 {
     private readonly Conv2dLayer conv;
     private readonly BatchNorm2d bn;
@@ -45,7 +45,7 @@ public sealed class VggLayer : nn.Module<Tensor, Tensor>, IHasCost
 }
 
 /// <summary>VGG's classifier: max-pool 2x2, average-pool to 7x7, linear 4096, ReLU, linear 4096, ReLU, linear.</summary>
-public sealed class VggHead : nn.Module<Tensor, Tensor>, IHasCost
+internal sealed class VggHead : nn.Module<Tensor, Tensor>, IHasCost
 {
     private const int Hidden = 4096, Pool = 7;
     private readonly Sequential classifier;
@@ -81,7 +81,7 @@ public sealed class VggHead : nn.Module<Tensor, Tensor>, IHasCost
 }
 
 /// <summary>VGG with batch norm (configurations A, B, D, E: VGG-11/13/16/19) as a chain of convolution units plus VGG's head.</summary>
-public sealed class Vgg : UnitChainNetwork
+internal sealed class Vgg : UnitChainNetwork
 {
     private const int M = 0; // a max-pool in a configuration
     private static readonly Dictionary<int, int[]> Configurations = new()

@@ -14,7 +14,7 @@ namespace Man.ML.Training;
 public sealed record EvaluationResult(double Accuracy, double Loss, int Count, double Top5Accuracy);
 
 /// <summary>Evaluates networks on labelled images.</summary>
-public static class Evaluation
+internal static class Evaluation
 {
     /// <summary>Scores <paramref name="data"/> with <paramref name="network"/> (left in evaluation mode).</summary>
     public static EvaluationResult Evaluate(UnitChainNetwork network, LabeledImages data, Normalization normalization,

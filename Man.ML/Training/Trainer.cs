@@ -63,7 +63,7 @@ public sealed class Trainer
     public bool CheckBackend { get; init; } = true;
 
     /// <summary>The backend check of the last run (null when <see cref="CheckBackend"/> is off or no run started).</summary>
-    public BackendReport? BackendReport { get; private set; }
+    internal BackendReport? BackendReport { get; private set; }
 
     /// <summary>Steps dropped so far for non-finite values (with <see cref="NonFinitePolicy.SkipStep"/>).</summary>
     public int SkippedSteps { get; private set; }

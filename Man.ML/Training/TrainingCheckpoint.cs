@@ -14,7 +14,7 @@ using static TorchSharp.torch;
 namespace Man.ML.Training;
 
 /// <summary>What a run checkpoint says about itself.</summary>
-public sealed record TrainingCheckpointHeader
+internal sealed record TrainingCheckpointHeader
 {
     /// <summary>The run's plan as JSON (<see cref="RunPlan.ToJson"/>); null in checkpoints of format version 1.</summary>
     public JsonObject? Plan { get; init; }
@@ -30,7 +30,7 @@ public sealed record TrainingCheckpointHeader
 }
 
 /// <summary>Saves and restores a run at an epoch boundary, to files or any stream.</summary>
-public static class TrainingCheckpoint
+internal static class TrainingCheckpoint
 {
     /// <summary>Current format version (2: the header holds the run's plan).</summary>
     public const int FormatVersion = 2;
