@@ -164,9 +164,7 @@ public sealed class SplitPlan
         double Cost(int a, int b) => prefix[b] - prefix[a] + (b < n && boundaryCosts is not null ? boundaryCosts[b - 1] : 0); // units a..b-1
 
         // Phase 1: the smallest achievable peak. best[s, i] = min over splits of units 0..i-1 into s segments.
-        var peak = new double[k + 1, n + 1];
-        for (int s = 0; s <= k; s++) for (int i = 0; i <= n; i++) peak[s, i] = double.PositiveInfinity;
-        peak[0, 0] = 0;
+        var peak = Unreached(k, n);
         for (int s = 1; s <= k; s++)
             for (int i = s; i <= n; i++)
                 for (int j = s - 1; j < i; j++)
@@ -174,10 +172,8 @@ public sealed class SplitPlan
         double limit = peak[k, n] * (1 + 1e-12);
 
         // Phase 2: the most even split whose segments all stay within that peak.
-        var squares = new double[k + 1, n + 1];
+        var squares = Unreached(k, n);
         var from = new int[k + 1, n + 1];
-        for (int s = 0; s <= k; s++) for (int i = 0; i <= n; i++) squares[s, i] = double.PositiveInfinity;
-        squares[0, 0] = 0;
         for (int s = 1; s <= k; s++)
             for (int i = s; i <= n; i++)
                 for (int j = s - 1; j < i; j++)
@@ -194,6 +190,15 @@ public sealed class SplitPlan
             i = from[s, i];
         }
         return FromSegmentEnds(ends, n, SplitSource.Balanced);
+    }
+
+    // A dynamic-programming table over (segments, units) where only the empty split of no units is reached yet.
+    private static double[,] Unreached(int k, int n)
+    {
+        var table = new double[k + 1, n + 1];
+        for (int s = 0; s <= k; s++) for (int i = 0; i <= n; i++) table[s, i] = double.PositiveInfinity;
+        table[0, 0] = 0;
+        return table;
     }
 
     /// <summary>Describes the segments with unit names, for example <c>stem+layer1[0] | layer1[1..2] | ...</c>.</summary>

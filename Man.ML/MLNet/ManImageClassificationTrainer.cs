@@ -46,6 +46,31 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
             };
         }
 
+        /// <summary>
+        /// Checks every option that needs neither the data nor the network: the run's (<see cref="TrainingOptions.Validate"/>)
+        /// and the ML.NET face's own. What needs the network (K in range, a split table's entry, InfoPro's λ) is found when
+        /// the run is resolved, by Fit or <see cref="ResolvePlan"/>.
+        /// </summary>
+        internal void Validate()
+        {
+            ToTrainingOptions().Validate();
+            if (ImageSize < 8) throw new InvalidOptionException(nameof(ImageSize), $"ImageSize must be at least 8 (got {ImageSize}).");
+            if (Normalization is { } given && (given.Mean.Length != 3 || given.Std.Length != 3 || given.Std.Any(v => !(v > 0)) || given.Mean.Any(v => !float.IsFinite(v))))
+                throw new InvalidOptionException(nameof(Normalization), "Normalization needs three finite means and three positive standard deviations (R, G, B).");
+            if (!(ValidationSetFraction is >= 0 and < 1))
+                throw new InvalidOptionException(nameof(ValidationSetFraction), $"ValidationSetFraction must lie in [0, 1) (got {ValidationSetFraction}).");
+            if (ValidationSetFraction > 0 && ValidationSet is not null)
+                throw new InvalidOptionException(nameof(ValidationSetFraction), "Give either ValidationSet or ValidationSetFraction, not both.");
+            if (EarlyStopping is { } stopping)
+            {
+                stopping.Validate(nameof(EarlyStopping));
+                if (ValidationSet is null && ValidationSetFraction == 0)
+                    throw new InvalidOptionException(nameof(EarlyStopping), "EarlyStopping watches validation data: give ValidationSet or ValidationSetFraction.");
+            }
+            if (ShuffleBufferSize is < 1)
+                throw new InvalidOptionException(nameof(ShuffleBufferSize), $"ShuffleBufferSize must be at least 1 row (got {ShuffleBufferSize}).");
+        }
+
         /// <summary>The run these options describe, as the library's options (normalisation and augmentation are set by Fit).</summary>
         internal TrainingOptions ToTrainingOptions() => training with { Man = useMan ? man : null };
 
@@ -199,22 +224,7 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         // Only the options are checked here: what needs the network (K in range, a split table's entry, InfoPro's λ)
         // is resolved by Fit or ResolvePlan, so building a pipeline builds nothing, reads no file and leaves libtorch's
         // random generator alone.
-        options.ToTrainingOptions().Validate();
-        if (options.ImageSize < 8) throw new InvalidOptionException(nameof(Options.ImageSize), $"ImageSize must be at least 8 (got {options.ImageSize}).");
-        if (options.Normalization is { } given && (given.Mean.Length != 3 || given.Std.Length != 3 || given.Std.Any(v => !(v > 0)) || given.Mean.Any(v => !float.IsFinite(v))))
-            throw new InvalidOptionException(nameof(Options.Normalization), "Normalization needs three finite means and three positive standard deviations (R, G, B).");
-        if (!(options.ValidationSetFraction is >= 0 and < 1))
-            throw new InvalidOptionException(nameof(Options.ValidationSetFraction), $"ValidationSetFraction must lie in [0, 1) (got {options.ValidationSetFraction}).");
-        if (options.ValidationSetFraction > 0 && options.ValidationSet is not null)
-            throw new InvalidOptionException(nameof(Options.ValidationSetFraction), "Give either ValidationSet or ValidationSetFraction, not both.");
-        if (options.EarlyStopping is { } stopping)
-        {
-            stopping.Validate(nameof(Options.EarlyStopping));
-            if (options.ValidationSet is null && options.ValidationSetFraction == 0)
-                throw new InvalidOptionException(nameof(Options.EarlyStopping), "EarlyStopping watches validation data: give ValidationSet or ValidationSetFraction.");
-        }
-        if (options.ShuffleBufferSize is < 1)
-            throw new InvalidOptionException(nameof(Options.ShuffleBufferSize), $"ShuffleBufferSize must be at least 1 row (got {options.ShuffleBufferSize}).");
+        options.Validate();
     }
 
     /// <summary>Most training rows the normalisation is measured on when <see cref="Options.Normalization"/> is null.</summary>
