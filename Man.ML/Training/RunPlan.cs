@@ -113,7 +113,7 @@ public sealed record RunPlan
         var settings = options.RuleSettings with { InfoPro = options.RuleSettings.InfoPro with { Dataset = options.Dataset.Name } };
         var rule = LocalLearningRules.Create(options.Rule, settings);
         manual_seed(options.Seed);
-        var network = Architectures.Create(options.Architecture, classes, imageSize);
+        var network = Architectures.Create(options.Architecture, classes, imageSize, new BackendOptions { Workaround = options.ConvolutionWorkaround });
         try
         {
             // Before the split and the heads: the balancing rule reads nothing of the weights, but MAN's copies are

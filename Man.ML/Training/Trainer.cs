@@ -122,7 +122,6 @@ public sealed class Trainer
     /// <summary>Builds the network and its local trainer (auxiliary heads, MAN, optimizer) on <paramref name="device"/>.</summary>
     public LocalTrainer CreateLocalTrainer(int classes, int imageSize, Device device)
     {
-        HeapTuning.Apply(); // freed activation buffers stay in the heap: no page faults every step (docs/BENCHMARKS.md)
         Prepare(classes, imageSize);
         var built = prepared!;
         prepared = null; // the trainer owns the network from here
