@@ -6,6 +6,10 @@ using Man.ML.Samples.Cli;
 if (Console.IsOutputRedirected && int.TryParse(Environment.GetEnvironmentVariable("COLUMNS"), out int columns) && columns >= 40)
     Spectre.Console.AnsiConsole.Profile.Width = columns;
 
+// manml trains on the CPU in this process: freed activation buffers stay in the heap, so a step does not page-fault
+// them in afresh (Man.ML leaves the process's allocator alone unless an application asks; MANML_HEAP_TUNING=off declines).
+Man.ML.Backend.HeapTuning.Apply();
+
 var root = new RootCommand("Man.ML: supervised local learning with Momentum Auxiliary Networks (MAN).");
 root.Subcommands.Add(TrainCommand.Create());
 root.Subcommands.Add(DoctorCommand.Create());

@@ -201,7 +201,7 @@ public sealed class BackendTests
         var names = report.Convolutions.ToDictionary(c => c.Shape.ToString(), c => c);
         Assert.IsFalse(names["conv 3→16 3x3 stride 1 padding 1 at 32x32 (weight gradient only)"].Shape.InputGradient);
         // Channels-last (the default for CIFAR networks on the CPU): a 1x1 convolution is a matrix product.
-        Assert.AreEqual(ActivationLayouts.ChannelsLastOn(DeviceType.CPU, NetworkFamily.Cifar) ? ConvolutionRoute.PointwiseProduct : ConvolutionRoute.SubsampledInput,
+        Assert.AreEqual(net.ChannelsLastOn(DeviceType.CPU) ? ConvolutionRoute.PointwiseProduct : ConvolutionRoute.SubsampledInput,
             names["conv 16→32 1x1 stride 2 padding 0 at 32x32"].Route);
         CollectionAssert.Contains(names["conv 16→32 1x1 stride 2 padding 0 at 32x32"].Layers.ToList(), "auxiliary.man.branches.0.learnable.downsample.0");
         Assert.AreEqual(ConvolutionRouting.SmallOutputChannelFault ? ConvolutionRoute.ShiftedTaps : ConvolutionRoute.Direct,
@@ -229,7 +229,7 @@ public sealed class BackendTests
         // libtorch has on affected CPUs, made here on purpose so that the failure path runs on every machine. (16 output
         // channels: a shape libtorch itself computes correctly everywhere measured, so only the deliberate fault shows.)
         var shape = new ConvolutionShape(16, 16, 3, 1, 1, 1, true, 8, 8, InputGradient: true);
-        var wrong = BackendCheck.Check(shape, new[] { "auxiliary.heads.0.decoder.0", "auxiliary.heads.1.decoder.0" }, CPU, (x, w, b, s) =>
+        var wrong = BackendCheck.Check(shape, new[] { "auxiliary.heads.0.decoder.0", "auxiliary.heads.1.decoder.0" }, CPU, ConvolutionWorkaround.Auto, (x, w, b, s) =>
         {
             var right = nn.functional.conv2d(x, w, b, padding: new long[] { 1, 1 });
             var other = nn.functional.conv2d(x, w.flip(2), b, padding: new long[] { 1, 1 });
@@ -247,7 +247,7 @@ public sealed class BackendTests
         Assert.AreSame(report, e.Report);
 
         // A NaN gradient is reported as not finite.
-        var nan = BackendCheck.Check(shape, new[] { "layer" }, CPU, (x, w, b, s) =>
+        var nan = BackendCheck.Check(shape, new[] { "layer" }, CPU, ConvolutionWorkaround.Auto, (x, w, b, s) =>
         {
             var y = nn.functional.conv2d(x, w, b, padding: new long[] { 1, 1 });
             return y.detach() + (y - y.detach()) * float.NaN;
@@ -280,15 +280,62 @@ public sealed class BackendTests
     }
 
     [TestMethod]
-    public void TrainingKeepsFreedBuffersInTheHeapUnlessTheEnvironmentSaysOtherwise()
+    public void EachNetworkCarriesItsOwnWorkaroundAndTheCheckFollowsIt()
     {
-        using var local = new Trainer(new TrainingOptions { Architecture = "resnet8", K = 1, Rule = LearningRule.EndToEnd, Man = null }).CreateLocalTrainer(10, 32);
-        local.Network.Dispose();
+        // Two networks with opposite policies in one process: each routes its own convolutions (and its heads' and MAN
+        // copies') by its own policy, and the check checks each under that policy.
+        var routes = new Dictionary<ConvolutionWorkaround, BackendReport>();
+        foreach (var policy in new[] { ConvolutionWorkaround.Never, ConvolutionWorkaround.Always })
+        {
+            var options = new TrainingOptions { Architecture = "resnet8", K = 2, Rule = LearningRule.InfoPro, BatchSize = 32, Seed = 3, ConvolutionWorkaround = policy };
+            using var local = new Trainer(options).CreateLocalTrainer(10, 32);
+            try
+            {
+                Assert.AreEqual(policy, local.Network.Workaround);
+                var convs = local.Network.modules().Concat(local.AuxiliaryModule.modules()).OfType<Conv2dLayer>().ToList();
+                Assert.IsTrue(convs.Count > 10 && convs.All(c => c.Workaround == policy), "every convolution of the run, heads and MAN's copies included, follows the run's policy");
+                routes[policy] = BackendCheck.EnsureCorrect(local);
+                Assert.AreEqual(policy, routes[policy].Environment.Workaround);
+            }
+            finally { local.Network.Dispose(); }
+        }
+        ConvolutionRoute Route(ConvolutionWorkaround policy, string shape) => routes[policy].Convolutions.Single(c => c.Shape.ToString() == shape).Route;
+        Assert.AreEqual(ConvolutionRoute.Direct, Route(ConvolutionWorkaround.Never, "conv 12→3 3x3 stride 1 padding 1 at 32x32"));
+        Assert.AreEqual(ConvolutionRoute.ShiftedTaps, Route(ConvolutionWorkaround.Always, "conv 12→3 3x3 stride 1 padding 1 at 32x32"));
+        Assert.AreEqual(ConvolutionRoute.Direct, Route(ConvolutionWorkaround.Never, "conv 16→32 1x1 stride 2 padding 0 at 32x32"));
+
+        // The layout is the network's too: channels-first here, so the strided 1x1 projection (of MAN's copy of layer2[0])
+        // is subsampled, not a matrix product.
+        using var nchw = Architectures.Create("resnet8", 10, 32, new BackendOptions { Workaround = ConvolutionWorkaround.Always, Layout = ActivationLayout.ChannelsFirst });
+        Assert.IsFalse(nchw.ChannelsLastOn(DeviceType.CPU));
+        using var trainer = new LocalTrainer(nchw, SplitPlan.Create(nchw, 2), new InfoProRule(new InfoProSettings()), new MomentumOptions(), new OptimizerSettings(), CPU);
+        var report = BackendCheck.Run(trainer);
+        Assert.AreEqual(ConvolutionRoute.SubsampledInput, report.Convolutions.Single(c => c.Shape.ToString() == "conv 16→32 1x1 stride 2 padding 0 at 32x32").Route);
+        Assert.IsTrue(report.Correct, GradientComparison.Explanation);
+
+        // Built without a choice, a network takes the process default.
+        using var plain = Architectures.Create("resnet8");
+        Assert.AreEqual(ConvolutionRouting.DefaultWorkaround, plain.Workaround);
+        Assert.AreEqual(ActivationLayouts.DefaultLayout, plain.Layout);
+    }
+
+    [TestMethod]
+    public void TheLibraryLeavesTheHeapAloneUnlessTheApplicationAsks()
+    {
+        // Nothing in the library calls HeapTuning.Apply (only this test does, in this process): creating a trainer leaves
+        // the process's allocator as it was.
+        using (var local = new Trainer(new TrainingOptions { Architecture = "resnet8", K = 1, Rule = LearningRule.EndToEnd, Man = null }).CreateLocalTrainer(10, 32))
+            local.Network.Dispose();
+        Assert.IsFalse(HeapTuning.Applied, "creating a trainer must not tune the process's heap");
+
+        bool applied = HeapTuning.Apply();
+        Assert.AreEqual(applied, HeapTuning.Applied);
         bool userChose = new[] { "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES" }.Any(v => Environment.GetEnvironmentVariable(v) is not null)
                          || string.Equals(Environment.GetEnvironmentVariable(HeapTuning.EnvironmentVariable), "off", StringComparison.OrdinalIgnoreCase);
         if (!OperatingSystem.IsLinux() || userChose)
-            Assert.IsFalse(HeapTuning.Applied, "the heap must be left as the environment set it");
+            Assert.IsFalse(applied, "the heap must be left as the environment set it");
         else
-            Assert.IsTrue(HeapTuning.Applied, "on Linux with glibc, creating a trainer keeps freed activation buffers in the heap (mallopt)");
+            Assert.IsTrue(applied, "on Linux with glibc, the application's call keeps freed activation buffers in the heap (mallopt)");
+        Assert.AreEqual(applied, HeapTuning.Apply(), "a second call changes nothing");
     }
 }

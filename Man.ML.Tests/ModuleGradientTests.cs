@@ -112,22 +112,21 @@ public sealed class ModuleGradientTests
         Assert.IsEmpty(failures, $"{name} at {threads} thread(s): {string.Join("; ", failures)}. {GradientComparison.Explanation}");
     }
 
-    // The workaround forced on, so that its routes are checked on every machine, affected or not.
+    // The workaround forced on, so that its routes are checked on every machine, affected or not. The module's own
+    // convolutions carry the policy, as a network's do (nothing process-wide is changed).
     [TestMethod]
     [DynamicData(nameof(CaseNamesAtOneThread))]
     public void Float32GradientsMatchFloat64WithTheWorkaroundForced(string name, int threads)
     {
-        var before = ConvolutionRouting.Workaround;
-        ConvolutionRouting.Workaround = ConvolutionWorkaround.Always;
-        try
-        {
-            var failures = GradientComparison.Compare(Cases[name], threads);
-            Assert.IsEmpty(failures, $"{name} with the workaround forced on: {string.Join("; ", failures)}. {GradientComparison.Explanation}");
-        }
-        finally
-        {
-            ConvolutionRouting.Workaround = before;
-        }
+        var forced = Cases[name] with { Build = () => WithWorkaround(Cases[name].Build(), ConvolutionWorkaround.Always) };
+        var failures = GradientComparison.Compare(forced, threads);
+        Assert.IsEmpty(failures, $"{name} with the workaround forced on: {string.Join("; ", failures)}. {GradientComparison.Explanation}");
+    }
+
+    private static nn.Module WithWorkaround(nn.Module module, ConvolutionWorkaround policy)
+    {
+        foreach (var conv in module.modules().Prepend(module).OfType<Conv2dLayer>()) conv.UseWorkaround(policy);
+        return module;
     }
 
     public static IEnumerable<object[]> CaseNamesAtOneThread => Cases.Keys.Select(name => new object[] { name, 1 });

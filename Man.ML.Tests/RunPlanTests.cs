@@ -77,13 +77,20 @@ public sealed class RunPlanTests
             Tiny() with { Epochs = 1, Rule = LearningRule.InfoPro, SplitTable = SplitTable.Balanced },
         })
         {
-            int before = UnitChainNetwork.Constructed;
+            // What one seeded initialisation of the network leaves in the random generator.
+            manual_seed(options.Seed);
+            using (Architectures.Create(options.Architecture, 10, 32)) { }
+            using var once = get_rng_state();
+
             var trainer = new Trainer(options) { CheckBackend = false };
             var plan = trainer.Prepare(10, 32);                      // what a front end shows before training
-            Assert.AreEqual(1, UnitChainNetwork.Constructed - before, "Prepare builds the network");
+            Assert.IsTrue(once.eq(trainer.PreparedGenerator!).all().item<bool>(), $"{options.Rule}: Prepare initialises one network and nothing else");
+            var network = trainer.PreparedNetwork;
+            Assert.IsNotNull(network, "Prepare builds the network");
             Assert.AreSame(plan, trainer.Prepare(10, 32));
+            Assert.AreSame(network, trainer.PreparedNetwork, "preparing again builds nothing");
             var result = trainer.Train(train, null);
-            Assert.AreEqual(1, UnitChainNetwork.Constructed - before, $"{options.Rule} K={options.K}: the run built its network more than once");
+            Assert.AreSame(network, result.Network, $"{options.Rule} K={options.K}: the run trains the network Prepare built, not another");
             Assert.AreSame(plan, result.Plan);
             result.Network.Dispose();
         }
@@ -231,13 +238,25 @@ public sealed class RunPlanTests
         var trainer = new Trainer(Tiny(k: 4) with { Man = new MomentumOptions() }) { CheckBackend = false };
         using var local = trainer.CreateLocalTrainer(10, 32);
         using var x = Data.Normalization.Cifar.Apply(data.Images.to_type(ScalarType.Float32).div(255));
-        long before = local.GradientCheckReads;
-        for (int step = 0; step < 3; step++)
-        {
-            using var scope = NewDisposeScope();
-            Assert.IsFalse(local.Step(x, data.Labels).Skipped);
-        }
-        Assert.AreEqual(3, local.GradientCheckReads - before,
-            "one read from the device per healthy step, whatever the number of parameters (K = 4 with MAN has dozens)");
+        using (NewDisposeScope()) Assert.IsFalse(local.Step(x, data.Labels).Skipped);
+
+        // The step's gradients, by segment: each segment's units and auxiliary head (K = 4 with MAN: dozens of tensors).
+        var parameters = Enumerable.Range(0, local.Split.K).SelectMany(j =>
+            Enumerable.Range(local.Split.Segments[j].Start, local.Split.Segments[j].End - local.Split.Segments[j].Start)
+                .SelectMany(u => local.Network.Units[u].parameters())
+                .Concat(j < local.Split.K - 1 ? local.Heads[j].parameters() : local.Network.Head.parameters())
+                .Select(p => (Segment: j, Parameter: p))).ToList();
+        Assert.IsTrue(parameters.Count > 24 && parameters.All(p => p.Parameter.grad is not null), $"{parameters.Count} parameters");
+        int reads = 0;
+        bool Read(Tensor flag) { reads++; return FiniteGradients.ReadFromDevice(flag); }
+        Assert.IsNull(FiniteGradients.FirstNonFinite(parameters, Read));
+        Assert.AreEqual(1, reads, "one read from the device for a healthy step, whatever the number of gradients");
+
+        // A bad gradient is found segment by segment (reads only then), and the step's own check names its segment.
+        using (no_grad()) parameters.First(p => p.Segment == 2).Parameter.grad!.view(-1)[0] = tensor(float.NaN);
+        reads = 0;
+        Assert.AreEqual(2, FiniteGradients.FirstNonFinite(parameters, Read));
+        Assert.IsTrue(reads > 1);
+        Assert.AreEqual(2, Assert.ThrowsExactly<NonFiniteException>(local.CheckGradients).Segment);
     }
 }

@@ -45,7 +45,8 @@ internal static class DoctorCommand
             }
             if (parse.GetValue(checkShape) is { } spec)
             {
-                var check = BackendCheck.Check(ParseShape(spec), Array.Empty<string>(), device, parse.GetValue(checkChannelsLast));
+                var check = BackendCheck.Check(ParseShape(spec), Array.Empty<string>(), device, parse.GetValue(checkChannelsLast),
+                    options.ConvolutionWorkaround ?? ConvolutionRouting.DefaultWorkaround);
                 Console.WriteLine(JsonSerializer.Serialize(new
                 {
                     route = check.Route.ToString(), output_error = Finite(check.OutputError), input_gradient_error = Finite(check.InputGradientError),
@@ -53,7 +54,7 @@ internal static class DoctorCommand
                 }));
                 return 0;
             }
-            return Diagnose(options, device, parse.GetValue(isolate), ChildArguments(parse));
+            return Diagnose(options, device, parse.GetValue(isolate), ChildArguments(parse, options));
         }));
         return command;
     }
@@ -61,7 +62,7 @@ internal static class DoctorCommand
     private static int Diagnose(TrainingOptions options, TorchSharp.torch.Device device, bool isolate, IReadOnlyList<string> childArguments)
     {
         var clock = Stopwatch.StartNew();
-        var environment = BackendCheck.DescribeEnvironment();
+        var environment = BackendCheck.DescribeEnvironment(options.ConvolutionWorkaround ?? ConvolutionRouting.DefaultWorkaround);
         var (version, isa) = OneDnnReport();
         Console.WriteLine($"CPU                     {environment.Cpu} ({Environment.ProcessorCount} logical cores)");
         Console.WriteLine($"oneDNN                  {version ?? "(version not reported)"}");
@@ -75,8 +76,8 @@ internal static class DoctorCommand
         var trainer = new Trainer(options);
         using var local = trainer.CreateLocalTrainer(dataset.Classes, side);
         var shapes = BackendCheck.Shapes(local);
-        bool channelsLast = ActivationLayouts.ChannelsLastOn(device.type, local.Network.Family);
-        Console.WriteLine($"activation layout       {(channelsLast ? "channels-last (NHWC strides)" : "channels-first (NCHW)")}, {ActivationLayouts.EnvironmentVariable}={Choices.Name(ActivationLayouts.Layout)}");
+        bool channelsLast = local.Network.ChannelsLastOn(device.type);
+        Console.WriteLine($"activation layout       {(channelsLast ? "channels-last (NHWC strides)" : "channels-first (NCHW)")}, {ActivationLayouts.EnvironmentVariable}={Choices.Name(local.Network.Layout)}");
         Console.WriteLine(FormattableString.Invariant(
             $"configuration           {options.Architecture} K={options.K}, rule {Choices.Name(options.Rule)}{(options.Man is null ? "" : " + MAN")} ({(trainer.Plan!.SplitTable is { } t ? $"reference split '{t}'" : "balanced split")}), {side}x{side}, on {device}: {shapes.Count} convolution shapes{(isolate ? ", each checked in a child process" : "")}"));
         Console.WriteLine();
@@ -102,7 +103,7 @@ internal static class DoctorCommand
             }
             else
             {
-                var check = BackendCheck.Check(shape, layers, device, channelsLast);
+                var check = BackendCheck.Check(shape, layers, device, channelsLast, local.Network.Workaround);
                 (route, output, input, weights) = (check.Route.ToString(), Error(check.OutputError), shape.InputGradient ? Error(check.InputGradientError) : "-",
                     Error(check.WeightGradientError));
                 verdict = check.Correct ? "ok" : "WRONG";
@@ -171,10 +172,10 @@ internal static class DoctorCommand
     }
 
     // The child gets this process's threads, device and policy: the shapes are checked as this command would check them.
-    private static IReadOnlyList<string> ChildArguments(ParseResult parse) => new[]
+    private static IReadOnlyList<string> ChildArguments(ParseResult parse, TrainingOptions options) => new[]
     {
         "doctor", "--threads", TorchSharp.torch.get_num_threads().ToString(CultureInfo.InvariantCulture),
-        "--device", parse.GetValue<string>("--device")!, "--conv-workaround", Choices.Name(ConvolutionRouting.Workaround),
+        "--device", parse.GetValue<string>("--device")!, "--conv-workaround", Choices.Name(options.ConvolutionWorkaround ?? ConvolutionRouting.DefaultWorkaround),
     };
 
     private static string FormatShape(ConvolutionShape s) => string.Join(',', new object[]

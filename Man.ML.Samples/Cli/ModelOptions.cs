@@ -121,22 +121,21 @@ internal sealed class ModelOptions
             WeightDecay = Pick(WeightDecay, baseline.WeightDecay),
             Seed = Pick(Seed, baseline.Seed),
             InitFrom = Given(parse, InitFrom) ? parse.GetValue(InitFrom) : baseline.InitFrom,
+            ConvolutionWorkaround = Given(parse, ConvWorkaround) ? Choices.Parse<Models.ConvolutionWorkaround>(parse.GetValue(ConvWorkaround)!, ConvWorkaround.Name)
+                : baseline.ConvolutionWorkaround,
             Device = Pick(Device, baseline.Device),
             Augmentation = dataset.Augmentation,
         };
     }
 
-    /// <summary>Settings of this process rather than of the run: libtorch's threads and the convolution workaround.</summary>
+    /// <summary>Settings of this process rather than of the run: libtorch's threads (the convolution workaround is the
+    /// run's, <see cref="TrainingOptions.ConvolutionWorkaround"/>).</summary>
     public void ApplyProcessSettings(ParseResult parse)
     {
         var threads = parse.GetValue(Threads);
         if (threads is < 1) throw new CliException($"--threads must be at least 1 (got {threads}).");
         TorchSharp.torch.set_num_threads(threads ?? Environment.ProcessorCount);
-        if (parse.GetValue(ConvWorkaround) is { } workaround)
-        {
-            Models.ConvolutionRouting.Workaround = Choices.Parse<Models.ConvolutionWorkaround>(workaround, ConvWorkaround.Name);
-        }
-        else _ = Models.ConvolutionRouting.Workaround; // a bad MANML_CONV_WORKAROUND is reported now, as a user mistake
+        if (!Given(parse, ConvWorkaround)) _ = Models.ConvolutionRouting.DefaultWorkaround; // a bad MANML_CONV_WORKAROUND is reported now, as a user mistake
     }
 }
 

@@ -37,7 +37,7 @@ internal sealed record ConvolutionShape(int InChannels, int OutChannels, int Ker
 /// <summary>The result for one convolution shape.</summary>
 /// <param name="Shape">The shape.</param>
 /// <param name="Layers">Names of the layers that run it (module paths such as <c>network.units.3.conv1</c>).</param>
-/// <param name="Route">How Man.ML computes it under the current policy.</param>
+/// <param name="Route">How Man.ML computes it under the policy checked.</param>
 /// <param name="OutputError">Largest error of the forward output, relative to the output's largest magnitude.</param>
 /// <param name="InputGradientError">The same for the input gradient (0 when none is taken); NaN when not finite.</param>
 /// <param name="WeightGradientError">The same for the weight and bias gradients; NaN when not finite.</param>
@@ -48,14 +48,14 @@ internal sealed record ConvolutionCheck(ConvolutionShape Shape, IReadOnlyList<st
     public bool Correct => new[] { OutputError, InputGradientError, WeightGradientError }.All(e => e <= BackendCheck.Tolerance);
 }
 
-/// <summary>What the backend is: CPU, instruction sets, libtorch, threads and the convolution policy in force.</summary>
+/// <summary>What the backend is: CPU, instruction sets, libtorch, threads and the convolution policy checked.</summary>
 /// <param name="Cpu">CPU vendor, family, model and name (from /proc/cpuinfo on Linux).</param>
 /// <param name="OneDnnIsa">The instruction set oneDNN uses for float32 convolutions on this CPU (from the CPU's features
 /// and <c>ONEDNN_MAX_CPU_ISA</c>).</param>
 /// <param name="LibTorch">libtorch's version.</param>
 /// <param name="TorchSharp">TorchSharp's version.</param>
 /// <param name="Threads">libtorch's CPU threads.</param>
-/// <param name="Workaround">The convolution policy.</param>
+/// <param name="Workaround">The convolution policy checked (the network's, for a trainer's check).</param>
 /// <param name="SmallOutputChannelFault">Whether this CPU computes wrong input gradients for output channel counts that
 /// are not a multiple of 16 (the once-per-process probe).</param>
 internal sealed record BackendEnvironment(string Cpu, string OneDnnIsa, string LibTorch, string TorchSharp, int Threads,
@@ -113,61 +113,86 @@ internal static class BackendCheck
 
     /// <summary>
     /// Checks every convolution shape <paramref name="trainer"/> trains (its network, auxiliary heads and MAN's copies):
-    /// a batch of two is computed in float32 on the trainer's device along the route training takes, and compared with
+    /// a batch of two is computed in float32 on the trainer's device along the route training takes (under the network's
+    /// <see cref="UnitChainNetwork.Workaround"/> and <see cref="UnitChainNetwork.Layout"/>), and compared with
     /// libtorch's float64 CPU computation. Leaves the trainer's parameters, statistics and random generator as they were.
     /// </summary>
     public static BackendReport Run(LocalTrainer trainer)
     {
         var clock = Stopwatch.StartNew();
         var device = trainer.Network.parameters().First().device;
-        bool channelsLast = ActivationLayouts.ChannelsLastOn(device.type, trainer.Network.Family);
-        var checks = Shapes(trainer).Select(u => Check(u.Key, u.Value, device, Candidate, channelsLast)).ToList();
-        return new BackendReport(DescribeEnvironment(), device.ToString(), checks, clock.Elapsed.TotalSeconds);
+        var policy = trainer.Network.Workaround;
+        bool channelsLast = trainer.Network.ChannelsLastOn(device.type);
+        var checks = Shapes(trainer).Select(u => Check(u.Key, u.Value, device, policy, channelsLast)).ToList();
+        return new BackendReport(DescribeEnvironment(policy), device.ToString(), checks, clock.Elapsed.TotalSeconds);
     }
 
-    /// <summary>Checks one convolution shape on <paramref name="device"/> (see <see cref="Run"/>).</summary>
+    /// <summary>Checks one convolution shape on <paramref name="device"/> (see <see cref="Run"/>) under
+    /// <see cref="ConvolutionRouting.DefaultWorkaround"/>.</summary>
     /// <param name="shape">The shape.</param>
     /// <param name="layers">Names of the layers that run it (reported only).</param>
     /// <param name="device">Where the float32 computation runs.</param>
     public static ConvolutionCheck Check(ConvolutionShape shape, IReadOnlyList<string> layers, Device device) =>
-        Check(shape, layers, device, Candidate, channelsLast: false);
+        Check(shape, layers, device, channelsLast: false, ConvolutionRouting.DefaultWorkaround);
 
-    /// <summary>Checks one convolution shape on <paramref name="device"/> with its float32 input laid out channels-last or not.</summary>
+    /// <summary>Checks one convolution shape on <paramref name="device"/> with its float32 input laid out channels-last or
+    /// not, under <see cref="ConvolutionRouting.DefaultWorkaround"/>.</summary>
     /// <param name="shape">The shape.</param>
     /// <param name="layers">Names of the layers that run it (reported only).</param>
     /// <param name="device">Where the float32 computation runs.</param>
     /// <param name="channelsLast">Whether the float32 input is laid out channels-last (see <see cref="ActivationLayouts"/>).</param>
     public static ConvolutionCheck Check(ConvolutionShape shape, IReadOnlyList<string> layers, Device device, bool channelsLast) =>
-        Check(shape, layers, device, Candidate, channelsLast);
+        Check(shape, layers, device, channelsLast, ConvolutionRouting.DefaultWorkaround);
+
+    /// <summary>Checks one convolution shape on <paramref name="device"/> as a network with <paramref name="workaround"/>
+    /// computes it, its float32 input laid out channels-last or not.</summary>
+    /// <param name="shape">The shape.</param>
+    /// <param name="layers">Names of the layers that run it (reported only).</param>
+    /// <param name="device">Where the float32 computation runs.</param>
+    /// <param name="channelsLast">Whether the float32 input is laid out channels-last (see <see cref="ActivationLayouts"/>).</param>
+    /// <param name="workaround">The convolution policy the float32 computation follows.</param>
+    public static ConvolutionCheck Check(ConvolutionShape shape, IReadOnlyList<string> layers, Device device, bool channelsLast,
+        ConvolutionWorkaround workaround) =>
+        Check(shape, layers, device, workaround, channelsLast);
 
     /// <summary>
     /// What training runs once per process: <see cref="Run"/> for the shapes not checked before in this process (same
-    /// device, threads and policy), then <see cref="BackendReport.EnsureCorrect"/>.
+    /// device, threads, policy and layout), then <see cref="BackendReport.EnsureCorrect"/>.
     /// </summary>
     internal static BackendReport EnsureCorrect(LocalTrainer trainer)
     {
         var clock = Stopwatch.StartNew();
         var device = trainer.Network.parameters().First().device;
         int threads = get_num_threads();
-        var policy = ConvolutionRouting.Workaround;
-        bool channelsLast = ActivationLayouts.ChannelsLastOn(device.type, trainer.Network.Family);
-        var checks = Shapes(trainer).Select(u => Checked.GetOrAdd((u.Key, device.ToString(), threads, policy, channelsLast), _ => Check(u.Key, u.Value, device, Candidate, channelsLast)))
+        var policy = trainer.Network.Workaround;
+        bool channelsLast = trainer.Network.ChannelsLastOn(device.type);
+        var checks = Shapes(trainer).Select(u => Checked.GetOrAdd((u.Key, device.ToString(), threads, policy, channelsLast), _ => Check(u.Key, u.Value, device, policy, channelsLast)))
             .ToList();
-        var report = new BackendReport(DescribeEnvironment(), device.ToString(), checks, clock.Elapsed.TotalSeconds);
+        var report = new BackendReport(DescribeEnvironment(policy), device.ToString(), checks, clock.Elapsed.TotalSeconds);
         report.EnsureCorrect();
         return report;
     }
 
-    /// <summary>The backend as this process sees it: CPU, oneDNN's instruction set, versions, threads, convolution policy.</summary>
-    public static BackendEnvironment DescribeEnvironment() => new(CpuName(), OneDnnIsa(), LibTorchVersion(), TorchSharpVersion(),
-        get_num_threads(), ConvolutionRouting.Workaround, ConvolutionRouting.SmallOutputChannelFault);
+    /// <summary>The backend as this process sees it: CPU, oneDNN's instruction set, versions, threads, and
+    /// <see cref="ConvolutionRouting.DefaultWorkaround"/> as the convolution policy.</summary>
+    public static BackendEnvironment DescribeEnvironment() => DescribeEnvironment(ConvolutionRouting.DefaultWorkaround);
+
+    /// <summary>The backend as this process sees it, with <paramref name="workaround"/> as the convolution policy (a
+    /// network's <see cref="UnitChainNetwork.Workaround"/>, a run's choice).</summary>
+    public static BackendEnvironment DescribeEnvironment(ConvolutionWorkaround workaround) => new(CpuName(), OneDnnIsa(), LibTorchVersion(),
+        TorchSharpVersion(), get_num_threads(), workaround, ConvolutionRouting.SmallOutputChannelFault);
 
     /// <summary>The convolution as training computes it (the candidate checked).</summary>
     internal delegate Tensor Convolution(Tensor input, Tensor weight, Tensor? bias, ConvolutionShape shape);
 
-    private static Tensor Candidate(Tensor input, Tensor weight, Tensor? bias, ConvolutionShape shape) =>
+    /// <summary>The convolution as a layer under <paramref name="policy"/> computes it.</summary>
+    internal static Convolution Candidate(ConvolutionWorkaround policy) => (input, weight, bias, shape) =>
         ConvolutionRouting.Convolve(input, weight, bias, shape.Stride, shape.Padding, shape.Groups,
-            ConvolutionRouting.RouteFor(input, weight, shape.Stride, shape.Padding, shape.Groups));
+            ConvolutionRouting.RouteFor(policy, input, weight, shape.Stride, shape.Padding, shape.Groups));
+
+    /// <summary>One shape, computed as a layer under <paramref name="policy"/> computes it (see <see cref="Check(ConvolutionShape, IReadOnlyList{string}, Device, ConvolutionWorkaround, Convolution, bool)"/>).</summary>
+    internal static ConvolutionCheck Check(ConvolutionShape shape, IReadOnlyList<string> layers, Device device, ConvolutionWorkaround policy, bool channelsLast) =>
+        Check(shape, layers, device, policy, Candidate(policy), channelsLast);
 
     /// <summary>
     /// Every distinct convolution shape <paramref name="trainer"/> runs in a training step, with the names of the layers
@@ -222,8 +247,10 @@ internal static class BackendCheck
         return shapes.ToDictionary(p => p.Key, p => (IReadOnlyList<string>)p.Value);
     }
 
-    /// <summary>One shape: float32 on <paramref name="device"/> through <paramref name="candidate"/> against float64 on the CPU.</summary>
-    internal static ConvolutionCheck Check(ConvolutionShape shape, IReadOnlyList<string> layers, Device device, Convolution candidate, bool channelsLast = false)
+    /// <summary>One shape: float32 on <paramref name="device"/> through <paramref name="candidate"/> against float64 on the
+    /// CPU; the route reported is the one <paramref name="policy"/> gives.</summary>
+    internal static ConvolutionCheck Check(ConvolutionShape shape, IReadOnlyList<string> layers, Device device, ConvolutionWorkaround policy,
+        Convolution candidate, bool channelsLast = false)
     {
         using var scope = NewDisposeScope();
         using var grad = enable_grad();
@@ -235,7 +262,7 @@ internal static class BackendCheck
         var (y, gx, gw, gb) = Gradients(x64, w64, b64, shape, float32, device, channelsLast, candidate);
         var (y64, gx64, gw64, gb64) = Gradients(x64, w64, b64, shape, float64, CPU, channelsLast: false, convolution:
             (x, w, b, s) => nn.functional.conv2d(x, w, b, new long[] { s.Stride, s.Stride }, new long[] { s.Padding, s.Padding }, groups: s.Groups));
-        var route = ConvolutionRouting.RouteFor(ConvolutionRouting.Workaround, device.type, shape.InputGradient, w64.shape, shape.Stride,
+        var route = ConvolutionRouting.RouteFor(policy, device.type, shape.InputGradient, w64.shape, shape.Stride,
             shape.Padding, shape.Groups, channelsLast);
         double weightError = Math.Max(RelativeError(gw, gw64), gb is null ? 0 : RelativeError(gb, gb64!));
         return new ConvolutionCheck(shape, layers, route, RelativeError(y, y64), gx is null ? 0 : RelativeError(gx, gx64!), weightError);

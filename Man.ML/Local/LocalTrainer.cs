@@ -146,7 +146,7 @@ public sealed class LocalTrainer : IDisposable
         Device = device;
         if (momentum is not null) man = new MomentumAuxiliaryNetwork(network, split, momentum);
         var headList = headContexts.Select(rule.CreateHead).ToList();
-        auxiliary = new AuxiliaryModules(headList, man);
+        auxiliary = network.ApplyWorkaroundTo(new AuxiliaryModules(headList, man));
         heads = auxiliary.heads;
         headView = headList.AsReadOnly();
         network.to(device);
@@ -233,25 +233,12 @@ public sealed class LocalTrainer : IDisposable
         return new StepResult(segmentLosses[^1], correct, labels.shape[0], segmentLosses);
     }
 
-    // Every gradient at once, with one read from the device (a read per tensor would stall a GPU hundreds of times a
-    // step); only when one is bad, segment by segment, so the message can name the first segment that holds it.
+    // Every gradient at once, with one read from the device (FiniteGradients).
     internal void CheckGradients()
     {
-        using var scope = NewDisposeScope();
-        var flags = checkedParameters.Select(p => p.Parameter.grad).OfType<Tensor>().Select(g => g.isfinite().all()).ToArray();
-        if (flags.Length == 0) return;
-        GradientCheckReads++;
-        if (stack(flags).all().item<bool>()) return;
-        foreach (var (segment, p) in checkedParameters)
-        {
-            if (p.grad is not { } g) continue;
-            GradientCheckReads++;
-            if (!g.isfinite().all().item<bool>()) throw new NonFiniteException("A gradient", segment);
-        }
+        if (FiniteGradients.FirstNonFinite(checkedParameters, FiniteGradients.ReadFromDevice) is int segment)
+            throw new NonFiniteException("A gradient", segment);
     }
-
-    /// <summary>Reads from the device the non-finite gradient check has made so far (a test holds it to one per healthy step).</summary>
-    internal long GradientCheckReads { get; private set; }
 
     /// <summary>
     /// Segment j's part of a step, in its own dispose scope: forward through its units, local loss (auxiliary head, or

@@ -30,25 +30,24 @@ public enum ActivationLayout
     ChannelsLast,
 }
 
-/// <summary>The process-wide activation layout and the conversion applied at a network's entry.</summary>
+/// <summary>The layout rule, the process's default layout and the conversion applied at a network's entry.</summary>
+/// <remarks>A network's layout is its own (<see cref="UnitChainNetwork.Layout"/>), chosen when it is built
+/// (<see cref="BackendOptions"/>); <see cref="DefaultLayout"/> is only what is chosen when nothing is.</remarks>
 internal static class ActivationLayouts
 {
-    /// <summary>Environment variable read at start-up for <see cref="Layout"/>: auto, nchw or nhwc.</summary>
+    /// <summary>Environment variable read once for <see cref="DefaultLayout"/>: auto, nchw or nhwc.</summary>
     public const string EnvironmentVariable = "MANML_LAYOUT";
 
     private static readonly ProcessChoice<ActivationLayout> layout = new(EnvironmentVariable, EnvironmentVariable, ActivationLayout.Auto);
 
-    /// <summary>The policy. Default <see cref="ActivationLayout.Auto"/>, or the value of <c>MANML_LAYOUT</c>.</summary>
-    /// <exception cref="InvalidOptionException">On first use, when <c>MANML_LAYOUT</c> holds another value.</exception>
-    public static ActivationLayout Layout
-    {
-        get => layout.Value;
-        set => layout.Value = value;
-    }
+    /// <summary>The layout of networks built without one: the value of <c>MANML_LAYOUT</c>, read once, else
+    /// <see cref="ActivationLayout.Auto"/>. Read-only: a network chooses its own (<see cref="BackendOptions"/>).</summary>
+    /// <exception cref="InvalidOptionException">When <c>MANML_LAYOUT</c> holds another value.</exception>
+    public static ActivationLayout DefaultLayout => layout.Value;
 
     /// <summary>Whether a <paramref name="family"/> network's activations on <paramref name="device"/> are laid out
-    /// channels-last under the current policy.</summary>
-    public static bool ChannelsLastOn(DeviceType device, NetworkFamily family) => Layout switch
+    /// channels-last under <paramref name="layout"/>.</summary>
+    public static bool ChannelsLastOn(ActivationLayout layout, DeviceType device, NetworkFamily family) => layout switch
     {
         ActivationLayout.ChannelsLast => true,
         ActivationLayout.ChannelsFirst => false,
@@ -63,12 +62,12 @@ internal static class ActivationLayouts
         return s[1] == 1 && s[3] == x.shape[1] && s[2] == x.shape[1] * x.shape[3] && s[0] == x.shape[1] * x.shape[2] * x.shape[3];
     }
 
-    /// <summary><paramref name="x"/> in the layout the policy asks for on its device for a <paramref name="family"/>
-    /// network: itself when it already is, or is not a 4-D tensor, or channels-first is asked for; otherwise a
-    /// channels-last copy with the same shape and values.</summary>
-    public static Tensor ForNetwork(Tensor x, NetworkFamily family)
+    /// <summary><paramref name="x"/> in the layout <paramref name="layout"/> asks for on its device for a
+    /// <paramref name="family"/> network: itself when it already is, or is not a 4-D tensor, or channels-first is asked
+    /// for; otherwise a channels-last copy with the same shape and values.</summary>
+    public static Tensor ForNetwork(Tensor x, NetworkFamily family, ActivationLayout layout)
     {
-        if (x.dim() != 4 || !ChannelsLastOn(x.device_type, family) || IsChannelsLast(x)) return x;
+        if (x.dim() != 4 || !ChannelsLastOn(layout, x.device_type, family) || IsChannelsLast(x)) return x;
         return ToChannelsLast(x);
     }
 

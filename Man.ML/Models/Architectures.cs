@@ -44,14 +44,22 @@ public static class Architectures
         lower.StartsWith("resnet", StringComparison.Ordinal) && int.TryParse(lower.AsSpan(6), out int depth) && depth >= 8 && (depth - 2) % 6 == 0
             ? depth : null;
 
+    /// <summary>Creates the network called <paramref name="name"/> with the process's default convolution workaround and
+    /// activation layout (see <see cref="Create(string, int, int, BackendOptions?)"/>).</summary>
+    /// <exception cref="ArgumentException">Unknown name.</exception>
+    public static UnitChainNetwork Create(string name, int classes, int imageSize) => Create(name, classes, imageSize, null);
+
     /// <summary>
     /// Creates the network called <paramref name="name"/>: resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d,
-    /// vgg11/13/16/19_bn (ImageNet layouts), or resnet&lt;6n+2&gt; (CIFAR layout: resnet32, resnet110, ...).
+    /// vgg11/13/16/19_bn (ImageNet layouts), or resnet&lt;6n+2&gt; (CIFAR layout: resnet32, resnet110, ...). It carries the
+    /// convolution workaround and activation layout of <paramref name="backend"/> (null, or a null choice in it: the
+    /// process default), and gives the workaround to the auxiliary heads and MAN copies a trainer builds for it.
     /// </summary>
     /// <exception cref="ArgumentException">Unknown name.</exception>
-    public static UnitChainNetwork Create(string name, int classes = 10, int imageSize = 32)
+    public static UnitChainNetwork Create(string name, int classes = 10, int imageSize = 32, BackendOptions? backend = null)
     {
         var lower = Canonical(name);
-        return ImageNet.TryGetValue(lower, out var create) ? create(classes, imageSize) : new CifarResNet(CifarDepth(lower)!.Value, classes, imageSize);
+        var network = ImageNet.TryGetValue(lower, out var create) ? create(classes, imageSize) : new CifarResNet(CifarDepth(lower)!.Value, classes, imageSize);
+        return network.Use(backend ?? new BackendOptions());
     }
 }

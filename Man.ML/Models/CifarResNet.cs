@@ -232,7 +232,7 @@ internal sealed class CifarResNet : UnitChainNetwork
             unit = new BasicBlock(info.Input.Channels, info.Output.Channels, blockStrides[index - 1]);
         }
         Initialization.ApplyReference(unit);
-        return unit;
+        return ApplyWorkaroundTo(unit); // the network's convolution policy
     }
 
     internal static Conv2dLayer Conv3x3(int inChannels, int outChannels, int stride) =>

@@ -38,6 +38,16 @@ internal sealed class Conv2dLayer : nn.Module<Tensor, Tensor>
     /// <summary>The bias, (out), or null.</summary>
     public Parameter? Bias => bias;
 
+    private ConvolutionWorkaround? workaround;
+
+    /// <summary>How this convolution steers around libtorch's known CPU faults: its network's
+    /// (<see cref="UnitChainNetwork.Workaround"/>) once the network or trainer it belongs to has given it, else
+    /// <see cref="ConvolutionRouting.DefaultWorkaround"/>.</summary>
+    public ConvolutionWorkaround Workaround => workaround ?? ConvolutionRouting.DefaultWorkaround;
+
+    /// <summary>Sets <see cref="Workaround"/>; only the network that owns the layer, or its trainer, does.</summary>
+    internal void UseWorkaround(ConvolutionWorkaround policy) => workaround = policy;
+
     /// <summary>Creates the layer with PyTorch's default initialisation (Kaiming-uniform weight with a = √5, bias uniform in ±1/√fan-in).</summary>
     /// <exception cref="ArgumentException">A size is not positive, or the channels are not divisible by the groups.</exception>
     public Conv2dLayer(int inChannels, int outChannels, int kernelSize, int stride = 1, int padding = 0, int groups = 1, bool bias = true)
@@ -74,7 +84,7 @@ internal sealed class Conv2dLayer : nn.Module<Tensor, Tensor>
     /// <inheritdoc />
     public override Tensor forward(Tensor x)
     {
-        var route = ConvolutionRouting.RouteFor(x, weight, Stride, Padding, Groups);
+        var route = ConvolutionRouting.RouteFor(Workaround, x, weight, Stride, Padding, Groups);
         ConvolutionTrace.Record(this, x);
         return ConvolutionRouting.Convolve(x, weight, bias, Stride, Padding, Groups, route); // (B, out, H', W')
     }

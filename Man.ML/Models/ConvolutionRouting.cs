@@ -66,7 +66,9 @@ internal enum ConvolutionRoute
     PointwiseProduct,
 }
 
-/// <summary>The process-wide convolution policy and the probe that decides it.</summary>
+/// <summary>The convolution routes, the process's default policy and the probe that decides where the workaround is needed.</summary>
+/// <remarks>The policy a convolution follows is its layer's (<see cref="Conv2dLayer.Workaround"/>), chosen when its
+/// network is built (<see cref="BackendOptions"/>); <see cref="DefaultWorkaround"/> is only what is chosen when nothing is.</remarks>
 internal static class ConvolutionRouting
 {
     /// <summary>Output channels are padded to a multiple of this (oneDNN's AVX-512 block; a multiple of its AVX2 block of 8).</summary>
@@ -75,19 +77,17 @@ internal static class ConvolutionRouting
     /// <summary>The most tap maps (output channels × k²) the <see cref="ConvolutionRoute.ShiftedTaps"/> route forms.</summary>
     public const int MaxShiftedTapMaps = 2 * ChannelBlock;
 
-    /// <summary>Environment variable read at start-up for <see cref="Workaround"/>: auto, always or never.</summary>
+    /// <summary>Environment variable read once for <see cref="DefaultWorkaround"/>: auto, always or never.</summary>
     public const string EnvironmentVariable = "MANML_CONV_WORKAROUND";
 
     private static readonly ProcessChoice<ConvolutionWorkaround> workaround = new(EnvironmentVariable, "The convolution workaround", ConvolutionWorkaround.Auto);
     private static readonly Lazy<bool> smallOutputFault = new(ProbeSmallOutputFault, LazyThreadSafetyMode.ExecutionAndPublication);
 
-    /// <summary>The policy. Default <see cref="ConvolutionWorkaround.Auto"/>, or the value of <c>MANML_CONV_WORKAROUND</c>.</summary>
-    /// <exception cref="ArgumentException">On first use, when <c>MANML_CONV_WORKAROUND</c> holds another value.</exception>
-    public static ConvolutionWorkaround Workaround
-    {
-        get => workaround.Value;
-        set => workaround.Value = value;
-    }
+    /// <summary>The policy of networks built without one: the value of <c>MANML_CONV_WORKAROUND</c>, read once, else
+    /// <see cref="ConvolutionWorkaround.Auto"/>. Read-only: a network or run chooses its own (<see cref="BackendOptions"/>,
+    /// <c>TrainingOptions.ConvolutionWorkaround</c>).</summary>
+    /// <exception cref="InvalidOptionException">When <c>MANML_CONV_WORKAROUND</c> holds another value.</exception>
+    public static ConvolutionWorkaround DefaultWorkaround => workaround.Value;
 
     /// <summary>
     /// Whether this CPU's libtorch computes wrong input gradients for convolutions whose output channel count is not a
@@ -99,12 +99,12 @@ internal static class ConvolutionRouting
     /// <exception cref="InvalidOptionException">Another value.</exception>
     public static ConvolutionWorkaround Parse(string text) => Choices.Parse<ConvolutionWorkaround>(text, "The convolution workaround");
 
-    /// <summary>The route a convolution of <paramref name="weight"/> on <paramref name="input"/> takes under the current policy.</summary>
-    internal static ConvolutionRoute RouteFor(Tensor input, Tensor weight, int stride, int padding, int groups) =>
-        RouteFor(Workaround, input.device_type, input.requires_grad && is_grad_enabled(), weight.shape, stride, padding, groups,
+    /// <summary>The route a convolution of <paramref name="weight"/> on <paramref name="input"/> takes under <paramref name="policy"/>.</summary>
+    internal static ConvolutionRoute RouteFor(ConvolutionWorkaround policy, Tensor input, Tensor weight, int stride, int padding, int groups) =>
+        RouteFor(policy, input.device_type, input.requires_grad && is_grad_enabled(), weight.shape, stride, padding, groups,
             ActivationLayouts.IsChannelsLast(input));
 
-    /// <summary>The route for a convolution described by its parts (see <see cref="RouteFor(Tensor, Tensor, int, int, int)"/>).</summary>
+    /// <summary>The route for a convolution described by its parts (see <see cref="RouteFor(ConvolutionWorkaround, Tensor, Tensor, int, int, int)"/>).</summary>
     /// <param name="policy">The policy.</param>
     /// <param name="device">Where it runs.</param>
     /// <param name="inputGradient">Whether a gradient with respect to its input will be computed.</param>

@@ -240,6 +240,6 @@ internal sealed class ImageNetResNet : UnitChainNetwork
         if (index < 0 || index >= units.Count) throw new ArgumentOutOfRangeException(nameof(index));
         var unit = factories[index]();
         Initialization.ApplyReference(unit);
-        return unit;
+        return ApplyWorkaroundTo(unit); // the network's convolution policy
     }
 }

@@ -45,13 +45,45 @@ public enum NetworkFamily
 /// </summary>
 public abstract class UnitChainNetwork : nn.Module<Tensor, Tensor>
 {
-    private static int constructed;
+    private ConvolutionWorkaround? workaround;
+    private ActivationLayout? layout;
 
     /// <summary>Creates the module with the given TorchSharp name.</summary>
-    protected UnitChainNetwork(string name) : base(name) => Interlocked.Increment(ref constructed);
+    protected UnitChainNetwork(string name) : base(name)
+    {
+    }
 
-    /// <summary>Networks constructed in this process so far (a test checks that a run builds its network once).</summary>
-    internal static int Constructed => Volatile.Read(ref constructed);
+    /// <summary>How its convolutions (and those of the auxiliary heads and MAN copies a trainer builds for it) steer
+    /// around libtorch's known CPU faults: chosen when it was built (<see cref="BackendOptions.Workaround"/>), else
+    /// <see cref="ConvolutionRouting.DefaultWorkaround"/>.</summary>
+    public ConvolutionWorkaround Workaround => workaround ?? ConvolutionRouting.DefaultWorkaround;
+
+    /// <summary>How its activations are laid out: chosen when it was built (<see cref="BackendOptions.Layout"/>), else
+    /// <see cref="ActivationLayouts.DefaultLayout"/>.</summary>
+    public ActivationLayout Layout => layout ?? ActivationLayouts.DefaultLayout;
+
+    /// <summary>Whether its activations are laid out channels-last on <paramref name="device"/>.</summary>
+    public bool ChannelsLastOn(DeviceType device) => ActivationLayouts.ChannelsLastOn(Layout, device, Family);
+
+    /// <summary>Takes the choices of <paramref name="options"/> (what is null there stays the process default), for
+    /// itself and every convolution it holds; called once, by whatever builds it.</summary>
+    internal UnitChainNetwork Use(BackendOptions options)
+    {
+        workaround = options.Workaround;
+        layout = options.Layout;
+        if (workaround is not null) ApplyWorkaroundTo(this);
+        return this;
+    }
+
+    /// <summary>Gives every convolution in <paramref name="module"/> this network's workaround: its own units, MAN's
+    /// copies of them and the auxiliary heads built for it run the same policy (the one the backend check checks).</summary>
+    internal T ApplyWorkaroundTo<T>(T module) where T : nn.Module
+    {
+        if (workaround is { } policy)
+            foreach (var conv in module.modules().Prepend(module).OfType<Conv2dLayer>())
+                conv.UseWorkaround(policy);
+        return module;
+    }
 
     /// <summary>Architecture name, for example <c>resnet32</c>.</summary>
     public abstract string Architecture { get; }
@@ -81,11 +113,11 @@ public abstract class UnitChainNetwork : nn.Module<Tensor, Tensor>
     public abstract nn.Module<Tensor, Tensor> CreateUnitLike(int index);
 
     /// <summary>Runs units <paramref name="start"/> (inclusive) to <paramref name="end"/> (exclusive) in order. Images
-    /// entering the first unit are laid out as <see cref="ActivationLayouts"/> asks (channels-last on the CPU by default),
+    /// entering the first unit are laid out as <see cref="Layout"/> asks (channels-last on the CPU by default),
     /// and every later activation keeps that layout.</summary>
     public Tensor ForwardUnits(Tensor input, int start, int end)
     {
-        var x = start == 0 && end > 0 ? ActivationLayouts.ForNetwork(input, Family) : input;
+        var x = start == 0 && end > 0 ? ActivationLayouts.ForNetwork(input, Family, Layout) : input;
         for (int i = start; i < end; i++)
         {
             var next = Units[i].call(x);

@@ -167,7 +167,7 @@ internal sealed class Vgg : UnitChainNetwork
         var (inChannels, outChannels, pooled) = shapes[index];
         var unit = new VggLayer(inChannels, outChannels, pooled);
         InitializeLikeTorchvision(unit);
-        return unit;
+        return ApplyWorkaroundTo(unit); // the network's convolution policy
     }
 
     // torchvision's VGG initialisation: He-normal (fan-out) convolutions with zero bias, BN 1/0, linear N(0, 0.01) with zero bias.

@@ -131,7 +131,7 @@ public sealed record RunPlan
         var rule = LocalLearningRules.Create(options.Rule, settings);
         using var callers = get_rng_state();
         manual_seed(options.Seed);
-        var network = Architectures.Create(options.Architecture, classes, imageSize);
+        var network = Architectures.Create(options.Architecture, classes, imageSize, new BackendOptions { Workaround = options.ConvolutionWorkaround });
         try
         {
             // Before the split and the heads: the balancing rule reads nothing of the weights, but MAN's copies are

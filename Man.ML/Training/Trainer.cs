@@ -109,6 +109,9 @@ public sealed class Trainer
     /// weights here, for example to continue training a saved model; MAN's copies are made from it when the run starts.</summary>
     internal UnitChainNetwork? PreparedNetwork => prepared?.Network;
 
+    /// <summary>The run's generator state after <see cref="Prepare"/> built its network (null otherwise).</summary>
+    internal Tensor? PreparedGenerator => prepared?.Generator;
+
     /// <summary>
     /// The engine of the prepared run (auxiliary heads, MAN, optimizer, on the plan's device), built from what the plan
     /// resolved; the caller owns it. Heads and MAN's copies draw from the run's generator (seeded, continuing after the

@@ -67,6 +67,11 @@ public sealed record TrainingOptions
     /// <summary>Device: cpu or cuda (cuda:N). Default cpu.</summary>
     public string Device { get; init; } = "cpu";
 
+    /// <summary>How the network's convolutions steer around libtorch's known CPU faults (<see cref="Models.ConvolutionRouting"/>).
+    /// Default null: <see cref="Models.ConvolutionRouting.DefaultWorkaround"/> (<c>MANML_CONV_WORKAROUND</c>, else auto).
+    /// Not part of the run plan: every route computes the same convolution, to float32 rounding.</summary>
+    public Models.ConvolutionWorkaround? ConvolutionWorkaround { get; init; }
+
     /// <summary>Batch size for evaluation. Default 256.</summary>
     public int EvaluationBatchSize { get; init; } = 256;
 
