@@ -320,8 +320,8 @@ internal sealed class InfoProHead : AuxiliaryHead, IHasCost
         // The first convolution of the bilinearly resized map, without building the resized map where that is cheaper
         // (UpsampledConvolution.cs); then the rest of the decoder.
         var layers = decoder.children().Cast<nn.Module<Tensor, Tensor>>().ToList();
-        // Channels-first from here: libtorch's channels-last batch norm is ten times slower at 12 channels (40 ms against 4
-        // at 32×32, batch 128); a no-op where the route already returns channels-first maps.
+        // Channels-first from here: libtorch's channels-last batch norm is about ten times slower at 12 channels
+        // (docs/BACKEND.md); a no-op where the route already returns channels-first maps.
         var h = UpsampledConvolution.Forward((Conv2dLayer)layers[0], x, (int)imageSize[0], (int)imageSize[1]).contiguous(); // (B, 12, H, W)
         foreach (var layer in layers.Skip(1)) h = layer.call(h);
         return h.MoveToOuterDisposeScope();

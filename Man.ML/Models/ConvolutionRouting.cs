@@ -9,9 +9,8 @@
 //    milliseconds), so unaffected machines keep the plain path. For very few outputs (InfoPro's 12→3 decoder layer)
 //    padding computes five times the outputs needed; there the convolution is instead written as what it is, a channel
 //    mixing per kernel tap (one batched matrix product, no convolution kernel involved) and a sum of the k² shifted
-//    tap maps: 12→3 at 32×32, batch 128, forward + backward 16.5 ms padded, 10–12.5 ms this way, 11–12 ms unpadded
-//    (docs/BENCHMARKS.md). It forms outputs·k² full-resolution maps, so it is used up to 32 of them (16→12 would form
-//    108 and take 35 ms against 14 padded).
+//    tap maps, which is faster than padding there (docs/BACKEND.md has the timings). It forms outputs·k²
+//    full-resolution maps, so it is used up to 32 of them; beyond that padding is faster again.
 // 2. A crash: the input gradient of a 1x1 convolution with stride > 1 kills the process with SIGFPE (an integer division
 //    by zero inside oneDNN's kernel selection) for some channel pairs, among them ResNet-50/101/152's projection
 //    shortcuts 512→1024 and 1024→2048. A 1x1 convolution with stride s and no padding equals a stride-1 1x1 convolution

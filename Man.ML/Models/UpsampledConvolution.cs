@@ -5,13 +5,11 @@
 // commute: conv_k(up(x)) = Σ over the k×k taps (dy, dx) of A_dy · (W_dy,dx x) · A_dxᵀ, where W_dy,dx mixes channels
 // at the low resolution and A_d is the (H × h) interpolation matrix with its rows shifted by d − k/2 (rows that fall
 // outside the image are zero: the convolution's zero padding). Three matrix products do it: the channel mixing at h×w
-// (O·k² maps), the taps and interpolation along the height, then along the width. Measured on a 2-core AMD EPYC
-// (docs/BENCHMARKS.md): 64 channels at 8×8 into 12 at 32×32, batch 128, forward + backward 60 ms → 9.5 ms, and the
-// tensors kept for backward shrink from the 64×32×32 up-sampled map to the two reshaped products (16,128 against
-// 65,536 elements per sample); 32 channels at 16×16 into 12 at 32×32, 34–42 ms → 22–24 ms, keeping 46,080 elements
-// against the map's 32,768 (+6.5 MiB at batch 128, in segments that are not a CIFAR ResNet's largest: those are the
-// stage-1 ones). The separable route is taken when it does fewer operations and keeps at most 1.5× the up-sampled
-// map; at equal sizes up-sampling with align_corners is the identity and is skipped.
+// (O·k² maps), the taps and interpolation along the height, then along the width. Where the input has more channels
+// than the output (InfoPro's decoders), that is both faster and keeps smaller tensors for backward than convolving the
+// up-sampled map (docs/BENCHMARKS.md has the measurements). The separable route is taken when it does fewer operations
+// and keeps at most 1.5× the up-sampled map; at equal sizes up-sampling with align_corners is the identity and is
+// skipped.
 // The result equals the plain path's up to float32 rounding (another summation order).
 using TorchSharp;
 using static TorchSharp.torch;

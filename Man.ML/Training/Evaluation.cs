@@ -11,7 +11,7 @@ namespace Man.ML.Training;
 /// <param name="Loss">Mean cross-entropy.</param>
 /// <param name="Count">Images scored.</param>
 /// <param name="Top5Accuracy">Share of images whose label is among the five highest scores (1 with five classes or fewer).</param>
-public sealed record EvaluationResult(double Accuracy, double Loss, int Count, double Top5Accuracy);
+internal sealed record EvaluationResult(double Accuracy, double Loss, int Count, double Top5Accuracy);
 
 /// <summary>Evaluates networks on labelled images.</summary>
 internal static class Evaluation
