@@ -73,12 +73,19 @@ internal sealed class Prefetcher<T> : IDisposable
     public bool TryTake(out T item)
     {
         ObjectDisposedException.ThrowIf(disposed, this);
+        cancellation.ThrowIfCancellationRequested();
         var reader = channel.Reader;
         while (!reader.TryRead(out item!))
         {
             var clock = Stopwatch.StartNew();
-            bool more = reader.WaitToReadAsync(cancellation).AsTask().GetAwaiter().GetResult();
-            WaitSeconds += clock.Elapsed.TotalSeconds;
+            bool more;
+            try { more = reader.WaitToReadAsync(cancellation).AsTask().GetAwaiter().GetResult(); }
+            catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
+            {
+                cancellation.ThrowIfCancellationRequested(); // the plain kind, not the task's TaskCanceledException
+                throw;
+            }
+            finally { WaitSeconds += clock.Elapsed.TotalSeconds; }
             if (!more)
             {
                 cancellation.ThrowIfCancellationRequested(); // a cancelled producer ends the channel early: not a normal end

@@ -41,6 +41,7 @@ public sealed record CheckpointInfo
     /// <see cref="Recipe"/>).
     /// </summary>
     [JsonConverter(typeof(RecipeJsonConverter))]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] // unrecorded stays absent, as in older files
     public ImageRecipe ImageRecipe { get; init; }
 
     /// <summary>The recipe to score with: <see cref="ImageRecipe"/>, or for a checkpoint that does not record one the
