@@ -73,6 +73,36 @@ public sealed class ImageNetDataTests
         Assert.IsTrue(one[0].Images.min().item<float>() >= -2.2f && one[0].Images.max().item<float>() <= 2.7f);
     }
 
+    // Image files reach the network as the transformer's images do: decoded by MLImage, cropped and resized by
+    // ImagePixels; a grayscale file gives three equal planes.
+    [TestMethod]
+    public void FilesAreCroppedAndResizedByImagePixelsAndGrayscaleGivesEqualPlanes()
+    {
+        var dir = TestSupport.NewTempFolder();
+        try
+        {
+            var path = Path.Combine(dir, "gray.png");
+            using (var bitmap = new SkiaSharp.SKBitmap(new SkiaSharp.SKImageInfo(50, 30, SkiaSharp.SKColorType.Gray8, SkiaSharp.SKAlphaType.Opaque)))
+            {
+                for (int y = 0; y < 30; y++)
+                    for (int x = 0; x < 50; x++) bitmap.SetPixel(x, y, new SkiaSharp.SKColor((byte)(5 * x), (byte)(5 * x), (byte)(5 * x)));
+                using var data = bitmap.Encode(SkiaSharp.SKEncodedImageFormat.Png, 100);
+                File.WriteAllBytes(path, data.ToArray());
+            }
+            var transform = ImageNetTransform.ForCrop(16) with { Normalization = new Normalization(new[] { 0f, 0f, 0f }, new[] { 1f, 1f, 1f }) };
+            var loaded = new float[3 * 16 * 16];
+            transform.Load(path, null, loaded);
+            var expected = new byte[3 * 16 * 16];
+            using (var image = Microsoft.ML.Data.MLImage.CreateFromFile(path))
+                ImagePixels.ToInput(image, transform.CentreCrop, 16, expected);
+            for (int i = 0; i < loaded.Length; i++) Assert.AreEqual(expected[i] / 255f, loaded[i], 1e-6f, $"value {i}");
+            for (int p = 0; p < 256; p++)
+                Assert.IsTrue(loaded[p] == loaded[256 + p] && loaded[p] == loaded[512 + p], $"pixel {p}: the planes of a grayscale image differ");
+            Assert.IsTrue(loaded[15] > loaded[0], "the gradient along x survived");
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
     [TestMethod]
     public void RandomResizedCropStaysInsideTheImageAndCentreCropIsCentred()
     {

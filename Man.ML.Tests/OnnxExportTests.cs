@@ -81,7 +81,7 @@ public sealed class OnnxExportTests
         finally { Directory.Delete(dir, true); }
     }
 
-    private static string OnnxScoringDll()
+    internal static string OnnxScoringDll()
     {
 #if DEBUG
         const string configuration = "Debug";

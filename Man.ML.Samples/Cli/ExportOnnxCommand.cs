@@ -17,7 +17,7 @@ internal static class ExportOnnxCommand
     {
         var model = new Option<string>("--model") { Description = "manml train's DIR/model.ckpt, or an ML.NET model saved with SaveManModel (.zip).", Required = true };
         var output = new Option<string>("--out") { Description = "The ONNX file to write.", Required = true };
-        var recipe = new Option<string>("--recipe") { Description = "For a model.ckpt: the scoring recipe its images are cropped with, auto (CIFAR's for CIFAR ResNets, ImageNet's otherwise), cifar or imagenet.", DefaultValueFactory = _ => "auto" };
+        var recipe = new Option<string>("--recipe") { Description = "Only for a model.ckpt written before the recipe was recorded: the scoring recipe its images are cropped with, auto (the one its architecture implies), cifar or imagenet. A model.ckpt that records its recipe is exported with it.", DefaultValueFactory = _ => "auto" };
         var command = new Command("export-onnx", "Write a trained model as an ONNX inference graph (input Pixels: planar RGB 0..255; output Score: probabilities).") { model, output, recipe };
         command.SetAction(parse => CliErrors.Run(() =>
         {
@@ -40,10 +40,17 @@ internal static class ExportOnnxCommand
                 using (network)
                 {
                     network.eval();
-                    var resolved = chosen != ImageRecipe.Automatic ? chosen
-                        : network.Family == NetworkFamily.ImageNet ? ImageRecipe.ImageNet : ImageRecipe.Cifar;
+                    // The file's recipe is the model's contract; --recipe only fills the gap in checkpoints that predate it.
+                    if (!info.RecipeInferred && chosen != ImageRecipe.Automatic && chosen != info.ImageRecipe)
+                        throw new CliException($"'{path}' records the {Choices.Name(info.ImageRecipe)} recipe it was trained with; --recipe {Choices.Name(chosen)} would score it with other crops.");
+                    var resolved = info.RecipeInferred && chosen != ImageRecipe.Automatic ? chosen : info.Recipe;
+                    if (info.RecipeInferred && chosen == ImageRecipe.Automatic)
+                        Console.WriteLine($"'{path}' does not record its recipe (an older checkpoint): the {Choices.Name(resolved)} recipe its architecture implies is used; give --recipe if it was trained otherwise.");
+                    Normalization normalization;
+                    try { normalization = info.Normalization; }
+                    catch (InvalidDataException e) { throw new CliException($"'{path}': {e.Message}"); }
                     var names = info.ClassNames.Length == info.Classes ? info.ClassNames : Enumerable.Range(0, info.Classes).Select(i => i.ToString()).ToArray();
-                    OnnxExport.Save(network, target, new Normalization(info.NormalizationMean, info.NormalizationStd), names, info.ImageSize, resolved, info.TrainedWith);
+                    OnnxExport.Save(network, target, normalization, names, info.ImageSize, resolved, info.TrainedWith);
                     Report(target, network, info.ImageSize, resolved);
                 }
             }

@@ -1,5 +1,7 @@
-// manml score-model: scores every image of a folder with a saved Man.ML model and prints the scores as JSON, each float
-// with its exact bits, so another process can check that a model scores identically after loading.
+// manml score-model: scores every image of a folder with a saved Man.ML model (an ML.NET model zip, or manml train's
+// model.ckpt through the transformer its recipe, normalisation and classes make) and prints the scores as JSON, each
+// float with its exact bits, so another process (another load, or ONNX Runtime with the exported graph) can check that
+// the model scores identically.
 using System.CommandLine;
 using System.Text.Json;
 using Man.ML.MLNet;
@@ -13,13 +15,20 @@ internal static class ScoreModelCommand
 {
     public static Command Create()
     {
-        var model = new Option<string>("--model") { Description = "A model saved with SaveManModel.", Required = true };
+        var model = new Option<string>("--model") { Description = "A model saved with SaveManModel (.zip), or manml train's DIR/model.ckpt.", Required = true };
         var images = new Option<string>("--images") { Description = "Folder of class folders.", Required = true };
         var command = new Command("score-model", "Score an image folder with a saved model; prints scores (with exact float bits) as JSON.") { model, images };
         command.SetAction(parse => CliErrors.Run(() =>
         {
             var mlContext = new MLContext(0);
-            var loaded = mlContext.Model.LoadManModel(parse.GetValue(model)!, out _);
+            var path = parse.GetValue(model)!;
+            if (!File.Exists(path)) throw new FileNotFoundException($"Model '{path}' does not exist.", path);
+            var loaded = ModelFiles.IsZip(path) ? mlContext.Model.LoadManModel(path, out _)
+                // A checkpoint holds the network alone: the images are loaded as the ML.NET sample's pipeline does.
+                : new TransformerChain<ITransformer>(
+                    mlContext.Transforms.LoadImages("Image", imageFolder: "", inputColumnName: nameof(ImageRow.ImagePath))
+                        .Fit(mlContext.Data.LoadFromEnumerable(new List<ImageRow>())),
+                    ManImageClassificationTransformer.FromCheckpoint(path, "Image"));
             var rows = ImageFolderSample.ListImages(parse.GetValue(images)!);
             var scored = loaded.Transform(mlContext.Data.LoadFromEnumerable(rows));
             string[][] scores = Array.Empty<string[]>();
@@ -36,6 +45,7 @@ internal static class ScoreModelCommand
             {
                 score_type = schema["Score"].Type.ToString(),
                 predicted_label_type = schema["PredictedLabel"].Type.ToString(),
+                images = rows.Select(r => r.ImagePath).ToArray(),
                 scores,
                 images_per_second = rows.Count / seconds,
             }));

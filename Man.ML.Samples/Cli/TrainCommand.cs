@@ -287,6 +287,8 @@ internal static class TrainCommand
             NormalizationMean = plan.Options.Augmentation.Normalization.Mean,
             NormalizationStd = plan.Options.Augmentation.Normalization.Std,
             TrainedWith = plan.TrainedWith,
+            // What --dataset trained with: image folders get ImageNet's crops, the in-memory data sets CIFAR's whole image.
+            ImageRecipe = plan.Options.Dataset.IsImageFolder ? ImageRecipe.ImageNet : ImageRecipe.Cifar,
         });
         var metrics = new JsonObject
         {

@@ -1,11 +1,10 @@
 // ImageNet-style input pipelines over image files (docs/METHOD.md §4): random-resized crop (scale 0.08–1, ratio 3/4–4/3,
 // torchvision's ten tries then a centre crop) + horizontal flip for training; resize the shorter side to 256 and
-// centre-crop 224 for evaluation; then per-channel normalisation. Decoding runs on background threads a few batches
-// ahead, so the network waits on JPEG decoding only when the cores cannot keep up. Every image's random draws come
+// centre-crop 224 for evaluation; then per-channel normalisation. Crops and resizes are ImagePixels', the one
+// implementation training, the transformer and the ONNX scorer share. Decoding runs on background threads a few
+// batches ahead (Prefetcher), so the network waits on JPEG decoding only when the cores cannot keep up. Every image's random draws come
 // from (seed, epoch, position), so results do not depend on thread timing.
-using System.Collections.Concurrent;
-using System.Diagnostics;
-using SkiaSharp;
+using Microsoft.ML.Data;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -56,34 +55,37 @@ internal sealed record ImageNetTransform(int CropSize, int ResizeSize, Normaliza
     public (int X, int Y, int W, int H) CentreCrop(int width, int height) => ImagePixels.CentreCrop(CropSize, ResizeSize, width, height);
 
     /// <summary>
-    /// Decodes <paramref name="path"/>, crops (randomly with flip when <paramref name="random"/> is given, else the
-    /// evaluation crop), resizes to <see cref="CropSize"/> (bilinear with mip-maps, so down-scaling is antialiased) and
-    /// writes normalised floats, channel-major, into <paramref name="destination"/> (3·S·S).
+    /// Decodes <paramref name="path"/>, crops it (randomly with flip when <paramref name="random"/> is given, else the
+    /// evaluation crop) and resizes it to <see cref="CropSize"/> as the transformer and the ONNX scorer do
+    /// (<see cref="ImagePixels"/>: the same decoder, crop and antialiased bilinear), then writes normalised floats,
+    /// channel-major, into <paramref name="destination"/> (3·S·S).
     /// </summary>
     /// <exception cref="InvalidDataException">The file cannot be decoded as an image.</exception>
     public void Load(string path, Random? random, Span<float> destination)
     {
-        using var source = SKBitmap.Decode(path) ?? throw new InvalidDataException($"Image '{path}' cannot be decoded (not a JPEG/PNG/BMP/WebP image, or truncated).");
-        var (x, y, w, h) = random is null ? CentreCrop(source.Width, source.Height) : RandomResizedCrop(source.Width, source.Height, random);
-        bool flip = random is not null && random.Next(2) == 1;
-        int s = CropSize;
-        using var target = new SKBitmap(new SKImageInfo(s, s, SKColorType.Rgba8888, SKAlphaType.Unpremul));
-        using (var canvas = new SKCanvas(target))
-        using (var paint = new SKPaint { FilterQuality = SKFilterQuality.Medium, IsAntialias = true })
+        int s = CropSize, plane = s * s;
+        var pixels = new byte[3 * plane];
+        MLImage image;
+        try { image = MLImage.CreateFromFile(path); }
+        catch (Exception e) when (e is not OperationCanceledException)
         {
-            canvas.Clear(SKColors.Black);
-            canvas.DrawBitmap(source, new SKRect(x, y, x + w, y + h), new SKRect(0, 0, s, s), paint);
+            throw new InvalidDataException($"Image '{path}' cannot be decoded (not a JPEG/PNG/BMP/WebP image, or truncated): {e.Message}", e);
         }
-        var pixels = target.GetPixelSpan(); // RGBA rows
+        using (image)
+        {
+            try { ImagePixels.ToInput(image, (w, h) => random is null ? CentreCrop(w, h) : RandomResizedCrop(w, h, random), s, pixels); }
+            catch (InvalidDataException e) { throw new InvalidDataException($"Image '{path}': {e.Message}", e); }
+        }
+        // Drawn after the crop, as before: a run's augmentation stays what its seed gave.
+        bool flip = random is not null && random.Next(2) == 1;
         var mean = Normalization.Mean;
         var std = Normalization.Std;
-        int plane = s * s;
-        for (int row = 0; row < s; row++)
-            for (int col = 0; col < s; col++)
+        for (int c = 0; c < 3; c++)
+            for (int row = 0; row < s; row++)
             {
-                int from = 4 * (row * s + (flip ? s - 1 - col : col));
-                int to = row * s + col;
-                for (int c = 0; c < 3; c++) destination[c * plane + to] = (pixels[from + c] / 255f - mean[c]) / std[c];
+                int at = c * plane + row * s;
+                for (int col = 0; col < s; col++)
+                    destination[at + col] = (pixels[at + (flip ? s - 1 - col : col)] / 255f - mean[c]) / std[c];
             }
     }
 }
@@ -129,55 +131,35 @@ internal sealed class ImageBatchLoader
         int seed, int epoch, CancellationToken cancellation = default)
     {
         WaitSeconds = 0;
-        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
-        using var queue = new BlockingCollection<(float[] Pixels, long[] Labels, Exception? Error)>(Prefetch);
         int side = Transform.CropSize, perImage = 3 * side * side;
-        var producer = Task.Run(() =>
+        IEnumerable<(float[] Pixels, long[] Labels)> Produce(CancellationToken stop)
         {
-            try
+            foreach (var (start, end) in ranges)
             {
-                foreach (var (start, end) in ranges)
+                var pixels = new float[(end - start) * perImage];
+                var labels = new long[end - start];
+                Parallel.For(start, end, new ParallelOptions { MaxDegreeOfParallelism = Workers, CancellationToken = stop }, position =>
                 {
-                    var pixels = new float[(end - start) * perImage];
-                    var labels = new long[end - start];
-                    Parallel.For(start, end, new ParallelOptions { MaxDegreeOfParallelism = Workers, CancellationToken = stop.Token }, position =>
-                    {
-                        int image = (int)order[position];
-                        var random = train ? new Random(Mix(seed, epoch, position)) : null;
-                        Transform.Load(files.Paths[image], random, pixels.AsSpan((position - start) * perImage, perImage));
-                        labels[position - start] = files.Labels[image];
-                    });
-                    queue.Add((pixels, labels, null), stop.Token);
-                }
+                    int image = (int)order[position];
+                    var random = train ? new Random(Mix(seed, epoch, position)) : null;
+                    Transform.Load(files.Paths[image], random, pixels.AsSpan((position - start) * perImage, perImage));
+                    labels[position - start] = files.Labels[image];
+                });
+                yield return (pixels, labels);
             }
-            catch (OperationCanceledException) when (stop.IsCancellationRequested) { }
-            catch (Exception e)
-            {
-                var error = e is AggregateException { InnerExceptions.Count: > 0 } a ? a.InnerExceptions[0] : e;
-                try { queue.Add((Array.Empty<float>(), Array.Empty<long>(), error), stop.Token); } catch (OperationCanceledException) { }
-            }
-            finally { queue.CompleteAdding(); }
-        }, stop.Token);
+        }
+        using var prefetcher = new Prefetcher<(float[] Pixels, long[] Labels)>(Produce, Prefetch, "Man.ML image decoder", cancellation);
         try
         {
             for (int b = 0; b < ranges.Count; b++)
             {
-                var clock = Stopwatch.StartNew();
-                (float[] Pixels, long[] Labels, Exception? Error) item;
-                try { item = queue.Take(cancellation); }
-                catch (InvalidOperationException) { throw new InvalidOperationException("The image decoder stopped early."); }
-                WaitSeconds += clock.Elapsed.TotalSeconds;
-                if (item.Error is not null) throw item.Error;
+                if (!prefetcher.TryTake(out var item)) throw new InvalidOperationException("The image decoder stopped early.");
+                WaitSeconds = prefetcher.WaitSeconds;
                 int count = item.Labels.Length;
                 yield return (tensor(item.Pixels, new long[] { count, 3, side, side }), tensor(item.Labels, dtype: ScalarType.Int64));
             }
         }
-        finally
-        {
-            stop.Cancel();
-            while (queue.TryTake(out _)) { }  // unblock a producer waiting to add
-            try { producer.Wait(); } catch (AggregateException) { }
-        }
+        finally { WaitSeconds = prefetcher.WaitSeconds; }
     }
 
     // A 32-bit seed from (seed, epoch, position) by SplitMix64 mixing: stable across processes and runs.

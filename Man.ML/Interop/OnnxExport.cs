@@ -39,11 +39,18 @@ public static class OnnxExport
     /// <summary>Metadata key: the architecture.</summary>
     public const string ArchitectureKey = "manml.architecture";
 
+    /// <summary>Metadata key: the normalisation mean (a JSON array, one value a channel) the graph applies after its input.</summary>
+    public const string NormalizationMeanKey = "manml.normalization_mean";
+
+    /// <summary>Metadata key: the normalisation standard deviation (a JSON array) the graph applies after its input.</summary>
+    public const string NormalizationStdKey = "manml.normalization_std";
+
     /// <summary>
     /// Writes <paramref name="network"/> to <paramref name="path"/> (atomically) as an inference graph with
-    /// <paramref name="normalization"/> inside, and stores the class names, the image size, the scoring recipe and the
-    /// architecture as the model's metadata (<see cref="ClassesKey"/>, <see cref="ImageSizeKey"/>, <see cref="RecipeKey"/>,
-    /// <see cref="ArchitectureKey"/>; <paramref name="description"/> as its doc string).
+    /// <paramref name="normalization"/> inside, and stores the class names, the image size, the scoring recipe, the
+    /// architecture and the normalisation as the model's metadata (<see cref="ClassesKey"/>, <see cref="ImageSizeKey"/>,
+    /// <see cref="RecipeKey"/>, <see cref="ArchitectureKey"/>, <see cref="NormalizationMeanKey"/>, <see cref="NormalizationStdKey"/>;
+    /// <paramref name="description"/> as its doc string).
     /// </summary>
     /// <exception cref="ArgumentException">The class names do not match the network's class count, or the recipe is automatic.</exception>
     public static void Save(UnitChainNetwork network, string path, Normalization normalization, IReadOnlyList<string> classNames,
@@ -54,12 +61,17 @@ public static class OnnxExport
         if (imageSize != network.InputShape.Height)
             throw new ArgumentException($"The network was built for {network.InputShape.Height}x{network.InputShape.Width} images, not {imageSize}.", nameof(imageSize));
         if (recipe == ImageRecipe.Automatic) throw new ArgumentException("Give the recipe the model was trained with, not Automatic.", nameof(recipe));
+        if (normalization.Mean.Length != 3 || normalization.Std.Length != 3)
+            throw new ArgumentException("The normalisation needs one mean and one standard deviation per RGB channel.", nameof(normalization));
         var metadata = new Dictionary<string, string>
         {
             [ClassesKey] = System.Text.Json.JsonSerializer.Serialize(classNames),
             [ImageSizeKey] = imageSize.ToString(System.Globalization.CultureInfo.InvariantCulture),
             [RecipeKey] = Choices.Name(recipe),
             [ArchitectureKey] = network.Architecture,
+            // Already inside the graph; recorded too so that a reader sees the whole contract without parsing nodes.
+            [NormalizationMeanKey] = System.Text.Json.JsonSerializer.Serialize(normalization.Mean),
+            [NormalizationStdKey] = System.Text.Json.JsonSerializer.Serialize(normalization.Std),
         };
         var model = Build(network, normalization, imageSize, metadata);
         if (description is not null) model.DocString = description;

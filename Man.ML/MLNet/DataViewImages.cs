@@ -8,7 +8,6 @@
 // row count; cost: ceil(rows / chunk) cheap passes per epoch. Crops and flips are drawn from (seed, epoch, row), so a
 // run is the same whatever the thread timing.
 using System.Collections.Concurrent;
-using System.Diagnostics;
 using Man.ML.Data;
 using Man.ML.Models;
 using Man.ML.Training;
@@ -280,66 +279,48 @@ internal sealed class DataViewSource(DataViewImages rows, ImageRecipe recipe, Im
     }
 
     // Groups the rows into uint8 (B, 3, S, S) and int64 (B) batches of the given sizes, the rows read (and decoded) on a
-    // background thread at most Prefetch batches ahead; its errors surface here, on the training thread.
+    // background thread at most Prefetch batches ahead (Prefetcher); its errors surface here, on the training thread.
     private IEnumerable<(Tensor Images, Tensor Labels)> Batched(IEnumerable<(byte[] Pixels, long Label)> stream, IEnumerable<int> sizes,
         CancellationToken cancellation)
     {
         var sizeList = sizes.ToList();
-        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
-        using var queue = new BlockingCollection<(byte[] Pixels, long[] Labels, Exception? Error)>(Prefetch);
+        double waitedBefore = waitSeconds;
         int perImage = 3 * ImageSize * ImageSize;
         // Full-size batch buffers go round between the two threads (the one filling, those queued, the one being copied
         // into a tensor): allocated once per epoch, not once per batch.
         int full = sizeList.Count == 0 ? 0 : sizeList.GroupBy(n => n).MaxBy(g => g.Count())!.Key; // the batch size
         using var spare = new BlockingCollection<byte[]>();
         for (int i = 0; i < Prefetch + 2 && i < sizeList.Count; i++) spare.Add(new byte[full * perImage]);
-        var producer = Task.Run(() =>
+        IEnumerable<(byte[] Pixels, long[] Labels)> Produce(CancellationToken stop)
         {
-            try
+            using var rowsOfEpoch = stream.GetEnumerator();
+            foreach (int size in sizeList)
             {
-                using var rowsOfEpoch = stream.GetEnumerator();
-                foreach (int size in sizeList)
+                var pixels = size == full ? spare.Take(stop) : new byte[size * perImage];
+                var labels = new long[size];
+                for (int i = 0; i < size; i++)
                 {
-                    var pixels = size == full ? spare.Take(stop.Token) : new byte[size * perImage];
-                    var labels = new long[size];
-                    for (int i = 0; i < size; i++)
-                    {
-                        if (!rowsOfEpoch.MoveNext()) throw new InvalidDataException($"The {rows.What} gave fewer rows than the {rows.Count} it held when scanned.");
-                        rowsOfEpoch.Current.Pixels.CopyTo(pixels, i * perImage);
-                        rows.Buffers.Return(rowsOfEpoch.Current.Pixels);
-                        labels[i] = rowsOfEpoch.Current.Label;
-                    }
-                    queue.Add((pixels, labels, null), stop.Token);
+                    if (!rowsOfEpoch.MoveNext()) throw new InvalidDataException($"The {rows.What} gave fewer rows than the {rows.Count} it held when scanned.");
+                    rowsOfEpoch.Current.Pixels.CopyTo(pixels, i * perImage);
+                    rows.Buffers.Return(rowsOfEpoch.Current.Pixels);
+                    labels[i] = rowsOfEpoch.Current.Label;
                 }
+                yield return (pixels, labels);
             }
-            catch (OperationCanceledException) when (stop.IsCancellationRequested) { }
-            catch (Exception e)
-            {
-                try { queue.Add((Array.Empty<byte>(), Array.Empty<long>(), e), stop.Token); } catch (OperationCanceledException) { }
-            }
-            finally { queue.CompleteAdding(); }
-        }, stop.Token);
+        }
+        using var prefetcher = new Prefetcher<(byte[] Pixels, long[] Labels)>(Produce, Prefetch, "Man.ML IDataView reader", cancellation);
         try
         {
             foreach (int size in sizeList)
             {
-                var clock = Stopwatch.StartNew();
-                (byte[] Pixels, long[] Labels, Exception? Error) item;
-                try { item = queue.Take(cancellation); }
-                catch (InvalidOperationException) { throw new InvalidOperationException("The image reader stopped early."); }
-                waitSeconds += clock.Elapsed.TotalSeconds;
-                if (item.Error is not null) throw item.Error;
+                if (!prefetcher.TryTake(out var item)) throw new InvalidOperationException("The image reader stopped early.");
+                waitSeconds = waitedBefore + prefetcher.WaitSeconds;
                 // tensor() copies the array (a test checks it), so the buffer can go round again at once.
                 var images = tensor(item.Pixels, new long[] { size, 3, ImageSize, ImageSize }, dtype: ScalarType.Byte);
                 if (item.Pixels.Length == full * perImage) spare.Add(item.Pixels);
                 yield return (images, tensor(item.Labels, dtype: ScalarType.Int64));
             }
         }
-        finally
-        {
-            stop.Cancel();
-            while (queue.TryTake(out _)) { }  // unblock a producer waiting to add
-            try { producer.Wait(); } catch (AggregateException) { }
-        }
+        finally { waitSeconds = waitedBefore + prefetcher.WaitSeconds; }
     }
 }

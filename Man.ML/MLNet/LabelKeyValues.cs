@@ -33,6 +33,10 @@ internal sealed class LabelKeyValues
         Values = values;
     }
 
+    /// <summary>Text key values: the class names of a checkpoint.</summary>
+    public static LabelKeyValues FromNames(IEnumerable<string> names) =>
+        new(TextDataViewType.Instance, names.Select(n => n.AsMemory()).ToArray());
+
     /// <summary>Display names of the classes (for slot names and messages).</summary>
     public string[] Names() => Values.Cast<object>().Select(v => v.ToString() ?? "").ToArray();
 

@@ -138,6 +138,37 @@ public sealed class ManImageClassificationTransformer : ITransformer, IDisposabl
         lock (scoringLock) Interop.OnnxExport.Save(Network, path, Normalization, names, ImageSize, ImageRecipe, TrainedWith);
     }
 
+    /// <summary>
+    /// The transformer a model checkpoint (manml train's model.ckpt, <see cref="Training.ModelCheckpoint"/>) scores with:
+    /// its network, class names, normalisation and recipe, all read from the file (a checkpoint written before the recipe
+    /// was recorded scores with the recipe its architecture implies, <see cref="Training.CheckpointInfo.Recipe"/>).
+    /// PredictedLabel's key values are the class names.
+    /// </summary>
+    /// <param name="path">The checkpoint.</param>
+    /// <param name="imageColumnName">The column the images are read from (an MLImage from LoadImages, encoded bytes, or pixels).</param>
+    /// <param name="device">Device to score on. Default "cpu".</param>
+    /// <param name="scoringBatchSize">Images scored together inside <see cref="Transform"/>.</param>
+    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    /// <exception cref="InvalidDataException">Not a Man.ML checkpoint, damaged, or without a normalisation.</exception>
+    public static ManImageClassificationTransformer FromCheckpoint(string path, string imageColumnName = "Image", string device = "cpu", int scoringBatchSize = 256)
+    {
+        var (network, info) = Training.ModelCheckpoint.Load(path);
+        try
+        {
+            var names = info.ClassNames.Length == info.Classes ? info.ClassNames : Enumerable.Range(0, info.Classes).Select(i => i.ToString()).ToArray();
+            Normalization normalization;
+            try { normalization = info.Normalization; }
+            catch (InvalidDataException e) { throw new InvalidDataException($"Checkpoint '{path}': {e.Message}", e); }
+            return new ManImageClassificationTransformer(network, LabelKeyValues.FromNames(names), normalization, imageColumnName, info.ImageSize,
+                scoringBatchSize, device, info.TrainedWith, info.Recipe);
+        }
+        catch
+        {
+            network.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>The scoring crop of an image of width×height: the recipe's.</summary>
     internal (int X, int Y, int W, int H) ScoringCrop(int width, int height) => ImageRecipes.ScoringCrop(ImageRecipe, ImageSize, width, height);
 

@@ -64,6 +64,7 @@ public static class ManModelOperations
                 NormalizationMean = man.Normalization.Mean,
                 NormalizationStd = man.Normalization.Std,
                 TrainedWith = man.TrainedWith,
+                ImageRecipe = man.ImageRecipe,
             });
         var description = new JsonObject
         {

@@ -1,7 +1,11 @@
-// A trained backbone on disk: a small header (magic, format version, JSON description) followed by the weights in
-// TorchSharp's format. Written to a temporary file and renamed into place, so a crash never leaves a torn file.
+// A trained backbone on disk: a small header (magic, format version, JSON description: architecture, classes, image
+// size, class names, normalisation and the data recipe) followed by the weights in TorchSharp's format. The recipe was
+// added to the header later; a header without it still loads, and CheckpointInfo.Recipe then infers it from the
+// architecture, as every scorer did before. Written to a temporary file and renamed into place, so a crash never leaves a torn file.
 using System.Text;
 using System.Text.Json;
+using System.Text.Json.Serialization;
+using Man.ML.Data;
 using Man.ML.Models;
 using TorchSharp;
 
@@ -30,6 +34,42 @@ public sealed record CheckpointInfo
 
     /// <summary>How it was trained (rule, K, MAN), for the record.</summary>
     public string TrainedWith { get; init; } = "";
+
+    /// <summary>
+    /// The data recipe the network was trained with, which scoring must crop and resize with (CIFAR's or ImageNet's);
+    /// <see cref="Data.ImageRecipe.Automatic"/> in a checkpoint written before the recipe was recorded (see
+    /// <see cref="Recipe"/>).
+    /// </summary>
+    [JsonConverter(typeof(RecipeJsonConverter))]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] // unrecorded stays absent, as in older files
+    public ImageRecipe ImageRecipe { get; init; }
+
+    /// <summary>The recipe to score with: <see cref="ImageRecipe"/>, or for a checkpoint that does not record one the
+    /// recipe its architecture implies (CIFAR's for the CIFAR ResNets, ImageNet's otherwise; <see cref="RecipeInferred"/>).</summary>
+    [JsonIgnore]
+    public ImageRecipe Recipe => ImageRecipes.Resolve(ImageRecipe, Architecture);
+
+    /// <summary>Whether <see cref="Recipe"/> was inferred from the architecture: the checkpoint predates the recorded recipe.</summary>
+    [JsonIgnore]
+    public bool RecipeInferred => ImageRecipe == ImageRecipe.Automatic;
+
+    /// <summary>The normalisation the network was trained with (<see cref="NormalizationMean"/>, <see cref="NormalizationStd"/>).</summary>
+    /// <exception cref="InvalidDataException">The checkpoint does not record a 3-channel normalisation.</exception>
+    [JsonIgnore]
+    public Normalization Normalization => NormalizationMean.Length == 3 && NormalizationStd.Length == 3
+        ? new Normalization(NormalizationMean, NormalizationStd)
+        : throw new InvalidDataException(
+            $"The checkpoint of {Architecture} records no 3-channel normalisation (mean of {NormalizationMean.Length}, std of {NormalizationStd.Length} values).");
+}
+
+/// <summary>Writes a recipe by its command-line name ("cifar", "imagenet"), as the ML.NET model and the ONNX metadata do.</summary>
+internal sealed class RecipeJsonConverter : JsonConverter<ImageRecipe>
+{
+    public override ImageRecipe Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) =>
+        Choices.TryParse<ImageRecipe>(reader.GetString(), out var recipe) ? recipe
+            : throw new JsonException($"image_recipe '{reader.GetString()}' is not one of: {string.Join(", ", Choices.Names<ImageRecipe>())}.");
+
+    public override void Write(Utf8JsonWriter writer, ImageRecipe value, JsonSerializerOptions options) => writer.WriteStringValue(Choices.Name(value));
 }
 
 /// <summary>Saves and loads trained backbones, to files or any stream.</summary>
