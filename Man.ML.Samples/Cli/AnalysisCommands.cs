@@ -80,7 +80,7 @@ internal static class AnalysisCommands
                 ["probe"] = "linear softmax classifier on globally pooled, standardised features; full-batch Adam, 300 steps",
                 ["train_images"] = nTrain, ["val_images"] = nVal, ["models"] = results,
             };
-            OutputFile.WriteText(Path.Combine(outDir, "probe.json"), json.ToJsonString(Indented));
+            AtomicFile.WriteText(Path.Combine(outDir, "probe.json"), json.ToJsonString(Indented));
             Charts.Line(Path.Combine(outDir, "probe.png"), "Linear separability after each unit", "unit (0 = stem)", "probe accuracy (%)", series);
             Console.WriteLine($"wrote {Path.Combine(outDir, "probe.json")} and probe.png");
             return 0;
@@ -94,7 +94,7 @@ internal static class AnalysisCommands
         var reference = new Option<string>("--reference") { Description = "The reference checkpoint (an end-to-end model).", Required = true };
         var data = DataOption();
         var images = new Option<int>("--images") { Description = "Images (from the end of --data).", DefaultValueFactory = _ => 1000 };
-        var batch = new Option<int>("--batch-size") { Description = "Minibatch of the CKA estimator.", DefaultValueFactory = _ => 250 };
+        var batch = CommonOptions.BatchSize("Minibatch of the CKA estimator.");
         var output = new Option<string>("--out") { Description = "Output folder.", Required = true };
         var command = new Command("cka", "Linear CKA between each unit of a model and the same unit of a reference (Figure 5).")
         {
@@ -131,7 +131,7 @@ internal static class AnalysisCommands
                 ["estimator"] = "linear CKA, minibatch estimator (mean of unbiased HSIC over minibatches, Nguyen et al. 2021) on flattened unit outputs",
                 ["reference"] = Path.GetFullPath(parse.GetValue(reference)!), ["images"] = n, ["batch_size"] = b, ["models"] = results,
             };
-            OutputFile.WriteText(Path.Combine(outDir, "cka.json"), json.ToJsonString(Indented));
+            AtomicFile.WriteText(Path.Combine(outDir, "cka.json"), json.ToJsonString(Indented));
             Charts.Line(Path.Combine(outDir, "cka.png"), $"Linear CKA with {refName}, unit by unit", "unit (0 = stem)", "CKA", series);
             Console.WriteLine($"wrote {Path.Combine(outDir, "cka.json")} and cka.png");
             return 0;

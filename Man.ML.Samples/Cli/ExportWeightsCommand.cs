@@ -78,7 +78,7 @@ internal static class ExportWeightsCommand
                     var (images, _) = ProbeBatch.Create(side, network.ClassCount);
                     var result = network.call(images).contiguous();
                     var rows = Enumerable.Range(0, ProbeBatch.Size).Select(n => result[n].data<float>().ToArray()).ToArray();
-                    OutputFile.WriteText(logitsPath, JsonSerializer.Serialize(new
+                    AtomicFile.WriteText(logitsPath, JsonSerializer.Serialize(new
                     {
                         arch = network.Architecture,
                         classes = network.ClassCount,

@@ -13,12 +13,12 @@ internal static class ImageFolderCommand
     {
         var images = new Option<string>("--images") { Description = "Folder of class folders (or with train/ and val/ inside).", Required = true };
         var epochs = new Option<int>("--epochs") { Description = "Epochs (default: the library's, 3).", DefaultValueFactory = _ => Man.ML.Training.TrainingOptions.DefaultEpochs };
-        var arch = new Option<string>("--arch") { Description = "Architecture.", DefaultValueFactory = _ => "resnet32" };
-        var k = new Option<int>("--k") { Description = "Segments.", DefaultValueFactory = _ => 16 };
-        var batch = new Option<int>("--batch-size") { Description = "Mini-batch size.", DefaultValueFactory = _ => 64 };
-        var seed = new Option<int>("--seed") { Description = "Seed.", DefaultValueFactory = _ => 0 };
+        var arch = CommonOptions.Arch();
+        var k = CommonOptions.K();
+        var batch = CommonOptions.BatchSize();
+        var seed = CommonOptions.Seed();
         var size = new Option<int>("--image-size") { Description = "Network input side S (images of any size are cropped and resized to it).", DefaultValueFactory = _ => 32 };
-        var rule = new Option<string>("--rule") { Description = "Rule: dgl, infopro, predsim or e2e (e2e needs --k 1 and --without-man).", DefaultValueFactory = _ => "dgl" };
+        var rule = CommonOptions.Rule(); // e2e needs --k 1 and --without-man
         var withoutMan = new Option<bool>("--without-man") { Description = "Train without Momentum Auxiliary Networks." };
         var recipe = new Option<string>("--recipe") { Description = "Data recipe: auto (by architecture), cifar or imagenet.", DefaultValueFactory = _ => "auto" };
         var patience = new Option<int>("--patience")

@@ -89,7 +89,7 @@ public static class Charts
         body(canvas);
         using var image = surface.Snapshot();
         using var data = image.Encode(SKEncodedImageFormat.Png, 100);
-        Cli.OutputFile.Write(path, s => data.SaveTo(s));
+        AtomicFile.Write(path, s => data.SaveTo(s));
     }
 
     private static void Axes(SKCanvas canvas, IEnumerable<(float X, string Text)> xTicks, IEnumerable<(float Y, string Text)> yTicks)

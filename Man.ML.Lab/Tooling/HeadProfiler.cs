@@ -6,7 +6,7 @@ using Man.ML.Local;
 using Man.ML.Models;
 using static TorchSharp.torch;
 
-namespace Man.ML.Samples.Tooling;
+namespace Man.ML.Lab.Tooling;
 
 /// <summary>One auxiliary part of one segment.</summary>
 /// <param name="Segment">Segment index.</param>

@@ -1,11 +1,11 @@
 // Step time of one configuration on synthetic data: warm-up steps, then each timed step alone. Run it in a process
-// without MALLOC_MMAP_THRESHOLD_ (that setting, needed for memory figures, roughly halves speed).
+// without MALLOC_MMAP_THRESHOLD_ (that setting, needed for memory figures, slows training down).
 using System.Diagnostics;
 using Man.ML.Local;
 using Man.ML.Training;
 using static TorchSharp.torch;
 
-namespace Man.ML.Samples.Tooling;
+namespace Man.ML.Lab.Tooling;
 
 /// <summary>Times training steps.</summary>
 internal static class TrainingSpeedProbe

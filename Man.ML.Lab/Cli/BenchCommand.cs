@@ -1,4 +1,4 @@
-// manml bench: training memory, speed and their floors for a set of configurations, each measured in child processes
+// manml-lab bench: training memory, speed and their floors for a set of configurations, each measured in child processes
 // (memory with MALLOC_MMAP_THRESHOLD_=65536, time without it), written as DIR/bench.json, DIR/bench.md and PNG plots.
 using System.CommandLine;
 using System.Diagnostics;
@@ -7,6 +7,8 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
+using Man.ML.Lab.Tooling;
+using Man.ML.Samples.Cli;
 using Man.ML.Samples.Tooling;
 using Man.ML.Diagnostics;
 using Man.ML.Local;
@@ -14,7 +16,7 @@ using Man.ML.Models;
 using Man.ML.Training;
 using Spectre.Console;
 
-namespace Man.ML.Samples.Cli;
+namespace Man.ML.Lab.Cli;
 
 internal static partial class BenchCommand
 {
@@ -103,9 +105,9 @@ internal static partial class BenchCommand
         var configs = new Option<string?>("--configs") { Description = "Comma-separated configurations ARCH-kK-RULE[-man][@TABLE], or 'imagenet' for the ImageNet memory table (default: the CIFAR set)." };
         var memoryOnly = new Option<bool>("--memory-only") { Description = "Measure peak memory only (no timing child process)." };
         var imageSize = new Option<int?>("--image-size") { Description = "Input side (default: 32 for CIFAR networks, 224 for ImageNet ones)." };
-        var batch = new Option<int>("--batch-size") { Description = "Batch size.", DefaultValueFactory = _ => 128 };
+        var batch = CommonOptions.BatchSize();
         var steps = new Option<int>("--steps") { Description = "Timed steps per configuration (after 1 warm-up step).", DefaultValueFactory = _ => 3 };
-        var device = new Option<string>("--device") { Description = "Device: cpu or cuda.", DefaultValueFactory = _ => "cpu" };
+        var device = CommonOptions.Device();
         var command = new Command("bench", "Measure training memory, step time and their floors for a set of configurations.")
         {
             output, configs, batch, steps, device, imageSize, memoryOnly,
@@ -128,7 +130,7 @@ internal static partial class BenchCommand
             if (dev != "cpu" && !TorchSharp.torch.cuda.is_available()) throw new CliException($"--device {dev}: CUDA is not available here.");
             TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
             double peak = MatrixRate.MeasureGflops(Trainer.ResolveDevice(dev));
-            var commandLine = "manml bench " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1).SkipWhile(a => a != "bench").Skip(1));
+            var commandLine = "manml-lab bench " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1).SkipWhile(a => a != "bench").Skip(1));
             AnsiConsole.MarkupLine($"peak float32 matrix rate of this libtorch: [bold]{peak:0.0} GFLOP/s[/] ({TorchSharp.torch.get_num_threads()} threads); {list.Count} configurations");
 
             var results = new List<JsonObject>();
@@ -150,8 +152,8 @@ internal static partial class BenchCommand
                 ["timed_steps"] = parse.GetValue(memoryOnly) ? 0 : n,
                 ["configurations"] = new JsonArray(results.ToArray<JsonNode?>()),
             };
-            OutputFile.WriteText(Path.Combine(outDir, "bench.json"), report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            OutputFile.WriteText(Path.Combine(outDir, "bench.md"), Markdown(report, results));
+            AtomicFile.WriteText(Path.Combine(outDir, "bench.json"), report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            AtomicFile.WriteText(Path.Combine(outDir, "bench.md"), Markdown(report, results));
             Plot(outDir, results);
             AnsiConsole.MarkupLine(Markup.Escape($"wrote {Path.Combine(outDir, "bench.json")}, bench.md and plots"));
             return 0;
@@ -244,7 +246,7 @@ internal static partial class BenchCommand
     private static string Markdown(JsonObject report, IReadOnlyList<JsonObject> results)
     {
         var md = new StringBuilder();
-        md.AppendLine("# manml bench");
+        md.AppendLine("# manml-lab bench");
         md.AppendLine();
         md.AppendLine(FormattableString.Invariant($"`{report["command"]}` on {report["date"]}: device {report["device"]}, {report["threads"]} threads, batch {report["batch_size"]}, ") +
             (report["timed_steps"]!.GetValue<int>() == 0 ? "memory only (no timing); " : FormattableString.Invariant($"median of {report["timed_steps"]} timed steps after 1 warm-up step; ")) +
@@ -269,7 +271,8 @@ internal static partial class BenchCommand
         return md.ToString();
     }
 
-    // The issue's targets, as measured ratios (only where the configurations they need were measured).
+    // The ratios docs/BENCHMARKS.md states its memory and speed claims in, each beside the limit the claim sets (only
+    // where the configurations a ratio needs were measured).
     private static void Targets(StringBuilder md, JsonObject report, IReadOnlyList<JsonObject> ok)
     {
         string F(double v) => v.ToString("0.00", CultureInfo.InvariantCulture);
@@ -326,7 +329,7 @@ internal static partial class BenchCommand
     };
 
     // Savings of every local configuration against its architecture's E2E run, beside Table 3, and MAN's increase over
-    // the same configuration without MAN; with the issue's targets for InfoPro + MAN.
+    // the same configuration without MAN; for InfoPro + MAN, the savings set against the limits docs/BENCHMARKS.md states.
     private static void MemoryTable(StringBuilder md, IReadOnlyList<JsonObject> ok)
     {
         var e2eRows = ok.Where(r => RuleOf(r) == LearningRule.EndToEnd && Architectures.FamilyOf(r["arch"]!.GetValue<string>()) == NetworkFamily.ImageNet).ToList();

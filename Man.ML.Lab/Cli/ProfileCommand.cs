@@ -1,18 +1,19 @@
-// manml profile: per-unit forward and backward times of a network beside their FLOPs, and the peak matrix rate.
+// manml-lab profile: per-unit forward and backward times of a network beside their FLOPs, and the peak matrix rate.
 using System.CommandLine;
-using Man.ML.Samples.Tooling;
+using Man.ML.Lab.Tooling;
+using Man.ML.Samples.Cli;
 using Man.ML.Diagnostics;
 using Man.ML.Models;
 using Spectre.Console;
 
-namespace Man.ML.Samples.Cli;
+namespace Man.ML.Lab.Cli;
 
 internal static class ProfileCommand
 {
     public static Command Create()
     {
-        var arch = new Option<string>("--arch") { Description = "Architecture.", DefaultValueFactory = _ => "resnet32" };
-        var batch = new Option<int>("--batch-size") { Description = "Batch size.", DefaultValueFactory = _ => 128 };
+        var arch = CommonOptions.Arch();
+        var batch = CommonOptions.BatchSize();
         var repeats = new Option<int>("--repeats") { Description = "Timed repeats per unit (median reported).", DefaultValueFactory = _ => 5 };
         var phases = new Option<bool>("--phases") { Description = "Also time the phases of a whole end-to-end step: zero-grad, forward, backward, non-finite check, optimizer." };
         var localSpec = new Option<string?>("--local") { Description = "Also time the parts of a local-learning step, summed over its segments, for RULE-kK[-man] (for example dgl-k16-man, infopro-k16-man): units, MAN's copies, heads, backward, EMA update, check, optimizer." };

@@ -5,7 +5,7 @@ using System.Diagnostics;
 using Man.ML.Models;
 using static TorchSharp.torch;
 
-namespace Man.ML.Samples.Tooling;
+namespace Man.ML.Lab.Tooling;
 
 /// <summary>One unit's profile.</summary>
 /// <param name="Name">Unit name.</param>

@@ -9,7 +9,7 @@ using Microsoft.ML.Data;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Man.ML.Samples.Tooling;
+namespace Man.ML.Lab.Tooling;
 
 /// <summary>Throughput of <see cref="ManImageClassificationTransformer.Transform"/> against direct scoring.</summary>
 /// <param name="Images">Images scored per round.</param>
