@@ -7,4 +7,4 @@ using Man.ML.Samples.Cli;
 if (Console.IsOutputRedirected && int.TryParse(Environment.GetEnvironmentVariable("COLUMNS"), out int columns) && columns >= 40)
     Spectre.Console.AnsiConsole.Profile.Width = columns;
 
-return ManmlCommands.Create().Parse(TrainCommand.WithResumedArguments(args)).Invoke();
+return ManmlCommands.Create().Parse(TrainCommand.WithResumedArguments(ManmlCommands.WithGroupedNames(args))).Invoke();

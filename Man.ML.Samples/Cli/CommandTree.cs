@@ -1,6 +1,5 @@
-// How manml's commands are grouped (export, measure, analyse) while the flat names of earlier releases keep working:
-// an old name is a hidden copy of the grouped command, with the same options and action, so scripts written for it
-// behave as before and the help lists each command once.
+// How manml's commands are grouped (export, measure, analyse): a command built under its flat name of earlier releases
+// goes into its group under its short name, with the same options and action (ManmlCommands reads the old names).
 using System.CommandLine;
 
 namespace Man.ML.Samples.Cli;
@@ -16,11 +15,11 @@ internal static class CommandTree
     }
 
     /// <summary><paramref name="command"/> under another name: the same options, arguments and action.</summary>
-    public static Command Renamed(Command command, string name, bool hidden = false)
+    public static Command Renamed(Command command, string name)
     {
         var copy = new Command(name, command.Description)
         {
-            Hidden = hidden, Action = command.Action, TreatUnmatchedTokensAsErrors = command.TreatUnmatchedTokensAsErrors,
+            Action = command.Action, TreatUnmatchedTokensAsErrors = command.TreatUnmatchedTokensAsErrors,
         };
         foreach (var option in command.Options) copy.Options.Add(option);
         foreach (var argument in command.Arguments) copy.Arguments.Add(argument);

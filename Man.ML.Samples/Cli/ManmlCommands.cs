@@ -1,8 +1,8 @@
 // manml's command tree. Users train (train, presets, doctor), use what they trained (score-model, export onnx|weights,
 // the ML.NET sample image-folder), measure what training a configuration costs (measure memory|fit-memory) and analyse
-// trained models and runs (analyse probe|cka|features|summarize|plot). Every flat name of earlier releases still works
-// (hidden): export-onnx, measure-memory, probe, ... run the grouped command; bench, profile, measure-speed and
-// scoring-throughput moved to manml-lab and say so.
+// trained models and runs (analyse probe|cka|features|summarize|plot). Every flat name of earlier releases still works:
+// export-onnx, measure-memory, probe, ... are read as the grouped command (its help included), and bench, profile,
+// measure-speed and scoring-throughput, which moved to manml-lab, say so.
 using System.CommandLine;
 
 namespace Man.ML.Samples.Cli;
@@ -11,6 +11,24 @@ internal static class ManmlCommands
 {
     /// <summary>The commands that moved to manml-lab (Man.ML.Lab).</summary>
     public static readonly IReadOnlyList<string> LabCommands = new[] { "bench", "profile", "measure-speed", "scoring-throughput" };
+
+    /// <summary>The flat names of earlier releases and the grouped commands they now are.</summary>
+    public static readonly IReadOnlyDictionary<string, string[]> OldNames = new Dictionary<string, string[]>
+    {
+        ["export-onnx"] = new[] { "export", "onnx" },
+        ["export-weights"] = new[] { "export", "weights" },
+        ["measure-memory"] = new[] { "measure", "memory" },
+        ["measure-fit-memory"] = new[] { "measure", "fit-memory" },
+        ["probe"] = new[] { "analyse", "probe" },
+        ["cka"] = new[] { "analyse", "cka" },
+        ["features"] = new[] { "analyse", "features" },
+        ["summarize"] = new[] { "analyse", "summarize" },
+        ["plot"] = new[] { "analyse", "plot" },
+    };
+
+    /// <summary>The command line with a flat name of an earlier release spelled as the grouped command it is now.</summary>
+    public static string[] WithGroupedNames(string[] args) =>
+        args.Length > 0 && OldNames.TryGetValue(args[0], out var grouped) ? grouped.Concat(args.Skip(1)).ToArray() : args;
 
     public static RootCommand Create()
     {
@@ -41,13 +59,6 @@ internal static class ManmlCommands
             CommandTree.Renamed(summarize, "summarize"), CommandTree.Renamed(plot, "plot"));
         analyse.Aliases.Add("analyze");
         root.Subcommands.Add(analyse);
-
-        // The flat names of earlier releases: the same commands, hidden from the help.
-        foreach (var old in new[] { onnx, weights, memory, fitMemory, probe, cka, features, summarize, plot })
-        {
-            old.Hidden = true;
-            root.Subcommands.Add(old);
-        }
         foreach (var name in LabCommands) root.Subcommands.Add(CommandTree.MovedToLab(name));
         return root;
     }
