@@ -20,7 +20,10 @@ internal static class ScoringThroughputCommand
 
     public static Command Create()
     {
-        var data = new Option<string[]>("--data") { Description = "CIFAR-10 binary files (default: the bundled sample).", AllowMultipleArgumentsPerToken = true };
+        var data = new Option<string[]>("--data")
+        {
+            Description = "CIFAR-10 binary files (default: the bundled sample).", AllowMultipleArgumentsPerToken = true,
+        };
         var images = new Option<int>("--images") { Description = "Images to score per round.", DefaultValueFactory = _ => 10000 };
         var arch = CommonOptions.Arch();
         var batch = CommonOptions.BatchSize("Scoring batch size of both paths.");
@@ -53,7 +56,8 @@ internal static class ScoringThroughputCommand
             }).Fit(train);
 
             var report = ScoringThroughput.Measure(mlContext, model, repeated, parse.GetValue(rounds));
-            var table = new Table().Title($"{parse.GetValue(arch)} scoring {report.Images} CIFAR images, batch {report.BatchSize}, {TorchSharp.torch.get_num_threads()} threads")
+            var table = new Table()
+                .Title($"{parse.GetValue(arch)} scoring {report.Images} CIFAR images, batch {report.BatchSize}, {TorchSharp.torch.get_num_threads()} threads")
                 .AddColumns("path", "images/s (median)");
             table.AddRow("engine on tensors", report.EngineImagesPerSecond.ToString("0.0"));
             table.AddRow("ML.NET Transform", report.TransformImagesPerSecond.ToString("0.0"));

@@ -15,7 +15,8 @@ internal static class TrainingSpeedProbe
         Measure(options, out _, steps, warmupSteps, classes, imageSize);
 
     /// <summary>As <see cref="Measure(TrainingOptions, int, int, int, int)"/>, with the step's matrix GFLOP from the cost model.</summary>
-    public static IReadOnlyList<double> Measure(TrainingOptions options, out double stepGflop, int steps = 5, int warmupSteps = 2, int classes = 10, int imageSize = 32)
+    public static IReadOnlyList<double> Measure(
+        TrainingOptions options, out double stepGflop, int steps = 5, int warmupSteps = 2, int classes = 10, int imageSize = 32)
     {
         var device = Trainer.ResolveDevice(options.Device);
         using var local = new Trainer(options).CreateLocalTrainer(classes, imageSize, device);

@@ -33,10 +33,19 @@ internal static class AnalysisCommands
 
     public static Command Probe()
     {
-        var models = new Option<string[]>("--model") { Description = "Checkpoints (model.ckpt) to probe; one line each in the plot.", Required = true, AllowMultipleArgumentsPerToken = true };
+        var models = new Option<string[]>("--model")
+        {
+            Description = "Checkpoints (model.ckpt) to probe; one line each in the plot.", Required = true, AllowMultipleArgumentsPerToken = true,
+        };
         var data = DataOption();
-        var trainImages = new Option<int>("--probe-train") { Description = "Images (from the start of --data) the probes train on.", DefaultValueFactory = _ => 2000 };
-        var valImages = new Option<int>("--probe-val") { Description = "Images (from the end of --data) the probes are scored on.", DefaultValueFactory = _ => 1000 };
+        var trainImages = new Option<int>("--probe-train")
+        {
+            Description = "Images (from the start of --data) the probes train on.", DefaultValueFactory = _ => 2000,
+        };
+        var valImages = new Option<int>("--probe-val")
+        {
+            Description = "Images (from the end of --data) the probes are scored on.", DefaultValueFactory = _ => 1000,
+        };
         var output = new Option<string>("--out") { Description = "Output folder.", Required = true };
         var command = new Command("probe", "Linear separability after every unit: a linear classifier on frozen, pooled features (Figure 4).")
         {
@@ -72,7 +81,10 @@ internal static class AnalysisCommands
                     perUnit.Add(new JsonObject { ["unit"] = u, ["name"] = network.UnitInfos[u].Name, ["val_accuracy"] = accuracy });
                 }
                 Console.WriteLine($"{name}: " + string.Join(" ", accuracies.Select(a => (100 * a).ToString("0.0"))));
-                results.Add(new JsonObject { ["model"] = Path.GetFullPath(path), ["name"] = name, ["trained_with"] = info.TrainedWith, ["per_unit"] = perUnit });
+                results.Add(new JsonObject
+                {
+                    ["model"] = Path.GetFullPath(path), ["name"] = name, ["trained_with"] = info.TrainedWith, ["per_unit"] = perUnit,
+                });
                 series.Add(new ChartSeries(name, accuracies.Select((_, u) => (double)u).ToList(), accuracies.Select(a => 100 * a).ToList()));
             }
             var json = new JsonObject
@@ -90,7 +102,10 @@ internal static class AnalysisCommands
 
     public static Command CkaCommand()
     {
-        var model = new Option<string[]>("--model") { Description = "Checkpoints to compare with the reference.", Required = true, AllowMultipleArgumentsPerToken = true };
+        var model = new Option<string[]>("--model")
+        {
+            Description = "Checkpoints to compare with the reference.", Required = true, AllowMultipleArgumentsPerToken = true,
+        };
         var reference = new Option<string>("--reference") { Description = "The reference checkpoint (an end-to-end model).", Required = true };
         var data = DataOption();
         var images = new Option<int>("--images") { Description = "Images (from the end of --data).", DefaultValueFactory = _ => 1000 };
@@ -122,7 +137,9 @@ internal static class AnalysisCommands
                 results.Add(new JsonObject
                 {
                     ["model"] = Path.GetFullPath(path), ["name"] = name,
-                    ["per_unit"] = new JsonArray(values.Select((v, u) => (JsonNode)new JsonObject { ["unit"] = u, ["name"] = network.UnitInfos[u].Name, ["cka"] = v }).ToArray()),
+                    ["per_unit"] = new JsonArray(values
+                        .Select((v, u) => (JsonNode)new JsonObject { ["unit"] = u, ["name"] = network.UnitInfos[u].Name, ["cka"] = v })
+                        .ToArray()),
                 });
                 series.Add(new ChartSeries(name, values.Select((_, u) => (double)u).ToList(), values.ToList()));
             }
@@ -157,7 +174,8 @@ internal static class AnalysisCommands
             var outDir = parse.GetValue(output)!;
             Directory.CreateDirectory(outDir);
             int u = parse.GetValue(unit);
-            if (u < 0 || u >= network.Units.Count) throw new CliException($"--unit {u} must be between 0 and {network.Units.Count - 1} for {network.Architecture}.");
+            if (u < 0 || u >= network.Units.Count)
+                throw new CliException($"--unit {u} must be between 0 and {network.Units.Count - 1} for {network.Architecture}.");
             var path = Path.Combine(outDir, $"features-{name}-unit{u}-image{index}.png");
             int channels = FeatureMaps.WriteGrid(network, all.Images[index], NormalizationOf(info), u, path);
             Console.WriteLine($"wrote {path} ({channels} channels of {network.UnitInfos[u].Name})");

@@ -18,7 +18,10 @@ internal static class FitMemoryCommand
     public static Command Create()
     {
         var images = new Option<string>("--images") { Description = "Folder of class folders (DIR/<class>/<image>).", Required = true };
-        var rows = new Option<int>("--rows") { Description = "Rows of the training view: the folder's images repeated (in turn) to this many.", DefaultValueFactory = _ => 2000 };
+        var rows = new Option<int>("--rows")
+        {
+            Description = "Rows of the training view: the folder's images repeated (in turn) to this many.", DefaultValueFactory = _ => 2000,
+        };
         var size = new Option<int>("--image-size") { Description = "Network input side S.", DefaultValueFactory = _ => 64 };
         var arch = CommonOptions.Arch();
         var k = CommonOptions.K();
@@ -27,9 +30,11 @@ internal static class FitMemoryCommand
         var batch = CommonOptions.BatchSize();
         var stopAfter = new Option<int>("--stop-after-batches")
         {
-            Description = "Cancel Fit after this many training batches (0: train the whole epoch). Every row is still scanned and the normalisation measured first.",
+            Description = "Cancel Fit after this many training batches (0: train the whole epoch). Every row is still scanned and the " +
+                          "normalisation measured first.",
         };
-        var command = new Command("measure-fit-memory", "Peak resident memory of one ML.NET Fit (one epoch) over an image folder repeated to --rows rows; prints JSON.")
+        var command = new Command("measure-fit-memory",
+            "Peak resident memory of one ML.NET Fit (one epoch) over an image folder repeated to --rows rows; prints JSON.")
         {
             images, rows, size, arch, k, rule, man, batch, stopAfter,
         };

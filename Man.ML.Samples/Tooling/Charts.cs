@@ -49,7 +49,8 @@ public static class Charts
     }
 
     /// <summary>A grouped bar chart: one group per category, one bar per series.</summary>
-    public static void Bars(string path, string title, string yLabel, IReadOnlyList<string> categories, IReadOnlyList<(string Name, IReadOnlyList<double> Values)> series)
+    public static void Bars(
+        string path, string title, string yLabel, IReadOnlyList<string> categories, IReadOnlyList<(string Name, IReadOnlyList<double> Values)> series)
     {
         var (_, yMax) = Range(series.SelectMany(s => s.Values).Where(double.IsFinite).Append(0));
         var yTicks = NiceTicks(0, yMax);
