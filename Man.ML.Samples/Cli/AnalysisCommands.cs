@@ -1,5 +1,5 @@
-// The paper's analyses on checkpoints written by manml train: per-unit linear separability (manml probe, Figure 4),
-// CKA against a reference model (manml cka, Figure 5) and one unit's feature maps (manml features, Figure 3).
+// The paper's analyses on checkpoints written by manml train: per-unit linear separability (manml analyse probe, Figure 4),
+// CKA against a reference model (manml analyse cka, Figure 5) and one unit's feature maps (manml analyse features, Figure 3).
 using System.CommandLine;
 using System.Text.Json;
 using System.Text.Json.Nodes;

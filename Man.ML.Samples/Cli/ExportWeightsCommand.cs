@@ -1,4 +1,4 @@
-// manml export-weights: a network's weights as a PyTorch state dict (torch.save or safetensors) with torchvision's
+// manml export weights: a network's weights as a PyTorch state dict (torch.save or safetensors) with torchvision's
 // names, from a trained model (manml train's model.ckpt or an ML.NET model zip), from another state dict (read, checked and written again),
 // or regenerated from a seed by the cross-framework generator (docs/INTEROP.md). With --logits-out it also writes the
 // network's eval-mode logits on the fixed probe batch, which scripts/pytorch_interop.py compares with PyTorch's.

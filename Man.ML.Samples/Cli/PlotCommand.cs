@@ -1,4 +1,4 @@
-// manml plot: training curves (train and validation accuracy per epoch) of several runs in one PNG, as in the paper's
+// manml analyse plot: training curves (train and validation accuracy per epoch) of several runs in one PNG, as in the paper's
 // Figure 2.
 using System.CommandLine;
 using System.Text.Json;

@@ -1,4 +1,4 @@
-// manml summarize: a Markdown table of several runs' metrics.json (configuration, last-epoch validation accuracy, time).
+// manml analyse summarize: a Markdown table of several runs' metrics.json (configuration, last-epoch validation accuracy, time).
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
