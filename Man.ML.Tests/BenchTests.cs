@@ -53,7 +53,7 @@ public sealed class BenchTests
     public void TheBenchHarnessWritesItsSchemaFromChildProcesses()
     {
         var outDir = TestSupport.NewTempFolder();
-        var result = TestSupport.RunManml(new[]
+        var result = TestSupport.RunLab(new[]
         {
             "bench", "--out", outDir, "--configs", "resnet8-k1-e2e,resnet8-k2-dgl,resnet8-k2-dgl-man", "--batch-size", "8", "--steps", "1",
         });
@@ -81,7 +81,7 @@ public sealed class BenchTests
             var bytes = File.ReadAllBytes(Path.Combine(outDir, png));
             CollectionAssert.AreEqual(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }, bytes[..4], png);
         }
-        var bad = TestSupport.RunManml(new[] { "bench", "--out", outDir, "--configs", "resnet8-k2-nonsense" });
+        var bad = TestSupport.RunLab(new[] { "bench", "--out", outDir, "--configs", "resnet8-k2-nonsense" });
         Assert.AreEqual(2, bad.ExitCode);
         StringAssert.Contains(bad.Stderr, "resnet8-k2-nonsense");
         Directory.Delete(outDir, true);
@@ -96,7 +96,7 @@ public sealed class BenchTests
         File.WriteAllText(Path.Combine(run, "metrics.json"),
             """{"config":{},"epochs":[{"epoch":1,"train_accuracy":0.2,"val_accuracy":0.25},{"epoch":2,"train_accuracy":0.4,"val_accuracy":0.35}],"final":{}}""");
         var png = Path.Combine(outDir, "curves.png");
-        var result = TestSupport.RunManml(new[] { "plot", "--runs", run, "--out", png });
+        var result = TestSupport.RunManml(new[] { "analyse", "plot", "--runs", run, "--out", png });
         Assert.AreEqual(0, result.ExitCode, result.Stderr);
         CollectionAssert.AreEqual(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }, File.ReadAllBytes(png)[..4]);
         Directory.Delete(outDir, true);

@@ -166,11 +166,15 @@ public sealed class CliTests
     public void MeasureCommandsReportANonFiniteStepInOneLine()
     {
         // A learning rate of 1e30 makes the second step's loss infinite on every machine.
-        foreach (var command in new[] { "measure-speed", "measure-memory" })
+        string[] configuration = { "--arch", "resnet8", "--k", "2", "--rule", "dgl", "--batch-size", "8", "--steps", "2", "--warmup", "1", "--lr", "1e30" };
+        foreach (var (name, r) in new[]
         {
-            var r = TestSupport.RunManml(new[] { command, "--arch", "resnet8", "--k", "2", "--rule", "dgl", "--batch-size", "8", "--steps", "2", "--warmup", "1", "--lr", "1e30" });
+            ("manml measure memory", TestSupport.RunManml(new[] { "measure", "memory" }.Concat(configuration))),
+            ("manml-lab measure-speed", TestSupport.RunLab(new[] { "measure-speed" }.Concat(configuration))),
+        })
+        {
             AssertCleanFailure(r, "is not finite");
-            Assert.AreEqual(3, r.ExitCode, command);
+            Assert.AreEqual(3, r.ExitCode, name);
         }
     }
 
@@ -199,5 +203,80 @@ public sealed class CliTests
         AssertCleanFailure(TestSupport.RunManml(new[] { "doctor", "--conv-workaround", "sometimes" }), "auto, always, never");
         AssertCleanFailure(TestSupport.RunManml(new[] { "doctor" }, new Dictionary<string, string> { ["MANML_CONV_WORKAROUND"] = "sometimes" }),
             "MANML_CONV_WORKAROUND");
+    }
+
+    [TestMethod]
+    public void TheHelpListsTheGroupedCommandsAndHidesTheOldNames()
+    {
+        var r = TestSupport.RunManml(new[] { "--help" });
+        Assert.AreEqual(0, r.ExitCode, r.Stderr);
+        var listed = r.Stdout.Split('\n').Select(l => l.TrimStart().Split(' ', ',')[0]).ToHashSet();
+        foreach (var command in new[] { "train", "presets", "doctor", "image-folder", "score-model", "export", "measure", "analyse" })
+            Assert.IsTrue(listed.Contains(command), $"'{command}' is not in manml --help:\n{r.Stdout}");
+        foreach (var old in new[] { "export-onnx", "export-weights", "measure-memory", "measure-fit-memory", "probe", "bench", "profile" })
+            Assert.IsFalse(listed.Contains(old), $"'{old}' is listed in manml --help:\n{r.Stdout}");
+        var export = TestSupport.RunManml(new[] { "export", "--help" });
+        foreach (var sub in new[] { "onnx", "weights" }) StringAssert.Contains(export.Stdout, sub);
+        var analyse = TestSupport.RunManml(new[] { "analyse", "--help" });
+        foreach (var sub in new[] { "probe", "cka", "features", "summarize", "plot" }) StringAssert.Contains(analyse.Stdout, sub);
+    }
+
+    [TestMethod]
+    public void AnOldCommandNameRunsTheGroupedCommand()
+    {
+        var missing = Path.Combine(TestSupport.NewTempFolder(), "no-model.ckpt");
+        foreach (var spelling in new[] { new[] { "export", "onnx" }, new[] { "export-onnx" }, new[] { "export", "weights" }, new[] { "export-weights" } })
+            AssertCleanFailure(TestSupport.RunManml(spelling.Concat(new[] { "--model", missing, "--out", missing + ".out" })), missing);
+        // The same mistake under the old and the new spelling: the same one-line message.
+        var folder = TestSupport.NewTempFolder();
+        foreach (var (old, grouped, args, expected) in new[]
+        {
+            ("measure-fit-memory", new[] { "measure", "fit-memory" }, new[] { "--images", folder, "--rows", "1" }, "--rows must be at least 2"),
+            ("measure-memory", new[] { "measure", "memory" }, new[] { "--threads", "0" }, "--threads must be at least 1"),
+            ("cka", new[] { "analyse", "cka" }, new[] { "--model", missing, "--reference", missing, "--images", "2", "--out", folder }, "--images 2"),
+        })
+        {
+            var a = TestSupport.RunManml(new[] { old }.Concat(args));
+            AssertCleanFailure(a, expected);
+            Assert.AreEqual(TestSupport.RunManml(grouped.Concat(args)).Stderr, a.Stderr, old);
+        }
+        // An old name's help is the grouped command's.
+        StringAssert.Contains(TestSupport.RunManml(new[] { "export-onnx", "--help" }).Stdout, "manml export onnx [options]");
+    }
+
+    [TestMethod]
+    public void ALabCommandInManmlNamesWhereItMoved()
+    {
+        foreach (var name in new[] { "bench", "profile", "measure-speed", "scoring-throughput" })
+        {
+            var r = TestSupport.RunManml(new[] { name, "--out", "somewhere", "--batch-size", "8" });
+            AssertCleanFailure(r, $"dotnet run --project Man.ML.Lab -c Release -- {name}");
+            Assert.AreEqual(2, r.ExitCode, name);
+        }
+        var lab = TestSupport.RunLab(new[] { "--help" });
+        Assert.AreEqual(0, lab.ExitCode, lab.Stderr);
+        foreach (var name in new[] { "bench", "profile", "measure-speed", "measure-memory", "scoring-throughput" }) StringAssert.Contains(lab.Stdout, name);
+    }
+
+    [TestMethod]
+    public void EverySharedOptionHasOneDefault()
+    {
+        // The options several commands share are declared once (CommonOptions): wherever one has a default, it is the same.
+        var defaults = new Dictionary<string, HashSet<string>>();
+        void Visit(System.CommandLine.Command command)
+        {
+            foreach (var option in command.Options.Where(o => o.HasDefaultValue))
+            {
+                if (!defaults.TryGetValue(option.Name, out var values)) defaults[option.Name] = values = new HashSet<string>();
+                values.Add(Convert.ToString(option.GetDefaultValue(), System.Globalization.CultureInfo.InvariantCulture) ?? "null");
+            }
+            foreach (var sub in command.Subcommands) Visit(sub);
+        }
+        Visit(Man.ML.Samples.Cli.ManmlCommands.Create());
+        foreach (var name in new[] { "--arch", "--k", "--rule", "--batch-size", "--seed", "--device" })
+        {
+            Assert.IsTrue(defaults.ContainsKey(name), name);
+            Assert.AreEqual(1, defaults[name].Count, $"{name} has the defaults {string.Join(", ", defaults[name])}");
+        }
     }
 }

@@ -42,6 +42,13 @@ internal static class TestSupport
     public static ProcessResult RunManml(IEnumerable<string> args, IDictionary<string, string>? environment = null, int timeoutSeconds = 300) =>
         Run("dotnet", args.Prepend(ManmlDll), environment: environment, timeoutSeconds: timeoutSeconds);
 
+    /// <summary>manml-lab, the laboratory's tools, in its own build output (the test project builds it, not references it).</summary>
+    public static string LabDll => Path.Combine(RepositoryRoot, "Man.ML.Lab", "bin", Configuration, "net10.0", "manml-lab.dll");
+
+    /// <summary>Runs manml-lab in a child process.</summary>
+    public static ProcessResult RunLab(IEnumerable<string> args, IDictionary<string, string>? environment = null, int timeoutSeconds = 300) =>
+        Run("dotnet", args.Prepend(LabDll), environment: environment, timeoutSeconds: timeoutSeconds);
+
     /// <summary>The build configuration these tests were compiled in (the one `dotnet test -c ...` built).</summary>
 #if DEBUG
     public const string Configuration = "Debug";

@@ -2,7 +2,7 @@
 """The PyTorch baseline for Man.ML's speed: one end-to-end training step of a CIFAR ResNet-32 (the same network as
 Man.ML's CifarResNet: 3x3 stem of 16 channels, three stages of five BasicBlocks with 16/32/64 channels, 1x1 projection
 shortcuts with batch norm where the shape changes, global average pooling and a linear head), trained by SGD with
-Nesterov momentum 0.9, weight decay 1e-4 and lr 0.1 on a synthetic batch, timed like `manml measure-speed`.
+Nesterov momentum 0.9, weight decay 1e-4 and lr 0.1 on a synthetic batch, timed like `manml-lab measure-speed`.
 
 Prints one JSON line: {"framework": "pytorch", "version": ..., "threads": ..., "batch_size": ..., "step_ms": [...],
 "step_ms_median": ..., "images_per_second": ...}. Written for Debian's python3-torch (1.13); any later PyTorch runs it.

@@ -9,10 +9,10 @@ medians and the ratio of images/s (Man.ML / PyTorch). These machines are noisy; 
 With --local, Man.ML's local-learning configurations (RULE-kK[-man], ResNet-32) join the alternation, and a second table
 gives each one's achieved GFLOP/s (the cost model's matrix FLOPs of a step over its median time) against Man.ML's
 end-to-end step measured in the same rounds. InfoPro runs with both loss terms in every segment (lambda 5,0.5,1,0.5 by
-module index), as `manml bench` does, so that every head's work is timed.
+module index), as `manml-lab bench` does, so that every head's work is timed.
 
-Needs Debian's python3-torch (or any PyTorch) for the baseline and a Release build of the samples
-(dotnet build Man.ML.Samples -c Release) for `manml measure-speed`.
+Needs Debian's python3-torch (or any PyTorch) for the baseline and a Release build of the lab tools
+(dotnet build Man.ML.Lab -c Release) for `manml-lab measure-speed`.
 """
 import argparse
 import json
@@ -23,7 +23,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MANML = os.path.join(ROOT, "Man.ML.Samples", "bin", "Release", "net10.0", "manml.dll")
+MANML = os.path.join(ROOT, "Man.ML.Lab", "bin", "Release", "net10.0", "manml-lab.dll")
 PEAKS = []  # the peak matrix rate each Man.ML process measured after its steps
 
 
@@ -68,7 +68,7 @@ def main():
     parser.add_argument("--no-pytorch", action="store_true", help="leave the PyTorch baseline out (local against E2E only)")
     args = parser.parse_args()
     if not os.path.exists(MANML):
-        sys.exit(f"{MANML} does not exist: build it with 'dotnet build Man.ML.Samples -c Release' first.")
+        sys.exit(f"{MANML} does not exist: build it with 'dotnet build Man.ML.Lab -c Release' first.")
     sides = {} if args.no_pytorch else {"PyTorch (baseline)": []}
     sides["Man.ML"] = []
     if args.heap_tuning_off:

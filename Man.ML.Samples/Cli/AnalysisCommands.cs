@@ -1,5 +1,5 @@
-// The paper's analyses on checkpoints written by manml train: per-unit linear separability (manml probe, Figure 4),
-// CKA against a reference model (manml cka, Figure 5) and one unit's feature maps (manml features, Figure 3).
+// The paper's analyses on checkpoints written by manml train: per-unit linear separability (manml analyse probe, Figure 4),
+// CKA against a reference model (manml analyse cka, Figure 5) and one unit's feature maps (manml analyse features, Figure 3).
 using System.CommandLine;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -33,10 +33,19 @@ internal static class AnalysisCommands
 
     public static Command Probe()
     {
-        var models = new Option<string[]>("--model") { Description = "Checkpoints (model.ckpt) to probe; one line each in the plot.", Required = true, AllowMultipleArgumentsPerToken = true };
+        var models = new Option<string[]>("--model")
+        {
+            Description = "Checkpoints (model.ckpt) to probe; one line each in the plot.", Required = true, AllowMultipleArgumentsPerToken = true,
+        };
         var data = DataOption();
-        var trainImages = new Option<int>("--probe-train") { Description = "Images (from the start of --data) the probes train on.", DefaultValueFactory = _ => 2000 };
-        var valImages = new Option<int>("--probe-val") { Description = "Images (from the end of --data) the probes are scored on.", DefaultValueFactory = _ => 1000 };
+        var trainImages = new Option<int>("--probe-train")
+        {
+            Description = "Images (from the start of --data) the probes train on.", DefaultValueFactory = _ => 2000,
+        };
+        var valImages = new Option<int>("--probe-val")
+        {
+            Description = "Images (from the end of --data) the probes are scored on.", DefaultValueFactory = _ => 1000,
+        };
         var output = new Option<string>("--out") { Description = "Output folder.", Required = true };
         var command = new Command("probe", "Linear separability after every unit: a linear classifier on frozen, pooled features (Figure 4).")
         {
@@ -72,7 +81,10 @@ internal static class AnalysisCommands
                     perUnit.Add(new JsonObject { ["unit"] = u, ["name"] = network.UnitInfos[u].Name, ["val_accuracy"] = accuracy });
                 }
                 Console.WriteLine($"{name}: " + string.Join(" ", accuracies.Select(a => (100 * a).ToString("0.0"))));
-                results.Add(new JsonObject { ["model"] = Path.GetFullPath(path), ["name"] = name, ["trained_with"] = info.TrainedWith, ["per_unit"] = perUnit });
+                results.Add(new JsonObject
+                {
+                    ["model"] = Path.GetFullPath(path), ["name"] = name, ["trained_with"] = info.TrainedWith, ["per_unit"] = perUnit,
+                });
                 series.Add(new ChartSeries(name, accuracies.Select((_, u) => (double)u).ToList(), accuracies.Select(a => 100 * a).ToList()));
             }
             var json = new JsonObject
@@ -80,7 +92,7 @@ internal static class AnalysisCommands
                 ["probe"] = "linear softmax classifier on globally pooled, standardised features; full-batch Adam, 300 steps",
                 ["train_images"] = nTrain, ["val_images"] = nVal, ["models"] = results,
             };
-            OutputFile.WriteText(Path.Combine(outDir, "probe.json"), json.ToJsonString(Indented));
+            AtomicFile.WriteText(Path.Combine(outDir, "probe.json"), json.ToJsonString(Indented));
             Charts.Line(Path.Combine(outDir, "probe.png"), "Linear separability after each unit", "unit (0 = stem)", "probe accuracy (%)", series);
             Console.WriteLine($"wrote {Path.Combine(outDir, "probe.json")} and probe.png");
             return 0;
@@ -90,11 +102,14 @@ internal static class AnalysisCommands
 
     public static Command CkaCommand()
     {
-        var model = new Option<string[]>("--model") { Description = "Checkpoints to compare with the reference.", Required = true, AllowMultipleArgumentsPerToken = true };
+        var model = new Option<string[]>("--model")
+        {
+            Description = "Checkpoints to compare with the reference.", Required = true, AllowMultipleArgumentsPerToken = true,
+        };
         var reference = new Option<string>("--reference") { Description = "The reference checkpoint (an end-to-end model).", Required = true };
         var data = DataOption();
         var images = new Option<int>("--images") { Description = "Images (from the end of --data).", DefaultValueFactory = _ => 1000 };
-        var batch = new Option<int>("--batch-size") { Description = "Minibatch of the CKA estimator.", DefaultValueFactory = _ => 250 };
+        var batch = CommonOptions.BatchSize("Minibatch of the CKA estimator.");
         var output = new Option<string>("--out") { Description = "Output folder.", Required = true };
         var command = new Command("cka", "Linear CKA between each unit of a model and the same unit of a reference (Figure 5).")
         {
@@ -122,7 +137,9 @@ internal static class AnalysisCommands
                 results.Add(new JsonObject
                 {
                     ["model"] = Path.GetFullPath(path), ["name"] = name,
-                    ["per_unit"] = new JsonArray(values.Select((v, u) => (JsonNode)new JsonObject { ["unit"] = u, ["name"] = network.UnitInfos[u].Name, ["cka"] = v }).ToArray()),
+                    ["per_unit"] = new JsonArray(values
+                        .Select((v, u) => (JsonNode)new JsonObject { ["unit"] = u, ["name"] = network.UnitInfos[u].Name, ["cka"] = v })
+                        .ToArray()),
                 });
                 series.Add(new ChartSeries(name, values.Select((_, u) => (double)u).ToList(), values.ToList()));
             }
@@ -131,7 +148,7 @@ internal static class AnalysisCommands
                 ["estimator"] = "linear CKA, minibatch estimator (mean of unbiased HSIC over minibatches, Nguyen et al. 2021) on flattened unit outputs",
                 ["reference"] = Path.GetFullPath(parse.GetValue(reference)!), ["images"] = n, ["batch_size"] = b, ["models"] = results,
             };
-            OutputFile.WriteText(Path.Combine(outDir, "cka.json"), json.ToJsonString(Indented));
+            AtomicFile.WriteText(Path.Combine(outDir, "cka.json"), json.ToJsonString(Indented));
             Charts.Line(Path.Combine(outDir, "cka.png"), $"Linear CKA with {refName}, unit by unit", "unit (0 = stem)", "CKA", series);
             Console.WriteLine($"wrote {Path.Combine(outDir, "cka.json")} and cka.png");
             return 0;
@@ -157,7 +174,8 @@ internal static class AnalysisCommands
             var outDir = parse.GetValue(output)!;
             Directory.CreateDirectory(outDir);
             int u = parse.GetValue(unit);
-            if (u < 0 || u >= network.Units.Count) throw new CliException($"--unit {u} must be between 0 and {network.Units.Count - 1} for {network.Architecture}.");
+            if (u < 0 || u >= network.Units.Count)
+                throw new CliException($"--unit {u} must be between 0 and {network.Units.Count - 1} for {network.Architecture}.");
             var path = Path.Combine(outDir, $"features-{name}-unit{u}-image{index}.png");
             int channels = FeatureMaps.WriteGrid(network, all.Images[index], NormalizationOf(info), u, path);
             Console.WriteLine($"wrote {path} ({channels} channels of {network.UnitInfos[u].Name})");

@@ -6,6 +6,9 @@ namespace Man.ML.Samples.Cli;
 
 internal static class CliErrors
 {
+    // manml or manml-lab: the program the user ran, which shares these messages.
+    private static string Program => System.Reflection.Assembly.GetEntryAssembly()?.GetName().Name ?? "manml";
+
     /// <summary>The metrics.json of a finished run folder, or a clear error.</summary>
     public static System.Text.Json.JsonElement ReadRunMetrics(string dir)
     {
@@ -27,27 +30,27 @@ internal static class CliErrors
                                       or InvalidDataException or UnauthorizedAccessException or PlatformNotSupportedException
                                       or IOException) // a full disk at a write: files are written atomically, the previous one survives
         {
-            Console.Error.WriteLine($"manml: error: {e.Message.ReplaceLineEndings(" ")}");
+            Console.Error.WriteLine($"{Program}: error: {e.Message.ReplaceLineEndings(" ")}");
             return 2;
         }
         catch (Man.ML.Training.NonFiniteTrainingException e)
         {
-            Console.Error.WriteLine($"manml: training stopped: {e.Message}");
+            Console.Error.WriteLine($"{Program}: training stopped: {e.Message}");
             return 3;
         }
         catch (Man.ML.Local.NonFiniteException e) // measure-memory, measure-speed and the analyses step a LocalTrainer directly
         {
-            Console.Error.WriteLine($"manml: training stopped: {e.Message} No update was applied.");
+            Console.Error.WriteLine($"{Program}: training stopped: {e.Message} No update was applied.");
             return 3;
         }
         catch (Man.ML.Backend.BackendFaultException e)
         {
-            Console.Error.WriteLine($"manml: backend check failed: {e.Message.ReplaceLineEndings(" ")}");
+            Console.Error.WriteLine($"{Program}: backend check failed: {e.Message.ReplaceLineEndings(" ")}");
             return 4;
         }
         catch (OperationCanceledException)
         {
-            Console.Error.WriteLine("manml: cancelled.");
+            Console.Error.WriteLine($"{Program}: cancelled.");
             return 130;
         }
     }

@@ -20,14 +20,27 @@ internal static class DoctorCommand
     public static Command Create()
     {
         var model = new ModelOptions();
-        var isolate = new Option<bool>("--isolate") { Description = "Check each convolution shape in its own child process (a crash in libtorch is then reported, not fatal)." };
-        var checkShape = new Option<string?>("--check-shape") { Description = "Internal: check one shape (its fields, comma-separated) and print the result as JSON.", Hidden = true };
-        var oneDnnInfo = new Option<bool>("--onednn-info") { Description = "Internal: run one convolution (with ONEDNN_VERBOSE=1, oneDNN prints its version and ISA).", Hidden = true };
-        var command = new Command("doctor", "Show this machine's backend and check that it computes every convolution of a configuration correctly (float32 against float64).");
+        var isolate = new Option<bool>("--isolate")
+        {
+            Description = "Check each convolution shape in its own child process (a crash in libtorch is then reported, not fatal).",
+        };
+        var checkShape = new Option<string?>("--check-shape")
+        {
+            Description = "Internal: check one shape (its fields, comma-separated) and print the result as JSON.", Hidden = true,
+        };
+        var oneDnnInfo = new Option<bool>("--onednn-info")
+        {
+            Description = "Internal: run one convolution (with ONEDNN_VERBOSE=1, oneDNN prints its version and ISA).", Hidden = true,
+        };
+        var command = new Command("doctor",
+            "Show this machine's backend and check that it computes every convolution of a configuration correctly (float32 against float64).");
         foreach (var o in model.All) command.Options.Add(o);
         command.Options.Add(isolate);
         command.Options.Add(checkShape);
-        var checkChannelsLast = new Option<bool>("--check-channels-last") { Description = "Internal: with --check-shape, lay the input out channels-last.", Hidden = true };
+        var checkChannelsLast = new Option<bool>("--check-channels-last")
+        {
+            Description = "Internal: with --check-shape, lay the input out channels-last.", Hidden = true,
+        };
         command.Options.Add(checkChannelsLast);
         command.Options.Add(oneDnnInfo);
         command.SetAction(parse => CliErrors.Run(() =>
@@ -77,11 +90,21 @@ internal static class DoctorCommand
         using var local = trainer.CreateLocalTrainer(dataset.Classes, side);
         var shapes = BackendCheck.Shapes(local);
         bool channelsLast = local.Network.ChannelsLastOn(device.type);
-        Console.WriteLine($"activation layout       {(channelsLast ? "channels-last (NHWC strides)" : "channels-first (NCHW)")}, {ActivationLayouts.EnvironmentVariable}={Choices.Name(local.Network.Layout)}");
+        Console.WriteLine($"activation layout       {(channelsLast ? "channels-last (NHWC strides)" : "channels-first (NCHW)")}, " +
+                          $"{ActivationLayouts.EnvironmentVariable}={Choices.Name(local.Network.Layout)}");
+        string split = trainer.Plan!.SplitTable is { } t ? $"reference split '{t}'" : "balanced split";
         Console.WriteLine(FormattableString.Invariant(
-            $"configuration           {options.Architecture} K={options.K}, rule {Choices.Name(options.Rule)}{(options.Man is null ? "" : " + MAN")} ({(trainer.Plan!.SplitTable is { } t ? $"reference split '{t}'" : "balanced split")}), {side}x{side}, on {device}: {shapes.Count} convolution shapes{(isolate ? ", each checked in a child process" : "")}"));
+            $"configuration           {options.Architecture} K={options.K}, rule {Choices.Name(options.Rule)}{(options.Man is null ? "" : " + MAN")} ") +
+            FormattableString.Invariant(
+                $"({split}), {side}x{side}, on {device}: {shapes.Count} convolution shapes{(isolate ? ", each checked in a child process" : "")}"));
         Console.WriteLine();
-        var rows = new List<string[]> { new[] { "convolution (in→out kernel/stride padding, input size)", "gradients", "route", "output", "input grad", "weight grad", "result", "layers" } };
+        var rows = new List<string[]>
+        {
+            new[]
+            {
+                "convolution (in→out kernel/stride padding, input size)", "gradients", "route", "output", "input grad", "weight grad", "result", "layers",
+            },
+        };
         int wrong = 0;
         foreach (var (shape, layers) in shapes)
         {
@@ -104,20 +127,22 @@ internal static class DoctorCommand
             else
             {
                 var check = BackendCheck.Check(shape, layers, device, channelsLast, local.Network.Workaround);
-                (route, output, input, weights) = (check.Route.ToString(), Error(check.OutputError), shape.InputGradient ? Error(check.InputGradientError) : "-",
-                    Error(check.WeightGradientError));
+                (route, output, input, weights) = (check.Route.ToString(), Error(check.OutputError),
+                    shape.InputGradient ? Error(check.InputGradientError) : "-", Error(check.WeightGradientError));
                 verdict = check.Correct ? "ok" : "WRONG";
                 if (!check.Correct) wrong++;
             }
             rows.Add(new[]
             {
-                FormattableString.Invariant($"{shape.InChannels}→{shape.OutChannels} {shape.Kernel}x{shape.Kernel}/{shape.Stride} p{shape.Padding}{(shape.Groups > 1 ? $" g{shape.Groups}" : "")} at {shape.Height}x{shape.Width}"),
+                FormattableString.Invariant($"{shape.InChannels}→{shape.OutChannels} {shape.Kernel}x{shape.Kernel}/{shape.Stride} p{shape.Padding}") +
+                FormattableString.Invariant($"{(shape.Groups > 1 ? $" g{shape.Groups}" : "")} at {shape.Height}x{shape.Width}"),
                 shape.InputGradient ? "input, weight" : "weight", route, output, input, weights, verdict,
                 layers[0] + (layers.Count > 1 ? $" +{layers.Count - 1} more" : ""),
             });
         }
         var widths = Enumerable.Range(0, rows[0].Length).Select(c => rows.Max(r => r[c].Length)).ToArray();
-        foreach (var row in rows) Console.WriteLine(string.Join("  ", row.Select((cell, c) => c == row.Length - 1 ? cell : cell.PadRight(widths[c]))).TrimEnd());
+        foreach (var row in rows)
+            Console.WriteLine(string.Join("  ", row.Select((cell, c) => c == row.Length - 1 ? cell : cell.PadRight(widths[c]))).TrimEnd());
         Console.WriteLine();
         Console.WriteLine(FormattableString.Invariant(
             $"errors: largest |float32 − float64| over the largest |float64| of the same tensor, batch of 2; tolerance {BackendCheck.Tolerance:g}."));
@@ -129,9 +154,11 @@ internal static class DoctorCommand
 
     private static string Workaround(BackendEnvironment e) => e.Workaround switch
     {
-        ConvolutionWorkaround.Never => $"never (plain libtorch; the small-output-channel fault is {(e.SmallOutputChannelFault ? "present" : "absent")} on this CPU)",
+        ConvolutionWorkaround.Never =>
+            $"never (plain libtorch; the small-output-channel fault is {(e.SmallOutputChannelFault ? "present" : "absent")} on this CPU)",
         ConvolutionWorkaround.Always => "always (both rewrites on every device)",
-        _ => $"auto: strided 1x1 convolutions rewritten on the CPU; small output channel counts {(e.SmallOutputChannelFault ? "padded (this CPU computes them wrongly)" : "left alone (this CPU computes them correctly)")}",
+        _ => "auto: strided 1x1 convolutions rewritten on the CPU; small output channel counts " +
+             (e.SmallOutputChannelFault ? "padded (this CPU computes them wrongly)" : "left alone (this CPU computes them correctly)"),
     };
 
     // oneDNN's own word on its version and ISA: a child process runs one convolution with ONEDNN_VERBOSE=1.
@@ -163,7 +190,8 @@ internal static class DoctorCommand
         if (process.ExitCode != 0)
         {
             int code = process.ExitCode;
-            var signal = code > 128 && code < 160 ? $" (killed by signal {code - 128}{(code - 128 == 8 ? ", SIGFPE" : code - 128 == 11 ? ", SIGSEGV" : code - 128 == 6 ? ", SIGABRT" : "")})" : "";
+            string name = (code - 128) switch { 8 => ", SIGFPE", 11 => ", SIGSEGV", 6 => ", SIGABRT", _ => "" };
+            var signal = code > 128 && code < 160 ? $" (killed by signal {code - 128}{name})" : "";
             var message = stderr.Result.Split('\n').Select(l => l.Trim()).LastOrDefault(l => l.Length > 0 && !l.Contains("NNPACK", StringComparison.Ordinal));
             return (false, null, $"crashed: exit code {code}{signal}{(message is null || signal.Length > 0 ? "" : ": " + message)}");
         }

@@ -1,4 +1,4 @@
-// manml export-weights: a network's weights as a PyTorch state dict (torch.save or safetensors) with torchvision's
+// manml export weights: a network's weights as a PyTorch state dict (torch.save or safetensors) with torchvision's
 // names, from a trained model (manml train's model.ckpt or an ML.NET model zip), from another state dict (read, checked and written again),
 // or regenerated from a seed by the cross-framework generator (docs/INTEROP.md). With --logits-out it also writes the
 // network's eval-mode logits on the fixed probe batch, which scripts/pytorch_interop.py compares with PyTorch's.
@@ -17,12 +17,21 @@ internal static class ExportWeightsCommand
 {
     public static Command Create()
     {
-        var model = new Option<string?>("--model") { Description = "A trained model: manml train's DIR/model.ckpt, or an ML.NET model saved with SaveManModel (.zip)." };
+        var model = new Option<string?>("--model")
+        {
+            Description = "A trained model: manml train's DIR/model.ckpt, or an ML.NET model saved with SaveManModel (.zip).",
+        };
         var arch = new Option<string?>("--arch") { Description = "Without --model: the architecture to build." };
         var classes = new Option<int>("--classes") { Description = "Without --model: number of classes.", DefaultValueFactory = _ => 10 };
-        var imageSize = new Option<int?>("--image-size") { Description = "Without --model: input side (default 32 for CIFAR ResNets, 224 otherwise); only the probe batch depends on it." };
+        var imageSize = new Option<int?>("--image-size")
+        {
+            Description = "Without --model: input side (default 32 for CIFAR ResNets, 224 otherwise); only the probe batch depends on it.",
+        };
         var initFrom = new Option<string?>("--init-from") { Description = "Without --model: a PyTorch state dict to load (every key checked, strict)." };
-        var synthetic = new Option<int?>("--synthetic-seed") { Description = "Without --model: fill every tensor from this seed with the cross-framework generator (docs/INTEROP.md)." };
+        var synthetic = new Option<int?>("--synthetic-seed")
+        {
+            Description = "Without --model: fill every tensor from this seed with the cross-framework generator (docs/INTEROP.md).",
+        };
         var output = new Option<string>("--out") { Description = "The state dict to write (.safetensors, else torch.save's format).", Required = true };
         var format = new Option<string>("--format") { Description = "auto (by the extension), pytorch or safetensors.", DefaultValueFactory = _ => "auto" };
         var logits = new Option<string?>("--logits-out") { Description = "Also write the eval-mode logits on the fixed probe batch (JSON)." };
@@ -69,7 +78,8 @@ internal static class ExportWeightsCommand
             {
                 var path = parse.GetValue(output)!;
                 PyTorchWeights.Save(network, path, weightsFormat);
-                Console.WriteLine($"Wrote {path}: {network.Architecture}, {network.ClassCount} classes, {network.state_dict().Count} tensors, {network.ParameterCount():N0} parameters.");
+                Console.WriteLine($"Wrote {path}: {network.Architecture}, {network.ClassCount} classes, {network.state_dict().Count} tensors, " +
+                                  $"{network.ParameterCount():N0} parameters.");
                 if (parse.GetValue(logits) is { } logitsPath)
                 {
                     network.eval();
@@ -78,7 +88,7 @@ internal static class ExportWeightsCommand
                     var (images, _) = ProbeBatch.Create(side, network.ClassCount);
                     var result = network.call(images).contiguous();
                     var rows = Enumerable.Range(0, ProbeBatch.Size).Select(n => result[n].data<float>().ToArray()).ToArray();
-                    OutputFile.WriteText(logitsPath, JsonSerializer.Serialize(new
+                    AtomicFile.WriteText(logitsPath, JsonSerializer.Serialize(new
                     {
                         arch = network.Architecture,
                         classes = network.ClassCount,

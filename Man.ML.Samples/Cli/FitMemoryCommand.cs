@@ -1,4 +1,4 @@
-// manml measure-fit-memory: the peak resident memory of one ML.NET Fit over an image folder repeated to --rows rows
+// manml measure fit-memory (formerly measure-fit-memory): the peak resident memory of one ML.NET Fit over an image folder repeated to --rows rows
 // (LoadFromEnumerable -> MapValueToKey -> LoadImages -> ManImageClassification), printed as one JSON object. Run it once
 // per row count, each in its own process, with MALLOC_MMAP_THRESHOLD_=65536 so freed buffers go back to the system
 // and the peak is what Fit held (docs/BENCHMARKS.md, "Streaming Fit").
@@ -18,18 +18,23 @@ internal static class FitMemoryCommand
     public static Command Create()
     {
         var images = new Option<string>("--images") { Description = "Folder of class folders (DIR/<class>/<image>).", Required = true };
-        var rows = new Option<int>("--rows") { Description = "Rows of the training view: the folder's images repeated (in turn) to this many.", DefaultValueFactory = _ => 2000 };
+        var rows = new Option<int>("--rows")
+        {
+            Description = "Rows of the training view: the folder's images repeated (in turn) to this many.", DefaultValueFactory = _ => 2000,
+        };
         var size = new Option<int>("--image-size") { Description = "Network input side S.", DefaultValueFactory = _ => 64 };
-        var arch = new Option<string>("--arch") { Description = "Architecture.", DefaultValueFactory = _ => "resnet18" };
-        var k = new Option<int>("--k") { Description = "Segments.", DefaultValueFactory = _ => 2 };
-        var rule = new Option<string>("--rule") { Description = "Rule (e2e, dgl, infopro, predsim).", DefaultValueFactory = _ => "dgl" };
+        var arch = CommonOptions.Arch();
+        var k = CommonOptions.K();
+        var rule = CommonOptions.Rule();
         var man = new Option<bool>("--man") { Description = "Add MAN." };
-        var batch = new Option<int>("--batch-size") { Description = "Mini-batch size.", DefaultValueFactory = _ => 64 };
+        var batch = CommonOptions.BatchSize();
         var stopAfter = new Option<int>("--stop-after-batches")
         {
-            Description = "Cancel Fit after this many training batches (0: train the whole epoch). Every row is still scanned and the normalisation measured first.",
+            Description = "Cancel Fit after this many training batches (0: train the whole epoch). Every row is still scanned and the " +
+                          "normalisation measured first.",
         };
-        var command = new Command("measure-fit-memory", "Peak resident memory of one ML.NET Fit (one epoch) over an image folder repeated to --rows rows; prints JSON.")
+        var command = new Command("measure-fit-memory",
+            "Peak resident memory of one ML.NET Fit (one epoch) over an image folder repeated to --rows rows; prints JSON.")
         {
             images, rows, size, arch, k, rule, man, batch, stopAfter,
         };

@@ -12,15 +12,24 @@ internal static class ImageFolderCommand
     public static Command Create()
     {
         var images = new Option<string>("--images") { Description = "Folder of class folders (or with train/ and val/ inside).", Required = true };
-        var epochs = new Option<int>("--epochs") { Description = "Epochs (default: the library's, 3).", DefaultValueFactory = _ => Man.ML.Training.TrainingOptions.DefaultEpochs };
-        var arch = new Option<string>("--arch") { Description = "Architecture.", DefaultValueFactory = _ => "resnet32" };
-        var k = new Option<int>("--k") { Description = "Segments.", DefaultValueFactory = _ => 16 };
-        var batch = new Option<int>("--batch-size") { Description = "Mini-batch size.", DefaultValueFactory = _ => 64 };
-        var seed = new Option<int>("--seed") { Description = "Seed.", DefaultValueFactory = _ => 0 };
-        var size = new Option<int>("--image-size") { Description = "Network input side S (images of any size are cropped and resized to it).", DefaultValueFactory = _ => 32 };
-        var rule = new Option<string>("--rule") { Description = "Rule: dgl, infopro, predsim or e2e (e2e needs --k 1 and --without-man).", DefaultValueFactory = _ => "dgl" };
+        var epochs = new Option<int>("--epochs")
+        {
+            Description = "Epochs (default: the library's, 3).", DefaultValueFactory = _ => Man.ML.Training.TrainingOptions.DefaultEpochs,
+        };
+        var arch = CommonOptions.Arch();
+        var k = CommonOptions.K();
+        var batch = CommonOptions.BatchSize();
+        var seed = CommonOptions.Seed();
+        var size = new Option<int>("--image-size")
+        {
+            Description = "Network input side S (images of any size are cropped and resized to it).", DefaultValueFactory = _ => 32,
+        };
+        var rule = CommonOptions.Rule(); // e2e needs --k 1 and --without-man
         var withoutMan = new Option<bool>("--without-man") { Description = "Train without Momentum Auxiliary Networks." };
-        var recipe = new Option<string>("--recipe") { Description = "Data recipe: auto (by architecture), cifar or imagenet.", DefaultValueFactory = _ => "auto" };
+        var recipe = new Option<string>("--recipe")
+        {
+            Description = "Data recipe: auto (by architecture), cifar or imagenet.", DefaultValueFactory = _ => "auto",
+        };
         var patience = new Option<int>("--patience")
         {
             Description = "Early stopping: stop after this many epochs without a better validation accuracy and keep the best epoch's model (0: off).",
@@ -46,9 +55,11 @@ internal static class ImageFolderCommand
             foreach (var (c, a) in outcome.PerClass) table.AddRow(Markup.Escape(c), a.ToString("P1"));
             AnsiConsole.Write(table);
             AnsiConsole.MarkupLine($"Evaluate on {outcome.ValidationImages} validation images (trained on {outcome.TrainImages}): " +
-                                   $"micro-accuracy [bold]{outcome.MicroAccuracy:P2}[/], macro-accuracy {outcome.MacroAccuracy:P2}, log-loss {outcome.LogLoss:0.000}");
+                                   $"micro-accuracy [bold]{outcome.MicroAccuracy:P2}[/], macro-accuracy {outcome.MacroAccuracy:P2}, " +
+                                   $"log-loss {outcome.LogLoss:0.000}");
             AnsiConsole.MarkupLine($"saved and reloaded {Markup.Escape(outcome.ModelPath)}; PredictionEngine on {Markup.Escape(outcome.Example.ImagePath)} " +
-                                   $"(label {Markup.Escape(outcome.Example.Label)}): predicted [bold]{Markup.Escape(outcome.Prediction.PredictedLabelValue)}[/] " +
+                                   $"(label {Markup.Escape(outcome.Example.Label)}): " +
+                                   $"predicted [bold]{Markup.Escape(outcome.Prediction.PredictedLabelValue)}[/] " +
                                    $"with probability {outcome.Prediction.Score.Max():P1}");
             AnsiConsole.MarkupLine($"wrote {Markup.Escape(outcome.OnnxPath)}: score it without TorchSharp or libtorch with " +
                                    Markup.Escape($"dotnet run --project Man.ML.OnnxScoring -c Release -- --model {outcome.OnnxPath} --images <folder>"));

@@ -1,10 +1,8 @@
-// manml measure-memory and manml measure-speed: one configuration measured in this process on synthetic data, printed as
-// one JSON object. manml bench and the memory guard test start them as child processes (memory with
-// MALLOC_MMAP_THRESHOLD_=65536, speed without it).
+// manml measure memory (formerly measure-memory): the peak training memory of one configuration, measured in this
+// process on synthetic data and printed as one JSON object. The memory notebook, the memory guard test and manml-lab's
+// bench start it as a child process with MALLOC_MMAP_THRESHOLD_=65536; manml-lab's measure-speed is built by Create too.
 using System.CommandLine;
 using System.Text.Json;
-using Man.ML.Samples.Tooling;
-using Man.ML.Data;
 using Man.ML.Diagnostics;
 using Man.ML.Training;
 
@@ -13,8 +11,9 @@ namespace Man.ML.Samples.Cli;
 internal static class MeasureCommands
 {
     public static Command Memory() => Create("measure-memory",
-        "Peak training memory (MiB above the pre-step resident size) of one configuration on synthetic data shaped like the data set's (CIFAR 32x32x10 classes, ImageNet 224x224x1000). " +
-        "Run with MALLOC_MMAP_THRESHOLD_=65536 in the environment.", defaultSteps: 3,
+        "Peak training memory (MiB above the pre-step resident size) of one configuration on synthetic data shaped like the " +
+        "data set's (CIFAR 32x32x10 classes, ImageNet 224x224x1000). Run with MALLOC_MMAP_THRESHOLD_=65536 in the environment.",
+        defaultSteps: 3,
         (options, steps, warmup, classes, imageSize) =>
         {
             var report = TrainingMemoryProbe.Measure(options, steps, warmup, classes, imageSize);
@@ -33,15 +32,12 @@ internal static class MeasureCommands
             };
         });
 
-    public static Command Speed() => Create("measure-speed", "Step times (ms) of one configuration on synthetic data.", defaultSteps: 5,
-        (options, steps, warmup, classes, imageSize) =>
-        {
-            var times = TrainingSpeedProbe.Measure(options, out double gflop, steps, warmup, classes, imageSize);
-            // The peak matrix rate in the same process, after the steps, so the step's GFLOP/s can be set against it.
-            return new { step_ms = times, gflop_per_step = Math.Round(gflop, 3), peak_matrix_gflops = Math.Round(MatrixRate.MeasureGflops(), 1) };
-        });
-
-    private static Command Create(string name, string description, int defaultSteps, Func<TrainingOptions, int, int, int, int, object> measure)
+    /// <summary>
+    /// A command that measures one configuration (the training options of <see cref="ModelOptions"/>, --steps and
+    /// --warmup) with <paramref name="measure"/>(options, steps, warm-up steps, classes, image side) and prints its
+    /// result as one JSON line.
+    /// </summary>
+    public static Command Create(string name, string description, int defaultSteps, Func<TrainingOptions, int, int, int, int, object> measure)
     {
         var model = new ModelOptions();
         var steps = new Option<int>("--steps") { Description = "Measured steps.", DefaultValueFactory = _ => defaultSteps };

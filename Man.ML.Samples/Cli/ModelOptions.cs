@@ -16,12 +16,12 @@ internal sealed class ModelOptions
 
     public Option<string?> Preset { get; } = new("--preset") { Description = "A paper experiment by name ('manml presets' lists them); other options override parts of it." };
     public Option<string> Dataset { get; } = new("--dataset") { Description = "Data format and recipe: cifar10, svhn, stl10 or imagenet (default cifar10; imagenet for ImageNet architectures).", DefaultValueFactory = _ => Defaults.Dataset.Name };
-    public Option<string> Arch { get; } = new("--arch") { Description = "Architecture: resnet32, resnet110, resnet<6n+2> (CIFAR); resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, vgg11/13/16/19_bn (ImageNet).", DefaultValueFactory = _ => Defaults.Architecture };
+    public Option<string> Arch { get; } = CommonOptions.Arch();
     public Option<string?> Split { get; } = new("--split") { Description = "Split table: man, manpp, infopro, dgl, or balanced (default: the architecture's reference table at this K when there is one, else balanced)." };
     public Option<int?> ImageSize { get; } = new("--image-size") { Description = "Network input side for ImageNet-layout data and synthetic measurements (default: the data set's, 224 for ImageNet)." };
     public Option<int> Workers { get; } = new("--workers") { Description = "Background threads decoding image files (default 0: half the cores).", DefaultValueFactory = _ => Defaults.DataWorkers };
-    public Option<int> K { get; } = new("--k") { Description = "Number of gradient-isolated segments (1 = end-to-end).", DefaultValueFactory = _ => Defaults.K };
-    public Option<string> Rule { get; } = new("--rule") { Description = $"Learning rule: {string.Join(", ", Choices.Names<LearningRule>())}.", DefaultValueFactory = _ => Choices.Name(Defaults.Rule) };
+    public Option<int> K { get; } = CommonOptions.K();
+    public Option<string> Rule { get; } = CommonOptions.Rule();
     public Option<bool> Man { get; } = new("--man") { Description = "Add Momentum Auxiliary Networks (on by default only when neither --rule nor --k is given)." };
     public Option<bool> NoMan { get; } = new("--no-man") { Description = "Train without MAN (for example to override a preset)." };
     public Option<string?> ManAblation { get; } = new("--man-ablation") { Description = "MAN ablation: ema-only, lb-only or param-copy (a live copy of the next unit, no LB)." };
@@ -34,13 +34,13 @@ internal sealed class ModelOptions
     public Option<string?> Lambda { get; } = new("--lambda") { Description = "InfoPro's λ as ixx1,ixy1,ixx2,ixy2 (default InfoPro's table; with MAN 5,0.5,0,0)." };
     public Option<string?> LambdaSchedule { get; } = new("--lambda-schedule") { Description = "How λ varies: module (InfoPro) or stage (MAN's code); default module, with MAN stage." };
     public Option<int> Epochs { get; } = new("--epochs") { Description = "Epochs.", DefaultValueFactory = _ => Defaults.Epochs };
-    public Option<int> BatchSize { get; } = new("--batch-size") { Description = "Mini-batch size.", DefaultValueFactory = _ => Defaults.BatchSize };
+    public Option<int> BatchSize { get; } = CommonOptions.BatchSize();
     public Option<double?> Lr { get; } = new("--lr") { Description = "Initial learning rate (default 0.1·B/128)." };
     public Option<double> WeightDecay { get; } = new("--weight-decay") { Description = "Weight decay.", DefaultValueFactory = _ => Defaults.WeightDecay };
     public Option<string?> InitFrom { get; } = new("--init-from") { Description = "Start the backbone from a PyTorch state dict (torch.save or safetensors, torchvision's names): fine-tuning; a classifier for another class count is replaced." };
-    public Option<int> Seed { get; } = new("--seed") { Description = "Random seed (initialisation, data order, augmentation).", DefaultValueFactory = _ => Defaults.Seed };
-    public Option<int?> Threads { get; } = new("--threads") { Description = "CPU threads for libtorch (default: all cores)." };
-    public Option<string> Device { get; } = new("--device") { Description = "Device: cpu or cuda.", DefaultValueFactory = _ => Defaults.Device };
+    public Option<int> Seed { get; } = CommonOptions.Seed();
+    public Option<int?> Threads { get; } = CommonOptions.Threads();
+    public Option<string> Device { get; } = CommonOptions.Device();
     public Option<string?> ConvWorkaround { get; } = new("--conv-workaround") { Description = "How convolutions avoid libtorch's known CPU faults: auto (default: where this CPU needs it), always, or never (plain libtorch). Default: the MANML_CONV_WORKAROUND environment variable, else auto." };
 
     public IEnumerable<Option> All => new Option[]

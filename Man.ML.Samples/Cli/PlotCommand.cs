@@ -1,4 +1,4 @@
-// manml plot: training curves (train and validation accuracy per epoch) of several runs in one PNG, as in the paper's
+// manml analyse plot: training curves (train and validation accuracy per epoch) of several runs in one PNG, as in the paper's
 // Figure 2.
 using System.CommandLine;
 using System.Text.Json;
@@ -11,7 +11,10 @@ internal static class PlotCommand
 {
     public static Command Create()
     {
-        var runs = new Option<string[]>("--runs") { Description = "Run folders (each with metrics.json).", Required = true, AllowMultipleArgumentsPerToken = true };
+        var runs = new Option<string[]>("--runs")
+        {
+            Description = "Run folders (each with metrics.json).", Required = true, AllowMultipleArgumentsPerToken = true,
+        };
         var output = new Option<string>("--out") { Description = "PNG file to write.", DefaultValueFactory = _ => "curves.png" };
         var command = new Command("plot", "Training curves (train/validation accuracy per epoch) of several runs in one PNG.") { runs, output };
         command.SetAction(parse => CliErrors.Run(() =>

@@ -1,5 +1,6 @@
-// manml starting itself as a child process (bench's measurements, doctor's isolated checks), whether it runs as
-// `dotnet manml.dll` or as its own executable.
+// The running program starting itself as a child process (manml doctor's isolated checks; manml-lab bench's
+// measurements), whether it runs as `dotnet manml.dll` or as its own executable. The program is the entry assembly, so
+// manml-lab, which shares this code, starts manml-lab.
 using System.Diagnostics;
 
 namespace Man.ML.Samples.Cli;
@@ -11,7 +12,7 @@ internal static class SelfProcess
     {
         var self = Environment.ProcessPath!;
         var info = new ProcessStartInfo(self) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        if (Path.GetFileNameWithoutExtension(self) == "dotnet") info.ArgumentList.Add(typeof(SelfProcess).Assembly.Location);
+        if (Path.GetFileNameWithoutExtension(self) == "dotnet") info.ArgumentList.Add(System.Reflection.Assembly.GetEntryAssembly()!.Location);
         foreach (var a in args) info.ArgumentList.Add(a);
         return info;
     }

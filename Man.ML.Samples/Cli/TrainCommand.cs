@@ -105,7 +105,7 @@ internal static class TrainCommand
             var policy = Choices.Parse<NonFinitePolicy>(parse.GetValue(onNonFinite)!, onNonFinite.Name);
             PrepareOutput(outDir);
             if (every > 0 && resumeDir is null)
-                OutputFile.WriteText(Path.Combine(outDir, ArgumentsFile), JsonSerializer.Serialize(
+                AtomicFile.WriteText(Path.Combine(outDir, ArgumentsFile), JsonSerializer.Serialize(
                     parse.Tokens.Where(t => t.Type != System.CommandLine.Parsing.TokenType.Command).Select(t => t.Value).ToArray()));
 
             string[] dataPaths;
@@ -297,7 +297,7 @@ internal static class TrainCommand
             ["final"] = JsonSerializer.SerializeToNode(result.Final, Json),
             ["backend"] = Backend(trainer.BackendReport),
         };
-        OutputFile.WriteText(Path.Combine(outDir, "metrics.json"), metrics.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        AtomicFile.WriteText(Path.Combine(outDir, "metrics.json"), metrics.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         PrintSummary(plan, result, outDir);
         if (trainer.BackendReport is { } backend)
             AnsiConsole.MarkupLine(Markup.Escape(FormattableString.Invariant(

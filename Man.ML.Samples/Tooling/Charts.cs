@@ -49,7 +49,8 @@ public static class Charts
     }
 
     /// <summary>A grouped bar chart: one group per category, one bar per series.</summary>
-    public static void Bars(string path, string title, string yLabel, IReadOnlyList<string> categories, IReadOnlyList<(string Name, IReadOnlyList<double> Values)> series)
+    public static void Bars(
+        string path, string title, string yLabel, IReadOnlyList<string> categories, IReadOnlyList<(string Name, IReadOnlyList<double> Values)> series)
     {
         var (_, yMax) = Range(series.SelectMany(s => s.Values).Where(double.IsFinite).Append(0));
         var yTicks = NiceTicks(0, yMax);
@@ -89,7 +90,7 @@ public static class Charts
         body(canvas);
         using var image = surface.Snapshot();
         using var data = image.Encode(SKEncodedImageFormat.Png, 100);
-        Cli.OutputFile.Write(path, s => data.SaveTo(s));
+        AtomicFile.Write(path, s => data.SaveTo(s));
     }
 
     private static void Axes(SKCanvas canvas, IEnumerable<(float X, string Text)> xTicks, IEnumerable<(float Y, string Text)> yTicks)

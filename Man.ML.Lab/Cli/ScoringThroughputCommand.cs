@@ -1,13 +1,14 @@
-// manml scoring-throughput: images per second scored through ML.NET's Transform against the engine scoring the same
+// manml-lab scoring-throughput: images per second scored through ML.NET's Transform against the engine scoring the same
 // tensors directly (ResNet-32 by default, CIFAR images from --data, repeated to reach --images).
 using System.CommandLine;
-using Man.ML.Samples.Tooling;
+using Man.ML.Lab.Tooling;
+using Man.ML.Samples.Cli;
 using Man.ML.Data;
 using Man.ML.MLNet;
 using Microsoft.ML;
 using Spectre.Console;
 
-namespace Man.ML.Samples.Cli;
+namespace Man.ML.Lab.Cli;
 
 internal static class ScoringThroughputCommand
 {
@@ -19,10 +20,13 @@ internal static class ScoringThroughputCommand
 
     public static Command Create()
     {
-        var data = new Option<string[]>("--data") { Description = "CIFAR-10 binary files (default: the bundled sample).", AllowMultipleArgumentsPerToken = true };
+        var data = new Option<string[]>("--data")
+        {
+            Description = "CIFAR-10 binary files (default: the bundled sample).", AllowMultipleArgumentsPerToken = true,
+        };
         var images = new Option<int>("--images") { Description = "Images to score per round.", DefaultValueFactory = _ => 10000 };
-        var arch = new Option<string>("--arch") { Description = "Architecture.", DefaultValueFactory = _ => "resnet32" };
-        var batch = new Option<int>("--batch-size") { Description = "Scoring batch size.", DefaultValueFactory = _ => 256 };
+        var arch = CommonOptions.Arch();
+        var batch = CommonOptions.BatchSize("Scoring batch size of both paths.");
         var rounds = new Option<int>("--rounds") { Description = "Timed rounds of each path (median reported).", DefaultValueFactory = _ => 3 };
         var command = new Command("scoring-throughput", "Transform's scoring throughput against the engine scoring the same tensors.")
         {
@@ -52,7 +56,8 @@ internal static class ScoringThroughputCommand
             }).Fit(train);
 
             var report = ScoringThroughput.Measure(mlContext, model, repeated, parse.GetValue(rounds));
-            var table = new Table().Title($"{parse.GetValue(arch)} scoring {report.Images} CIFAR images, batch {report.BatchSize}, {TorchSharp.torch.get_num_threads()} threads")
+            var table = new Table()
+                .Title($"{parse.GetValue(arch)} scoring {report.Images} CIFAR images, batch {report.BatchSize}, {TorchSharp.torch.get_num_threads()} threads")
                 .AddColumns("path", "images/s (median)");
             table.AddRow("engine on tensors", report.EngineImagesPerSecond.ToString("0.0"));
             table.AddRow("ML.NET Transform", report.TransformImagesPerSecond.ToString("0.0"));

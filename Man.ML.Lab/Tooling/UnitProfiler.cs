@@ -5,7 +5,7 @@ using System.Diagnostics;
 using Man.ML.Models;
 using static TorchSharp.torch;
 
-namespace Man.ML.Samples.Tooling;
+namespace Man.ML.Lab.Tooling;
 
 /// <summary>One unit's profile.</summary>
 /// <param name="Name">Unit name.</param>
@@ -21,7 +21,9 @@ internal sealed record UnitProfile(string Name, double ForwardMs, double Backwar
 /// <summary>Profiles units of a network.</summary>
 internal static class UnitProfiler
 {
-    /// <summary>Profiles every unit of <paramref name="network"/> (training mode) at <paramref name="batchSize"/>, median of <paramref name="repeats"/>.</summary>
+    /// <summary>
+    /// Profiles every unit of <paramref name="network"/> (training mode) at <paramref name="batchSize"/>, median of <paramref name="repeats"/>.
+    /// </summary>
     public static IReadOnlyList<UnitProfile> Profile(UnitChainNetwork network, int batchSize, int repeats = 5)
     {
         network.train();
@@ -51,7 +53,8 @@ internal static class UnitProfiler
                 backward.Add(b);
             }
             foreach (var p in unit.parameters()) p.grad?.zero_();
-            profiles.Add(new UnitProfile(network.UnitInfos[u].Name, Median(forward), Median(backward), (u == 0 ? 2.0 : 3.0) * cost.ForwardFlops * batchSize / 1e9));
+            profiles.Add(new UnitProfile(network.UnitInfos[u].Name, Median(forward), Median(backward),
+                (u == 0 ? 2.0 : 3.0) * cost.ForwardFlops * batchSize / 1e9));
             shape = cost.Output;
         }
         return profiles;
@@ -64,13 +67,17 @@ internal static class UnitProfiler
     }
 }
 
-/// <summary>Milliseconds of each phase of an end-to-end training step (medians), and of the whole <see cref="Local.LocalTrainer.Step(Tensor, Tensor)"/>.</summary>
+/// <summary>
+/// Milliseconds of each phase of an end-to-end training step (medians), and of the whole <see cref="Local.LocalTrainer.Step(Tensor, Tensor)"/>.
+/// </summary>
 internal sealed record StepPhases(double ZeroGradMs, double ForwardMs, double BackwardMs, double CheckMs, double OptimizerMs, double StepMs);
 
 /// <summary>Times the phases of a training step the way <see cref="Local.LocalTrainer.Step(Tensor, Tensor)"/> runs them.</summary>
 internal static class StepProfiler
 {
-    /// <summary>Phases of an end-to-end step of <paramref name="trainer"/> (K = 1) at <paramref name="batchSize"/>, median of <paramref name="repeats"/>.</summary>
+    /// <summary>
+    /// Phases of an end-to-end step of <paramref name="trainer"/> (K = 1) at <paramref name="batchSize"/>, median of <paramref name="repeats"/>.
+    /// </summary>
     public static StepPhases EndToEnd(Local.LocalTrainer trainer, int batchSize, int repeats)
     {
         var network = trainer.Network;

@@ -9,7 +9,7 @@ using Microsoft.ML.Data;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Man.ML.Samples.Tooling;
+namespace Man.ML.Lab.Tooling;
 
 /// <summary>Throughput of <see cref="ManImageClassificationTransformer.Transform"/> against direct scoring.</summary>
 /// <param name="Images">Images scored per round.</param>
@@ -34,7 +34,8 @@ internal static class ScoringThroughput
     public static ScoringThroughputReport Measure(MLContext mlContext, ManImageClassificationTransformer model, LabeledImages images, int rounds = 3)
     {
         int n = images.Count, size = model.ImageSize, pixelsPer = 3 * size * size;
-        if (images.Images.shape[2] != size) throw new InvalidOptionException("images", $"Images must be {size}x{size} for this model (got {images.Images.shape[2]}x{images.Images.shape[3]}).");
+        if (images.Images.shape[2] != size)
+            throw new InvalidOptionException("images", $"Images must be {size}x{size} for this model (got {images.Images.shape[2]}x{images.Images.shape[3]}).");
         var bytes = images.Images.contiguous().data<byte>().ToArray();
         var rows = Enumerable.Range(0, n).Select(i =>
         {

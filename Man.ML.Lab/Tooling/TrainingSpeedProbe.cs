@@ -1,11 +1,11 @@
 // Step time of one configuration on synthetic data: warm-up steps, then each timed step alone. Run it in a process
-// without MALLOC_MMAP_THRESHOLD_ (that setting, needed for memory figures, roughly halves speed).
+// without MALLOC_MMAP_THRESHOLD_ (that setting, needed for memory figures, slows training down).
 using System.Diagnostics;
 using Man.ML.Local;
 using Man.ML.Training;
 using static TorchSharp.torch;
 
-namespace Man.ML.Samples.Tooling;
+namespace Man.ML.Lab.Tooling;
 
 /// <summary>Times training steps.</summary>
 internal static class TrainingSpeedProbe
@@ -15,7 +15,8 @@ internal static class TrainingSpeedProbe
         Measure(options, out _, steps, warmupSteps, classes, imageSize);
 
     /// <summary>As <see cref="Measure(TrainingOptions, int, int, int, int)"/>, with the step's matrix GFLOP from the cost model.</summary>
-    public static IReadOnlyList<double> Measure(TrainingOptions options, out double stepGflop, int steps = 5, int warmupSteps = 2, int classes = 10, int imageSize = 32)
+    public static IReadOnlyList<double> Measure(
+        TrainingOptions options, out double stepGflop, int steps = 5, int warmupSteps = 2, int classes = 10, int imageSize = 32)
     {
         var device = Devices.Resolve(options.Device);
         using var local = new Trainer(options).CreateLocalTrainer(classes, imageSize);

@@ -1,30 +1,50 @@
-// manml profile: per-unit forward and backward times of a network beside their FLOPs, and the peak matrix rate.
+// manml-lab profile: per-unit forward and backward times of a network beside their FLOPs, and the peak matrix rate.
 using System.CommandLine;
-using Man.ML.Samples.Tooling;
+using Man.ML.Lab.Tooling;
+using Man.ML.Samples.Cli;
 using Man.ML.Diagnostics;
 using Man.ML.Models;
 using Spectre.Console;
 
-namespace Man.ML.Samples.Cli;
+namespace Man.ML.Lab.Cli;
 
 internal static class ProfileCommand
 {
     public static Command Create()
     {
-        var arch = new Option<string>("--arch") { Description = "Architecture.", DefaultValueFactory = _ => "resnet32" };
-        var batch = new Option<int>("--batch-size") { Description = "Batch size.", DefaultValueFactory = _ => 128 };
+        var arch = CommonOptions.Arch();
+        var batch = CommonOptions.BatchSize();
         var repeats = new Option<int>("--repeats") { Description = "Timed repeats per unit (median reported).", DefaultValueFactory = _ => 5 };
-        var phases = new Option<bool>("--phases") { Description = "Also time the phases of a whole end-to-end step: zero-grad, forward, backward, non-finite check, optimizer." };
-        var localSpec = new Option<string?>("--local") { Description = "Also time the parts of a local-learning step, summed over its segments, for RULE-kK[-man] (for example dgl-k16-man, infopro-k16-man): units, MAN's copies, heads, backward, EMA update, check, optimizer." };
-        var heads = new Option<bool>("--heads") { Description = "With --local: also time, segment by segment, MAN's copies and the auxiliary head (InfoPro's decoder and classifier apart), forward and backward, with their GFLOP/s." };
-        var command = new Command("profile", "Per-unit forward and backward time and achieved GFLOP/s of a network's training step.") { arch, batch, repeats, phases, localSpec, heads };
+        var phases = new Option<bool>("--phases")
+        {
+            Description = "Also time the phases of a whole end-to-end step: zero-grad, forward, backward, non-finite check, optimizer.",
+        };
+        var localSpec = new Option<string?>("--local")
+        {
+            Description = "Also time the parts of a local-learning step, summed over its segments, for RULE-kK[-man] (for example " +
+                          "dgl-k16-man, infopro-k16-man): units, MAN's copies, heads, backward, EMA update, check, optimizer.",
+        };
+        var heads = new Option<bool>("--heads")
+        {
+            Description = "With --local: also time, segment by segment, MAN's copies and the auxiliary head (InfoPro's decoder and " +
+                          "classifier apart), forward and backward, with their GFLOP/s.",
+        };
+        var command = new Command("profile", "Per-unit forward and backward time and achieved GFLOP/s of a network's training step.")
+        {
+            arch, batch, repeats, phases, localSpec, heads,
+        };
         command.SetAction(parse => CliErrors.Run(() =>
         {
             TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
             double peak = MatrixRate.MeasureGflops();
             // The network as training builds it (which also tunes the native heap as training does).
-            var options = new Man.ML.Training.TrainingOptions { Architecture = parse.GetValue(arch)!, K = 1, Rule = Man.ML.Local.LearningRule.EndToEnd, Man = null, BatchSize = parse.GetValue(batch) };
-            var dataset = Models.Architectures.FamilyOf(options.Architecture) == NetworkFamily.ImageNet ? Man.ML.Data.DatasetKind.ImageNet : Man.ML.Data.DatasetKind.Cifar10;
+            var options = new Man.ML.Training.TrainingOptions
+            {
+                Architecture = parse.GetValue(arch)!, K = 1, Rule = Man.ML.Local.LearningRule.EndToEnd, Man = null, BatchSize = parse.GetValue(batch),
+            };
+            var dataset = Models.Architectures.FamilyOf(options.Architecture) == NetworkFamily.ImageNet
+                ? Man.ML.Data.DatasetKind.ImageNet
+                : Man.ML.Data.DatasetKind.Cifar10;
             using var local = new Man.ML.Training.Trainer(options).CreateLocalTrainer(dataset.Classes, dataset.ImageSize);
             using var network = local.Network;
             var profiles = UnitProfiler.Profile(network, parse.GetValue(batch), parse.GetValue(repeats));
@@ -40,8 +60,10 @@ internal static class ProfileCommand
             if (parse.GetValue(phases))
             {
                 var s = StepProfiler.EndToEnd(local, parse.GetValue(batch), parse.GetValue(repeats));
-                var steps = new Table().Title("end-to-end step by phase (median ms)").AddColumns("zero-grad", "forward + loss", "backward", "non-finite check", "optimizer", "sum", "LocalTrainer.Step");
-                steps.AddRow(s.ZeroGradMs.ToString("0.0"), s.ForwardMs.ToString("0.0"), s.BackwardMs.ToString("0.0"), s.CheckMs.ToString("0.0"), s.OptimizerMs.ToString("0.0"),
+                var steps = new Table().Title("end-to-end step by phase (median ms)")
+                    .AddColumns("zero-grad", "forward + loss", "backward", "non-finite check", "optimizer", "sum", "LocalTrainer.Step");
+                steps.AddRow(s.ZeroGradMs.ToString("0.0"), s.ForwardMs.ToString("0.0"), s.BackwardMs.ToString("0.0"), s.CheckMs.ToString("0.0"),
+                    s.OptimizerMs.ToString("0.0"),
                     (s.ZeroGradMs + s.ForwardMs + s.BackwardMs + s.CheckMs + s.OptimizerMs).ToString("0.0"), s.StepMs.ToString("0.0"));
                 AnsiConsole.Write(steps);
             }
@@ -60,7 +82,10 @@ internal static class ProfileCommand
                 double sum = p.ZeroGradMs + p.UnitsForwardMs + p.ManForwardMs + p.HeadForwardMs + p.BackwardMs + p.EmaUpdateMs + p.CheckMs + p.OptimizerMs;
                 var parts = new Table().Title($"{spec}: a local step by part, summed over {localOptions.K} segments (median ms)")
                     .AddColumns("zero-grad", "units fwd", "MAN fwd", "heads fwd + loss", "backward", "EMA update", "check", "optimizer", "sum", "Step");
-                parts.AddRow(new[] { p.ZeroGradMs, p.UnitsForwardMs, p.ManForwardMs, p.HeadForwardMs, p.BackwardMs, p.EmaUpdateMs, p.CheckMs, p.OptimizerMs, sum, p.StepMs }
+                parts.AddRow(new[]
+                    {
+                        p.ZeroGradMs, p.UnitsForwardMs, p.ManForwardMs, p.HeadForwardMs, p.BackwardMs, p.EmaUpdateMs, p.CheckMs, p.OptimizerMs, sum, p.StepMs,
+                    }
                     .Select(v => v.ToString("0.0")).ToArray());
                 AnsiConsole.Write(parts);
                 if (parse.GetValue(heads))
@@ -74,7 +99,8 @@ internal static class ProfileCommand
                     foreach (var group in rows.GroupBy(r => r.Part))
                     {
                         double ms = group.Sum(r => r.ForwardMs + r.BackwardMs), gf = group.Sum(r => r.StepGflop);
-                        partTable.AddRow("[bold]all[/]", group.Key, "", group.Sum(r => r.ForwardMs).ToString("0.0"), group.Sum(r => r.BackwardMs).ToString("0.0"),
+                        partTable.AddRow("[bold]all[/]", group.Key, "", group.Sum(r => r.ForwardMs).ToString("0.0"),
+                            group.Sum(r => r.BackwardMs).ToString("0.0"),
                             gf.ToString("0.000"), (gf / (ms / 1000)).ToString("0.0"), (gf / (ms / 1000) / peak).ToString("0.00"));
                     }
                     AnsiConsole.Write(partTable);

@@ -6,7 +6,7 @@ using Man.ML.Local;
 using Man.ML.Models;
 using static TorchSharp.torch;
 
-namespace Man.ML.Samples.Tooling;
+namespace Man.ML.Lab.Tooling;
 
 /// <summary>One auxiliary part of one segment.</summary>
 /// <param name="Segment">Segment index.</param>
@@ -56,7 +56,8 @@ internal static class HeadProfiler
                     results.Add(Time(j, "decoder", features, batchSize, repeats, 3.0 * decoderFlops * batchSize / 1e9,
                         x => nn.functional.binary_cross_entropy(infoPro.Reconstruct(x), images.sigmoid()), network.Family));
                 if (infoPro.ClassificationWeight != 0)
-                    results.Add(Time(j, "classifier", features, batchSize, repeats, 3.0 * (cost.ForwardFlops - (infoPro.ReconstructionWeight != 0 ? decoderFlops : 0)) * batchSize / 1e9,
+                    results.Add(Time(j, "classifier", features, batchSize, repeats,
+                        3.0 * (cost.ForwardFlops - (infoPro.ReconstructionWeight != 0 ? decoderFlops : 0)) * batchSize / 1e9,
                         x => infoPro.Mode == InfoProLossMode.CrossEntropy
                             ? nn.functional.cross_entropy(infoPro.call(x), labels)
                             : SupervisedContrastiveLoss.Compute(infoPro.call(x), labels), network.Family));

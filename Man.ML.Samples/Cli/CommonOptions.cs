@@ -1,0 +1,54 @@
+// The options several commands share, declared once: the same name, description and default wherever they appear (manml
+// and manml-lab alike). The defaults are the library's (TrainingOptions, ManImageClassificationTrainer.Options), so a
+// command line without them trains what the API trains. Each call makes a new option: a command owns its options.
+using System.CommandLine;
+using Man.ML.Local;
+
+namespace Man.ML.Samples.Cli;
+
+internal static class CommonOptions
+{
+    // Read from the library's options, not written again here.
+    private static readonly Training.TrainingOptions Defaults = new();
+    public static string DefaultArch => Defaults.Architecture;
+    public static int DefaultK => Defaults.K;
+    public static string DefaultRule => Choices.Name(Defaults.Rule);
+    public static int DefaultBatchSize => Defaults.BatchSize;
+    public static int DefaultSeed => Defaults.Seed;
+    public static string DefaultDevice => Defaults.Device;
+
+    public static Option<string> Arch() => new("--arch")
+    {
+        Description = "Architecture: resnet32, resnet110, resnet<6n+2> (CIFAR); resnet18/34/50/101/152, resnext50_32x4d, " +
+                      "resnext101_32x8d, vgg11/13/16/19_bn (ImageNet).",
+        DefaultValueFactory = _ => DefaultArch,
+    };
+
+    public static Option<int> K() => new("--k")
+    {
+        Description = "Number of gradient-isolated segments (1 = end-to-end).", DefaultValueFactory = _ => DefaultK,
+    };
+
+    public static Option<string> Rule() => new("--rule")
+    {
+        Description = $"Learning rule: {string.Join(", ", Choices.Names<LearningRule>())}.", DefaultValueFactory = _ => DefaultRule,
+    };
+
+    /// <summary>--batch-size; <paramref name="description"/> says what is batched where it is not training's mini-batch.</summary>
+    public static Option<int> BatchSize(string description = "Mini-batch size.") => new("--batch-size")
+    {
+        Description = description, DefaultValueFactory = _ => DefaultBatchSize,
+    };
+
+    public static Option<int> Seed() => new("--seed")
+    {
+        Description = "Random seed (initialisation, data order, augmentation).", DefaultValueFactory = _ => DefaultSeed,
+    };
+
+    public static Option<string> Device() => new("--device")
+    {
+        Description = "Device: cpu or cuda.", DefaultValueFactory = _ => DefaultDevice,
+    };
+
+    public static Option<int?> Threads() => new("--threads") { Description = "CPU threads for libtorch (default: all cores)." };
+}
