@@ -55,10 +55,10 @@ public sealed class ModuleGradientTests
         ["Conv2dLayer 12→12 3x3 stride 2"] = new(() => new Conv2dLayer(12, 12, 3, stride: 2, padding: 1, bias: false), new long[] { 4, 12, 9, 9 }, Unit),
         ["Conv2dLayer 512→1024 1x1 stride 2"] = new(() => new Conv2dLayer(512, 1024, 1, stride: 2, bias: false), new long[] { 2, 512, 5, 5 }, Unit),
         // Backbone units.
-        ["CifarStem 3→16"] = new(() => new CifarStem(3, 16), new long[] { 4, 3, 16, 16 }, Unit),
+        ["CifarStem 3→16"] = new(() => ConvStem.Cifar(3, 16), new long[] { 4, 3, 16, 16 }, Unit),
         ["BasicBlock 16→16"] = new(() => new BasicBlock(16, 16, 1), new long[] { 4, 16, 8, 8 }, Unit),
         ["BasicBlock 16→32 stride 2 (projection)"] = new(() => new BasicBlock(16, 32, 2), new long[] { 4, 16, 8, 8 }, Unit),
-        ["ImageNetStem 3→64"] = new(() => new ImageNetStem(3, 64), new long[] { 4, 3, 32, 32 }, Unit),
+        ["ImageNetStem 3→64"] = new(() => ConvStem.ImageNet(3, 64), new long[] { 4, 3, 32, 32 }, Unit),
         ["BasicBlock 64→128 stride 2 (ImageNet)"] = new(() => new BasicBlock(64, 128, 2), new long[] { 4, 64, 8, 8 }, Unit),
         ["Bottleneck 256→256"] = new(() => new Bottleneck(256, 64, 1), new long[] { 4, 256, 4, 4 }, Unit),
         ["Bottleneck 256→512 stride 2"] = new(() => new Bottleneck(256, 128, 2), new long[] { 4, 256, 8, 8 }, Unit),

@@ -10,8 +10,6 @@ using System.Reflection;
 using System.Runtime.InteropServices;
 using Man.ML.Local;
 using Man.ML.Models;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Backend;
 

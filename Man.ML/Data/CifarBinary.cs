@@ -1,8 +1,6 @@
 // The CIFAR-10 "binary version" layout: records of 1 label byte (0-9) then 3,072 pixel bytes (1,024 red, 1,024 green,
 // 1,024 blue, each 32x32 row-major). Any number of files, any number of records per file; malformed input is an
 // InvalidDataException naming the file and the record.
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Data;
 

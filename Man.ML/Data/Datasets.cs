@@ -1,8 +1,6 @@
 // The data sets the paper trains on, as formats, augmentations and normalisations (docs/METHOD.md §4): CIFAR-10 (binary
 // batches), SVHN cropped digits (.mat, MATLAB v5) and STL-10 (binary), each read into LabeledImages; and ImageNet
 // (the folder layout, streamed from disk).
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Data;
 

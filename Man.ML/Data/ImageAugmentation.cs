@@ -1,7 +1,5 @@
 // Turning uint8 batches into network inputs: per-sample random crop with padding and horizontal flip for training
 // (one coin and one offset per image, not per batch), and per-channel normalisation (docs/METHOD.md §4).
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Data;
 

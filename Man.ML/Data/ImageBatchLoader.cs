@@ -5,8 +5,6 @@
 // batches ahead (Prefetcher), so the network waits on JPEG decoding only when the cores cannot keep up. Every image's random draws come
 // from (seed, epoch, position), so results do not depend on thread timing.
 using Microsoft.ML.Data;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Data;
 

@@ -1,7 +1,5 @@
 // A data set held in memory as two tensors: uint8 images (N, C, H, W) and int64 labels (N). Small enough for CIFAR
 // (50,000 images are 150 MB); batches are gathered from it by index.
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Data;
 

@@ -5,7 +5,6 @@
 // outputs.
 using Man.ML.Data;
 using Man.ML.Models;
-using static TorchSharp.torch;
 
 namespace Man.ML.Diagnostics;
 

@@ -3,7 +3,6 @@
 using Man.ML.Data;
 using Man.ML.Models;
 using SkiaSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Diagnostics;
 

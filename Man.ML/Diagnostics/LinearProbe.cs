@@ -1,7 +1,6 @@
 // Linear separability of representations (the paper's Figure 4): a linear softmax classifier trained on frozen,
 // globally pooled features of every unit, its accuracy on held-out images reported per unit. Features are
 // standardised with the training set's statistics; the classifier is trained full-batch with Adam.
-using static TorchSharp.torch;
 
 namespace Man.ML.Diagnostics;
 

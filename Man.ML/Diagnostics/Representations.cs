@@ -2,7 +2,6 @@
 // features after every unit, the full feature maps of one unit, batch by batch under no_grad in evaluation mode.
 using Man.ML.Data;
 using Man.ML.Models;
-using static TorchSharp.torch;
 
 namespace Man.ML.Diagnostics;
 

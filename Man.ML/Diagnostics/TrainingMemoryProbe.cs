@@ -4,8 +4,6 @@
 // tensor memory goes back to the OS); the caller starts such a process.
 using Man.ML.Local;
 using Man.ML.Training;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Diagnostics;
 

@@ -9,9 +9,7 @@ using Google.Protobuf;
 using Man.ML.Data;
 using Man.ML.Models;
 using Onnx;
-using TorchSharp;
 using TorchSharp.Modules;
-using static TorchSharp.torch;
 
 namespace Man.ML.Interop;
 
@@ -113,9 +111,9 @@ public static class OnnxExport
     {
         switch (unit)
         {
-            case CifarStem:
+            case ConvStem { MaxPool: false }:
                 return g.Relu(ConvBn(g, unit, "conv", "bn", x, name));
-            case ImageNetStem:
+            case ConvStem:
                 return g.Node("MaxPool", new[] { g.Relu(ConvBn(g, unit, "conv", "bn", x, name)) }, null,
                     ("kernel_shape", new long[] { 3, 3 }), ("strides", new long[] { 2, 2 }), ("pads", new long[] { 1, 1, 1, 1 }));
             case BasicBlock block:

@@ -4,9 +4,7 @@
 // is kept by a TorchSharp maintainer; the naming and every check are Man.ML's.
 using System.Collections;
 using Man.ML.Models;
-using TorchSharp;
 using TorchSharp.PyBridge;
-using static TorchSharp.torch;
 
 namespace Man.ML.Interop;
 

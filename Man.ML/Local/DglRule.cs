@@ -2,9 +2,7 @@
 // docs/REFERENCE.md §2.3 (b)): pool to ceil(S/4), three 1x1 conv-BN-ReLU layers, pool to at most 2x2, two
 // bias-free linear-BN-ReLU layers, a linear classifier; the local loss is cross-entropy with weight 1.
 using Man.ML.Models;
-using TorchSharp;
 using TorchSharp.Modules;
-using static TorchSharp.torch;
 
 namespace Man.ML.Local;
 

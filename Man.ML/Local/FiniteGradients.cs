@@ -2,7 +2,6 @@
 // GPU it waits for every queued kernel), so a healthy step reads once for all gradients together; only when that read
 // says one is bad does the check go segment by segment, so the message can name the first segment that holds it.
 using TorchSharp.Modules;
-using static TorchSharp.torch;
 
 namespace Man.ML.Local;
 

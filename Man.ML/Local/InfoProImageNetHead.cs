@@ -5,9 +5,7 @@
 // up-sampling targets are image/2^k, so features at another resolution skip or merge steps rather than fail.
 using Man.ML.Data;
 using Man.ML.Models;
-using TorchSharp;
 using TorchSharp.Modules;
-using static TorchSharp.torch;
 
 namespace Man.ML.Local;
 

@@ -5,9 +5,7 @@
 // code); a schedule that yields a negative weight, or zero for both terms (a segment that would not learn), is an error.
 using Man.ML.Data;
 using Man.ML.Models;
-using TorchSharp;
 using TorchSharp.Modules;
-using static TorchSharp.torch;
 
 namespace Man.ML.Local;
 

@@ -9,9 +9,7 @@
 // its order of operations and its state (momentum buffers, save/load format) are TorchSharp's SGD's exactly. (The class is
 // called SGD because TorchSharp writes the optimizer's type name into saved state and checks it on load: run checkpoints
 // written before and after stay interchangeable.)
-using TorchSharp;
 using TorchSharp.Modules;
-using static TorchSharp.torch;
 
 namespace Man.ML.Local;
 

@@ -2,8 +2,6 @@
 // head's view of a mini-batch into that segment's local loss. The last segment never has one: the network's own head
 // trains it with cross-entropy.
 using Man.ML.Models;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Local;
 

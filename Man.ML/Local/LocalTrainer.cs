@@ -4,9 +4,7 @@
 // alive (docs/PLATFORM.md §Memory). MAN's EMA update follows each local backward; the single optimizer steps once all
 // segments are done.
 using Man.ML.Models;
-using TorchSharp;
 using TorchSharp.Modules;
-using static TorchSharp.torch;
 
 namespace Man.ML.Local;
 

@@ -5,8 +5,6 @@
 // picture of what the next segment will make of x. Gradients flow through both copies into segment j. At inference
 // MAN disappears with the auxiliary heads.
 using Man.ML.Models;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Local;
 

@@ -3,9 +3,7 @@
 // the similarity matrix of the one-hot labels) and a prediction head (average pooling, by doubling the kernel, down to
 // at most 1,024 features, then a linear classifier); the local loss is 0.99·sim + 0.01·pred.
 using Man.ML.Models;
-using TorchSharp;
 using TorchSharp.Modules;
-using static TorchSharp.torch;
 
 namespace Man.ML.Local;
 

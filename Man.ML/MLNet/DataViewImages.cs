@@ -13,7 +13,6 @@ using Man.ML.Models;
 using Man.ML.Training;
 using Microsoft.ML;
 using Microsoft.ML.Data;
-using static TorchSharp.torch;
 
 namespace Man.ML.MLNet;
 

@@ -9,7 +9,6 @@ using Man.ML.Training;
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using Microsoft.ML.Runtime;
-using static TorchSharp.torch;
 
 namespace Man.ML.MLNet;
 

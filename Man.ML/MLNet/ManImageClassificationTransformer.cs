@@ -6,8 +6,6 @@ using Man.ML.Data;
 using Man.ML.Models;
 using Microsoft.ML;
 using Microsoft.ML.Data;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.MLNet;
 

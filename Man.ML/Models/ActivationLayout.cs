@@ -8,8 +8,6 @@
 // forward and backward of a CIFAR ResNet-32 at batch 128 take about 0.6 of the NCHW time. Parameters, their gradients
 // (autograd gives a gradient the layout of its parameter), checkpoints and outputs are unaffected; values agree to
 // float32 rounding (another summation order inside the kernels).
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Models;
 

@@ -2,40 +2,9 @@
 // code: a 3x3 stem without max-pool, three stages of n BasicBlocks at 16/32/64 channels, projection shortcuts
 // (1x1 conv + BN, "option B") where the shape changes, then global average pooling and a linear layer.
 // Laid out after torchvision's resnet.py: small helpers, blocks that state their shape, one initialisation loop.
-using TorchSharp;
 using TorchSharp.Modules;
-using static TorchSharp.torch;
 
 namespace Man.ML.Models;
-
-/// <summary>Stem of a CIFAR ResNet: conv 3x3 (no bias), batch norm, ReLU.</summary>
-internal sealed class CifarStem : nn.Module<Tensor, Tensor>, IHasCost
-{
-    private readonly Conv2dLayer conv;
-    private readonly BatchNorm2d bn;
-
-    /// <summary>Creates a stem from <paramref name="inChannels"/> to <paramref name="outChannels"/>.</summary>
-    public CifarStem(int inChannels, int outChannels) : base(nameof(CifarStem))
-    {
-        conv = CifarResNet.Conv3x3(inChannels, outChannels, 1);
-        bn = nn.BatchNorm2d(outChannels);
-        RegisterComponents();
-    }
-
-    /// <inheritdoc />
-    public override Tensor forward(Tensor x)
-    {
-        using var scope = NewDisposeScope();
-        return bn.call(conv.call(x)).relu_().MoveToOuterDisposeScope(); // (B, C, H, W)
-    }
-
-    /// <summary>Keeps its input (conv), the conv output (BN's input) and the ReLU output.</summary>
-    public ModuleCost Cost(FeatureShape input)
-    {
-        var output = conv.OutputShape(input);
-        return new ModuleCost(output, input.Elements, 2 * output.Elements, true, LayerCost.ConvFlops(input, output, 3));
-    }
-}
 
 /// <summary>
 /// Residual BasicBlock: conv3x3(stride) → BN → ReLU → conv3x3 → BN, plus the shortcut (identity, or 1x1 conv + BN
@@ -153,18 +122,6 @@ internal sealed class CifarResNet : UnitChainNetwork
     public override string Architecture => $"resnet{Depth}";
 
     /// <inheritdoc />
-    public override int ClassCount { get; }
-
-    /// <inheritdoc />
-    public override FeatureShape InputShape { get; }
-
-    /// <inheritdoc />
-    public override IReadOnlyList<nn.Module<Tensor, Tensor>> Units => unitView;
-
-    /// <inheritdoc />
-    public override IReadOnlyList<UnitInfo> UnitInfos => infos;
-
-    /// <inheritdoc />
     public override nn.Module<Tensor, Tensor> Head => head;
 
     /// <summary>Creates a CIFAR ResNet of the given depth.</summary>
@@ -184,9 +141,9 @@ internal sealed class CifarResNet : UnitChainNetwork
 
         units = new ModuleList<nn.Module<Tensor, Tensor>>();
         var strides = new List<int>();
-        units.Add(new CifarStem(3, StageWidths[0]));
+        units.Add(ConvStem.Cifar(3, StageWidths[0]));
         var shape = new FeatureShape(StageWidths[0], imageSize, imageSize);
-        var stemCost = ((CifarStem)units[0]).Cost(InputShape);
+        var stemCost = ((ConvStem)units[0]).Cost(InputShape);
         infos.Add(new UnitInfo(0, "stem", 0, InputShape, shape, stemCost.SavedInput + stemCost.SavedInternal));
         int inChannels = StageWidths[0];
         for (int stage = 0; stage < 3; stage++)
@@ -209,6 +166,7 @@ internal sealed class CifarResNet : UnitChainNetwork
         blockStrides = strides.ToArray();
         unitView.AddRange(units);
         head = new PooledLinearHead(inChannels, classes);
+        (Units, UnitInfos) = (unitView, infos);
         RegisterComponents();
         Initialization.ApplyReference(this);
     }
@@ -225,7 +183,7 @@ internal sealed class CifarResNet : UnitChainNetwork
         if (index < 0 || index >= units.Count) throw new ArgumentOutOfRangeException(nameof(index));
         nn.Module<Tensor, Tensor> unit;
         if (index == 0)
-            unit = new CifarStem(3, StageWidths[0]);
+            unit = ConvStem.Cifar(3, StageWidths[0]);
         else
         {
             var info = infos[index];

@@ -1,9 +1,7 @@
 // The 2-D convolution every Man.ML module is built from: torch.nn.Conv2d's parameters, state-dict names ("weight",
 // "bias"), shapes and default initialisation, with a forward pass that goes through ConvolutionRouting so that the
 // libtorch CPU faults it knows of are steered around (see ConvolutionRouting.cs).
-using TorchSharp;
 using TorchSharp.Modules;
-using static TorchSharp.torch;
 
 namespace Man.ML.Models;
 
@@ -57,12 +55,7 @@ internal sealed class Conv2dLayer : nn.Module<Tensor, Tensor>
             throw new ArgumentException($"Invalid convolution {inChannels}→{outChannels}, kernel {kernelSize}, stride {stride}, padding {padding}, groups {groups}.");
         if (inChannels % groups != 0 || outChannels % groups != 0)
             throw new ArgumentException($"Channels {inChannels}→{outChannels} are not divisible by {groups} groups.");
-        InChannels = inChannels;
-        OutChannels = outChannels;
-        KernelSize = kernelSize;
-        Stride = stride;
-        Padding = padding;
-        Groups = groups;
+        (InChannels, OutChannels, KernelSize, Stride, Padding, Groups) = (inChannels, outChannels, kernelSize, stride, padding, groups);
         weight = new Parameter(empty(outChannels, inChannels / groups, kernelSize, kernelSize));
         if (bias) this.bias = new Parameter(empty(outChannels));
         using (no_grad())

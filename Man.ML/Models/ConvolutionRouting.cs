@@ -24,8 +24,6 @@
 //
 // The first two rewrites do not run when no input gradient is taken (inference, the first layer of a segment): forward passes and
 // weight gradients are right on every CPU measured.
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Models;
 

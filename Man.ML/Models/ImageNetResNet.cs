@@ -3,44 +3,9 @@
 // projection shortcuts where the shape changes, the stride on the 3x3 convolution (ResNet v1.5), then global average
 // pooling and a linear layer. The reference MAN/InfoPro ImageNet code builds exactly these (docs/REFERENCE.md §6.1).
 // As a chain of units: the stem, then every block in order.
-using TorchSharp;
 using TorchSharp.Modules;
-using static TorchSharp.torch;
 
 namespace Man.ML.Models;
-
-/// <summary>Stem of an ImageNet ResNet: conv 7x7 stride 2 (no bias), batch norm, ReLU, max-pool 3x3 stride 2.</summary>
-internal sealed class ImageNetStem : nn.Module<Tensor, Tensor>, IHasCost
-{
-    private readonly Conv2dLayer conv;
-    private readonly BatchNorm2d bn;
-
-    /// <summary>Creates a stem from <paramref name="inChannels"/> to <paramref name="outChannels"/>.</summary>
-    public ImageNetStem(int inChannels, int outChannels) : base(nameof(ImageNetStem))
-    {
-        conv = new Conv2dLayer(inChannels, outChannels, kernelSize: 7, stride: 2, padding: 3, bias: false);
-        bn = nn.BatchNorm2d(outChannels);
-        RegisterComponents();
-    }
-
-    /// <inheritdoc />
-    public override Tensor forward(Tensor x)
-    {
-        using var scope = NewDisposeScope();
-        var h = bn.call(conv.call(x)).relu_();                                            // (B, 64, H/2, W/2)
-        return nn.functional.max_pool2d(h, 3, 2, 1).MoveToOuterDisposeScope();            // (B, 64, H/4, W/4)
-    }
-
-    /// <summary>Keeps its input (conv), the conv output (BN's input), the ReLU output (max-pool's input), the max-pool's
-    /// int64 indices (two float32 elements each) and its output.</summary>
-    public ModuleCost Cost(FeatureShape input)
-    {
-        var convOut = conv.OutputShape(input);
-        var output = LayerCost.ConvOutput(convOut, convOut.Channels, 3, 2, 1);
-        return new ModuleCost(output, input.Elements, 2 * convOut.Elements + 3 * output.Elements, true,
-            LayerCost.ConvFlops(input, convOut, 7));
-    }
-}
 
 /// <summary>
 /// Bottleneck block (torchvision v1.5): conv1x1 → BN → ReLU → conv3x3(stride, groups) → BN → ReLU → conv1x1 (×4) → BN,
@@ -51,11 +16,12 @@ internal sealed class Bottleneck : nn.Module<Tensor, Tensor>, IHasCost
     /// <summary>Output channels per base width.</summary>
     public const int Expansion = 4;
 
-    private readonly Conv2dLayer conv1;
+    // torchvision's names, registered in this order (the state dict's and the optimizer's order).
+    private readonly Conv2dLayer conv1; // 1x1, to the base width
     private readonly BatchNorm2d bn1;
-    private readonly Conv2dLayer conv2;
+    private readonly Conv2dLayer conv2; // 3x3, with the stride and the groups
     private readonly BatchNorm2d bn2;
-    private readonly Conv2dLayer conv3;
+    private readonly Conv2dLayer conv3; // 1x1, to the expanded width
     private readonly BatchNorm2d bn3;
     private readonly Sequential? downsample;
 
@@ -146,18 +112,6 @@ internal sealed class ImageNetResNet : UnitChainNetwork
     public override NetworkFamily Family => NetworkFamily.ImageNet;
 
     /// <inheritdoc />
-    public override int ClassCount { get; }
-
-    /// <inheritdoc />
-    public override FeatureShape InputShape { get; }
-
-    /// <inheritdoc />
-    public override IReadOnlyList<nn.Module<Tensor, Tensor>> Units => unitView;
-
-    /// <inheritdoc />
-    public override IReadOnlyList<UnitInfo> UnitInfos => infos;
-
-    /// <inheritdoc />
     public override nn.Module<Tensor, Tensor> Head => head;
 
     /// <summary>Blocks per stage, for example 3, 4, 23, 3 for ResNet-101.</summary>
@@ -183,7 +137,7 @@ internal sealed class ImageNetResNet : UnitChainNetwork
         BlocksPerStage = blocks;
 
         units = new ModuleList<nn.Module<Tensor, Tensor>>();
-        Add(() => new ImageNetStem(3, 64), "stem", 0, InputShape);
+        Add(() => ConvStem.ImageNet(3, 64), "stem", 0, InputShape);
         int inChannels = 64;
         for (int stage = 0; stage < 4; stage++)
         {
@@ -200,6 +154,7 @@ internal sealed class ImageNetResNet : UnitChainNetwork
         }
         unitView.AddRange(units);
         head = new PooledLinearHead(inChannels, classes);
+        (Units, UnitInfos) = (unitView, infos);
         RegisterComponents();
         Initialization.ApplyReference(this);
     }

@@ -1,8 +1,6 @@
 // The reference code's one initialisation loop, applied to every module it builds (backbone, auxiliary heads and MAN
 // copies alike): He-normal (fan-out) convolutions, BatchNorm weight 1 and bias 0, linear layers left at PyTorch's
 // defaults.
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Models;
 

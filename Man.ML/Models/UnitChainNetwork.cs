@@ -1,8 +1,6 @@
 // A network seen as an ordered chain of units (stem, blocks, ...) followed by a classification head.
 // Local learning cuts this chain into segments; MAN builds fresh copies of single units. Models know nothing else of
 // local learning.
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Models;
 
@@ -91,19 +89,24 @@ public abstract class UnitChainNetwork : nn.Module<Tensor, Tensor>
     /// <summary>Which recipe the network belongs to. Default <see cref="NetworkFamily.Cifar"/>.</summary>
     public virtual NetworkFamily Family => NetworkFamily.Cifar;
 
+    // Set by each network's constructor. The modules themselves are registered through the network's own fields (their
+    // names are the state dict's); these hold no module-typed field, so nothing is registered twice.
+
     /// <summary>Number of output classes.</summary>
-    public abstract int ClassCount { get; }
+    public int ClassCount { get; protected init; }
 
     /// <summary>Shape of one input image.</summary>
-    public abstract FeatureShape InputShape { get; }
+    public FeatureShape InputShape { get; protected init; }
 
     /// <summary>The units before the head, in order.</summary>
-    public abstract IReadOnlyList<nn.Module<Tensor, Tensor>> Units { get; }
+    public IReadOnlyList<nn.Module<Tensor, Tensor>> Units { get; protected init; } = Array.Empty<nn.Module<Tensor, Tensor>>();
 
     /// <summary>Descriptions of <see cref="Units"/>, index for index.</summary>
-    public abstract IReadOnlyList<UnitInfo> UnitInfos { get; }
+    public IReadOnlyList<UnitInfo> UnitInfos { get; protected init; } = Array.Empty<UnitInfo>();
 
     /// <summary>The classification head: features of the last unit to class logits.</summary>
+    /// <remarks>Abstract rather than stored here: TorchSharp registers every module-typed field of the class
+    /// hierarchy, and the head is registered by the network's own field.</remarks>
     public abstract nn.Module<Tensor, Tensor> Head { get; }
 
     /// <summary>

@@ -11,8 +11,6 @@
 // and keeps at most 1.5× the up-sampled map; at equal sizes up-sampling with align_corners is the identity and is
 // skipped.
 // The result equals the plain path's up to float32 rounding (another summation order).
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Models;
 

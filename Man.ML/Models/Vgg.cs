@@ -2,9 +2,7 @@
 // §6.2): one unit per convolution layer (conv 3x3 with bias → BN → ReLU), each max-pool prepended to the following
 // convolution's unit; the last max-pool opens the head (pool → 7x7 average pool → 4096 → 4096 → classes). DGL's head
 // has no dropout, so neither has this one; the parameter count equals torchvision's (VGG-13-BN: 133,053,736).
-using TorchSharp;
 using TorchSharp.Modules;
-using static TorchSharp.torch;
 
 namespace Man.ML.Models;
 
@@ -108,18 +106,6 @@ internal sealed class Vgg : UnitChainNetwork
     public override NetworkFamily Family => NetworkFamily.ImageNet;
 
     /// <inheritdoc />
-    public override int ClassCount { get; }
-
-    /// <inheritdoc />
-    public override FeatureShape InputShape { get; }
-
-    /// <inheritdoc />
-    public override IReadOnlyList<nn.Module<Tensor, Tensor>> Units => unitView;
-
-    /// <inheritdoc />
-    public override IReadOnlyList<UnitInfo> UnitInfos => infos;
-
-    /// <inheritdoc />
     public override nn.Module<Tensor, Tensor> Head => head;
 
     /// <summary>Creates VGG-<paramref name="depth"/> with batch norm.</summary>
@@ -153,6 +139,7 @@ internal sealed class Vgg : UnitChainNetwork
         }
         unitView.AddRange(units);
         head = new VggHead(inChannels, classes);
+        (Units, UnitInfos) = (unitView, infos);
         RegisterComponents();
         InitializeLikeTorchvision(this);
     }

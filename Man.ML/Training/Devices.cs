@@ -1,6 +1,5 @@
 // Device names, parsed and checked in one place: the options validate the spelling, the run resolves it once, and
 // every tensor and module of the run goes to that one device.
-using static TorchSharp.torch;
 
 namespace Man.ML.Training;
 

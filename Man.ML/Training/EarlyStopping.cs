@@ -3,7 +3,6 @@
 // statistics, copied to the CPU when an epoch improves: one backbone's worth of memory). What ML.NET's
 // ImageClassificationTrainer.EarlyStopping does, on a figure Man.ML measures after every epoch.
 using Man.ML.Models;
-using static TorchSharp.torch;
 
 namespace Man.ML.Training;
 

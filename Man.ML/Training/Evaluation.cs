@@ -1,8 +1,6 @@
 // Scoring a trained backbone: per-batch scopes under no_grad, batch norm in evaluation mode; top-1 and top-5 accuracy.
 using Man.ML.Data;
 using Man.ML.Models;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Training;
 

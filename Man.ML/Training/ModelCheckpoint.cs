@@ -7,7 +7,6 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using Man.ML.Data;
 using Man.ML.Models;
-using TorchSharp;
 
 namespace Man.ML.Training;
 

@@ -9,7 +9,6 @@ using Man.ML.Data;
 using Man.ML.Interop;
 using Man.ML.Local;
 using Man.ML.Models;
-using static TorchSharp.torch;
 
 namespace Man.ML.Training;
 

@@ -5,8 +5,6 @@ using Man.ML.Backend;
 using Man.ML.Data;
 using Man.ML.Local;
 using Man.ML.Models;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Training;
 

@@ -8,8 +8,6 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Man.ML.Local;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Man.ML.Training;
 

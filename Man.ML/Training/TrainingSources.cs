@@ -3,7 +3,6 @@
 // sees only this interface.
 using Man.ML.Data;
 using Man.ML.Models;
-using static TorchSharp.torch;
 
 namespace Man.ML.Training;
 
