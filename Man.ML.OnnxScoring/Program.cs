@@ -15,8 +15,14 @@ using Microsoft.ML.Transforms;
 var modelOption = new Option<string>("--model") { Description = "An ONNX model exported by Man.ML (SaveAsOnnx or manml export-onnx).", Required = true };
 var imagesOption = new Option<string>("--images") { Description = "Folder of class folders of images.", Required = true };
 var scoresOption = new Option<string?>("--scores-out") { Description = "Write every image's path, scores (exact float bits) and predicted class as JSON." };
-var roundsOption = new Option<int>("--rounds") { Description = "Timed scoring passes after one warm-up pass (the median is reported).", DefaultValueFactory = _ => 3 };
-var root = new RootCommand("Score an image folder with a Man.ML model exported to ONNX, without TorchSharp or libtorch.") { modelOption, imagesOption, scoresOption, roundsOption };
+var roundsOption = new Option<int>("--rounds")
+{
+    Description = "Timed scoring passes after one warm-up pass (the median is reported).", DefaultValueFactory = _ => 3,
+};
+var root = new RootCommand("Score an image folder with a Man.ML model exported to ONNX, without TorchSharp or libtorch.")
+{
+    modelOption, imagesOption, scoresOption, roundsOption,
+};
 root.SetAction(parse =>
 {
     try
@@ -63,7 +69,10 @@ internal static class Scoring
             var pixels = new byte[3 * size * size];
             MLImage image;
             try { image = MLImage.CreateFromFile(input.ImagePath); }
-            catch (Exception e) when (e is not OperationCanceledException) { throw new InvalidDataException($"Image '{input.ImagePath}' cannot be decoded: {e.Message}", e); }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                throw new InvalidDataException($"Image '{input.ImagePath}' cannot be decoded: {e.Message}", e);
+            }
             using (image) ImagePixels.ToInput(image, imageNetRecipe ? (w, h) => ImagePixels.CentreCrop(size, resize, w, h) : null, size, pixels);
             var values = new float[pixels.Length];
             for (int i = 0; i < pixels.Length; i++) values[i] = pixels[i];
@@ -72,7 +81,8 @@ internal static class Scoring
 
         var pipeline = ml.Transforms.CustomMapping<ImageFile, ImagePixelsRow>(Preprocess, contractName: null, outputSchemaDefinition: outputSchema)
             .Append(ml.Transforms.ApplyOnnxModel(new[] { "Score" }, new[] { "Pixels" }, modelPath,
-                shapeDictionary: new Dictionary<string, int[]> { ["Pixels"] = new[] { 1, 3, size, size } }, gpuDeviceId: null, fallbackToCpu: false, recursionLimit: 100));
+                shapeDictionary: new Dictionary<string, int[]> { ["Pixels"] = new[] { 1, 3, size, size } },
+                    gpuDeviceId: null, fallbackToCpu: false, recursionLimit: 100));
         var data = ml.Data.LoadFromEnumerable(rows);
         using var model = (IDisposable)pipeline.Fit(data);
         var transformer = (ITransformer)model;

@@ -57,7 +57,8 @@ public sealed class AblationAndPresetTests
     {
         using var net = new CifarResNet(8);
         var plan = SplitPlan.Create(net, 2);
-        using var trainer = new LocalTrainer(net, plan, new DglRule(), new MomentumOptions { Mix = ManMix.Learnable }, new OptimizerSettings { LearningRate = 0.5 }, CPU);
+        using var trainer = new LocalTrainer(net, plan, new DglRule(),
+            new MomentumOptions { Mix = ManMix.Learnable }, new OptimizerSettings { LearningRate = 0.5 }, CPU);
         var branch = trainer.Man![0];
         Assert.AreEqual(1f, branch.Mix!.item<float>());
         Assert.IsTrue(trainer.Optimizer.parameters().Any(p => p.Handle == branch.Mix.Handle));
@@ -75,7 +76,8 @@ public sealed class AblationAndPresetTests
         var (x, y) = Batch(8);
         trainer.Step(x, y);
         Assert.AreNotEqual(1f, branch.Mix.item<float>(), "s did not move");
-        Assert.ThrowsExactly<InvalidOptionException>(() => new MomentumAuxiliaryNetwork(net, plan, new MomentumOptions { Mix = ManMix.Learnable, Ablation = ManAblation.EmaOnly }));
+        Assert.ThrowsExactly<InvalidOptionException>(() => new MomentumAuxiliaryNetwork(net, plan,
+            new MomentumOptions { Mix = ManMix.Learnable, Ablation = ManAblation.EmaOnly }));
     }
 
     [TestMethod]
@@ -95,12 +97,15 @@ public sealed class AblationAndPresetTests
             using var x = Normalization.Cifar.Apply(batch.Images.to_type(ScalarType.Float32) / 255f);
             using var net = new CifarResNet(8);
             // K = 2: MAN's λ schedule (stage of the copied unit over K − 2) is only defined at K = 2 or at the paper's larger K.
-            using var trainer = new LocalTrainer(net, SplitPlan.Create(net, 2), rule, new MomentumOptions(), new OptimizerSettings { LearningRate = 0.05 }, CPU);
+            using var trainer = new LocalTrainer(net, SplitPlan.Create(net, 2), rule, new MomentumOptions(),
+                new OptimizerSettings { LearningRate = 0.05 }, CPU);
             trainer.SetTraining(true);
             var results = Enumerable.Range(0, 20).Select(_ => trainer.Step(x, batch.Labels)).ToList();
-            string name = $"{rule.Name} ({(rule is DglRule d ? d.Head.ToString() : rule is InfoProRule i ? i.Settings.LossMode?.ToString() ?? "default" : "")})";
+            string name = $"{rule.Name} ({(rule is DglRule d ? d.Head.ToString()
+                : rule is InfoProRule i ? i.Settings.LossMode?.ToString() ?? "default" : "")})";
             Assert.IsTrue(results.All(r => r.SegmentLosses.All(float.IsFinite)), $"{name}: non-finite loss");
-            Assert.IsTrue(results[^1].SegmentLosses[0] < results[0].SegmentLosses[0], $"{name}: segment 0's local loss {results[0].SegmentLosses[0]} -> {results[^1].SegmentLosses[0]}");
+            Assert.IsTrue(results[^1].SegmentLosses[0] < results[0].SegmentLosses[0],
+                $"{name}: segment 0's local loss {results[0].SegmentLosses[0]} -> {results[^1].SegmentLosses[0]}");
             Assert.IsTrue(results[^1].Loss < results[0].Loss, $"{name}: head loss {results[0].Loss} -> {results[^1].Loss}");
         }
     }

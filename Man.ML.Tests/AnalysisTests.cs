@@ -102,12 +102,15 @@ public sealed class AnalysisTests
             using var net = new CifarResNet(8);
             ModelCheckpoint.Save(Path.Combine(folder, "model.ckpt"), net, new CheckpointInfo
             {
-                Architecture = "resnet8", Classes = 10, ImageSize = 32, NormalizationMean = Normalization.Cifar.Mean, NormalizationStd = Normalization.Cifar.Std,
+                Architecture = "resnet8", Classes = 10, ImageSize = 32,
+                NormalizationMean = Normalization.Cifar.Mean, NormalizationStd = Normalization.Cifar.Std,
             });
         }
-        var probe = TestSupport.RunManml(new[] { "probe", "--model", Path.Combine(a, "model.ckpt"), Path.Combine(b, "model.ckpt"), "--probe-train", "200", "--probe-val", "100", "--out", dir });
+        var probe = TestSupport.RunManml(new[] { "probe", "--model", Path.Combine(a, "model.ckpt"), Path.Combine(b, "model.ckpt"),
+            "--probe-train", "200", "--probe-val", "100", "--out", dir });
         Assert.AreEqual(0, probe.ExitCode, probe.Stderr);
-        var cka = TestSupport.RunManml(new[] { "cka", "--model", Path.Combine(a, "model.ckpt"), "--reference", Path.Combine(b, "model.ckpt"), "--images", "64", "--batch-size", "32", "--out", dir });
+        var cka = TestSupport.RunManml(new[] { "cka", "--model", Path.Combine(a, "model.ckpt"), "--reference", Path.Combine(b, "model.ckpt"),
+            "--images", "64", "--batch-size", "32", "--out", dir });
         Assert.AreEqual(0, cka.ExitCode, cka.Stderr);
         var features = TestSupport.RunManml(new[] { "features", "--model", Path.Combine(a, "model.ckpt"), "--unit", "1", "--out", dir });
         Assert.AreEqual(0, features.ExitCode, features.Stderr);

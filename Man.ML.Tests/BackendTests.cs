@@ -208,8 +208,9 @@ public sealed class BackendTests
             names["conv 12→3 3x3 stride 1 padding 1 at 32x32"].Route);
         CollectionAssert.Contains(names["conv 12→3 3x3 stride 1 padding 1 at 32x32"].Layers.ToList(), "auxiliary.heads.0.decoder.3");
         Assert.IsTrue(names.ContainsKey("conv 32→32 3x3 stride 1 padding 1 at 16x16"), "the 2c2f classifier's second convolution");
-        Assert.IsTrue(report.Correct, string.Join("; ", report.Convolutions.Where(c => !c.Correct).Select(c => $"{c.Shape}: {c.InputGradientError}, {c.WeightGradientError}")) +
-                                      ". " + GradientComparison.Explanation);
+        Assert.IsTrue(report.Correct,
+            string.Join("; ", report.Convolutions.Where(c => !c.Correct).Select(c => $"{c.Shape}: {c.InputGradientError}, {c.WeightGradientError}")) +
+            ". " + GradientComparison.Explanation);
         report.EnsureCorrect();
         Assert.IsTrue(report.Environment.Threads >= 1 && report.Environment.LibTorch.Length > 0 && report.Environment.Cpu.Length > 0);
 
@@ -229,7 +230,8 @@ public sealed class BackendTests
         // libtorch has on affected CPUs, made here on purpose so that the failure path runs on every machine. (16 output
         // channels: a shape libtorch itself computes correctly everywhere measured, so only the deliberate fault shows.)
         var shape = new ConvolutionShape(16, 16, 3, 1, 1, 1, true, 8, 8, InputGradient: true);
-        var wrong = BackendCheck.Check(shape, new[] { "auxiliary.heads.0.decoder.0", "auxiliary.heads.1.decoder.0" }, CPU, ConvolutionWorkaround.Auto, (x, w, b, s) =>
+        var wrong = BackendCheck.Check(shape, new[] { "auxiliary.heads.0.decoder.0", "auxiliary.heads.1.decoder.0" },
+            CPU, ConvolutionWorkaround.Auto, (x, w, b, s) =>
         {
             var right = nn.functional.conv2d(x, w, b, padding: new long[] { 1, 1 });
             var other = nn.functional.conv2d(x, w.flip(2), b, padding: new long[] { 1, 1 });
@@ -287,13 +289,15 @@ public sealed class BackendTests
         var routes = new Dictionary<ConvolutionWorkaround, BackendReport>();
         foreach (var policy in new[] { ConvolutionWorkaround.Never, ConvolutionWorkaround.Always })
         {
-            var options = new TrainingOptions { Architecture = "resnet8", K = 2, Rule = LearningRule.InfoPro, BatchSize = 32, Seed = 3, ConvolutionWorkaround = policy };
+            var options = new TrainingOptions { Architecture = "resnet8", K = 2, Rule = LearningRule.InfoPro,
+                BatchSize = 32, Seed = 3, ConvolutionWorkaround = policy };
             using var local = new Trainer(options).CreateLocalTrainer(10, 32);
             try
             {
                 Assert.AreEqual(policy, local.Network.Workaround);
                 var convs = local.Network.modules().Concat(local.AuxiliaryModule.modules()).OfType<Conv2dLayer>().ToList();
-                Assert.IsTrue(convs.Count > 10 && convs.All(c => c.Workaround == policy), "every convolution of the run, heads and MAN's copies included, follows the run's policy");
+                Assert.IsTrue(convs.Count > 10 && convs.All(c => c.Workaround == policy),
+                    "every convolution of the run, heads and MAN's copies included, follows the run's policy");
                 routes[policy] = BackendCheck.EnsureCorrect(local);
                 Assert.AreEqual(policy, routes[policy].Environment.Workaround);
             }
@@ -306,11 +310,14 @@ public sealed class BackendTests
 
         // The layout is the network's too: channels-first here, so the strided 1x1 projection (of MAN's copy of layer2[0])
         // is subsampled, not a matrix product.
-        using var nchw = Architectures.Create("resnet8", 10, 32, new BackendOptions { Workaround = ConvolutionWorkaround.Always, Layout = ActivationLayout.ChannelsFirst });
+        using var nchw = Architectures.Create("resnet8", 10, 32,
+            new BackendOptions { Workaround = ConvolutionWorkaround.Always, Layout = ActivationLayout.ChannelsFirst });
         Assert.IsFalse(nchw.ChannelsLastOn(DeviceType.CPU));
-        using var trainer = new LocalTrainer(nchw, SplitPlan.Create(nchw, 2), new InfoProRule(new InfoProSettings()), new MomentumOptions(), new OptimizerSettings(), CPU);
+        using var trainer = new LocalTrainer(nchw, SplitPlan.Create(nchw, 2), new InfoProRule(new InfoProSettings()),
+            new MomentumOptions(), new OptimizerSettings(), CPU);
         var report = BackendCheck.Run(trainer);
-        Assert.AreEqual(ConvolutionRoute.SubsampledInput, report.Convolutions.Single(c => c.Shape.ToString() == "conv 16→32 1x1 stride 2 padding 0 at 32x32").Route);
+        Assert.AreEqual(ConvolutionRoute.SubsampledInput,
+            report.Convolutions.Single(c => c.Shape.ToString() == "conv 16→32 1x1 stride 2 padding 0 at 32x32").Route);
         Assert.IsTrue(report.Correct, GradientComparison.Explanation);
 
         // Built without a choice, a network takes the process default.
@@ -324,13 +331,15 @@ public sealed class BackendTests
     {
         // Nothing in the library calls HeapTuning.Apply (only this test does, in this process): creating a trainer leaves
         // the process's allocator as it was.
-        using (var local = new Trainer(new TrainingOptions { Architecture = "resnet8", K = 1, Rule = LearningRule.EndToEnd, Man = null }).CreateLocalTrainer(10, 32))
+        using (var local = new Trainer(new TrainingOptions { Architecture = "resnet8", K = 1, Rule = LearningRule.EndToEnd, Man = null })
+            .CreateLocalTrainer(10, 32))
             local.Network.Dispose();
         Assert.IsFalse(HeapTuning.Applied, "creating a trainer must not tune the process's heap");
 
         bool applied = HeapTuning.Apply();
         Assert.AreEqual(applied, HeapTuning.Applied);
-        bool userChose = new[] { "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES" }.Any(v => Environment.GetEnvironmentVariable(v) is not null)
+        bool userChose = new[] { "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES" }
+                         .Any(v => Environment.GetEnvironmentVariable(v) is not null)
                          || string.Equals(Environment.GetEnvironmentVariable(HeapTuning.EnvironmentVariable), "off", StringComparison.OrdinalIgnoreCase);
         if (!OperatingSystem.IsLinux() || userChose)
             Assert.IsFalse(applied, "the heap must be left as the environment set it");

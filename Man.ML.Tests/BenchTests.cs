@@ -94,7 +94,8 @@ public sealed class BenchTests
         var run = Path.Combine(outDir, "run");
         Directory.CreateDirectory(run);
         File.WriteAllText(Path.Combine(run, "metrics.json"),
-            """{"config":{},"epochs":[{"epoch":1,"train_accuracy":0.2,"val_accuracy":0.25},{"epoch":2,"train_accuracy":0.4,"val_accuracy":0.35}],"final":{}}""");
+            """{"config":{},"epochs":[{"epoch":1,"train_accuracy":0.2,"val_accuracy":0.25},""" +
+            """{"epoch":2,"train_accuracy":0.4,"val_accuracy":0.35}],"final":{}}""");
         var png = Path.Combine(outDir, "curves.png");
         var result = TestSupport.RunManml(new[] { "analyse", "plot", "--runs", run, "--out", png });
         Assert.AreEqual(0, result.ExitCode, result.Stderr);

@@ -37,7 +37,8 @@ public sealed class CliTests
         AssertCleanFailure(TestSupport.RunManml(new[] { "train", "--split", "mann", "--out", TestSupport.NewTempFolder() }),
             "--split 'mann' is not one of: man, manpp, infopro, dgl, balanced.");
         AssertCleanFailure(TestSupport.RunManml(new[] { "train", "--arch", "resnet33", "--out", TestSupport.NewTempFolder() }), "resnext50_32x4d");
-        AssertCleanFailure(TestSupport.RunManml(new[] { "train", "--man-ablation", "ema", "--out", TestSupport.NewTempFolder() }), "none, ema-only, lb-only, param-copy");
+        AssertCleanFailure(TestSupport.RunManml(new[] { "train", "--man-ablation", "ema", "--out", TestSupport.NewTempFolder() }),
+            "none, ema-only, lb-only, param-copy");
     }
 
     private static string[] TinyRun(string outDir, string rule = "dgl", int epochs = 1) => new[]

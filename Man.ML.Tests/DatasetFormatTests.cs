@@ -23,7 +23,10 @@ public sealed class DatasetFormatTests
         w.Write(6); w.Write(8); w.Write(classCode); w.Write(0);               // array flags (miUINT32, 8 bytes)
         w.Write(5); w.Write(4 * dims.Length); Padded(dims.SelectMany(BitConverter.GetBytes).ToArray()); // dimensions (miINT32)
         var nameBytes = System.Text.Encoding.ASCII.GetBytes(name);
-        if (nameBytes.Length <= 4) { w.Write((uint)(nameBytes.Length << 16 | 1)); w.Write(nameBytes); w.Write(new byte[4 - nameBytes.Length]); } // small element
+        if (nameBytes.Length <= 4) // small element
+        {
+            w.Write((uint)(nameBytes.Length << 16 | 1)); w.Write(nameBytes); w.Write(new byte[4 - nameBytes.Length]);
+        }
         else { w.Write(1); w.Write(nameBytes.Length); Padded(nameBytes); }
         w.Write(dataType); w.Write(data.Length); Padded(data);
         w.Flush();
@@ -117,7 +120,8 @@ public sealed class DatasetFormatTests
         StringAssert.Contains(Assert.ThrowsExactly<InvalidDataException>(() => Stl10Binary.Read(Path.Combine(folder, "test_X.bin"))).Message, "truncated");
         File.WriteAllBytes(Path.Combine(folder, "test_X.bin"), x);
         File.WriteAllBytes(Path.Combine(folder, "test_y.bin"), new byte[] { 1, 0 });
-        StringAssert.Contains(Assert.ThrowsExactly<InvalidDataException>(() => Stl10Binary.Read(Path.Combine(folder, "test_X.bin"))).Message, "record 1: label 0");
+        StringAssert.Contains(Assert.ThrowsExactly<InvalidDataException>(() => Stl10Binary.Read(Path.Combine(folder, "test_X.bin"))).Message,
+            "record 1: label 0");
         File.WriteAllBytes(Path.Combine(folder, "test_y.bin"), new byte[] { 1 });
         StringAssert.Contains(Assert.ThrowsExactly<InvalidDataException>(() => Stl10Binary.Read(Path.Combine(folder, "test_X.bin"))).Message, "disagree");
     }

@@ -3,7 +3,8 @@ using SkiaSharp;
 namespace Man.ML.Tests;
 
 /// <summary>
-/// A small ImageNet-layout folder of real JPEGs, made once per test run: 4 classes of the bundled CIFAR-10 sample, upscaled to 96×80 (not square, so crops matter).
+/// A small ImageNet-layout folder of real JPEGs, made once per test run: 4 classes of the bundled CIFAR-10 sample,
+/// upscaled to 96×80 (not square, so crops matter).
 /// train/&lt;class&gt;/*.JPEG holds 6 images per class; val/ is flat (*.JPEG, 2 per class) with val_labels.txt beside it.
 /// </summary>
 internal static class ImageNetFixture
@@ -45,7 +46,8 @@ internal static class ImageNetFixture
     {
         using var data = TestSupport.SampleImages(0, 400);
         var labels = data.Labels.data<long>().ToArray();
-        return Enumerable.Range(0, Classes.Length).Select(c => Enumerable.Range(0, data.Count).Where(i => labels[i] == c).Take(PerClassTrain + PerClassVal).Select(i =>
+        return Enumerable.Range(0, Classes.Length).Select(c => Enumerable.Range(0, data.Count).Where(i => labels[i] == c)
+            .Take(PerClassTrain + PerClassVal).Select(i =>
         {
             var planes = data.Images[i].data<byte>().ToArray();
             var bitmap = new SKBitmap(new SKImageInfo(32, 32, SKColorType.Rgba8888, SKAlphaType.Opaque));

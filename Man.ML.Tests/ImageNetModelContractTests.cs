@@ -152,7 +152,8 @@ public sealed class ImageNetModelContractTests
             var transformer = TestSupport.RunManml(new[] { "score-model", "--model", checkpoint, "--images", val });
             Assert.AreEqual(0, transformer.ExitCode, transformer.Stdout + transformer.Stderr);
             var scoresPath = Path.Combine(root, "onnx-scores.json");
-            var runtime = TestSupport.Run("dotnet", new[] { OnnxExportTests.OnnxScoringDll(), "--model", onnx, "--images", val, "--scores-out", scoresPath, "--rounds", "1" });
+            var runtime = TestSupport.Run("dotnet", new[] { OnnxExportTests.OnnxScoringDll(), "--model", onnx, "--images", val,
+                "--scores-out", scoresPath, "--rounds", "1" });
             Assert.AreEqual(0, runtime.ExitCode, runtime.Stdout + runtime.Stderr);
             StringAssert.Contains(runtime.Stdout, "(ImageNet recipe)");
 
@@ -165,7 +166,8 @@ public sealed class ImageNetModelContractTests
             double largest = 0;
             for (int i = 0; i < expected.Length; i++)
             {
-                Assert.AreEqual(Array.IndexOf(expected[i], expected[i].Max()), Array.IndexOf(actual[i], actual[i].Max()), $"{expectedImages[i]}: top-1 differs");
+                Assert.AreEqual(Array.IndexOf(expected[i], expected[i].Max()),
+                    Array.IndexOf(actual[i], actual[i].Max()), $"{expectedImages[i]}: top-1 differs");
                 largest = Math.Max(largest, expected[i].Zip(actual[i], (a, b) => Math.Abs(a - b)).Max());
             }
             Assert.IsTrue(largest <= 1e-4, $"probabilities differ by up to {largest:E2}");

@@ -78,8 +78,10 @@ public sealed class ImageNetTests
     {
         using var r101 = ImageNetResNet.ResNet101(10, 64);
         Assert.AreEqual("stem..layer2[0] | layer2[1]..layer4[2]", SplitPlan.Create(r101, 2).Describe(r101));
-        Assert.AreEqual("stem..layer2[2] | layer2[3]..layer3[8] | layer3[9]..layer3[16] | layer3[17]..layer4[2]", SplitPlan.Create(r101, 4).Describe(r101)); // MAN++ by default
-        Assert.AreEqual("stem..layer3[0] | layer3[1]..layer3[9] | layer3[10]..layer3[17] | layer3[18]..layer4[2]", SplitPlan.Create(r101, 4, "man").Describe(r101));
+        Assert.AreEqual("stem..layer2[2] | layer2[3]..layer3[8] | layer3[9]..layer3[16] | layer3[17]..layer4[2]",
+            SplitPlan.Create(r101, 4).Describe(r101)); // MAN++ by default
+        Assert.AreEqual("stem..layer3[0] | layer3[1]..layer3[9] | layer3[10]..layer3[17] | layer3[18]..layer4[2]",
+            SplitPlan.Create(r101, 4, "man").Describe(r101));
         using var r152 = ImageNetResNet.ResNet152(10, 64);
         Assert.AreEqual("stem..layer2[5] | layer2[6]..layer4[2]", SplitPlan.Create(r152, 2).Describe(r152));
         Assert.AreEqual("stem..layer3[13] | layer3[14]..layer4[2]", SplitPlan.Create(r152, 2, "dgl").Describe(r152)); // stem + 25 bottlenecks
@@ -136,7 +138,8 @@ public sealed class ImageNetTests
         var rule = new InfoProRule(new InfoProSettings());
         for (int j = 0; j < 3; j++)
         {
-            using var head = (InfoProImageNetHead)rule.CreateHead(new HeadContext(net, plan, j, net.UnitInfos[plan.NextUnit(j)].Output, plan.NextUnit(j), ImageNetTransform.ImageNetNormalization));
+            using var head = (InfoProImageNetHead)rule.CreateHead(new HeadContext(net, plan, j,
+                net.UnitInfos[plan.NextUnit(j)].Output, plan.NextUnit(j), ImageNetTransform.ImageNetNormalization));
             Assert.AreEqual((5.0, 1.0), (head.ReconstructionWeight, head.ClassificationWeight));
         }
         var e = Assert.ThrowsExactly<InvalidOptionException>(() => new InfoProRule(new InfoProSettings { Classifier = AuxClassifierConfig.C1F2 })

@@ -13,7 +13,11 @@ public sealed class KeepAliveSgdTests
     {
         // The same parameters and gradients through TorchSharp's SGD and through KeepAlive.SGD: bit-identical after every
         // step (Nesterov momentum, weight decay, a parameter without gradient), and the same saved optimizer state.
-        static List<Parameter> Parameters() { manual_seed(4); return new() { new Parameter(randn(5, 3)), new Parameter(randn(7)), new Parameter(randn(2, 2)) }; }
+        static List<Parameter> Parameters()
+        {
+            manual_seed(4);
+            return new() { new Parameter(randn(5, 3)), new Parameter(randn(7)), new Parameter(randn(2, 2)) };
+        }
         var a = Parameters();
         var b = Parameters();
         using var reference = optim.SGD(a, 0.1, 0.9, 0, 1e-4, nesterov: true);

@@ -89,7 +89,8 @@ public sealed class LambdaScheduleTests
         var withMan = rule.Resolve(new HeadContext(r32, plan, 0, r32.UnitInfos[1].Output, 1, Normalization.Cifar));
         Assert.AreEqual((AuxClassifierConfig.C2F2, InfoProLossMode.CrossEntropy, new InfoProLambdas(5, 0.5, 0, 0), LambdaSchedule.CopiedUnitStage), withMan);
         using var r20 = new CifarResNet(20);
-        var e = Assert.ThrowsExactly<InvalidOptionException>(() => rule.Resolve(new HeadContext(r20, SplitPlan.Create(r20, 4), 0, r20.UnitInfos[0].Output, null, Normalization.Cifar)));
+        var e = Assert.ThrowsExactly<InvalidOptionException>(() => rule.Resolve(
+            new HeadContext(r20, SplitPlan.Create(r20, 4), 0, r20.UnitInfos[0].Output, null, Normalization.Cifar)));
         StringAssert.Contains(e.Message, "--lambda");
         Assert.AreEqual(new InfoProLambdas(5, 0.5, 0, 0), InfoProLambdas.Parse("5, 0.5,0,0"));
         Assert.ThrowsExactly<InvalidOptionException>(() => InfoProLambdas.Parse("5,0.5"));

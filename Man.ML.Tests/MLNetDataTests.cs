@@ -22,7 +22,8 @@ public sealed class MLNetDataTests
     {
         var random = new Random(7);
         var rows = new List<ImageRow>();
-        var formats = new[] { (SKColorType.Gray8, SKAlphaType.Opaque), (SKColorType.Rgba8888, SKAlphaType.Unpremul), (SKColorType.Rgb888x, SKAlphaType.Opaque) };
+        var formats = new[] { (SKColorType.Gray8, SKAlphaType.Opaque),
+            (SKColorType.Rgba8888, SKAlphaType.Unpremul), (SKColorType.Rgb888x, SKAlphaType.Opaque) };
         var sizes = new[] { (48, 30), (30, 52), (40, 40), (64, 24) };
         foreach (var label in new[] { "bright", "dark" })
         {
@@ -58,12 +59,14 @@ public sealed class MLNetDataTests
             var mlContext = new MLContext(0);
             var train = mlContext.Data.LoadFromEnumerable(trainRows);
             var validation = mlContext.Data.LoadFromEnumerable(validationRows);
-            var model = Preprocessing(mlContext).Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(new ManImageClassificationTrainer.Options
-            {
-                Architecture = architecture, ImageSize = 32, K = 2, Epochs = 4, BatchSize = 24, Seed = 1, ImageRecipe = recipe,
-            })).Fit(train);
+            var model = Preprocessing(mlContext)
+                .Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(new ManImageClassificationTrainer.Options
+                {
+                    Architecture = architecture, ImageSize = 32, K = 2, Epochs = 4, BatchSize = 24, Seed = 1, ImageRecipe = recipe,
+                })).Fit(train);
             var man = model.LastTransformer;
-            Assert.AreEqual(recipe == Data.ImageRecipe.ImageNet || architecture == "resnet18" ? Data.ImageRecipe.ImageNet : Data.ImageRecipe.Cifar, man.ImageRecipe);
+            Assert.AreEqual(recipe == Data.ImageRecipe.ImageNet || architecture == "resnet18" ? Data.ImageRecipe.ImageNet : Data.ImageRecipe.Cifar,
+                man.ImageRecipe);
             // Grayscale images become three equal planes: the measured means of R, G and B agree.
             Assert.AreEqual(man.Normalization.Mean[0], man.Normalization.Mean[1], 1e-6);
             Assert.AreEqual(man.Normalization.Mean[1], man.Normalization.Mean[2], 1e-6);
@@ -104,7 +107,8 @@ public sealed class MLNetDataTests
         var without = new ManImageClassificationTrainer.Options { Architecture = "resnet8", K = 2, EarlyStopping = new EarlyStopping() };
         var e = Assert.ThrowsExactly<InvalidOptionException>(() => mlContext.MulticlassClassification.Trainers.ManImageClassification(without));
         Assert.AreEqual("EarlyStopping", e.Option);
-        var impatient = new ManImageClassificationTrainer.Options { Architecture = "resnet8", K = 2, ValidationSetFraction = 0.1, EarlyStopping = new EarlyStopping(Patience: 0) };
+        var impatient = new ManImageClassificationTrainer.Options { Architecture = "resnet8", K = 2, ValidationSetFraction = 0.1,
+            EarlyStopping = new EarlyStopping(Patience: 0) };
         Assert.ThrowsExactly<InvalidOptionException>(() => mlContext.MulticlassClassification.Trainers.ManImageClassification(impatient));
     }
 
@@ -140,7 +144,8 @@ public sealed class MLNetDataTests
     {
         var mlContext = new MLContext(0);
         var train = Preprocessing(mlContext).Fit(mlContext.Data.LoadFromEnumerable(ImageFolderSample.ListImages(ImageFolderFixture.Train)));
-        var data = train.Transform(mlContext.Data.LoadFromEnumerable(ImageFolderSample.ListImages(ImageFolderFixture.Train).Where((_, i) => i % 5 == 0).ToList()));
+        var data = train.Transform(mlContext.Data.LoadFromEnumerable(ImageFolderSample.ListImages(ImageFolderFixture.Train)
+            .Where((_, i) => i % 5 == 0).ToList()));
         string Held(int seed)
         {
             var messages = new List<string>();

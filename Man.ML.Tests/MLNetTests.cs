@@ -166,10 +166,12 @@ public sealed class MLNetTests
     {
         var prepared = Preprocessing(mlContext).Fit(trainData).Transform(trainData);
         var e = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() =>
-            mlContext.MulticlassClassification.Trainers.ManImageClassification(new ManImageClassificationTrainer.Options { ImageColumnName = "Picture" }).Fit(prepared));
+            mlContext.MulticlassClassification.Trainers.ManImageClassification(
+                new ManImageClassificationTrainer.Options { ImageColumnName = "Picture" }).Fit(prepared));
         StringAssert.Contains(e.Message, "'Picture'");
         var l = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() =>
-            mlContext.MulticlassClassification.Trainers.ManImageClassification(new ManImageClassificationTrainer.Options { LabelColumnName = "Class" }).Fit(prepared));
+            mlContext.MulticlassClassification.Trainers.ManImageClassification(
+                new ManImageClassificationTrainer.Options { LabelColumnName = "Class" }).Fit(prepared));
         StringAssert.Contains(l.Message, "'Class'");
     }
 
@@ -188,7 +190,8 @@ public sealed class MLNetTests
         var e = Assert.ThrowsExactly<ArgumentException>(() => mlContext.MulticlassClassification.Trainers.ManImageClassification(SmallOptions(1)).Fit(text));
         StringAssert.Contains(e.Message, "Image column 'Image'");
         var shortVectors = mlContext.Data.LoadFromEnumerable(new[] { new ShortVector { Label = "a" }, new ShortVector { Label = "b" } });
-        var v = Assert.ThrowsExactly<ArgumentException>(() => mlContext.MulticlassClassification.Trainers.ManImageClassification(SmallOptions(1)).Fit(shortVectors));
+        var v = Assert.ThrowsExactly<ArgumentException>(() => mlContext.MulticlassClassification.Trainers.ManImageClassification(SmallOptions(1))
+            .Fit(shortVectors));
         StringAssert.Contains(v.Message, "'Image'");
         StringAssert.Contains(v.Message, "3072");
     }
@@ -242,7 +245,8 @@ public sealed class MLNetTests
         Assert.IsTrue(infoPro.Heads.All(h => h.Head == "1c1f" && h.Loss == "ce"), string.Join(", ", infoPro.Heads.Select(h => $"{h.Head}/{h.Loss}")));
         Assert.AreEqual(5, infoPro.Heads[0].ReconstructionWeight);   // λ by module index: (5, 0.5) on the first head, (1, 0.5) on the last
         Assert.AreEqual(1.0, infoPro.Heads[^1].ReconstructionWeight!.Value, 1e-12);
-        var predSim = trainers.ManImageClassification(new ManImageClassificationTrainer.Options { Architecture = "resnet8", K = 2, Rule = Local.LearningRule.PredSim, UseMan = false })
+        var predSim = trainers.ManImageClassification(
+            new ManImageClassificationTrainer.Options { Architecture = "resnet8", K = 2, Rule = Local.LearningRule.PredSim, UseMan = false })
             .ResolvePlan(10);
         Assert.AreEqual(Local.LearningRule.PredSim, predSim.Rule);
         Assert.IsNull(predSim.Man);
@@ -262,10 +266,11 @@ public sealed class MLNetTests
     [TestMethod]
     public void InfoProTrainsThroughMLNet()
     {
-        var pipeline = Preprocessing(mlContext).Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(new ManImageClassificationTrainer.Options
-        {
-            Architecture = "resnet8", K = 2, Rule = Local.LearningRule.InfoPro, Epochs = 1, BatchSize = 64, Seed = 1,
-        }));
+        var pipeline = Preprocessing(mlContext)
+            .Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(new ManImageClassificationTrainer.Options
+            {
+                Architecture = "resnet8", K = 2, Rule = Local.LearningRule.InfoPro, Epochs = 1, BatchSize = 64, Seed = 1,
+            }));
         var trained = pipeline.Fit(trainData);
         var man = trained.LastTransformer;
         Assert.IsNotNull(man);

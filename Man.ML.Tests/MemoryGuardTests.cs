@@ -10,7 +10,8 @@ public sealed class MemoryGuardTests
     private double PeakMiB(params string[] args)
     {
         var env = new Dictionary<string, string> { ["MALLOC_MMAP_THRESHOLD_"] = "65536" };
-        var result = TestSupport.RunManml(new[] { "measure-memory", "--arch", "resnet32", "--batch-size", "64", "--steps", "2", "--warmup", "2" }.Concat(args), env);
+        var result = TestSupport.RunManml(
+            new[] { "measure-memory", "--arch", "resnet32", "--batch-size", "64", "--steps", "2", "--warmup", "2" }.Concat(args), env);
         Assert.AreEqual(0, result.ExitCode, result.Stderr);
         var line = result.Stdout.Trim().Split('\n')[^1];
         using var json = JsonDocument.Parse(line);

@@ -64,7 +64,8 @@ public sealed class ModuleGradientTests
         ["Bottleneck 256→512 stride 2"] = new(() => new Bottleneck(256, 128, 2), new long[] { 4, 256, 8, 8 }, Unit),
         ["Bottleneck 512→1024 stride 2"] = new(() => new Bottleneck(512, 256, 2), new long[] { 4, 512, 4, 4 }, Unit),
         ["Bottleneck 1024→2048 stride 2"] = new(() => new Bottleneck(1024, 512, 2), new long[] { 2, 1024, 4, 4 }, Unit),
-        ["ResNeXt Bottleneck 256→512 stride 2, 32 groups"] = new(() => new Bottleneck(256, 128, 2, groups: 32, widthPerGroup: 4), new long[] { 4, 256, 8, 8 }, Unit),
+        ["ResNeXt Bottleneck 256→512 stride 2, 32 groups"] = new(
+            () => new Bottleneck(256, 128, 2, groups: 32, widthPerGroup: 4), new long[] { 4, 256, 8, 8 }, Unit),
         ["ResNeXt Bottleneck 512→512, 32 groups x8d"] = new(() => new Bottleneck(512, 128, 1, groups: 32, widthPerGroup: 8), new long[] { 4, 512, 4, 4 }, Unit),
         ["VggLayer 3→64"] = new(() => new VggLayer(3, 64, pooled: false), new long[] { 4, 3, 8, 8 }, Unit),
         ["VggLayer 64→128 pooled"] = new(() => new VggLayer(64, 128, pooled: true), new long[] { 4, 64, 8, 8 }, Unit),
@@ -73,15 +74,19 @@ public sealed class ModuleGradientTests
         ["VggHead 16→10"] = new(() => new VggHead(16, 10), new long[] { 4, 16, 14, 14 }, Classifier),
         // MAN's copies of the next unit (LB + EMA; EMA takes no parameter gradient but passes the input gradient).
         ["MomentumBranch of a CIFAR BasicBlock 16→32"] = new(() => Branch(new CifarResNet(8), 2, new MomentumOptions()), new long[] { 4, 16, 8, 8 }, Unit),
-        ["MomentumBranch, MAN++ learnable mix"] = new(() => Branch(new CifarResNet(8), 2, new MomentumOptions { Mix = ManMix.Learnable }), new long[] { 4, 16, 8, 8 }, Unit),
-        ["MomentumBranch of an ImageNet Bottleneck 512→1024"] = new(() => Branch(ImageNetResNet.ResNet50(10, 32), 8, new MomentumOptions()), new long[] { 2, 512, 4, 4 }, Unit),
+        ["MomentumBranch, MAN++ learnable mix"] = new(
+            () => Branch(new CifarResNet(8), 2, new MomentumOptions { Mix = ManMix.Learnable }), new long[] { 4, 16, 8, 8 }, Unit),
+        ["MomentumBranch of an ImageNet Bottleneck 512→1024"] = new(
+            () => Branch(ImageNetResNet.ResNet50(10, 32), 8, new MomentumOptions()), new long[] { 2, 512, 4, 4 }, Unit),
         // Auxiliary heads.
         ["DglHead (MLP-SR)"] = new(() => new DglHead(new FeatureShape(32, 8, 8), 10), new long[] { 4, 32, 8, 8 }, HeadLoss(SmallImage)),
         ["DglHead (ImageNet)"] = new(() => new DglHead(new FeatureShape(64, 8, 8), 10, imageNet: true), new long[] { 4, 64, 8, 8 }, HeadLoss(SmallImage)),
         ["DglManPlusPlusHead"] = new(() => new DglManPlusPlusHead(new FeatureShape(16, 16, 16), 10), new long[] { 4, 16, 16, 16 }, HeadLoss(SmallImage)),
         ["PredSimHead"] = new(() => new PredSimHead(new FeatureShape(32, 8, 8), 10), new long[] { 4, 32, 8, 8 }, HeadLoss(SmallImage)),
-        ["InfoProImageNetHead 512"] = new(() => InfoProImageNet(new FeatureShape(512, 4, 4)), new long[] { 4, 512, 4, 4 }, HeadLoss(new FeatureShape(3, 32, 32))),
-        ["InfoProImageNetHead 1024 (wide)"] = new(() => InfoProImageNet(new FeatureShape(1024, 2, 2)), new long[] { 4, 1024, 2, 2 }, HeadLoss(new FeatureShape(3, 32, 32))),
+        ["InfoProImageNetHead 512"] = new(
+            () => InfoProImageNet(new FeatureShape(512, 4, 4)), new long[] { 4, 512, 4, 4 }, HeadLoss(new FeatureShape(3, 32, 32))),
+        ["InfoProImageNetHead 1024 (wide)"] = new(
+            () => InfoProImageNet(new FeatureShape(1024, 2, 2)), new long[] { 4, 1024, 2, 2 }, HeadLoss(new FeatureShape(3, 32, 32))),
     }.Concat(
         // InfoPro's CIFAR head: decoder (C → 12 → 3) plus each classifier configuration, with either loss, at 16 and 64 channels.
         from config in Enum.GetValues<AuxClassifierConfig>()

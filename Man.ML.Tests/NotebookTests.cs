@@ -131,7 +131,8 @@ public sealed class NotebookTests
         var run = RunNotebook("memory");
         var rows = Regex.Matches(run.Text, @"^\s*(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", RegexOptions.Multiline)
             .ToDictionary(m => int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture),
-                m => (Dgl: double.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture), DglMan: double.Parse(m.Groups[4].Value, CultureInfo.InvariantCulture)));
+                m => (Dgl: double.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture),
+                      DglMan: double.Parse(m.Groups[4].Value, CultureInfo.InvariantCulture)));
         CollectionAssert.AreEqual(new[] { 1, 2, 4, 8, 16 }, rows.Keys.Order().ToArray(), "one row per K");
         double e2e = rows[1].Dgl;
         Assert.IsTrue(e2e > 50, $"the end-to-end peak ({e2e} MiB) is implausibly small");

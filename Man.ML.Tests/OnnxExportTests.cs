@@ -120,7 +120,8 @@ public sealed class OnnxExportTests
             model.LastTransformer.SaveAsOnnx(onnx);
 
             var scores = Path.Combine(folder, "scores.json");
-            var result = TestSupport.Run("dotnet", new[] { OnnxScoringDll(), "--model", onnx, "--images", ImageFolderFixture.Validation, "--scores-out", scores, "--rounds", "1" });
+            var result = TestSupport.Run("dotnet", new[] { OnnxScoringDll(), "--model", onnx, "--images", ImageFolderFixture.Validation,
+                "--scores-out", scores, "--rounds", "1" });
             Assert.AreEqual(0, result.ExitCode, result.Stderr);
             StringAssert.Contains(result.Stdout, "images/s");
             using var json = JsonDocument.Parse(File.ReadAllText(scores));
@@ -130,7 +131,8 @@ public sealed class OnnxExportTests
             double largest = 0;
             for (int i = 0; i < expected.Length; i++)
             {
-                Assert.AreEqual(Array.IndexOf(expected[i], expected[i].Max()), Array.IndexOf(actual[i], actual[i].Max()), $"{architecture}: image {i}'s top-1 differs");
+                Assert.AreEqual(Array.IndexOf(expected[i], expected[i].Max()),
+                    Array.IndexOf(actual[i], actual[i].Max()), $"{architecture}: image {i}'s top-1 differs");
                 largest = Math.Max(largest, expected[i].Zip(actual[i], (a, b) => Math.Abs(a - b)).Max());
             }
             Assert.IsTrue(largest <= 1e-4, $"{architecture}: probabilities differ by up to {largest:E2}");
@@ -151,7 +153,8 @@ public sealed class OnnxExportTests
                 foreach (var ((key, a), (_, b)) in copy.state_dict().Zip(model.LastTransformer.Network.state_dict()))
                     Assert.IsTrue(a.equal(b.cpu()).all().item<bool>(), $"{key} differs in the exported state dict");
             }
-            Console.WriteLine($"{architecture}: {expected.Length} images, top-1 identical, largest probability difference {largest:E2}; {result.Stdout.Trim()}");
+            Console.WriteLine($"{architecture}: {expected.Length} images, top-1 identical, " +
+                $"largest probability difference {largest:E2}; {result.Stdout.Trim()}");
         }
         finally { Directory.Delete(folder, true); }
     }

@@ -11,7 +11,8 @@ namespace Man.ML.Tests;
 /// and an application outside the solution (nuget/consumer-check) that restores it from a local folder with the CPU
 /// backend, trains, saves, loads and predicts.
 /// </summary>
-/// <remarks>The package is packed with a version of its own (0.1.0-check.cXXXXXXXX: the letter keeps the identifier alphanumeric, since an all-digit one with a leading zero is not valid SemVer) and the consumer restores into a
+/// <remarks>The package is packed with a version of its own (0.1.0-check.cXXXXXXXX: the letter keeps the identifier
+/// alphanumeric, since an all-digit one with a leading zero is not valid SemVer) and the consumer restores into a
 /// private packages folder, with the machine's global packages folder only as a read-only fallback for everything
 /// else, so a Man.ML 0.1.0 cached by an earlier restore can never stand in for the package under test.</remarks>
 [TestClass]
@@ -124,7 +125,8 @@ public sealed class PackageTests
             var typeId = "T:" + XmlName(type);
             if (!Documented(typeId)) missing.Add(typeId);
             if (typeof(Delegate).IsAssignableFrom(type)) continue;
-            bool isRecord = type.GetMethod("PrintMembers", BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance) is not null; // record class or struct
+            // record class or struct
+            bool isRecord = type.GetMethod("PrintMembers", BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance) is not null;
             var primary = isRecord ? type.GetConstructors().Where(c => !c.GetParameters().Any(p => p.ParameterType == type))
                 .OrderByDescending(c => c.GetParameters().Length).FirstOrDefault() : null;
             var typeParams = members.TryGetValue(typeId, out var typeDoc)
@@ -226,7 +228,8 @@ public sealed class PackageTests
         {
             var libraries = assets.RootElement.GetProperty("libraries").EnumerateObject().Select(p => p.Name).ToList();
             CollectionAssert.Contains(libraries, $"Man.ML/{version}");
-            Assert.IsFalse(libraries.Any(l => l.StartsWith("TorchSharp-cpu/", StringComparison.Ordinal) || l.StartsWith("TorchSharp-cuda", StringComparison.Ordinal))
+            Assert.IsFalse(libraries.Any(l => l.StartsWith("TorchSharp-cpu/", StringComparison.Ordinal) ||
+                l.StartsWith("TorchSharp-cuda", StringComparison.Ordinal))
                 && OperatingSystem.IsLinux(), "on Linux the consumer asks for libtorch-cpu-linux-x64 only");
         }
         Assert.IsTrue(Directory.Exists(Path.Combine(packages, "man.ml", version)), "Man.ML was not restored into the private packages folder");

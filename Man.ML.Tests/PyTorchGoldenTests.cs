@@ -18,7 +18,8 @@ namespace Man.ML.Tests;
 [TestClass]
 public sealed class PyTorchGoldenTests
 {
-    private static readonly JsonElement GoldenFile = JsonDocument.Parse(File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "Golden", "pytorch_golden.json"))).RootElement;
+    private static readonly JsonElement GoldenFile = JsonDocument.Parse(
+        File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "Golden", "pytorch_golden.json"))).RootElement;
 
     private static JsonElement Model(string arch) => GoldenFile.GetProperty("models").EnumerateArray().Single(m => m.GetProperty("arch").GetString() == arch);
 
@@ -30,7 +31,8 @@ public sealed class PyTorchGoldenTests
     {
         double scale = Math.Max(1, expected.abs().max().item<double>());
         double error = (actual.to_type(ScalarType.Float64) - expected).abs().max().item<double>();
-        Assert.IsTrue(error <= 1e-4 * scale, $"{what}: largest difference from PyTorch {error:E3}, allowed {1e-4 * scale:E3} (1e-4 of the largest logit, {scale:G6})");
+        Assert.IsTrue(error <= 1e-4 * scale, $"{what}: largest difference from PyTorch {error:E3}, allowed {1e-4 * scale:E3} " +
+            $"(1e-4 of the largest logit, {scale:G6})");
         Assert.IsTrue(actual.argmax(1).equal(expected.argmax(1)).all().item<bool>(), $"{what}: top-1 differs from PyTorch's");
     }
 

@@ -26,7 +26,8 @@ public sealed class PyTorchInteropTests
         using var doc = JsonDocument.Parse(File.ReadAllText(Golden("torchvision_keys.json")));
         foreach (var model in doc.RootElement.GetProperty("models").EnumerateObject())
         {
-            var expected = model.Value.EnumerateArray().ToDictionary(e => e[0].GetString()!, e => string.Join(",", e[1].EnumerateArray().Select(d => d.GetInt64())));
+            var expected = model.Value.EnumerateArray().ToDictionary(e => e[0].GetString()!,
+                e => string.Join(",", e[1].EnumerateArray().Select(d => d.GetInt64())));
             using var network = Architectures.Create(model.Name, 1000, 64);
             var actual = PyTorchWeights.KeysOf(network).Zip(network.state_dict().Values.Select(t => string.Join(",", t.shape)))
                 .ToDictionary(p => p.First, p => p.Second);
@@ -35,7 +36,8 @@ public sealed class PyTorchInteropTests
                 Assert.IsTrue(actual.TryGetValue(key, out var ours), $"{model.Name}: Man.ML has no tensor '{key}' ({shape})");
                 Assert.AreEqual(shape, ours, $"{model.Name}: '{key}' has shape ({ours}), torchvision's is ({shape})");
             }
-            Assert.AreEqual(expected.Count, actual.Count, $"{model.Name}: Man.ML has tensors torchvision lacks: {string.Join(", ", actual.Keys.Except(expected.Keys).Take(3))}");
+            Assert.AreEqual(expected.Count, actual.Count,
+                $"{model.Name}: Man.ML has tensors torchvision lacks: {string.Join(", ", actual.Keys.Except(expected.Keys).Take(3))}");
         }
     }
 
@@ -134,7 +136,8 @@ public sealed class PyTorchInteropTests
         Assert.AreEqual("replaced", plan.ToJson()["init_classifier"]!.GetValue<string>());
         var prepared = trainer.PreparedNetwork!;
         foreach (var ((key, loaded), (_, original)) in prepared.state_dict().Zip(file.state_dict()))
-            if (!key.StartsWith("head.", StringComparison.Ordinal)) Assert.IsTrue(loaded.equal(original).all().item<bool>(), $"{key} was not loaded from the file");
+            if (!key.StartsWith("head.", StringComparison.Ordinal))
+                Assert.IsTrue(loaded.equal(original).all().item<bool>(), $"{key} was not loaded from the file");
         using var local = trainer.CreateLocalTrainer(10, 32);
         int next = local.Split.NextUnit(0);
         // Next copies the parameters (the copy's batch norm runs in training mode and keeps its own statistics).
@@ -179,7 +182,8 @@ public sealed class PyTorchInteropTests
     public void TheCommandLineReportsAFileThatDoesNotFitInOneLine()
     {
         var dir = TestSupport.NewTempFolder();
-        var r = TestSupport.RunManml(new[] { "export-weights", "--arch", "resnet14", "--init-from", Golden("resnet8_c100.pt"), "--out", Path.Combine(dir, "x.pt") });
+        var r = TestSupport.RunManml(new[] { "export-weights", "--arch", "resnet14", "--init-from", Golden("resnet8_c100.pt"),
+            "--out", Path.Combine(dir, "x.pt") });
         Assert.AreEqual(2, r.ExitCode, r.Stderr);
         StringAssert.Contains(r.Stderr, "'resnet8_c100.pt' has no key 'layer1.1.conv1.weight' (16, 16, 3, 3), which resnet14 needs");
         Assert.AreEqual(1, r.Stderr.Trim().Split('\n').Length, r.Stderr);
@@ -194,7 +198,8 @@ public sealed class PyTorchInteropTests
     {
         var dir = TestSupport.NewTempFolder();
         string weights = Path.Combine(dir, "w.safetensors"), logitsPath = Path.Combine(dir, "logits.json");
-        var r = TestSupport.RunManml(new[] { "export-weights", "--arch", "resnet8", "--classes", "100", "--init-from", Golden("resnet8_c100.pt"), "--out", weights, "--logits-out", logitsPath });
+        var r = TestSupport.RunManml(new[] { "export-weights", "--arch", "resnet8", "--classes", "100", "--init-from", Golden("resnet8_c100.pt"),
+            "--out", weights, "--logits-out", logitsPath });
         Assert.AreEqual(0, r.ExitCode, r.Stderr);
         // The logits Man.ML wrote are PyTorch's (the file PyTorch wrote, re-exported as safetensors).
         using var ours = JsonDocument.Parse(File.ReadAllText(logitsPath));

@@ -32,7 +32,8 @@ public sealed class ResumeTests
             var expected = Weights(reference.Network);
             for (int boundary = 1; boundary < 3; boundary++)
             {
-                var resumed = new Trainer(Tiny()) { ResumeFrom = Path.Combine(dir, $"after-{boundary}.ckpt"), CheckpointPath = Path.Combine(dir, $"resumed-{boundary}.ckpt") }
+                var resumed = new Trainer(Tiny()) { ResumeFrom = Path.Combine(dir, $"after-{boundary}.ckpt"),
+                    CheckpointPath = Path.Combine(dir, $"resumed-{boundary}.ckpt") }
                     .Train(train, val);
                 CollectionAssert.AreEqual(expected, Weights(resumed.Network), $"resumed after epoch {boundary}");
                 Assert.AreEqual(3, resumed.Epochs.Count);
@@ -57,14 +58,17 @@ public sealed class ResumeTests
             new Trainer(Tiny() with { Epochs = 1 }) { CheckpointPath = path }.Train(train, null);
             Assert.AreEqual(1, TrainingCheckpoint.ReadHeader(path).EpochsCompleted);
 
-            var other = Assert.ThrowsExactly<InvalidOptionException>(() => new Trainer(Tiny(k: 3) with { Epochs = 1 }) { ResumeFrom = path }.Train(train, null));
+            var other = Assert.ThrowsExactly<InvalidOptionException>(() =>
+                new Trainer(Tiny(k: 3) with { Epochs = 1 }) { ResumeFrom = path }.Train(train, null));
             StringAssert.Contains(other.Message, "other options: k was 2 there and is 3 here");
             Assert.AreEqual("k", other.Option);
 
             var bytes = File.ReadAllBytes(path);
             var truncated = Path.Combine(dir, "cut.ckpt");
             File.WriteAllBytes(truncated, bytes[..(bytes.Length / 2)]);
-            StringAssert.Contains(Assert.ThrowsExactly<InvalidDataException>(() => new Trainer(Tiny() with { Epochs = 1 }) { ResumeFrom = truncated }.Train(train, null)).Message, "truncated");
+            StringAssert.Contains(Assert.ThrowsExactly<InvalidDataException>(
+                () => new Trainer(Tiny() with { Epochs = 1 }) { ResumeFrom = truncated }.Train(train, null)).Message,
+                "truncated");
 
             var newer = Path.Combine(dir, "newer.ckpt");
             var patched = (byte[])bytes.Clone();
@@ -74,7 +78,8 @@ public sealed class ResumeTests
 
             var foreign = Path.Combine(dir, "foreign.ckpt");
             File.WriteAllText(foreign, "not a checkpoint at all");
-            StringAssert.Contains(Assert.ThrowsExactly<InvalidDataException>(() => TrainingCheckpoint.ReadHeader(foreign)).Message, "not a Man.ML run checkpoint");
+            StringAssert.Contains(Assert.ThrowsExactly<InvalidDataException>(() => TrainingCheckpoint.ReadHeader(foreign)).Message,
+                "not a Man.ML run checkpoint");
         }
         finally { Directory.Delete(dir, true); }
     }

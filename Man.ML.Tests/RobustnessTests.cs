@@ -77,7 +77,8 @@ public sealed class RobustnessTests
                 kills++;
                 var header = TrainingCheckpoint.ReadHeader(path);     // throws on a torn file
                 Assert.IsTrue(header.EpochsCompleted >= 1);
-                var options = new TrainingOptions { Architecture = "resnet8", K = 2, Epochs = 400, BatchSize = 32, Seed = 0, Man = new Local.MomentumOptions() };
+                var options = new TrainingOptions { Architecture = "resnet8", K = 2, Epochs = 400, BatchSize = 32, Seed = 0,
+                    Man = new Local.MomentumOptions() };
                 var trainer = new Trainer(options);
                 using var local = trainer.CreateLocalTrainer(10, 32);
                 TrainingCheckpoint.Restore(path, trainer.Plan!, local);    // and the whole state loads

@@ -38,7 +38,8 @@ public sealed class RuleTests
                         head.train();
                         using var x = randn(4, shape.Channels, shape.Height, shape.Width);
                         using var output = head.call(x);
-                        CollectionAssert.AreEqual(new long[] { 4, mode == InfoProLossMode.CrossEntropy ? 10 : 128 }, output.shape, $"{config} {mode} on {shape}");
+                        CollectionAssert.AreEqual(new long[] { 4, mode == InfoProLossMode.CrossEntropy ? 10 : 128 }, output.shape,
+                            $"{config} {mode} on {shape}");
                         using var reconstruction = head.Reconstruct(x);
                         CollectionAssert.AreEqual(new long[] { 4, 3, image.Height, image.Width }, reconstruction.shape);
                         Assert.IsTrue(reconstruction.min().item<float>() >= 0 && reconstruction.max().item<float>() <= 1);

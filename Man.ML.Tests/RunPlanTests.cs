@@ -170,7 +170,8 @@ public sealed class RunPlanTests
             RewriteHeader(path, rewritten, header =>
             {
                 var plan = header["plan"]!.AsObject();
-                var reordered = new JsonObject(plan.Reverse().Select(p => KeyValuePair.Create(p.Key, p.Value is null ? null : JsonNode.Parse(p.Value.ToJsonString()))));
+                var reordered = new JsonObject(plan.Reverse().Select(p => KeyValuePair.Create(p.Key,
+                    p.Value is null ? null : JsonNode.Parse(p.Value.ToJsonString()))));
                 reordered["lr"] = JsonNode.Parse("5E-2");
                 header["plan"] = reordered;
             }, version: 2);
@@ -228,7 +229,8 @@ public sealed class RunPlanTests
         using (network) Assert.AreEqual(local.Network.ParameterCount(), network.ParameterCount());
         Assert.AreEqual("resnet8", info.Architecture);
         var foreign = new MemoryStream(Encoding.UTF8.GetBytes("not a checkpoint at all"));
-        StringAssert.Contains(Assert.ThrowsExactly<InvalidDataException>(() => ModelCheckpoint.Load(foreign, "The upload")).Message, "The upload is not a Man.ML checkpoint");
+        StringAssert.Contains(Assert.ThrowsExactly<InvalidDataException>(() => ModelCheckpoint.Load(foreign, "The upload")).Message,
+            "The upload is not a Man.ML checkpoint");
     }
 
     [TestMethod]

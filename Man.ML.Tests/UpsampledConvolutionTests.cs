@@ -112,7 +112,8 @@ public sealed class UpsampledConvolutionTests
         foreach (var shape in new[] { new FeatureShape(16, 32, 32), new FeatureShape(32, 16, 16), new FeatureShape(64, 8, 8) })
         {
             manual_seed(5);
-            using var head = new InfoProHead(shape, new FeatureShape(3, 32, 32), 10, AuxClassifierConfig.C2F2, InfoProLossMode.CrossEntropy, 1, 1, Normalization.Cifar);
+            using var head = new InfoProHead(shape, new FeatureShape(3, 32, 32), 10, AuxClassifierConfig.C2F2,
+                InfoProLossMode.CrossEntropy, 1, 1, Normalization.Cifar);
             head.to(float64);
             head.train();
             var x = Pattern(new long[] { 2, shape.Channels, shape.Height, shape.Width }, 0.9);

@@ -89,7 +89,8 @@ internal static class HeadProfiler
         {
             using var scope = NewDisposeScope();
             // Features in the layout the units hand over in training (channels-last for CIFAR networks on the CPU by default).
-            var x = ActivationLayouts.ForNetwork(randn(batchSize, input.Channels, input.Height, input.Width), family, ActivationLayouts.DefaultLayout).requires_grad_(true);
+            var x = ActivationLayouts.ForNetwork(randn(batchSize, input.Channels, input.Height, input.Width), family, ActivationLayouts.DefaultLayout)
+                .requires_grad_(true);
             var clock = Stopwatch.StartNew();
             var y = run(x);
             if (!backwardFromOutput) _ = y.item<float>();

@@ -40,7 +40,8 @@ internal static class UnitProfiler
                 using var scope = NewDisposeScope();
                 // In the layout training gives the unit (channels-last for CIFAR networks on the CPU by default).
                 // The first unit's input is the image batch, which takes no gradient in training.
-                var x = ActivationLayouts.ForNetwork(randn(batchSize, shape.Channels, shape.Height, shape.Width), network.Family, network.Layout).requires_grad_(u > 0);
+                var x = ActivationLayouts.ForNetwork(randn(batchSize, shape.Channels, shape.Height, shape.Width), network.Family, network.Layout)
+                    .requires_grad_(u > 0);
                 var clock = Stopwatch.StartNew();
                 var y = unit.call(x);
                 double f = clock.Elapsed.TotalMilliseconds;

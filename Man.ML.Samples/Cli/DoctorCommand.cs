@@ -203,7 +203,8 @@ internal static class DoctorCommand
     private static IReadOnlyList<string> ChildArguments(ParseResult parse, TrainingOptions options) => new[]
     {
         "doctor", "--threads", TorchSharp.torch.get_num_threads().ToString(CultureInfo.InvariantCulture),
-        "--device", parse.GetValue<string>("--device")!, "--conv-workaround", Choices.Name(options.ConvolutionWorkaround ?? ConvolutionRouting.DefaultWorkaround),
+        "--device", parse.GetValue<string>("--device")!,
+        "--conv-workaround", Choices.Name(options.ConvolutionWorkaround ?? ConvolutionRouting.DefaultWorkaround),
     };
 
     private static string FormatShape(ConvolutionShape s) => string.Join(',', new object[]

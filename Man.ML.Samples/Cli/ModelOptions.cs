@@ -14,39 +14,96 @@ internal sealed class ModelOptions
     private static readonly TrainingOptions Defaults = new();
     private static readonly MomentumOptions DefaultMan = Defaults.Man ?? new MomentumOptions();
 
-    public Option<string?> Preset { get; } = new("--preset") { Description = "A paper experiment by name ('manml presets' lists them); other options override parts of it." };
-    public Option<string> Dataset { get; } = new("--dataset") { Description = "Data format and recipe: cifar10, svhn, stl10 or imagenet (default cifar10; imagenet for ImageNet architectures).", DefaultValueFactory = _ => Defaults.Dataset.Name };
+    public Option<string?> Preset { get; } = new("--preset")
+    {
+        Description = "A paper experiment by name ('manml presets' lists them); other options override parts of it.",
+    };
+    public Option<string> Dataset { get; } = new("--dataset")
+    {
+        Description = "Data format and recipe: cifar10, svhn, stl10 or imagenet (default cifar10; imagenet for ImageNet architectures).",
+        DefaultValueFactory = _ => Defaults.Dataset.Name,
+    };
     public Option<string> Arch { get; } = CommonOptions.Arch();
-    public Option<string?> Split { get; } = new("--split") { Description = "Split table: man, manpp, infopro, dgl, or balanced (default: the architecture's reference table at this K when there is one, else balanced)." };
-    public Option<int?> ImageSize { get; } = new("--image-size") { Description = "Network input side for ImageNet-layout data and synthetic measurements (default: the data set's, 224 for ImageNet)." };
-    public Option<int> Workers { get; } = new("--workers") { Description = "Background threads decoding image files (default 0: half the cores).", DefaultValueFactory = _ => Defaults.DataWorkers };
+    public Option<string?> Split { get; } = new("--split")
+    {
+        Description = "Split table: man, manpp, infopro, dgl, or balanced " +
+                      "(default: the architecture's reference table at this K when there is one, else balanced).",
+    };
+    public Option<int?> ImageSize { get; } = new("--image-size")
+    {
+        Description = "Network input side for ImageNet-layout data and synthetic measurements (default: the data set's, 224 for ImageNet).",
+    };
+    public Option<int> Workers { get; } = new("--workers")
+    {
+        Description = "Background threads decoding image files (default 0: half the cores).", DefaultValueFactory = _ => Defaults.DataWorkers,
+    };
     public Option<int> K { get; } = CommonOptions.K();
     public Option<string> Rule { get; } = CommonOptions.Rule();
-    public Option<bool> Man { get; } = new("--man") { Description = "Add Momentum Auxiliary Networks (on by default only when neither --rule nor --k is given)." };
+    public Option<bool> Man { get; } = new("--man")
+    {
+        Description = "Add Momentum Auxiliary Networks (on by default only when neither --rule nor --k is given).",
+    };
     public Option<bool> NoMan { get; } = new("--no-man") { Description = "Train without MAN (for example to override a preset)." };
-    public Option<string?> ManAblation { get; } = new("--man-ablation") { Description = "MAN ablation: ema-only, lb-only or param-copy (a live copy of the next unit, no LB)." };
-    public Option<string> ManInit { get; } = new("--man-init") { Description = "Initialisation of MAN's copies: random (reference code) or next (copy of the next unit).", DefaultValueFactory = _ => Choices.Name(DefaultMan.Initialization) };
-    public Option<double> EmaMomentum { get; } = new("--ema-momentum") { Description = "EMA momentum m of MAN's EMA copy.", DefaultValueFactory = _ => DefaultMan.EmaDecay };
-    public Option<string> ManMix { get; } = new("--man-mix") { Description = "How MAN combines its copies: sum (LB + EMA) or learnable (MAN++: s·LB + (2 − s)·EMA).", DefaultValueFactory = _ => Choices.Name(DefaultMan.Mix) };
-    public Option<string> DglHead { get; } = new("--dgl-head") { Description = "DGL's auxiliary head: mlp-sr (default) or manpp (MAN++'s).", DefaultValueFactory = _ => Choices.Name(Defaults.RuleSettings.DglHead) };
-    public Option<string?> AuxConfig { get; } = new("--aux-config") { Description = "InfoPro's classifier: 0c1f, 0c2f, 1c1f, 1c2f, 1c3f or 2c2f (default 1c2f, with MAN 2c2f)." };
-    public Option<string?> InfoProLoss { get; } = new("--infopro-loss") { Description = "InfoPro's classifier loss: ce or contrast (default contrast, with MAN ce)." };
-    public Option<string?> Lambda { get; } = new("--lambda") { Description = "InfoPro's λ as ixx1,ixy1,ixx2,ixy2 (default InfoPro's table; with MAN 5,0.5,0,0)." };
-    public Option<string?> LambdaSchedule { get; } = new("--lambda-schedule") { Description = "How λ varies: module (InfoPro) or stage (MAN's code); default module, with MAN stage." };
+    public Option<string?> ManAblation { get; } = new("--man-ablation")
+    {
+        Description = "MAN ablation: ema-only, lb-only or param-copy (a live copy of the next unit, no LB).",
+    };
+    public Option<string> ManInit { get; } = new("--man-init")
+    {
+        Description = "Initialisation of MAN's copies: random (reference code) or next (copy of the next unit).",
+        DefaultValueFactory = _ => Choices.Name(DefaultMan.Initialization),
+    };
+    public Option<double> EmaMomentum { get; } = new("--ema-momentum")
+    {
+        Description = "EMA momentum m of MAN's EMA copy.", DefaultValueFactory = _ => DefaultMan.EmaDecay,
+    };
+    public Option<string> ManMix { get; } = new("--man-mix")
+    {
+        Description = "How MAN combines its copies: sum (LB + EMA) or learnable (MAN++: s·LB + (2 − s)·EMA).",
+        DefaultValueFactory = _ => Choices.Name(DefaultMan.Mix),
+    };
+    public Option<string> DglHead { get; } = new("--dgl-head")
+    {
+        Description = "DGL's auxiliary head: mlp-sr (default) or manpp (MAN++'s).", DefaultValueFactory = _ => Choices.Name(Defaults.RuleSettings.DglHead),
+    };
+    public Option<string?> AuxConfig { get; } = new("--aux-config")
+    {
+        Description = "InfoPro's classifier: 0c1f, 0c2f, 1c1f, 1c2f, 1c3f or 2c2f (default 1c2f, with MAN 2c2f).",
+    };
+    public Option<string?> InfoProLoss { get; } = new("--infopro-loss")
+    {
+        Description = "InfoPro's classifier loss: ce or contrast (default contrast, with MAN ce).",
+    };
+    public Option<string?> Lambda { get; } = new("--lambda")
+    {
+        Description = "InfoPro's λ as ixx1,ixy1,ixx2,ixy2 (default InfoPro's table; with MAN 5,0.5,0,0).",
+    };
+    public Option<string?> LambdaSchedule { get; } = new("--lambda-schedule")
+    {
+        Description = "How λ varies: module (InfoPro) or stage (MAN's code); default module, with MAN stage.",
+    };
     public Option<int> Epochs { get; } = new("--epochs") { Description = "Epochs.", DefaultValueFactory = _ => Defaults.Epochs };
     public Option<int> BatchSize { get; } = CommonOptions.BatchSize();
     public Option<double?> Lr { get; } = new("--lr") { Description = "Initial learning rate (default 0.1·B/128)." };
     public Option<double> WeightDecay { get; } = new("--weight-decay") { Description = "Weight decay.", DefaultValueFactory = _ => Defaults.WeightDecay };
-    public Option<string?> InitFrom { get; } = new("--init-from") { Description = "Start the backbone from a PyTorch state dict (torch.save or safetensors, torchvision's names): fine-tuning; a classifier for another class count is replaced." };
+    public Option<string?> InitFrom { get; } = new("--init-from")
+    {
+        Description = "Start the backbone from a PyTorch state dict (torch.save or safetensors, torchvision's names): fine-tuning; " +
+                      "a classifier for another class count is replaced.",
+    };
     public Option<int> Seed { get; } = CommonOptions.Seed();
     public Option<int?> Threads { get; } = CommonOptions.Threads();
     public Option<string> Device { get; } = CommonOptions.Device();
-    public Option<string?> ConvWorkaround { get; } = new("--conv-workaround") { Description = "How convolutions avoid libtorch's known CPU faults: auto (default: where this CPU needs it), always, or never (plain libtorch). Default: the MANML_CONV_WORKAROUND environment variable, else auto." };
+    public Option<string?> ConvWorkaround { get; } = new("--conv-workaround")
+    {
+        Description = "How convolutions avoid libtorch's known CPU faults: auto (default: where this CPU needs it), always, or never (plain libtorch). " +
+                      "Default: the MANML_CONV_WORKAROUND environment variable, else auto.",
+    };
 
     public IEnumerable<Option> All => new Option[]
     {
-        Preset, Dataset, Arch, K, Split, ImageSize, Workers, Rule, Man, NoMan, ManAblation, ManInit, EmaMomentum, ManMix, DglHead, AuxConfig, InfoProLoss, Lambda,
-        LambdaSchedule, Epochs, BatchSize, Lr, WeightDecay, InitFrom, Seed, Threads, Device, ConvWorkaround,
+        Preset, Dataset, Arch, K, Split, ImageSize, Workers, Rule, Man, NoMan, ManAblation, ManInit, EmaMomentum, ManMix, DglHead,
+        AuxConfig, InfoProLoss, Lambda, LambdaSchedule, Epochs, BatchSize, Lr, WeightDecay, InitFrom, Seed, Threads, Device, ConvWorkaround,
     };
 
     private static bool Given(ParseResult parse, Option option) => parse.GetResult(option) is { Implicit: false };
@@ -96,7 +153,8 @@ internal sealed class ModelOptions
             Classifier = Given(parse, AuxConfig) ? Choices.Parse<AuxClassifierConfig>(parse.GetValue(AuxConfig)!, AuxConfig.Name) : rules.InfoPro.Classifier,
             LossMode = Given(parse, InfoProLoss) ? Choices.Parse<InfoProLossMode>(parse.GetValue(InfoProLoss)!, InfoProLoss.Name) : rules.InfoPro.LossMode,
             Lambdas = Given(parse, Lambda) ? InfoProLambdas.Parse(parse.GetValue(Lambda)!) : rules.InfoPro.Lambdas,
-            Schedule = Given(parse, LambdaSchedule) ? Choices.Parse<LambdaSchedule>(parse.GetValue(LambdaSchedule)!, LambdaSchedule.Name) : rules.InfoPro.Schedule,
+            Schedule = Given(parse, LambdaSchedule)
+                ? Choices.Parse<LambdaSchedule>(parse.GetValue(LambdaSchedule)!, LambdaSchedule.Name) : rules.InfoPro.Schedule,
         };
         rules = rules with { InfoPro = infoPro };
 
@@ -121,7 +179,8 @@ internal sealed class ModelOptions
             WeightDecay = Pick(WeightDecay, baseline.WeightDecay),
             Seed = Pick(Seed, baseline.Seed),
             InitFrom = Given(parse, InitFrom) ? parse.GetValue(InitFrom) : baseline.InitFrom,
-            ConvolutionWorkaround = Given(parse, ConvWorkaround) ? Choices.Parse<Models.ConvolutionWorkaround>(parse.GetValue(ConvWorkaround)!, ConvWorkaround.Name)
+            ConvolutionWorkaround = Given(parse, ConvWorkaround)
+                ? Choices.Parse<Models.ConvolutionWorkaround>(parse.GetValue(ConvWorkaround)!, ConvWorkaround.Name)
                 : baseline.ConvolutionWorkaround,
             Device = Pick(Device, baseline.Device),
             Augmentation = dataset.Augmentation,

@@ -72,20 +72,54 @@ internal static class TrainCommand
     public static Command Create()
     {
         var model = new ModelOptions();
-        var data = new Option<string[]>("--data") { Description = "Training data: CIFAR-10/SVHN/STL-10 files or folders of them (default: the bundled CIFAR-10 sample); for --dataset imagenet the folder holding train/<class>/ and val/.", AllowMultipleArgumentsPerToken = true };
-        var trainLimit = new Option<int?>("--train-limit") { Description = "Train on the first N training images only (ImageNet layout: N images spread evenly over the classes)." };
-        var valSplit = new Option<int?>("--val-split") { Description = "Hold out the last N images of --data for validation (default 1000, unless --val is given)." };
+        var data = new Option<string[]>("--data")
+        {
+            Description = "Training data: CIFAR-10/SVHN/STL-10 files or folders of them (default: the bundled CIFAR-10 sample); for --dataset imagenet the " +
+                          "folder holding train/<class>/ and val/.",
+            AllowMultipleArgumentsPerToken = true,
+        };
+        var trainLimit = new Option<int?>("--train-limit")
+        {
+            Description = "Train on the first N training images only (ImageNet layout: N images spread evenly over the classes).",
+        };
+        var valSplit = new Option<int?>("--val-split")
+        {
+            Description = "Hold out the last N images of --data for validation (default 1000, unless --val is given).",
+        };
         var val = new Option<string[]>("--val") { Description = "Validation files instead of a held-out split.", AllowMultipleArgumentsPerToken = true };
         var test = new Option<string[]>("--test") { Description = "Extra evaluation sets, each reported separately.", AllowMultipleArgumentsPerToken = true };
-        var output = new Option<string>("--out") { Description = "Output folder for metrics.json and model.ckpt (default runs/latest, or the --resume folder).", DefaultValueFactory = _ => "runs/latest" };
-        var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "Write DIR/run.ckpt (everything needed to resume) every N epochs and at the end; 0: never.", DefaultValueFactory = _ => 0 };
-        var resume = new Option<string?>("--resume") { Description = "Continue the run whose folder holds run.ckpt (same options); writes there unless --out is given." };
-        var valLabels = new Option<string?>("--val-labels") { Description = "ImageNet layout: label file of a flat val/ folder ('FILE LABEL' lines; default: val_labels.txt, val.txt, LOC_val_solution.csv or labels.txt beside or inside val/)." };
-        var onNonFinite = new Option<string>("--on-nonfinite") { Description = "On a NaN or infinite loss or gradient: stop (default) or skip-step.", DefaultValueFactory = _ => "stop" };
-        var noBackendCheck = new Option<bool>("--no-backend-check") { Description = "Skip the check, before the first step, that this machine's libtorch computes every convolution of the run correctly against float64 (exit code 4 when it does not)." };
+        var output = new Option<string>("--out")
+        {
+            Description = "Output folder for metrics.json and model.ckpt (default runs/latest, or the --resume folder).",
+            DefaultValueFactory = _ => "runs/latest",
+        };
+        var checkpointEvery = new Option<int>("--checkpoint-every")
+        {
+            Description = "Write DIR/run.ckpt (everything needed to resume) every N epochs and at the end; 0: never.", DefaultValueFactory = _ => 0,
+        };
+        var resume = new Option<string?>("--resume")
+        {
+            Description = "Continue the run whose folder holds run.ckpt (same options); writes there unless --out is given.",
+        };
+        var valLabels = new Option<string?>("--val-labels")
+        {
+            Description = "ImageNet layout: label file of a flat val/ folder ('FILE LABEL' lines; default: val_labels.txt, val.txt, LOC_val_solution.csv or " +
+                          "labels.txt beside or inside val/).",
+        };
+        var onNonFinite = new Option<string>("--on-nonfinite")
+        {
+            Description = "On a NaN or infinite loss or gradient: stop (default) or skip-step.", DefaultValueFactory = _ => "stop",
+        };
+        var noBackendCheck = new Option<bool>("--no-backend-check")
+        {
+            Description = "Skip the check, before the first step, that this machine's libtorch computes every convolution of the run correctly against " +
+                          "float64 (exit code 4 when it does not).",
+        };
 
         var command = new Command("train", "Train a network by supervised local learning (DGL + MAN at K = 16 by default).");
-        foreach (var o in model.All.Concat(new Option[] { data, trainLimit, valSplit, val, test, output, checkpointEvery, resume, valLabels, onNonFinite, noBackendCheck })) command.Options.Add(o);
+        foreach (var o in model.All.Concat(
+            new Option[] { data, trainLimit, valSplit, val, test, output, checkpointEvery, resume, valLabels, onNonFinite, noBackendCheck }))
+            command.Options.Add(o);
         command.SetAction((parse, cancellation) => Task.FromResult(CliErrors.Run(() =>
         {
             model.ApplyProcessSettings(parse);
@@ -98,7 +132,8 @@ internal static class TrainCommand
             if (resumeDir is not null)
             {
                 resumeFrom = Path.Combine(resumeDir, "run.ckpt");
-                if (!File.Exists(resumeFrom)) throw new CliException($"--resume '{resumeDir}' holds no run.ckpt (train with --checkpoint-every N to write one).");
+                if (!File.Exists(resumeFrom))
+                    throw new CliException($"--resume '{resumeDir}' holds no run.ckpt (train with --checkpoint-every N to write one).");
             }
             int every = parse.GetValue(checkpointEvery);
             if (every < 0) throw new CliException($"--checkpoint-every must be 0 or more (got {every}).");
@@ -219,7 +254,8 @@ internal static class TrainCommand
                     task.Description = $"epoch {p.Epoch}/{epochs}  loss {p.Loss:0.000}  lr {p.LearningRate:0.0000}";
                 };
                 trainer.EpochCompleted += m =>
-                    task!.Description = $"epoch {m.Epoch}/{epochs}  loss {m.TrainLoss:0.000}  train {m.TrainAccuracy:P1}  val {m.ValAccuracy:P1}  ({m.Seconds:0}s)";
+                    task!.Description = $"epoch {m.Epoch}/{epochs}  loss {m.TrainLoss:0.000}  train {m.TrainAccuracy:P1}  " +
+                        $"val {m.ValAccuracy:P1}  ({m.Seconds:0}s)";
                 result = train();
             });
         return result!;
@@ -233,7 +269,8 @@ internal static class TrainCommand
         if (valPaths.Length == 1) validation = ImageNetFolder.ReadValidation(valPaths[0], train.ClassNames, valLabels);
         if (holdOut is int n)
         {
-            if (n < 1 || n >= train.Count) throw new CliException($"--val-split {n} must be between 1 and {train.Count - 1} (train/ holds {train.Count} images).");
+            if (n < 1 || n >= train.Count)
+                throw new CliException($"--val-split {n} must be between 1 and {train.Count - 1} (train/ holds {train.Count} images).");
             var held = Enumerable.Range(0, n).Select(i => (int)((long)i * train.Count / n)).ToHashSet();
             var rest = Enumerable.Range(0, train.Count).Where(i => !held.Contains(i)).ToArray();
             validation = new ImageFileSet(held.Order().Select(i => train.Paths[i]).ToArray(), held.Order().Select(i => train.Labels[i]).ToArray(),
@@ -268,10 +305,14 @@ internal static class TrainCommand
         var config = Config(parse, plan, preset, dataPaths, limit, holdOut, valPaths, testPaths, outDir, trainCount, valCount);
         var options = plan.Options;
         AnsiConsole.MarkupLine(Markup.Escape($"manml train {plan.Summary}, ") +
-                               Markup.Escape(FormattableString.Invariant($"{trainCount} training / {valCount} validation images at {imageSize}x{imageSize}, {options.Epochs} epochs, batch {options.BatchSize}, lr {plan.LearningRate:0.###}")));
+                               Markup.Escape(FormattableString.Invariant($"{trainCount} training / {valCount} validation images at {imageSize}x{imageSize}, ") +
+                                             FormattableString.Invariant($"{options.Epochs} epochs, batch {options.BatchSize}, lr {plan.LearningRate:0.###}")));
         if (plan.InitialWeights is { } w)
             AnsiConsole.MarkupLine(Markup.Escape($"initialised from {w.Path} ({Choices.Name(w.Format)}, {w.TensorsLoaded} tensors)" +
-                (w.HeadReplaced ? $"; its classifier has another class count and was replaced by a fresh {classes}-class one (PyTorch's nn.Linear initialisation, seed {options.Seed})" : "")));
+                (w.HeadReplaced
+                    ? $"; its classifier has another class count and was replaced by a fresh {classes}-class one " +
+                      $"(PyTorch's nn.Linear initialisation, seed {options.Seed})"
+                    : "")));
         return config;
     }
 
@@ -300,8 +341,10 @@ internal static class TrainCommand
         AtomicFile.WriteText(Path.Combine(outDir, "metrics.json"), metrics.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         PrintSummary(plan, result, outDir);
         if (trainer.BackendReport is { } backend)
-            AnsiConsole.MarkupLine(Markup.Escape(FormattableString.Invariant(
-                $"backend check: {backend.Convolutions.Count} convolution shapes correct against float64 ({backend.Seconds:0.00} s; {backend.Environment.Cpu}; oneDNN {backend.Environment.OneDnnIsa}; convolution workaround {Choices.Name(backend.Environment.Workaround)}{FaultNote(backend.Environment)})")));
+            AnsiConsole.MarkupLine(Markup.Escape(
+                FormattableString.Invariant($"backend check: {backend.Convolutions.Count} convolution shapes correct against float64 ") +
+                FormattableString.Invariant($"({backend.Seconds:0.00} s; {backend.Environment.Cpu}; oneDNN {backend.Environment.OneDnnIsa}; ") +
+                FormattableString.Invariant($"convolution workaround {Choices.Name(backend.Environment.Workaround)}{FaultNote(backend.Environment)})")));
     }
 
     private static string FaultNote(Backend.BackendEnvironment e) => !e.SmallOutputChannelFault ? ""
@@ -324,7 +367,8 @@ internal static class TrainCommand
     /// <summary>Keys of metrics.json's config that describe this invocation rather than the run: the rest is the run's plan.</summary>
     public static IReadOnlyList<string> InvocationKeys { get; } = new[]
     {
-        "preset", "data", "train_limit", "val_split", "val", "test", "train_images", "val_images", "threads", "out", "checkpoint_every", "resume", "on_nonfinite",
+        "preset", "data", "train_limit", "val_split", "val", "test", "train_images", "val_images", "threads",
+        "out", "checkpoint_every", "resume", "on_nonfinite",
     };
 
     // metrics.json's config: the run's plan (RunPlan.ToJson), then how this invocation found its data and where it wrote.
@@ -366,7 +410,8 @@ internal static class TrainCommand
                 e.ValAccuracy?.ToString("P2") ?? "-", e.Lr.ToString("0.0000"), e.Seconds.ToString("0.0"));
         AnsiConsole.Write(table);
         var f = result.Final;
-        AnsiConsole.MarkupLine($"final (last epoch): val accuracy [bold]{f.ValAccuracy:P2}[/]" + (f.ValTop5Accuracy is { } top5 && result.Network.ClassCount > 5 ? $" (top-5 {top5:P2})" : "") +
+        AnsiConsole.MarkupLine($"final (last epoch): val accuracy [bold]{f.ValAccuracy:P2}[/]" +
+                               (f.ValTop5Accuracy is { } top5 && result.Network.ClassCount > 5 ? $" (top-5 {top5:P2})" : "") +
                                (f.TestAccuracy is null ? "" : ", " + string.Join(", ", f.TestAccuracy.Select(t => $"{Markup.Escape(t.Key)} {t.Value:P2}"))) +
                                $"; {f.TrainSeconds:0.0} s training, {f.ImagesPerSecond:0.0} images/s; " +
                                $"{f.ParametersBackbone:N0} backbone + {f.ParametersAuxiliary:N0} auxiliary parameters");

@@ -29,7 +29,8 @@ internal sealed record ConvolutionShape(int InChannels, int OutChannels, int Ker
 {
     /// <inheritdoc />
     public override string ToString() => FormattableString.Invariant(
-        $"conv {InChannels}→{OutChannels} {Kernel}x{Kernel} stride {Stride} padding {Padding}{(Groups > 1 ? $" groups {Groups}" : "")} at {Height}x{Width}{(InputGradient ? "" : " (weight gradient only)")}");
+        $"conv {InChannels}→{OutChannels} {Kernel}x{Kernel} stride {Stride} padding {Padding}{(Groups > 1 ? $" groups {Groups}" : "")} ") +
+        FormattableString.Invariant($"at {Height}x{Width}{(InputGradient ? "" : " (weight gradient only)")}");
 }
 
 /// <summary>The result for one convolution shape.</summary>
@@ -84,9 +85,12 @@ internal sealed record BackendReport(BackendEnvironment Environment, string Devi
             : "no workaround of Man.ML covers this shape: set ONEDNN_MAX_CPU_ISA=AVX in the environment before starting the process " +
               "(oneDNN's AVX kernels computed every shape correctly where this was measured, at some cost in speed), or train on another device";
         throw new BackendFaultException(this, string.Create(CultureInfo.InvariantCulture,
-            $"libtorch {Environment.LibTorch} computes a wrong convolution gradient on this machine ({Environment.Cpu}; oneDNN {Environment.OneDnnIsa}; {Environment.Threads} threads): " +
-            $"{first.Shape}, in {first.Layers[0]}{(first.Layers.Count > 1 ? $" and {first.Layers.Count - 1} more layers" : "")}, {what} (route {first.Route}). " +
-            $"{(wrong.Count > 1 ? $"{wrong.Count - 1} more shapes are wrong. " : "")}Remedy: {remedy}. `manml doctor` lists every shape; the check can be turned off (--no-backend-check) at your own risk."));
+            $"libtorch {Environment.LibTorch} computes a wrong convolution gradient on this machine ({Environment.Cpu}; " +
+            $"oneDNN {Environment.OneDnnIsa}; {Environment.Threads} threads): " +
+            $"{first.Shape}, in {first.Layers[0]}{(first.Layers.Count > 1 ? $" and {first.Layers.Count - 1} more layers" : "")}, " +
+            $"{what} (route {first.Route}). " +
+            $"{(wrong.Count > 1 ? $"{wrong.Count - 1} more shapes are wrong. " : "")}Remedy: {remedy}. " +
+            $"`manml doctor` lists every shape; the check can be turned off (--no-backend-check) at your own risk."));
     }
 }
 
@@ -164,7 +168,8 @@ internal static class BackendCheck
         int threads = get_num_threads();
         var policy = trainer.Network.Workaround;
         bool channelsLast = trainer.Network.ChannelsLastOn(device.type);
-        var checks = Shapes(trainer).Select(u => Checked.GetOrAdd((u.Key, device.ToString(), threads, policy, channelsLast), _ => Check(u.Key, u.Value, device, policy, channelsLast)))
+        var checks = Shapes(trainer).Select(u => Checked.GetOrAdd((u.Key, device.ToString(), threads, policy, channelsLast),
+            _ => Check(u.Key, u.Value, device, policy, channelsLast)))
             .ToList();
         var report = new BackendReport(DescribeEnvironment(policy), device.ToString(), checks, clock.Elapsed.TotalSeconds);
         report.EnsureCorrect();
@@ -188,8 +193,10 @@ internal static class BackendCheck
         ConvolutionRouting.Convolve(input, weight, bias, shape.Stride, shape.Padding, shape.Groups,
             ConvolutionRouting.RouteFor(policy, input, weight, shape.Stride, shape.Padding, shape.Groups));
 
-    /// <summary>One shape, computed as a layer under <paramref name="policy"/> computes it (see <see cref="Check(ConvolutionShape, IReadOnlyList{string}, Device, ConvolutionWorkaround, Convolution, bool)"/>).</summary>
-    internal static ConvolutionCheck Check(ConvolutionShape shape, IReadOnlyList<string> layers, Device device, ConvolutionWorkaround policy, bool channelsLast) =>
+    /// <summary>One shape, computed as a layer under <paramref name="policy"/> computes it
+    /// (see <see cref="Check(ConvolutionShape, IReadOnlyList{string}, Device, ConvolutionWorkaround, Convolution, bool)"/>).</summary>
+    internal static ConvolutionCheck Check(ConvolutionShape shape, IReadOnlyList<string> layers,
+        Device device, ConvolutionWorkaround policy, bool channelsLast) =>
         Check(shape, layers, device, policy, Candidate(policy), channelsLast);
 
     /// <summary>
@@ -315,7 +322,8 @@ internal static class BackendCheck
     private static string OneDnnIsa()
     {
         string detected;
-        if (RuntimeInformation.ProcessArchitecture is not (Architecture.X64 or Architecture.X86)) detected = RuntimeInformation.ProcessArchitecture.ToString().ToLowerInvariant();
+        if (RuntimeInformation.ProcessArchitecture is not (Architecture.X64 or Architecture.X86))
+            detected = RuntimeInformation.ProcessArchitecture.ToString().ToLowerInvariant();
         else if (System.Runtime.Intrinsics.X86.Avx512F.IsSupported && System.Runtime.Intrinsics.X86.Avx512BW.IsSupported
                  && System.Runtime.Intrinsics.X86.Avx512DQ.IsSupported && System.Runtime.Intrinsics.X86.Avx512F.VL.IsSupported)
             detected = "avx512_core";
@@ -335,7 +343,8 @@ internal static class BackendCheck
     private static string TorchSharpVersion()
     {
         var assembly = typeof(torch).Assembly;
-        var version = assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? assembly.GetName().Version?.ToString() ?? "unknown";
+        var version = assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion
+            ?? assembly.GetName().Version?.ToString() ?? "unknown";
         int plus = version.IndexOf('+');
         return plus > 0 ? version[..plus] : version;
     }

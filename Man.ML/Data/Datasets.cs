@@ -99,7 +99,9 @@ internal static class Stl10Binary
         var labelBytes = File.ReadAllBytes(yPath);
         const int perImage = 3 * Side * Side;
         if (pixels.Length == 0 || pixels.Length % perImage != 0)
-            throw new InvalidDataException($"STL-10 file '{xPath}' is truncated: {pixels.Length} bytes is not a whole number of {perImage}-byte images (image {pixels.Length / perImage} is incomplete).");
+            throw new InvalidDataException($"STL-10 file '{xPath}' is truncated: " +
+                $"{pixels.Length} bytes is not a whole number of {perImage}-byte images " +
+                $"(image {pixels.Length / perImage} is incomplete).");
         int n = pixels.Length / perImage;
         if (labelBytes.Length != n)
             throw new InvalidDataException($"STL-10 files disagree: '{xPath}' holds {n} images, '{yPath}' holds {labelBytes.Length} labels.");

@@ -73,7 +73,10 @@ internal static class MatFile
         var (dataType, dataSize, dataSmall) = ReadTag(reader);
         var data = ReadData(reader, dataSize, dataSmall);
         long count = dims.Aggregate(1L, (a, d) => a * d);
-        int width = dataType switch { MiInt8 or MiUInt8 => 1, MiInt16 or MiUInt16 => 2, MiInt32 or MiUInt32 or MiSingle => 4, MiDouble or MiInt64 or MiUInt64 => 8, _ => 0 };
+        int width = dataType switch
+        {
+            MiInt8 or MiUInt8 => 1, MiInt16 or MiUInt16 => 2, MiInt32 or MiUInt32 or MiSingle => 4, MiDouble or MiInt64 or MiUInt64 => 8, _ => 0,
+        };
         if (width == 0) throw new InvalidDataException($"MAT-file '{path}', array '{name}': unsupported data type {dataType}.");
         if (dataSize != count * width)
             throw new InvalidDataException($"MAT-file '{path}', array '{name}': {dataSize} data bytes for {count} values of {width} bytes.");

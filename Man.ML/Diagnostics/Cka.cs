@@ -65,7 +65,9 @@ public static class Cka
     public static double[] PerUnit(UnitChainNetwork model, UnitChainNetwork reference, LabeledImages data, Normalization normalization, int batchSize = 256)
     {
         if (model.Units.Count != reference.Units.Count)
-            throw new InvalidOptionException("reference", $"The networks have {model.Units.Count} and {reference.Units.Count} units; CKA compares unit by unit.");
+            throw new InvalidOptionException("reference",
+                $"The networks have {model.Units.Count} and {reference.Units.Count} units; " +
+                $"CKA compares unit by unit.");
         var accumulators = model.Units.Select(_ => new Accumulator()).ToArray();
         // Both networks see the same minibatches, one after the other, so only one batch of activations is alive at a time.
         for (int start = 0; start + 4 <= data.Count; start += batchSize)
@@ -74,7 +76,8 @@ public static class Cka
             if (count < 4) break;
             using var slice = data.Slice(start, count);
             var mine = new List<Tensor>();
-            Representations.ForEachBatch(model, slice, normalization, count, (outputs, _) => mine.AddRange(outputs.Select(o => o.detach().clone().DetachFromDisposeScope())));
+            Representations.ForEachBatch(model, slice, normalization, count, (outputs, _) =>
+                mine.AddRange(outputs.Select(o => o.detach().clone().DetachFromDisposeScope())));
             Representations.ForEachBatch(reference, slice, normalization, count, (outputs, _) =>
             {
                 for (int u = 0; u < outputs.Count; u++) accumulators[u].Add(mine[u], outputs[u]);

@@ -57,7 +57,8 @@ public static class OnnxExport
         if (classNames.Count != network.ClassCount)
             throw new ArgumentException($"{classNames.Count} class names for a network of {network.ClassCount} classes.", nameof(classNames));
         if (imageSize != network.InputShape.Height)
-            throw new ArgumentException($"The network was built for {network.InputShape.Height}x{network.InputShape.Width} images, not {imageSize}.", nameof(imageSize));
+            throw new ArgumentException(
+                $"The network was built for {network.InputShape.Height}x{network.InputShape.Width} images, not {imageSize}.", nameof(imageSize));
         if (recipe == ImageRecipe.Automatic) throw new ArgumentException("Give the recipe the model was trained with, not Automatic.", nameof(recipe));
         if (normalization.Mean.Length != 3 || normalization.Std.Length != 3)
             throw new ArgumentException("The normalisation needs one mean and one standard deviation per RGB channel.", nameof(normalization));
@@ -83,7 +84,11 @@ public static class OnnxExport
         // (x/255 − mean)/std = x·(1/(255·std)) + (−mean/std), per channel.
         var scale = normalization.Std.Select(s => (float)(1.0 / (255.0 * s))).ToArray();
         var shift = normalization.Mean.Zip(normalization.Std, (m, s) => (float)(-m / (double)s)).ToArray();
-        var x = graph.Node("Add", new[] { graph.Node("Mul", new[] { InputName, graph.Constant("normalize_scale", scale, 1, 3, 1, 1) }), graph.Constant("normalize_shift", shift, 1, 3, 1, 1) });
+        var x = graph.Node("Add", new[]
+        {
+            graph.Node("Mul", new[] { InputName, graph.Constant("normalize_scale", scale, 1, 3, 1, 1) }),
+            graph.Constant("normalize_shift", shift, 1, 3, 1, 1),
+        });
 
         using (no_grad())
         {

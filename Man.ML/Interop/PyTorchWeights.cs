@@ -107,7 +107,8 @@ public static class PyTorchWeights
         var unexpected = file.Keys.Where(k => !expected.Contains(k)).Order(StringComparer.Ordinal).ToList();
         if (unexpected.Count > 0)
             throw new IncompatibleWeightsException(
-                $"Weights file '{name}': key '{unexpected[0]}'{(unexpected.Count > 1 ? $" (and {unexpected.Count - 1} more)" : "")} is not a tensor of {network.Architecture}; is the file for another architecture?");
+                $"Weights file '{name}': key '{unexpected[0]}'{(unexpected.Count > 1 ? $" (and {unexpected.Count - 1} more)" : "")} " +
+                $"is not a tensor of {network.Architecture}; is the file for another architecture?");
         int loaded = 0;
         using var noGrad = no_grad();
         foreach (var (manKey, torchKey) in names)
@@ -128,7 +129,8 @@ public static class PyTorchWeights
                     $"Weights file '{name}': key '{torchKey}' has shape {Shape(source)}, {network.Architecture} needs {Shape(target)}{hint}.");
             }
             if (source.is_floating_point() != target.is_floating_point())
-                throw new IncompatibleWeightsException($"Weights file '{name}': key '{torchKey}' is {source.dtype}, {network.Architecture} needs {target.dtype}.");
+                throw new IncompatibleWeightsException(
+                    $"Weights file '{name}': key '{torchKey}' is {source.dtype}, {network.Architecture} needs {target.dtype}.");
             if (source.is_floating_point() && !source.isfinite().all().item<bool>())
                 throw new IncompatibleWeightsException($"Weights file '{name}': key '{torchKey}' holds NaN or infinite values.");
             target.copy_(source); // converts float16/bfloat16/float64 and moves to the network's device
@@ -149,7 +151,8 @@ public static class PyTorchWeights
         // safetensors: an 8-byte little-endian header length, then the JSON header.
         if (read == 9 && head[8] == (byte)'{' && BitConverter.ToUInt64(head[..8]) < (ulong)new FileInfo(path).Length) return WeightsFormat.Safetensors;
         if (read >= 2 && head[0] == 0x80)
-            throw new IncompatibleWeightsException($"Weights file '{Path.GetFileName(path)}' is in torch.save's legacy (pre-1.6) format; load it in PyTorch and save it again with torch.save(state_dict, f), or as safetensors.");
+            throw new IncompatibleWeightsException($"Weights file '{Path.GetFileName(path)}' is in torch.save's legacy (pre-1.6) format; " +
+                $"load it in PyTorch and save it again with torch.save(state_dict, f), or as safetensors.");
         throw new IncompatibleWeightsException($"Weights file '{Path.GetFileName(path)}' is neither a torch.save zip file nor safetensors.");
     }
 
@@ -170,7 +173,8 @@ public static class PyTorchWeights
                 else
                 {
                     DisposeTensors(table);
-                    throw new IncompatibleWeightsException($"Weights file '{name}' holds '{e.Key}' ({e.Value?.GetType().Name ?? "null"}), which is not a tensor: save the model's state_dict(), not the model or a whole checkpoint.");
+                    throw new IncompatibleWeightsException($"Weights file '{name}' holds '{e.Key}' " +
+                        $"({e.Value?.GetType().Name ?? "null"}), which is not a tensor: save the model's state_dict(), not the model or a whole checkpoint.");
                 }
             }
             return StripPrefix(tensors);
@@ -178,7 +182,8 @@ public static class PyTorchWeights
         catch (IncompatibleWeightsException) { throw; }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            throw new IncompatibleWeightsException($"Weights file '{name}' could not be read as a {(format == WeightsFormat.Safetensors ? "safetensors" : "torch.save")} state dict: {e.Message}", e);
+            throw new IncompatibleWeightsException($"Weights file '{name}' could not be read as a " +
+                $"{(format == WeightsFormat.Safetensors ? "safetensors" : "torch.save")} state dict: {e.Message}", e);
         }
     }
 

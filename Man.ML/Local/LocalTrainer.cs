@@ -190,7 +190,8 @@ public sealed class LocalTrainer : IDisposable
     public StepResult Step(Tensor images, Tensor labels) => Step(images, labels, NonFinitePolicy.Stop);
 
     /// <summary>One mini-batch with a policy for NaN or infinite losses and gradients.</summary>
-    /// <exception cref="NonFiniteException">A loss or gradient is not finite and the policy is <see cref="NonFinitePolicy.Stop"/>; no update was made.</exception>
+    /// <exception cref="NonFiniteException">A loss or gradient is not finite and the policy is
+    /// <see cref="NonFinitePolicy.Stop"/>; no update was made.</exception>
     public StepResult Step(Tensor images, Tensor labels, NonFinitePolicy policy)
     {
         optimizer.zero_grad();

@@ -118,7 +118,8 @@ internal sealed class DataViewImages
                 cancellation.ThrowIfCancellationRequested();
                 getLabel(ref key);
                 if (key == 0 || key > classes)
-                    throw new InvalidDataException($"Label column '{labelColumnName}', row {cursor.Position}: the label is missing or not one of the {classes} known classes.");
+                    throw new InvalidDataException($"Label column '{labelColumnName}', row {cursor.Position}: " +
+                        $"the label is missing or not one of the {classes} known classes.");
                 getId(ref id);
                 ids.Add(id);
             }

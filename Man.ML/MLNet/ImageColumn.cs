@@ -45,7 +45,9 @@ internal sealed class ImageColumn
     public static ImageColumn Resolve(DataViewSchema schema, string name, int imageSize)
     {
         var column = schema.GetColumnOrNull(name)
-            ?? throw new ArgumentOutOfRangeException(nameof(name), $"Image column '{name}' was not found in the data (columns: {string.Join(", ", schema.Select(c => c.Name))}).");
+            ?? throw new ArgumentOutOfRangeException(nameof(name),
+                $"Image column '{name}' was not found in the data " +
+                $"(columns: {string.Join(", ", schema.Select(c => c.Name))}).");
         var type = column.Type;
         if (type is ImageDataViewType) return new ImageColumn(name, ImageColumnKind.Image, imageSize);
         if (type is VectorDataViewType { ItemType: var item } vector)
@@ -62,7 +64,8 @@ internal sealed class ImageColumn
             }
         }
         throw new ArgumentException(
-            $"Image column '{name}' has type {type}; expected an image (LoadImages), encoded image bytes (LoadRawImageBytes) or a Single pixel vector (ExtractPixels).");
+            $"Image column '{name}' has type {type}; expected an image (LoadImages), " +
+            $"encoded image bytes (LoadRawImageBytes) or a Single pixel vector (ExtractPixels).");
     }
 
     /// <summary>A reader for the current row of <paramref name="row"/>, filling a 3·S·S byte buffer. An error names the

@@ -54,8 +54,10 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         {
             ToTrainingOptions().Validate();
             if (ImageSize < 8) throw new InvalidOptionException(nameof(ImageSize), $"ImageSize must be at least 8 (got {ImageSize}).");
-            if (Normalization is { } given && (given.Mean.Length != 3 || given.Std.Length != 3 || given.Std.Any(v => !(v > 0)) || given.Mean.Any(v => !float.IsFinite(v))))
-                throw new InvalidOptionException(nameof(Normalization), "Normalization needs three finite means and three positive standard deviations (R, G, B).");
+            if (Normalization is { } given && (given.Mean.Length != 3 || given.Std.Length != 3 ||
+                given.Std.Any(v => !(v > 0)) || given.Mean.Any(v => !float.IsFinite(v))))
+                throw new InvalidOptionException(nameof(Normalization),
+                    "Normalization needs three finite means and three positive standard deviations (R, G, B).");
             if (!(ValidationSetFraction is >= 0 and < 1))
                 throw new InvalidOptionException(nameof(ValidationSetFraction), $"ValidationSetFraction must lie in [0, 1) (got {ValidationSetFraction}).");
             if (ValidationSetFraction > 0 && ValidationSet is not null)
@@ -64,7 +66,8 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
             {
                 stopping.Validate(nameof(EarlyStopping));
                 if (ValidationSet is null && ValidationSetFraction == 0)
-                    throw new InvalidOptionException(nameof(EarlyStopping), "EarlyStopping watches validation data: give ValidationSet or ValidationSetFraction.");
+                    throw new InvalidOptionException(nameof(EarlyStopping),
+                        "EarlyStopping watches validation data: give ValidationSet or ValidationSetFraction.");
             }
             if (ShuffleBufferSize is < 1)
                 throw new InvalidOptionException(nameof(ShuffleBufferSize), $"ShuffleBufferSize must be at least 1 row (got {ShuffleBufferSize}).");
@@ -273,7 +276,8 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
     /// <exception cref="ArgumentException">A column has a type Man.ML cannot read.</exception>
     /// <exception cref="InvalidDataException">A row holds a missing label or an image that cannot be decoded.</exception>
     /// <exception cref="OperationCanceledException">Training was cancelled.</exception>
-    /// <exception cref="Backend.BackendFaultException">The backend computes a convolution of this configuration wrongly (see <see cref="Options.CheckBackend"/>).</exception>
+    /// <exception cref="Backend.BackendFaultException">The backend computes a convolution of this configuration wrongly
+    /// (see <see cref="Options.CheckBackend"/>).</exception>
     public ManImageClassificationTransformer Fit(IDataView input) => Fit(input, initialModel: null);
 
     /// <summary>
@@ -302,7 +306,12 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         var normalization = options.Normalization ?? initialModel?.Normalization
             ?? train.MeasureNormalization(NormalizationSampleSize, (w, h) => ImageRecipes.ScoringCrop(recipe, options.ImageSize, w, h), token);
         channel.Info(MessageSensitivity.None, FormattableString.Invariant(
-            $"Man.ML normalisation{(options.Normalization is not null ? " as given" : initialModel is not null ? " of the initial model" : $" measured on {Math.Min(train.Count, NormalizationSampleSize)} training images")}: mean {string.Join(", ", normalization.Mean.Select(m => m.ToString("0.0000")))}, std {string.Join(", ", normalization.Std.Select(m => m.ToString("0.0000")))}."));
+            $"Man.ML normalisation{(options.Normalization is not null ? " as given" : initialModel is not null ? " of the initial model" : "")}") +
+            (options.Normalization is null && initialModel is null
+                ? $" measured on {Math.Min(train.Count, NormalizationSampleSize)} training images"
+                : "") +
+            FormattableString.Invariant($": mean {string.Join(", ", normalization.Mean.Select(m => m.ToString("0.0000")))}, ") +
+            FormattableString.Invariant($"std {string.Join(", ", normalization.Std.Select(m => m.ToString("0.0000")))}."));
         var trainingOptions = ToTrainingOptions(normalization);
         var trainer = new Trainer(trainingOptions) { CheckBackend = options.CheckBackend, EarlyStopping = options.EarlyStopping };
         var plan = trainer.Prepare(train.ClassNames.Count, options.ImageSize);
@@ -312,7 +321,8 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         channel.Info(MessageSensitivity.None,
             $"Man.ML: {plan.Summary}, " +
             $"{train.Count} training images of {train.ClassNames.Count} classes{(validation is null ? "" : $", {validation.Count} validation images")}, " +
-            $"{trainingOptions.Epochs} epochs, batch {trainingOptions.BatchSize}, lr {plan.LearningRate:0.####}, {Choices.Name(recipe)} recipe at {options.ImageSize}x{options.ImageSize}; " +
+            $"{trainingOptions.Epochs} epochs, batch {trainingOptions.BatchSize}, lr {plan.LearningRate:0.####}, {Choices.Name(recipe)} recipe " +
+            $"at {options.ImageSize}x{options.ImageSize}; " +
             $"rows read in a seeded permutation every epoch, {passes} {(passes == 1 ? "pass" : "passes")} of at most {bufferRows} decoded rows.");
 
         using var cancellation = CancellationTokenSource.CreateLinkedTokenSource(token);
@@ -326,7 +336,8 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
             channel.Info(MessageSensitivity.None,
                 $"Man.ML epoch {metrics.Epoch}/{trainingOptions.Epochs}: train loss {metrics.TrainLoss:0.0000}, train accuracy {metrics.TrainAccuracy:P2}" +
                 (metrics.ValAccuracy is { } v ? $", validation accuracy {v:P2}, validation loss {metrics.ValLoss:0.0000}" : "") +
-                $", local losses {string.Join(" / ", metrics.SegmentLosses.Select(l => l.ToString("0.000")))}, lr {metrics.Lr:0.#####}, {metrics.Seconds:0.0} s.");
+                $", local losses {string.Join(" / ", metrics.SegmentLosses.Select(l => l.ToString("0.000")))}, " +
+                $"lr {metrics.Lr:0.#####}, {metrics.Seconds:0.0} s.");
             options.MetricsCallback?.Invoke(metrics);
         };
         var augmentation = trainingOptions.Augmentation;
@@ -338,7 +349,8 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
                 $"({backend.Environment.Cpu}; oneDNN {backend.Environment.OneDnnIsa}; convolution workaround {Choices.Name(backend.Environment.Workaround)}).");
         if (result.Final.BestEpoch is { } best)
             channel.Info(MessageSensitivity.None, result.Final.StoppedEarly
-                ? $"Man.ML stopped early after epoch {result.Epochs.Count}: no improvement of the validation {Choices.Name(options.EarlyStopping!.Metric)} for {options.EarlyStopping.Patience} epochs; returning epoch {best}'s weights."
+                ? $"Man.ML stopped early after epoch {result.Epochs.Count}: no improvement of the validation " +
+                    $"{Choices.Name(options.EarlyStopping!.Metric)} for {options.EarlyStopping.Patience} epochs; returning epoch {best}'s weights."
                 : $"Man.ML early stopping: returning epoch {best}'s weights, the best of the {result.Epochs.Count}.");
         channel.Info(MessageSensitivity.None,
             $"Man.ML trained in {result.Final.TrainSeconds:0.0} s ({result.Final.ImagesPerSecond:0.0} images/s); final validation accuracy " +
@@ -357,7 +369,9 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         if (source.ClassCount != classNames.Count)
             throw new ArgumentException($"The initial model has {source.ClassCount} classes; the training data has {classNames.Count}.", nameof(initialModel));
         if (initialModel.KeyValues?.Names() is { } names && !names.SequenceEqual(classNames))
-            throw new ArgumentException($"The initial model's classes ({string.Join(", ", names)}) are not the training data's ({string.Join(", ", classNames)}).", nameof(initialModel));
+            throw new ArgumentException($"The initial model's classes ({string.Join(", ", names)}) " +
+                $"are not the training data's ({string.Join(", ", classNames)}).",
+                nameof(initialModel));
         var from = source.state_dict();
         using var noGrad = no_grad();
         foreach (var (name, tensor) in target.state_dict())
@@ -365,7 +379,9 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
             if (!from.TryGetValue(name, out var value))
                 throw new ArgumentException($"The initial model has no tensor '{name}'.", nameof(initialModel));
             if (!value.shape.SequenceEqual(tensor.shape))
-                throw new ArgumentException($"The initial model's '{name}' has shape [{string.Join(", ", value.shape)}]; this network's has [{string.Join(", ", tensor.shape)}].", nameof(initialModel));
+                throw new ArgumentException($"The initial model's '{name}' has shape [{string.Join(", ", value.shape)}]; " +
+                    $"this network's has [{string.Join(", ", tensor.shape)}].",
+                    nameof(initialModel));
             tensor.copy_(value);
         }
     }

@@ -30,7 +30,8 @@ public static class ManModelOperations
         AtomicFile.Write(path, stream => Write(catalog, man, before, after, inputSchema, stream));
     }
 
-    /// <summary>Saves <paramref name="model"/> as <see cref="SaveManModel(ModelOperationsCatalog, ITransformer, DataViewSchema, string)"/> does, to <paramref name="stream"/> (left open).</summary>
+    /// <summary>Saves <paramref name="model"/> as <see cref="SaveManModel(ModelOperationsCatalog, ITransformer, DataViewSchema, string)"/>
+    /// does, to <paramref name="stream"/> (left open).</summary>
     public static void SaveManModel(this ModelOperationsCatalog catalog, ITransformer model, DataViewSchema inputSchema, Stream stream)
     {
         var (man, before, after) = Split(model);
@@ -80,7 +81,8 @@ public static class ManModelOperations
             entry.Write(description.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 
-    /// <summary>Loads a model saved by <see cref="SaveManModel(ModelOperationsCatalog, ITransformer, DataViewSchema, string)"/>; <paramref name="inputSchema"/> is the schema it expects.</summary>
+    /// <summary>Loads a model saved by <see cref="SaveManModel(ModelOperationsCatalog, ITransformer, DataViewSchema, string)"/>;
+    /// <paramref name="inputSchema"/> is the schema it expects.</summary>
     /// <param name="catalog">The model catalog (<c>mlContext.Model</c>).</param>
     /// <param name="path">The file.</param>
     /// <param name="inputSchema">The input schema saved with the model.</param>

@@ -58,7 +58,8 @@ public sealed record CheckpointInfo
     public Normalization Normalization => NormalizationMean.Length == 3 && NormalizationStd.Length == 3
         ? new Normalization(NormalizationMean, NormalizationStd)
         : throw new InvalidDataException(
-            $"The checkpoint of {Architecture} records no 3-channel normalisation (mean of {NormalizationMean.Length}, std of {NormalizationStd.Length} values).");
+            $"The checkpoint of {Architecture} records no 3-channel normalisation " +
+            $"(mean of {NormalizationMean.Length}, std of {NormalizationStd.Length} values).");
 }
 
 /// <summary>Writes a recipe by its command-line name ("cifar", "imagenet"), as the ML.NET model and the ONNX metadata do.</summary>

@@ -89,7 +89,8 @@ public sealed record RunPlan
     public string TrainedWith => $"{Architecture} {Choices.Name(Rule)}{(Man is null ? "" : "+man")} K={K}, {Options.Epochs} epochs, seed {Options.Seed}";
 
     /// <summary>One line: architecture, K, split, rule, MAN.</summary>
-    public string Summary => $"{Architecture}, K={K} ({(SplitTable is { } t ? $"reference split '{t}'" : "balanced split")}), rule {Choices.Name(Rule)}{(Man is null ? "" : " + MAN")}";
+    public string Summary => $"{Architecture}, K={K} ({(SplitTable is { } t ? $"reference split '{t}'" : "balanced split")}), " +
+        $"rule {Choices.Name(Rule)}{(Man is null ? "" : " + MAN")}";
 
     /// <summary>
     /// Resolves <paramref name="options"/> for data of <paramref name="classes"/> classes at <paramref name="imageSize"/>
@@ -286,7 +287,8 @@ public sealed record RunPlan
     /// <param name="saved">One plan's JSON (for example a checkpoint's).</param>
     /// <param name="current">The other's.</param>
     /// <param name="ignore">Keys not compared.</param>
-    public static IReadOnlyList<(string Key, string Saved, string Current)> Differences(JsonObject saved, JsonObject current, IReadOnlySet<string>? ignore = null)
+    public static IReadOnlyList<(string Key, string Saved, string Current)> Differences(JsonObject saved,
+        JsonObject current, IReadOnlySet<string>? ignore = null)
     {
         var differences = new List<(string, string, string)>();
         foreach (var key in saved.Select(p => p.Key).Union(current.Select(p => p.Key)))

@@ -173,7 +173,8 @@ public sealed class Trainer
             stopping.Validate(nameof(EarlyStopping));
             if (validation is null) throw new InvalidOptionException(nameof(EarlyStopping), "Early stopping needs validation data to watch.");
             if (ResumeFrom is not null)
-                throw new InvalidOptionException(nameof(EarlyStopping), "Early stopping cannot continue a resumed run: the checkpoint does not hold the best epoch's weights.");
+                throw new InvalidOptionException(nameof(EarlyStopping),
+                    "Early stopping cannot continue a resumed run: the checkpoint does not hold the best epoch's weights.");
         }
         using var local = CreateLocalTrainer(train.ClassNames.Count, train.ImageSize);
         var plan = Plan!;
@@ -242,8 +243,10 @@ public sealed class Trainer
                     catch (NonFiniteException e)
                     {
                         throw new NonFiniteTrainingException(
-                            $"{e.What} of segment {e.Segment} became NaN or infinite at epoch {epoch + 1}, step {b + 1}; training stopped before applying it. " +
-                            (lastCheckpoint is null ? "There is no checkpoint of this run." : $"The last good checkpoint is '{lastCheckpoint}' ({epochs.Count} epochs)."), e);
+                            $"{e.What} of segment {e.Segment} became NaN or infinite at epoch {epoch + 1}, step {b + 1}; " +
+                            $"training stopped before applying it. " +
+                            (lastCheckpoint is null ? "There is no checkpoint of this run."
+                                : $"The last good checkpoint is '{lastCheckpoint}' ({epochs.Count} epochs)."), e);
                     }
                 }
                 if (result.Skipped)

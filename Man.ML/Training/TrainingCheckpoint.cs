@@ -38,7 +38,8 @@ internal static class TrainingCheckpoint
 
     // Format version 1 compared this string; kept so those checkpoints still resume.
     internal static string LegacyFingerprint(TrainingOptions o) => string.Join("; ",
-        $"dataset={o.Dataset.Name}", $"arch={o.Architecture}", $"k={o.K}", $"split={(o.SplitTable is { } t ? Choices.Name(t) : "default")}", $"size={o.ImageSize}",
+        $"dataset={o.Dataset.Name}", $"arch={o.Architecture}", $"k={o.K}",
+        $"split={(o.SplitTable is { } t ? Choices.Name(t) : "default")}", $"size={o.ImageSize}",
         $"rule={Choices.Name(o.Rule)}", $"rules={o.RuleSettings.DglHead}/{o.RuleSettings.InfoPro}",
         $"man={(o.Man is null ? "none" : $"{o.Man.Ablation}/{o.Man.Initialization}/{o.Man.EmaDecay}/{(o.Man.Mix == ManMix.Learnable)}")}",
         $"epochs={o.Epochs}", $"batch={o.BatchSize}", $"lr={o.EffectiveLearningRate}", $"wd={o.WeightDecay}", $"seed={o.Seed}");

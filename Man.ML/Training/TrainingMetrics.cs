@@ -48,7 +48,8 @@ public sealed record EpochMetrics
 /// <summary>Figures at the end of a run: of the last epoch, or with early stopping of the best epoch, whose weights the run returns.</summary>
 public sealed record FinalMetrics
 {
-    /// <summary>Validation accuracy of the returned weights (the last epoch's, or the best epoch's with early stopping); null without validation data.</summary>
+    /// <summary>Validation accuracy of the returned weights (the last epoch's, or the best epoch's with early
+    /// stopping); null without validation data.</summary>
     public double? ValAccuracy { get; init; }
 
     /// <summary>Validation top-5 accuracy of the returned weights; null without validation data.</summary>

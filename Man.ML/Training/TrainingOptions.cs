@@ -100,7 +100,8 @@ public sealed record TrainingOptions
         Check(EvaluationBatchSize >= 1, nameof(EvaluationBatchSize), $"The evaluation batch size must be positive (got {EvaluationBatchSize}).");
         Check(LearningRate is null || (LearningRate > 0 && double.IsFinite(LearningRate.Value)), nameof(LearningRate),
             FormattableString.Invariant($"The learning rate must be positive (got {LearningRate})."));
-        Check(WeightDecay >= 0 && double.IsFinite(WeightDecay), nameof(WeightDecay), FormattableString.Invariant($"Weight decay must be ≥ 0 (got {WeightDecay})."));
+        Check(WeightDecay >= 0 && double.IsFinite(WeightDecay), nameof(WeightDecay),
+            FormattableString.Invariant($"Weight decay must be ≥ 0 (got {WeightDecay})."));
         Man?.Validate(nameof(Man));
         CheckStructure(Rule != LearningRule.EndToEnd, Choices.Name(Rule), K, Man);
         Check(Architecture.Length > 0, nameof(Architecture), "The architecture is empty.");
