@@ -28,17 +28,13 @@ public sealed class ImageFileSet
     {
         if (paths.Count != labels.Count) throw new ArgumentException("One label per path is needed.", nameof(labels));
         if (labels.Any(l => l < 0 || l >= classNames.Count)) throw new ArgumentException("Every label must index a class name.", nameof(labels));
-        Paths = paths;
-        Labels = labels;
-        ClassNames = classNames;
-        Source = source;
+        (Paths, Labels, ClassNames, Source) = (paths, labels, classNames, source);
     }
 
     /// <summary>Images <paramref name="start"/> to <paramref name="start"/> + <paramref name="count"/>.</summary>
     public ImageFileSet Slice(int start, int count, string? source = null)
     {
-        if (start < 0 || count < 0 || start + count > Count)
-            throw new ArgumentOutOfRangeException(nameof(count), $"Cannot take images {start}..{start + count} of {Count}.");
+        SliceRanges.CheckSlice(start, count, Count);
         return new ImageFileSet(Paths.Skip(start).Take(count).ToArray(), Labels.Skip(start).Take(count).ToArray(), ClassNames,
             source ?? $"{Source}[{start}..{start + count})");
     }
@@ -104,9 +100,12 @@ public sealed class ImageFileSet
             string label = words[1];
             int classIndex;
             if (index.TryGetValue(label, out int named)) classIndex = named;
-            else if (int.TryParse(label, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int number) && number < classNames.Count) classIndex = number;
+            else if (int.TryParse(label, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int number)
+                     && number < classNames.Count) classIndex = number;
             else if (lineNumber == 1) continue; // a header
-            else throw new InvalidDataException($"{where}: label '{label}' is neither one of the {classNames.Count} classes nor an index below {classNames.Count}.");
+            else
+                throw new InvalidDataException(
+                    $"{where}: label '{label}' is neither one of the {classNames.Count} classes nor an index below {classNames.Count}.");
             string name = Path.GetFileNameWithoutExtension(words[0]);
             if (!files.ContainsKey(name)) throw new InvalidDataException($"{where}: image '{words[0]}' is not in '{directory}'.");
             labelled[name] = classIndex;
@@ -147,9 +146,11 @@ public static class ImageNetFolder
     public static ImageFileSet ReadValidation(string valDir, IReadOnlyList<string> classNames, string? valLabels = null, string? root = null)
     {
         if (Directory.GetDirectories(valDir).Length > 0 && valLabels is null) return ImageFileSet.ReadClassFolders(valDir, classNames);
-        var labelFile = valLabels ?? LabelFileNames.SelectMany(n => new[] { Path.Combine(root ?? valDir, n), Path.Combine(valDir, n) }).FirstOrDefault(File.Exists)
+        var labelFile = valLabels
+            ?? LabelFileNames.SelectMany(n => new[] { Path.Combine(root ?? valDir, n), Path.Combine(valDir, n) }).FirstOrDefault(File.Exists)
             ?? throw new InvalidDataException(
-                $"Validation folder '{valDir}' has no class folders and no label file ({string.Join(", ", LabelFileNames)} beside or inside it); give one with --val-labels.");
+                $"Validation folder '{valDir}' has no class folders and no label file ({string.Join(", ", LabelFileNames)} beside or inside it); " +
+                "give one with --val-labels.");
         return ImageFileSet.ReadLabelFile(valDir, labelFile, classNames);
     }
 

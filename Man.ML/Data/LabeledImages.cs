@@ -36,8 +36,7 @@ public sealed class LabeledImages : IDisposable
     /// <summary>Images <paramref name="start"/> to <paramref name="start"/> + <paramref name="count"/> (a copy).</summary>
     public LabeledImages Slice(int start, int count, string? source = null)
     {
-        if (start < 0 || count < 0 || start + count > Count)
-            throw new ArgumentOutOfRangeException(nameof(count), $"Cannot take images {start}..{start + count} of {Count}.");
+        SliceRanges.CheckSlice(start, count, Count);
         return new LabeledImages(Images.narrow(0, start, count).clone(), Labels.narrow(0, start, count).clone(), ClassNames,
             source ?? $"{Source}[{start}..{start + count})");
     }
@@ -65,5 +64,15 @@ public sealed class LabeledImages : IDisposable
     {
         Images.Dispose();
         Labels.Dispose();
+    }
+}
+
+internal static class SliceRanges
+{
+    /// <summary>Images start..start + count of a set of <paramref name="total"/>, or the error naming them.</summary>
+    public static void CheckSlice(int start, int count, int total)
+    {
+        if (start < 0 || count < 0 || start + count > total)
+            throw new ArgumentOutOfRangeException(nameof(count), $"Cannot take images {start}..{start + count} of {total}.");
     }
 }

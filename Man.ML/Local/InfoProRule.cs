@@ -62,7 +62,9 @@ public readonly record struct InfoProLambdas(double Ixx1, double Ixy1, double Ix
     public static InfoProLambdas Parse(string text)
     {
         var parts = text.Split(',', StringSplitOptions.TrimEntries);
-        if (parts.Length != 4 || !parts.All(p => double.TryParse(p, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out _)))
+        static bool IsNumber(string p) =>
+            double.TryParse(p, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out _);
+        if (parts.Length != 4 || !parts.All(IsNumber))
             throw new InvalidOptionException("InfoPro.Lambdas", $"λ must be four numbers 'ixx1,ixy1,ixx2,ixy2' (got '{text}').");
         var v = parts.Select(p => double.Parse(p, System.Globalization.CultureInfo.InvariantCulture)).ToArray();
         return new InfoProLambdas(v[0], v[1], v[2], v[3]);
@@ -139,10 +141,12 @@ internal sealed class InfoProRule(InfoProSettings settings) : ILocalLearningRule
         InfoProLambdas lambdas;
         if (Settings.Lambdas is { } given) lambdas = given;
         else if (context.WithMan) lambdas = ManLambdas;
-        else if (context.Network is CifarResNet resnet && InfoProLambdaTable.TryGet(Settings.Dataset, resnet.Depth, context.Split.K, out var table)) lambdas = table;
+        else if (context.Network is CifarResNet resnet && InfoProLambdaTable.TryGet(Settings.Dataset, resnet.Depth, context.Split.K, out var table))
+            lambdas = table;
         else
             throw new InvalidOptionException("InfoPro.Lambdas",
-                $"InfoPro has no reference λ for {Settings.Dataset}, {context.Network.Architecture}, K={context.Split.K}; give them as 'ixx1,ixy1,ixx2,ixy2' (--lambda; in ML.NET RuleSettings.InfoPro.Lambdas).");
+                $"InfoPro has no reference λ for {Settings.Dataset}, {context.Network.Architecture}, K={context.Split.K}; " +
+                "give them as 'ixx1,ixy1,ixx2,ixy2' (--lambda; in ML.NET RuleSettings.InfoPro.Lambdas).");
         return (classifier, mode, lambdas, schedule);
     }
 
@@ -159,10 +163,12 @@ internal sealed class InfoProRule(InfoProSettings settings) : ILocalLearningRule
         double l2 = lambdas.Ixy1 * (1 - ratio) + lambdas.Ixy2 * ratio;
         if (l1 < 0 || l2 < 0)
             throw new InvalidOptionException("InfoPro.Lambdas", FormattableString.Invariant(
-                $"The λ schedule ({Choices.Name(schedule)}, λ = {lambdas}) gives segment {context.Segment} of K={k} negative weights ({l1:0.###}, {l2:0.###}); choose other λ or another schedule."));
+                $"The λ schedule ({Choices.Name(schedule)}, λ = {lambdas}) gives segment {context.Segment} of K={k} ") + FormattableString.Invariant(
+                $"negative weights ({l1:0.###}, {l2:0.###}); choose other λ or another schedule."));
         if (l1 == 0 && l2 == 0)
             throw new InvalidOptionException("InfoPro.Lambdas", FormattableString.Invariant(
-                $"The λ schedule ({Choices.Name(schedule)}, λ = {lambdas}) gives segment {context.Segment} of K={k} zero weights: it would not learn; choose other λ or another schedule."));
+                $"The λ schedule ({Choices.Name(schedule)}, λ = {lambdas}) gives segment {context.Segment} of K={k} ") +
+                "zero weights: it would not learn; choose other λ or another schedule.");
         return (l1, l2);
     }
 
@@ -274,7 +280,8 @@ internal sealed class InfoProHead : AuxiliaryHead, IHasCost
         Initialization.ApplyReference(this);
     }
 
-    /// <summary>The classifier for <paramref name="channels"/> inputs: convolutions double the width (stride 2) until 64 channels, then keep it (stride 1).</summary>
+    /// <summary>The classifier for <paramref name="channels"/> inputs: convolutions double the width (stride 2) until 64
+    /// channels, then keep it (stride 1).</summary>
     public static Sequential AuxClassifier(int channels, AuxClassifierConfig config, int outputs)
     {
         int convs = config switch { AuxClassifierConfig.C0F1 or AuxClassifierConfig.C0F2 => 0, AuxClassifierConfig.C2F2 => 2, _ => 1 };

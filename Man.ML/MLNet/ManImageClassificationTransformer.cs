@@ -148,7 +148,8 @@ public sealed class ManImageClassificationTransformer : ITransformer, IDisposabl
     /// <param name="scoringBatchSize">Images scored together inside <see cref="Transform"/>.</param>
     /// <exception cref="FileNotFoundException">The file does not exist.</exception>
     /// <exception cref="InvalidDataException">Not a Man.ML checkpoint, damaged, or without a normalisation.</exception>
-    public static ManImageClassificationTransformer FromCheckpoint(string path, string imageColumnName = "Image", string device = "cpu", int scoringBatchSize = 256)
+    public static ManImageClassificationTransformer FromCheckpoint(string path, string imageColumnName = "Image", string device = "cpu",
+        int scoringBatchSize = 256)
     {
         var (network, info) = Training.ModelCheckpoint.Load(path);
         try

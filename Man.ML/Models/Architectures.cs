@@ -21,7 +21,8 @@ public static class Architectures
     };
 
     /// <summary>Names with a reference split table; any resnet&lt;6n+2&gt; is accepted too.</summary>
-    public static IReadOnlyList<string> Known { get; } = new[] { "resnet32", "resnet110", "resnet34", "resnet101", "resnet152", "resnext101_32x8d", "vgg13_bn" };
+    public static IReadOnlyList<string> Known { get; } =
+        new[] { "resnet32", "resnet110", "resnet34", "resnet101", "resnet152", "resnext101_32x8d", "vgg13_bn" };
 
     /// <summary>The ImageNet architectures, by torchvision name.</summary>
     public static IReadOnlyCollection<string> ImageNetNames => ImageNet.Keys;

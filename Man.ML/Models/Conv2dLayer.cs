@@ -52,7 +52,8 @@ internal sealed class Conv2dLayer : nn.Module<Tensor, Tensor>
         : base(nameof(Conv2dLayer))
     {
         if (inChannels < 1 || outChannels < 1 || kernelSize < 1 || stride < 1 || padding < 0 || groups < 1)
-            throw new ArgumentException($"Invalid convolution {inChannels}→{outChannels}, kernel {kernelSize}, stride {stride}, padding {padding}, groups {groups}.");
+            throw new ArgumentException(
+                $"Invalid convolution {inChannels}→{outChannels}, kernel {kernelSize}, stride {stride}, padding {padding}, groups {groups}.");
         if (inChannels % groups != 0 || outChannels % groups != 0)
             throw new ArgumentException($"Channels {inChannels}→{outChannels} are not divisible by {groups} groups.");
         (InChannels, OutChannels, KernelSize, Stride, Padding, Groups) = (inChannels, outChannels, kernelSize, stride, padding, groups);
@@ -84,7 +85,8 @@ internal sealed class Conv2dLayer : nn.Module<Tensor, Tensor>
 
     /// <inheritdoc />
     public override string ToString() =>
-        $"Conv2dLayer({InChannels}, {OutChannels}, kernel {KernelSize}, stride {Stride}, padding {Padding}{(Groups > 1 ? $", groups {Groups}" : "")}{(bias is null ? ", no bias" : "")})";
+        $"Conv2dLayer({InChannels}, {OutChannels}, kernel {KernelSize}, stride {Stride}, padding {Padding}" +
+        $"{(Groups > 1 ? $", groups {Groups}" : "")}{(bias is null ? ", no bias" : "")})";
 }
 
 /// <summary>Collects, on the current thread, the input shape every <see cref="Conv2dLayer"/> sees (for the backend check).</summary>

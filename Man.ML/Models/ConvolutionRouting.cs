@@ -77,7 +77,8 @@ internal static class ConvolutionRouting
     /// <summary>Environment variable read once for <see cref="DefaultWorkaround"/>: auto, always or never.</summary>
     public const string EnvironmentVariable = "MANML_CONV_WORKAROUND";
 
-    private static readonly ProcessChoice<ConvolutionWorkaround> workaround = new(EnvironmentVariable, "The convolution workaround", ConvolutionWorkaround.Auto);
+    private static readonly ProcessChoice<ConvolutionWorkaround> workaround =
+        new(EnvironmentVariable, "The convolution workaround", ConvolutionWorkaround.Auto);
     private static readonly Lazy<bool> smallOutputFault = new(ProbeSmallOutputFault, LazyThreadSafetyMode.ExecutionAndPublication);
 
     /// <summary>The policy of networks built without one: the value of <c>MANML_CONV_WORKAROUND</c>, read once, else
@@ -101,7 +102,8 @@ internal static class ConvolutionRouting
         RouteFor(policy, input.device_type, input.requires_grad && is_grad_enabled(), weight.shape, stride, padding, groups,
             ActivationLayouts.IsChannelsLast(input));
 
-    /// <summary>The route for a convolution described by its parts (see <see cref="RouteFor(ConvolutionWorkaround, Tensor, Tensor, int, int, int)"/>).</summary>
+    /// <summary>The route for a convolution described by its parts
+    /// (see <see cref="RouteFor(ConvolutionWorkaround, Tensor, Tensor, int, int, int)"/>).</summary>
     /// <param name="policy">The policy.</param>
     /// <param name="device">Where it runs.</param>
     /// <param name="inputGradient">Whether a gradient with respect to its input will be computed.</param>
@@ -145,7 +147,8 @@ internal static class ConvolutionRouting
             {
                 using var scope = NewDisposeScope();
                 long outputs = weight.shape[0], extra = (outputs + ChannelBlock - 1) / ChannelBlock * ChannelBlock - outputs;
-                var paddedWeight = cat(new[] { weight, zeros(new[] { extra, weight.shape[1], weight.shape[2], weight.shape[3] }, weight.dtype, weight.device) }, 0);
+                var zeroWeights = zeros(new[] { extra, weight.shape[1], weight.shape[2], weight.shape[3] }, weight.dtype, weight.device);
+                var paddedWeight = cat(new[] { weight, zeroWeights }, 0);
                 var paddedBias = bias is null ? null : cat(new[] { bias, zeros(new[] { extra }, bias.dtype, bias.device) }, 0);
                 var y = nn.functional.conv2d(input, paddedWeight, paddedBias, strides, paddings, groups: groups); // (B, out + extra, H', W')
                 // A copy of the true outputs, so the padded map is freed now rather than kept by whatever saves its input.

@@ -128,9 +128,11 @@ internal sealed class ImageNetResNet : UnitChainNetwork
     public ImageNetResNet(string architecture, int[] blocks, bool bottleneck, int groups = 1, int widthPerGroup = 64,
         int classes = 1000, int imageSize = 224) : base(architecture)
     {
-        if (blocks.Length != 4 || blocks.Any(b => b < 1)) throw new ArgumentException("An ImageNet ResNet has four stages of at least one block.", nameof(blocks));
+        if (blocks.Length != 4 || blocks.Any(b => b < 1))
+            throw new ArgumentException("An ImageNet ResNet has four stages of at least one block.", nameof(blocks));
         if (classes < 2) throw new ArgumentOutOfRangeException(nameof(classes), classes, "At least two classes are needed.");
-        if (imageSize < 32) throw new ArgumentOutOfRangeException(nameof(imageSize), imageSize, "ImageNet networks need images of at least 32 pixels (the stride is 32).");
+        if (imageSize < 32)
+            throw new ArgumentOutOfRangeException(nameof(imageSize), imageSize, "ImageNet networks need images of at least 32 pixels (the stride is 32).");
         Architecture = architecture;
         ClassCount = classes;
         InputShape = new FeatureShape(3, imageSize, imageSize);
@@ -169,25 +171,32 @@ internal sealed class ImageNetResNet : UnitChainNetwork
     }
 
     /// <summary>ResNet-18 (11.7 M parameters for 1000 classes).</summary>
-    public static ImageNetResNet ResNet18(int classes = 1000, int imageSize = 224) => new("resnet18", new[] { 2, 2, 2, 2 }, false, classes: classes, imageSize: imageSize);
+    public static ImageNetResNet ResNet18(int classes = 1000, int imageSize = 224) =>
+        new("resnet18", new[] { 2, 2, 2, 2 }, false, classes: classes, imageSize: imageSize);
 
     /// <summary>ResNet-34 (21.8 M parameters).</summary>
-    public static ImageNetResNet ResNet34(int classes = 1000, int imageSize = 224) => new("resnet34", new[] { 3, 4, 6, 3 }, false, classes: classes, imageSize: imageSize);
+    public static ImageNetResNet ResNet34(int classes = 1000, int imageSize = 224) =>
+        new("resnet34", new[] { 3, 4, 6, 3 }, false, classes: classes, imageSize: imageSize);
 
     /// <summary>ResNet-50 (25.6 M parameters).</summary>
-    public static ImageNetResNet ResNet50(int classes = 1000, int imageSize = 224) => new("resnet50", new[] { 3, 4, 6, 3 }, true, classes: classes, imageSize: imageSize);
+    public static ImageNetResNet ResNet50(int classes = 1000, int imageSize = 224) =>
+        new("resnet50", new[] { 3, 4, 6, 3 }, true, classes: classes, imageSize: imageSize);
 
     /// <summary>ResNet-101 (44.5 M parameters).</summary>
-    public static ImageNetResNet ResNet101(int classes = 1000, int imageSize = 224) => new("resnet101", new[] { 3, 4, 23, 3 }, true, classes: classes, imageSize: imageSize);
+    public static ImageNetResNet ResNet101(int classes = 1000, int imageSize = 224) =>
+        new("resnet101", new[] { 3, 4, 23, 3 }, true, classes: classes, imageSize: imageSize);
 
     /// <summary>ResNet-152 (60.2 M parameters).</summary>
-    public static ImageNetResNet ResNet152(int classes = 1000, int imageSize = 224) => new("resnet152", new[] { 3, 8, 36, 3 }, true, classes: classes, imageSize: imageSize);
+    public static ImageNetResNet ResNet152(int classes = 1000, int imageSize = 224) =>
+        new("resnet152", new[] { 3, 8, 36, 3 }, true, classes: classes, imageSize: imageSize);
 
     /// <summary>ResNeXt-50 32x4d (25.0 M parameters).</summary>
-    public static ImageNetResNet ResNeXt50_32x4d(int classes = 1000, int imageSize = 224) => new("resnext50_32x4d", new[] { 3, 4, 6, 3 }, true, 32, 4, classes, imageSize);
+    public static ImageNetResNet ResNeXt50_32x4d(int classes = 1000, int imageSize = 224) =>
+        new("resnext50_32x4d", new[] { 3, 4, 6, 3 }, true, 32, 4, classes, imageSize);
 
     /// <summary>ResNeXt-101 32x8d (88.8 M parameters).</summary>
-    public static ImageNetResNet ResNeXt101_32x8d(int classes = 1000, int imageSize = 224) => new("resnext101_32x8d", new[] { 3, 4, 23, 3 }, true, 32, 8, classes, imageSize);
+    public static ImageNetResNet ResNeXt101_32x8d(int classes = 1000, int imageSize = 224) =>
+        new("resnext101_32x8d", new[] { 3, 4, 23, 3 }, true, 32, 8, classes, imageSize);
 
     /// <inheritdoc />
     public override nn.Module<Tensor, Tensor> CreateUnitLike(int index)

@@ -30,7 +30,8 @@ internal enum UpsampleRoute
 /// <summary>conv(interpolate(x, size, bilinear, align_corners: true)) computed along the cheaper route.</summary>
 internal static class UpsampledConvolution
 {
-    /// <summary>The route for a convolution <paramref name="conv"/> of <paramref name="input"/> up-sampled to <paramref name="height"/> × <paramref name="width"/>.</summary>
+    /// <summary>The route for a convolution <paramref name="conv"/> of <paramref name="input"/> up-sampled to
+    /// <paramref name="height"/> × <paramref name="width"/>.</summary>
     public static UpsampleRoute RouteFor(Conv2dLayer conv, FeatureShape input, int height, int width)
     {
         if (input.Height == height && input.Width == width) return UpsampleRoute.Identity;
@@ -40,7 +41,8 @@ internal static class UpsampledConvolution
         if (!separable) return UpsampleRoute.Interpolate;
         // Fewer operations, and at most half as much again kept for backward as the up-sampled map would be.
         return 2 * SeparableSaved(conv, input, height, width) <= 3L * input.Channels * height * width
-               && SeparableFlops(conv, input, height, width) < LayerCost.ConvFlops(new FeatureShape(input.Channels, height, width), new FeatureShape(conv.OutChannels, height, width), k)
+               && SeparableFlops(conv, input, height, width)
+                  < LayerCost.ConvFlops(new FeatureShape(input.Channels, height, width), new FeatureShape(conv.OutChannels, height, width), k)
             ? UpsampleRoute.Separable
             : UpsampleRoute.Interpolate;
     }
