@@ -184,7 +184,7 @@ def cmd_compare(args):
 
 def cmd_golden(args):
     models = [("resnet18", 10, 64), ("resnet50", 10, 64), ("resnet32", 10, 32)]
-    out = {"generator": "splitmix64 synthetic weights, seed 1 (docs/INTEROP.md)", "torch": torch.__version__,
+    out = {"generator": "splitmix64 synthetic weights, seed 1 (docs/INTEROP.md)", "precision": "float64", "torch": torch.__version__,
            "torchvision": torchvision.__version__, "seed": 1, "models": []}
     for arch, classes, size in models:
         model = build(arch, classes)
@@ -193,7 +193,10 @@ def cmd_golden(args):
         for key, t in state.items():
             if t.is_floating_point() and not np.array_equal(t.numpy(), synthetic(1, key, tuple(t.shape))):
                 sys.exit(f"{arch}: '{key}' differs from this script's regeneration: the generators disagree")
+        # float64 throughout: the reference is the function itself, not one CPU's float32 rounding of it.
+        model = model.double()
         x, labels = probe_batch(size, classes)
+        x = x.double()
         model.eval()
         with torch.no_grad():
             eval_logits = model(x)

@@ -200,26 +200,16 @@ internal sealed class InfoProRule(InfoProSettings settings) : ILocalLearningRule
 /// <summary>The reference λ of InfoPro's command file (docs/REFERENCE.md §2.1), by data set, depth and K.</summary>
 internal static class InfoProLambdaTable
 {
-    private static readonly Dictionary<(string Dataset, int Depth, int K), InfoProLambdas> Table = new()
-    {
-        [("cifar10", 32, 2)] = new(5, 1, 0, 0),
-        [("cifar10", 32, 4)] = new(6, 0, 1, 2),
-        [("cifar10", 32, 8)] = new(5, 0, 0, 2),
-        [("cifar10", 32, 16)] = new(5, 0.05, 0.2, 0.5),
-        [("cifar10", 110, 2)] = new(5, 0.5, 0, 0),
-        [("cifar10", 110, 4)] = new(1, 0, 0, 1),
-        [("cifar10", 110, 8)] = new(5, 0, 0, 1),
-        [("cifar10", 110, 16)] = new(5, 0, 0.5, 1),
-        [("cifar10", 110, 55)] = new(5, 0, 0.5, 1),   // AugLocal's re-run of InfoPro at K=55
-        [("stl10", 110, 2)] = new(10, 1, 0, 0),
-        [("stl10", 110, 4)] = new(20, 0.2, 5, 2),
-        [("stl10", 110, 8)] = new(20, 0.2, 5, 1),
-        [("stl10", 110, 16)] = new(20, 0.5, 10, 0.1),
-        [("svhn", 110, 2)] = new(1, 0.1, 0, 0),
-        [("svhn", 110, 4)] = new(5, 0, 0.5, 1),
-        [("svhn", 110, 8)] = new(5, 0, 0.5, 2),
-        [("svhn", 110, 16)] = new(5, 0.2, 0.5, 1),
-    };
+    // One row per network InfoPro's authors ran: K and λ (ixx1, ixy1, ixx2, ixy2) of each of its runs. CIFAR-10 ResNet-110
+    // at K = 55 is AugLocal's re-run of InfoPro.
+    private static readonly Dictionary<(string Dataset, int Depth, int K), InfoProLambdas> Table = Rows(
+        ("cifar10", 32, [(2, new(5, 1, 0, 0)), (4, new(6, 0, 1, 2)), (8, new(5, 0, 0, 2)), (16, new(5, 0.05, 0.2, 0.5))]),
+        ("cifar10", 110, [(2, new(5, 0.5, 0, 0)), (4, new(1, 0, 0, 1)), (8, new(5, 0, 0, 1)), (16, new(5, 0, 0.5, 1)), (55, new(5, 0, 0.5, 1))]),
+        ("stl10", 110, [(2, new(10, 1, 0, 0)), (4, new(20, 0.2, 5, 2)), (8, new(20, 0.2, 5, 1)), (16, new(20, 0.5, 10, 0.1))]),
+        ("svhn", 110, [(2, new(1, 0.1, 0, 0)), (4, new(5, 0, 0.5, 1)), (8, new(5, 0, 0.5, 2)), (16, new(5, 0.2, 0.5, 1))]));
+
+    private static Dictionary<(string, int, int), InfoProLambdas> Rows(params (string Dataset, int Depth, (int K, InfoProLambdas Lambdas)[] Runs)[] rows) =>
+        rows.SelectMany(r => r.Runs.Select(run => KeyValuePair.Create((r.Dataset, r.Depth, run.K), run.Lambdas))).ToDictionary();
 
     /// <summary>
     /// λ for a Table 1 preset: the table's entry when InfoPro's authors ran that cell, otherwise the entry of the same data
