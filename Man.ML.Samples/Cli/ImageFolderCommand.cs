@@ -22,7 +22,8 @@ internal static class ImageFolderCommand
         var seed = CommonOptions.Seed();
         var size = new Option<int>("--image-size")
         {
-            Description = "Network input side S (images of any size are cropped and resized to it).", DefaultValueFactory = _ => 32,
+            Description = "Network input side S (images of any size are cropped and resized to it).",
+            DefaultValueFactory = _ => new Man.ML.MLNet.ManImageClassificationTrainer.Options().ImageSize,
         };
         var rule = CommonOptions.Rule(); // e2e needs --k 1 and --without-man
         var withoutMan = new Option<bool>("--without-man") { Description = "Train without Momentum Auxiliary Networks." };
