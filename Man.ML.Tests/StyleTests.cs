@@ -7,7 +7,7 @@ public sealed class StyleTests
     /// <summary>max_line_length in .editorconfig.</summary>
     private const int MaxLineLength = 160;
 
-    private static readonly string[] Projects = { "Man.ML", "Man.ML.Samples", "Man.ML.Lab", "Man.ML.OnnxScoring" };
+    private static readonly string[] Projects = { "Man.ML", "Man.ML.Samples", "Man.ML.Lab", "Man.ML.OnnxScoring", "Man.ML.Tests" };
 
     [TestMethod]
     public void TheEditorConfigSetsTheLimitThisTestChecks() =>
