@@ -22,13 +22,13 @@ public sealed class AugmentationAndScheduleTests
         // 64 copies of one image with distinct pixels: per-sample augmentation makes (almost all) copies differ.
         using var one = arange(3 * 32 * 32).remainder(251).to_type(ScalarType.Byte).view(1, 3, 32, 32);
         using var batch = one.expand(64, 3, 32, 32).contiguous();
-        using var augmented = ImageAugmentation.Cifar.Apply(batch, new Random(1));
+        using var augmented = ImageAugmentation.Cifar.Apply(batch, new Random(1), Normalization.Cifar);
         CollectionAssert.AreEqual(new long[] { 64, 3, 32, 32 }, augmented.shape);
         var distinct = Enumerable.Range(0, 64).Select(i => string.Join(",", augmented[i].flatten().data<float>().Take(200))).Distinct().Count();
         Assert.IsTrue(distinct > 20, $"only {distinct} distinct augmentations among 64 samples");
         // Without padding and flipping it is plain normalisation.
-        var plain = new ImageAugmentation(0, false, false, Normalization.Cifar);
-        using var p = plain.Apply(batch, new Random(1));
+        var plain = ImageAugmentation.None;
+        using var p = plain.Apply(batch, new Random(1), Normalization.Cifar);
         using var expected = Normalization.Cifar.Apply(batch.to_type(ScalarType.Float32) / 255f);
         Assert.IsTrue(p.allclose(expected));
     }
@@ -38,10 +38,11 @@ public sealed class AugmentationAndScheduleTests
     {
         // With padding 1 and a forced offset the crop is the image shifted by one pixel with reflected borders.
         using var img = arange(16).to_type(ScalarType.Byte).view(1, 1, 4, 4);
-        var aug = new ImageAugmentation(1, true, false, new Normalization(new[] { 0f }, new[] { 1f / 255 }));
+        var aug = new ImageAugmentation(1, true, false);
+        var identity = new Normalization(new[] { 0f }, new[] { 1f / 255 });
         // Random(…) draws dy then dx in 0..2; search a seed giving dy = 0, dx = 2 (shift up-left by one row, right by one column).
         int seed = Enumerable.Range(0, 1000).First(s => { var r = new Random(s); return r.Next(3) == 0 && r.Next(3) == 2; });
-        using var y = aug.Apply(img, new Random(seed));
+        using var y = aug.Apply(img, new Random(seed), identity);
         // Row -1 reflects to row 1; columns 1..4 with column 4 reflecting to column 2.
         float[] expected = { 5, 6, 7, 6, 1, 2, 3, 2, 5, 6, 7, 6, 9, 10, 11, 10 };
         CollectionAssert.AreEqual(expected, y.flatten().data<float>().Select(v => (float)Math.Round(v)).ToArray());

@@ -59,7 +59,7 @@ public sealed class PlanDrivesEngineTests
         options.UseMan = true; // MAN's settings were kept while it was off
         Assert.AreEqual(new MomentumOptions { EmaDecay = 0.9 }, options.ToTrainingOptions().Man);
         var preset = ExperimentPresets.Get("cifar10-resnet32-k16-infopro-man").Options;
-        Assert.AreEqual(preset with { Augmentation = new TrainingOptions().Augmentation },
+        Assert.AreEqual(preset with { Augmentation = new TrainingOptions().Augmentation, Normalization = new TrainingOptions().Normalization },
             ManImageClassificationTrainer.Options.FromPreset("cifar10-resnet32-k16-infopro-man").ToTrainingOptions());
     }
 

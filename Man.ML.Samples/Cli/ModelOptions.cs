@@ -184,6 +184,7 @@ internal sealed class ModelOptions
                 : baseline.ConvolutionWorkaround,
             Device = Pick(Device, baseline.Device),
             Augmentation = dataset.Augmentation,
+            Normalization = dataset.Normalization,
         };
     }
 

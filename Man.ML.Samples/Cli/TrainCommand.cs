@@ -325,8 +325,8 @@ internal static class TrainCommand
             Classes = classNames.Count,
             ImageSize = plan.ImageSize,
             ClassNames = classNames.ToArray(),
-            NormalizationMean = plan.Options.Augmentation.Normalization.Mean,
-            NormalizationStd = plan.Options.Augmentation.Normalization.Std,
+            NormalizationMean = plan.Options.Normalization.Mean,
+            NormalizationStd = plan.Options.Normalization.Std,
             TrainedWith = plan.TrainedWith,
             // What --dataset trained with: image folders get ImageNet's crops, the in-memory data sets CIFAR's whole image.
             ImageRecipe = plan.Options.Dataset.IsImageFolder ? ImageRecipe.ImageNet : ImageRecipe.Cifar,

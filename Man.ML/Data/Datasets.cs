@@ -6,19 +6,19 @@ namespace Man.ML.Data;
 
 /// <summary>A data set format with its training augmentation.</summary>
 public sealed record DatasetKind(string Name, int ImageSize, int Classes, ImageAugmentation Augmentation,
-    Func<IReadOnlyList<string>, LabeledImages> Read)
+    Normalization Normalization, Func<IReadOnlyList<string>, LabeledImages> Read)
 {
     private static readonly Normalization Half = new(new[] { 0.5f, 0.5f, 0.5f }, new[] { 0.5f, 0.5f, 0.5f });
 
     /// <summary>CIFAR-10: binary batches, reflect-pad 4 + crop + flip, CIFAR normalisation.</summary>
-    public static DatasetKind Cifar10 { get; } = new("cifar10", 32, 10, ImageAugmentation.Cifar, CifarBinary.Read);
+    public static DatasetKind Cifar10 { get; } = new("cifar10", 32, 10, ImageAugmentation.Cifar, Normalization.Cifar, CifarBinary.Read);
 
     /// <summary>SVHN cropped digits: .mat files, zero-pad 2 + crop, no flip, mean = std = 0.5.</summary>
-    public static DatasetKind Svhn { get; } = new("svhn", 32, 10, new ImageAugmentation(2, false, false, Half),
+    public static DatasetKind Svhn { get; } = new("svhn", 32, 10, new ImageAugmentation(2, false, false), Half,
         paths => LabeledImages.Concat(paths.Select(SvhnMat.Read).ToList(), string.Join(", ", paths)));
 
     /// <summary>STL-10: binary X/y files, zero-pad 4 + crop 96 + flip, mean = std = 0.5.</summary>
-    public static DatasetKind Stl10 { get; } = new("stl10", 96, 10, new ImageAugmentation(4, false, true, Half),
+    public static DatasetKind Stl10 { get; } = new("stl10", 96, 10, new ImageAugmentation(4, false, true), Half,
         paths => LabeledImages.Concat(paths.Select(Stl10Binary.Read).ToList(), string.Join(", ", paths)));
 
     /// <summary>
@@ -26,7 +26,7 @@ public sealed record DatasetKind(string Name, int ImageSize, int Classes, ImageA
     /// random-resized crop 224 + flip, ImageNet normalisation; 1000 classes.
     /// </summary>
     public static DatasetKind ImageNet { get; } = new("imagenet", 224, 1000,
-        new ImageAugmentation(0, false, true, ImageNetTransform.ImageNetNormalization),
+        new ImageAugmentation(0, false, true), ImageNetTransform.ImageNetNormalization,
         _ => throw new NotSupportedException("ImageNet-layout data is read with ImageNetFolder.Read and streamed from disk, not loaded into memory."));
 
     /// <summary>Whether the data set is read as image files (ImageNet layout) rather than into memory.</summary>

@@ -21,18 +21,24 @@ public sealed record Normalization(float[] Mean, float[] Std)
     }
 }
 
-/// <summary>Training-time augmentation: pad, random crop back to size, random horizontal flip; then normalise.</summary>
+/// <summary>Training-time augmentation of a batch: pad, random crop back to size, random horizontal flip.</summary>
 /// <param name="Padding">Pixels of padding on each side before cropping (4 for CIFAR).</param>
 /// <param name="Reflect">Reflect padding (CIFAR) rather than zeros (SVHN, STL-10).</param>
 /// <param name="Flip">Random horizontal flip with probability 0.5.</param>
-/// <param name="Normalization">Normalisation applied last.</param>
-public sealed record ImageAugmentation(int Padding, bool Reflect, bool Flip, Normalization Normalization)
+/// <remarks>The normalisation is not part of it: that belongs to the model (<see cref="Training.TrainingOptions.Normalization"/>).</remarks>
+public sealed record ImageAugmentation(int Padding, bool Reflect, bool Flip)
 {
-    /// <summary>CIFAR-10: reflect-pad 4, random crop, flip, CIFAR normalisation.</summary>
-    public static ImageAugmentation Cifar { get; } = new(4, true, true, Normalization.Cifar);
+    /// <summary>CIFAR-10: reflect-pad 4, random crop, flip.</summary>
+    public static ImageAugmentation Cifar { get; } = new(4, true, true);
 
-    /// <summary>Augments a uint8 batch (B, C, H, W) into normalised floats, drawing offsets and flips from <paramref name="random"/>.</summary>
-    public Tensor Apply(Tensor images, Random random)
+    /// <summary>No augmentation: the images as they are.</summary>
+    public static ImageAugmentation None { get; } = new(0, false, false);
+
+    /// <summary>
+    /// Augments a uint8 batch (B, C, H, W) into floats normalised with <paramref name="normalization"/>, drawing offsets
+    /// and flips from <paramref name="random"/>.
+    /// </summary>
+    public Tensor Apply(Tensor images, Random random, Normalization normalization)
     {
         using var scope = NewDisposeScope();
         var x = images.to_type(ScalarType.Float32).div_(255f);              // (B, C, H, W) in [0, 1]
@@ -56,6 +62,6 @@ public sealed record ImageAugmentation(int Padding, bool Reflect, bool Flip, Nor
             var mask = tensor(coins).view(batch, 1, 1, 1);
             x = where(mask, x.flip(3), x);
         }
-        return Normalization.Apply(x).MoveToOuterDisposeScope();
+        return normalization.Apply(x).MoveToOuterDisposeScope();
     }
 }

@@ -40,9 +40,9 @@ internal static class ImageRecipes
         recipe == ImageRecipe.ImageNet ? ImageNetTransform.ForCrop(imageSize).CentreCrop(width, height) : (0, 0, width, height);
 
     /// <summary>What follows the training crop on the S×S batch: CIFAR's pad-crop-flip, ImageNet's flip, or nothing
-    /// (<paramref name="augment"/> off); then the normalisation.</summary>
-    public static ImageAugmentation BatchAugmentation(ImageRecipe recipe, bool augment, Normalization normalization) =>
-        !augment ? new ImageAugmentation(0, false, false, normalization)
-        : recipe == ImageRecipe.ImageNet ? new ImageAugmentation(0, false, true, normalization)
-        : ImageAugmentation.Cifar with { Normalization = normalization };
+    /// (<paramref name="augment"/> off).</summary>
+    public static ImageAugmentation BatchAugmentation(ImageRecipe recipe, bool augment) =>
+        !augment ? ImageAugmentation.None
+        : recipe == ImageRecipe.ImageNet ? new ImageAugmentation(0, false, true)
+        : ImageAugmentation.Cifar;
 }

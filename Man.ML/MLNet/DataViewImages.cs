@@ -239,7 +239,8 @@ internal sealed class DataViewImages
 }
 
 /// <summary>An <see cref="ITrainingSource"/> over <see cref="DataViewImages"/>: batches decoded ahead on a background thread.</summary>
-internal sealed class DataViewSource(DataViewImages rows, ImageRecipe recipe, ImageAugmentation batchAugmentation, bool augment, int chunkRows)
+internal sealed class DataViewSource(DataViewImages rows, ImageRecipe recipe, ImageAugmentation batchAugmentation, Normalization normalization,
+    bool augment, int chunkRows)
     : ITrainingSource
 {
     /// <summary>Batches decoded ahead of the one training.</summary>
@@ -266,14 +267,13 @@ internal sealed class DataViewSource(DataViewImages rows, ImageRecipe recipe, Im
             : ScoringCrop(w, h), null, cancellation);
         waitSeconds = 0;
         foreach (var (pixels, labels) in Batched(stream, spec.Batches.Select(r => r.End - r.Start), cancellation))
-            yield return (batchAugmentation.Apply(pixels, random), labels);
+            yield return (batchAugmentation.Apply(pixels, random, normalization), labels);
     }
 
     public EvaluationResult Evaluate(UnitChainNetwork network, int batchSize, Device device, CancellationToken cancellation)
     {
         var sizes = Enumerable.Range(0, (Count + batchSize - 1) / batchSize).Select(b => Math.Min(batchSize, Count - b * batchSize));
         var stream = rows.Rows(null, 0, (_, w, h) => ScoringCrop(w, h), null, cancellation);
-        var normalization = batchAugmentation.Normalization;
         return Evaluation.Score(network, Batched(stream, sizes, cancellation)
             .Select(b => (normalization.Apply(b.Images.to_type(ScalarType.Float32).div_(255f)), b.Labels)), Count, device, cancellation);
     }

@@ -23,9 +23,10 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
     {
         // The run's settings live in one TrainingOptions, so every default below is the library's own, defined once
         // there; MAN's settings are kept while UseMan is off, so switching it back on restores them.
-        private TrainingOptions training = new();
-        private MomentumOptions man = new TrainingOptions().Man ?? new MomentumOptions();
-        private bool useMan = new TrainingOptions().Man is not null;
+        private static readonly TrainingOptions Defaults = new();
+        private TrainingOptions training = Defaults;
+        private MomentumOptions man = Defaults.Man ?? new MomentumOptions();
+        private bool useMan = Defaults.Man is not null;
 
         /// <summary>
         /// Options of one of the paper's experiments (<c>manml presets</c> lists them; <see cref="ExperimentPresets"/>):
@@ -38,7 +39,7 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
             var preset = ExperimentPresets.Get(name).Options;
             return new Options
             {
-                training = preset with { Man = null, Augmentation = new TrainingOptions().Augmentation },
+                training = preset with { Man = null, Augmentation = Defaults.Augmentation, Normalization = Defaults.Normalization },
                 man = preset.Man ?? new MomentumOptions(),
                 useMan = preset.Man is not null,
                 ImageSize = preset.ImageSize ?? preset.Dataset.ImageSize,
@@ -242,7 +243,8 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
 
     private TrainingOptions ToTrainingOptions(Normalization? normalization = null) => options.ToTrainingOptions() with
     {
-        Augmentation = ImageRecipes.BatchAugmentation(Recipe, options.Augment, normalization ?? options.Normalization ?? Normalization.Cifar),
+        Augmentation = ImageRecipes.BatchAugmentation(Recipe, options.Augment),
+        Normalization = normalization ?? options.Normalization ?? Normalization.Cifar,
     };
 
     /// <summary>
@@ -340,9 +342,10 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
                 $"lr {metrics.Lr:0.#####}, {metrics.Seconds:0.0} s.");
             options.MetricsCallback?.Invoke(metrics);
         };
-        var augmentation = trainingOptions.Augmentation;
-        var result = trainer.Train(new DataViewSource(train, recipe, augmentation, options.Augment, bufferRows),
-            validation is null ? null : new DataViewSource(validation, recipe, augmentation, false, bufferRows), null, cancellation.Token);
+        var (augmentation, normalized) = (trainingOptions.Augmentation, trainingOptions.Normalization);
+        var result = trainer.Train(new DataViewSource(train, recipe, augmentation, normalized, options.Augment, bufferRows),
+            validation is null ? null : new DataViewSource(validation, recipe, augmentation, normalized, false, bufferRows), null,
+            cancellation.Token);
         if (trainer.BackendReport is { } backend)
             channel.Info(MessageSensitivity.None,
                 $"Man.ML backend check: {backend.Convolutions.Count} convolution shapes correct against float64 in {backend.Seconds:0.00} s " +
@@ -355,7 +358,7 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         channel.Info(MessageSensitivity.None,
             $"Man.ML trained in {result.Final.TrainSeconds:0.0} s ({result.Final.ImagesPerSecond:0.0} images/s); final validation accuracy " +
             $"{(result.Final.ValAccuracy is { } f ? f.ToString("P2") : "n/a")}.");
-        return new ManImageClassificationTransformer(result.Network, train.KeyValues, trainingOptions.Augmentation.Normalization,
+        return new ManImageClassificationTransformer(result.Network, train.KeyValues, trainingOptions.Normalization,
             options.ImageColumnName, options.ImageSize, options.ScoringBatchSize, options.Device,
             plan.TrainedWith, recipe);
     }

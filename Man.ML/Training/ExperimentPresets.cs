@@ -80,6 +80,7 @@ public static class ExperimentPresets
             LearningRate = stl ? 0.1 : 0.8,
             WeightDecay = 1e-4,
             Augmentation = dataset.Augmentation,
+            Normalization = dataset.Normalization,
         };
     }
 

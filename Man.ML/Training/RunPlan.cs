@@ -139,7 +139,7 @@ public sealed record RunPlan
             var initial = options.InitFrom is { } from ? PyTorchWeights.Load(network, from, replaceClassifierOnClassMismatch: true) : null;
             var split = SplitPlan.Create(network, options.K, options.SplitTable,
                 rule.IsLocal ? b => BoundaryCost(options, network, rule, b) : null);
-            var contexts = HeadContext.ForSegments(network, split, options.Man is not null, options.Augmentation.Normalization);
+            var contexts = HeadContext.ForSegments(network, split, options.Man is not null, options.Normalization);
             InfoProPlan? infoPro = null;
             if (contexts.Count > 0 && rule is InfoProRule info)
             {
@@ -187,7 +187,7 @@ public sealed record RunPlan
         var infos = network.UnitInfos;
         var man = options.Man;
         var twoSegments = SplitPlan.FromSegmentEnds(new[] { b, infos.Count - 1 }, infos.Count);
-        var context = HeadContext.ForSegments(network, twoSegments, man is not null, options.Augmentation.Normalization)[0];
+        var context = HeadContext.ForSegments(network, twoSegments, man is not null, options.Normalization)[0];
         var features = context.Features;
         int copies = man is null ? 0 : (man.HasLearnableCopy ? 1 : 0) + (man.HasEmaCopy ? 1 : 0);
         double cost = man is null ? 0 : copies * infos[b + 1].ActivationElements + features.Elements;
@@ -272,8 +272,8 @@ public sealed record RunPlan
                 ["reflect"] = aug.Reflect,
                 ["flip"] = aug.Flip,
                 // float32 values as their shortest decimal (0.4913726, not 0.49137255549430847)
-                ["mean"] = new JsonArray(aug.Normalization.Mean.Select(v => (JsonNode)(double)(decimal)v).ToArray()),
-                ["std"] = new JsonArray(aug.Normalization.Std.Select(v => (JsonNode)(double)(decimal)v).ToArray()),
+                ["mean"] = new JsonArray(o.Normalization.Mean.Select(v => (JsonNode)(double)(decimal)v).ToArray()),
+                ["std"] = new JsonArray(o.Normalization.Std.Select(v => (JsonNode)(double)(decimal)v).ToArray()),
             },
             ["init_from"] = o.InitFrom,
             ["init_classifier"] = InitialWeights is { } w ? (w.HeadReplaced ? "replaced" : "loaded") : null,

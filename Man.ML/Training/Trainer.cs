@@ -145,9 +145,9 @@ public sealed class Trainer
     public TrainingResult Train(LabeledImages train, LabeledImages? validation,
         IReadOnlyList<(string Name, LabeledImages Data)>? tests = null, CancellationToken cancellation = default)
     {
-        var augmentation = Options.Augmentation;
-        return Train(new InMemorySource(train, augmentation), validation is null ? null : new InMemorySource(validation, augmentation),
-            tests?.Select(t => (t.Name, (ITrainingSource)new InMemorySource(t.Data, augmentation))).ToList(), cancellation);
+        ITrainingSource Source(LabeledImages data) => new InMemorySource(data, Options.Augmentation, Options.Normalization);
+        return Train(Source(train), validation is null ? null : Source(validation), tests?.Select(t => (t.Name, Source(t.Data))).ToList(),
+            cancellation);
     }
 
     /// <summary>
@@ -158,7 +158,7 @@ public sealed class Trainer
     /// </summary>
     public TrainingResult Train(ImageFileSet train, ImageFileSet? validation, CancellationToken cancellation = default)
     {
-        var transform = ImageNetTransform.ForCrop(Options.ImageSize ?? 224) with { Normalization = Options.Augmentation.Normalization };
+        var transform = ImageNetTransform.ForCrop(Options.ImageSize ?? 224) with { Normalization = Options.Normalization };
         return Train(new FileSource(train, transform, Options.DataWorkers),
             validation is null ? null : new FileSource(validation, transform, Options.DataWorkers), null, cancellation);
     }

@@ -78,6 +78,12 @@ public sealed record TrainingOptions
     /// <summary>Training augmentation. Default CIFAR's (reflect-pad 4, crop, flip, CIFAR normalisation).</summary>
     public ImageAugmentation Augmentation { get; init; } = ImageAugmentation.Cifar;
 
+    /// <summary>
+    /// Per-channel mean and standard deviation the network's inputs are normalised with, in training and in scoring:
+    /// the model's, recorded with it. Default CIFAR-10's (the reference code's constants).
+    /// </summary>
+    public Normalization Normalization { get; init; } = Normalization.Cifar;
+
     /// <summary>The learning rate actually used.</summary>
     public double EffectiveLearningRate => LearningRate ?? 0.1 * BatchSize / 128.0;
 

@@ -51,7 +51,7 @@ internal interface ITrainingSource
     EvaluationResult Evaluate(UnitChainNetwork network, int batchSize, Device device, CancellationToken cancellation);
 }
 
-internal sealed class InMemorySource(LabeledImages data, ImageAugmentation augmentation) : ITrainingSource
+internal sealed class InMemorySource(LabeledImages data, ImageAugmentation augmentation, Normalization normalization) : ITrainingSource
 {
     public int Count => data.Count;
     public int ImageSize => (int)data.Images.shape[2];
@@ -64,12 +64,12 @@ internal sealed class InMemorySource(LabeledImages data, ImageAugmentation augme
         foreach (var (start, end) in epoch.Batches)
         {
             var (pixels, labels) = data.Gather(order[start..end]);
-            yield return (augmentation.Apply(pixels, random), labels);
+            yield return (augmentation.Apply(pixels, random, normalization), labels);
         }
     }
 
     public EvaluationResult Evaluate(UnitChainNetwork network, int batchSize, Device device, CancellationToken cancellation) =>
-        Evaluation.Evaluate(network, data, augmentation.Normalization, batchSize, device, cancellation);
+        Evaluation.Evaluate(network, data, normalization, batchSize, device, cancellation);
 }
 
 internal sealed class FileSource(ImageFileSet files, ImageNetTransform transform, int workers) : ITrainingSource
