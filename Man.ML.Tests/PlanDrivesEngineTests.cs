@@ -90,4 +90,16 @@ public sealed class PlanDrivesEngineTests
         local.Network.Dispose();
         other.Network.Dispose();
     }
+
+    [TestMethod]
+    public void TheLinearProbeSeedsItsClassifierAndGivesTheGeneratorBack()
+    {
+        manual_seed(77);
+        var before = GeneratorBytes();
+        float[] features = { 0, 0, 1, 1, 0, 1, 1, 0 };
+        long[] labels = { 0, 1, 1, 0 };
+        double a = Diagnostics.LinearProbe.Accuracy(features, labels, features, labels, 2, steps: 5, seed: 3);
+        CollectionAssert.AreEqual(before, GeneratorBytes(), "the linear probe moved libtorch's global generator");
+        Assert.AreEqual(a, Diagnostics.LinearProbe.Accuracy(features, labels, features, labels, 2, steps: 5, seed: 3), "same seed, same probe");
+    }
 }

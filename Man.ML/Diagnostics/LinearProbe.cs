@@ -26,8 +26,11 @@ public static class LinearProbe
         x = (x - mean) / std;
         xv = (xv - mean) / std;
         var y = tensor(trainLabels);
+        // The probe's initialisation is seeded; the caller's generator is given back.
+        using var callers = get_rng_state();
         manual_seed(seed);
         var probe = nn.Linear(d, classes);
+        set_rng_state(callers);
         using var optimizer = optim.Adam(probe.parameters(), 0.05, weight_decay: 1e-4);
         for (int s = 0; s < steps; s++)
         {
