@@ -18,4 +18,4 @@ root.Subcommands.Add(ProfileCommand.Create());
 root.Subcommands.Add(MeasureSpeedCommand.Create());
 root.Subcommands.Add(MeasureCommands.Memory());
 root.Subcommands.Add(ScoringThroughputCommand.Create());
-return root.Parse(args).Invoke();
+return CliErrors.Invoke(root, args);

@@ -11,4 +11,4 @@ if (Console.IsOutputRedirected && int.TryParse(Environment.GetEnvironmentVariabl
 // them in afresh (Man.ML leaves the process's allocator alone unless an application asks; MANML_HEAP_TUNING=off declines).
 Man.ML.Backend.HeapTuning.Apply();
 
-return ManmlCommands.Create().Parse(TrainCommand.WithResumedArguments(ManmlCommands.WithGroupedNames(args))).Invoke();
+return CliErrors.Invoke(ManmlCommands.Create(), TrainCommand.WithResumedArguments(ManmlCommands.WithGroupedNames(args)));

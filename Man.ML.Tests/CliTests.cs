@@ -18,6 +18,25 @@ public sealed class CliTests
     }
 
     [TestMethod]
+    public void ACommandLineThatDoesNotParseIsOneLineAndExitCodeTwo()
+    {
+        foreach (var (args, expected) in new (string[] Args, string Expected)[]
+        {
+            (new[] { "train", "--lr", "fast" }, "--lr: 'fast' is not a number"),
+            (new[] { "train", "--seed", "abc" }, "--seed: 'abc' is not a whole number"),
+            (new[] { "train", "--epochs", "99999999999" }, "--epochs: '99999999999' is not a whole number from -2147483648 to 2147483647"),
+            (new[] { "train", "--no-such-option" }, "'--no-such-option'"),
+            (Array.Empty<string>(), "Required command was not provided"),
+        })
+        {
+            var r = TestSupport.RunManml(args);
+            Assert.AreEqual(2, r.ExitCode, string.Join(" ", args) + ": " + r.Stderr);
+            AssertCleanFailure(r, expected);
+            Assert.IsFalse(r.Stderr.Contains("System."), "a .NET type name reached the user: " + r.Stderr);
+        }
+    }
+
+    [TestMethod]
     public void AnUnknownArchitectureIsOneClearMessage() =>
         AssertCleanFailure(TestSupport.RunManml(new[] { "train", "--arch", "resnet33", "--out", TestSupport.NewTempFolder() }), "resnet33");
 

@@ -1,5 +1,7 @@
 // User mistakes end with one line on stderr and exit code 2; a NaN or infinite loss or gradient with exit code 3; a
 // backend that computes a convolution wrongly (the backend check) with exit code 4. Only real bugs show a stack trace.
+using System.CommandLine;
+using System.CommandLine.Parsing;
 using Spectre.Console;
 
 namespace Man.ML.Samples.Cli;
@@ -16,6 +18,43 @@ internal static class CliErrors
         if (!File.Exists(path)) throw new CliException($"'{path}' does not exist: is '{dir}' a finished run?");
         try { return System.Text.Json.JsonDocument.Parse(File.ReadAllText(path)).RootElement; }
         catch (System.Text.Json.JsonException e) { throw new CliException($"'{path}' is not valid JSON: {e.Message}"); }
+    }
+
+    /// <summary>
+    /// Parses and runs a command line. A command line that does not parse (an unknown option, a value of the wrong type,
+    /// a missing command) is a user mistake like any other: one line naming the option and the value, exit code 2.
+    /// </summary>
+    public static int Invoke(Command root, string[] args)
+    {
+        var parse = root.Parse(args);
+        if (parse.Errors.Count == 0) return parse.Invoke();
+        var first = parse.Errors[0];
+        string more = parse.Errors.Count > 1 ? $" ({parse.Errors.Count - 1} more; see --help)" : " (see --help)";
+        Console.Error.WriteLine($"{Program}: error: {Describe(first)}{more}");
+        return 2;
+    }
+
+    // System.CommandLine names a value it cannot convert by its .NET type (System.Nullable`1[System.Double]); say what
+    // the option takes instead.
+    private static string Describe(ParseError error)
+    {
+        var (name, valueType, tokens) = error.SymbolResult switch
+        {
+            OptionResult o => (o.Option.Name, o.Option.ValueType, o.Tokens),
+            ArgumentResult { Parent: OptionResult o } a => (o.Option.Name, a.Argument.ValueType, a.Tokens),
+            _ => (null, null, null),
+        };
+        if (name is not null && valueType is not null && tokens is { Count: > 0 })
+        {
+            var type = Nullable.GetUnderlyingType(valueType) ?? valueType;
+            string? expected = type == typeof(int) ? $"a whole number from {int.MinValue} to {int.MaxValue}"
+                : type == typeof(long) ? "a whole number"
+                : type == typeof(double) || type == typeof(float) ? "a number (for example 0.05 or 1e-4)"
+                : type == typeof(bool) ? "true or false"
+                : null;
+            if (expected is not null) return $"{name}: '{string.Join(" ", tokens.Select(t => t.Value))}' is not {expected}.";
+        }
+        return error.Message.ReplaceLineEndings(" ");
     }
 
     public static int Run(Func<int> action)
