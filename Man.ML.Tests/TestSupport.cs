@@ -36,6 +36,18 @@ internal static class TestSupport
         return dir;
     }
 
+    /// <summary>A fresh temporary folder, deleted with everything in it on Dispose.</summary>
+    public sealed class TempDir : IDisposable
+    {
+        public string Path { get; } = NewTempFolder();
+
+        public void Dispose()
+        {
+            try { Directory.Delete(Path, recursive: true); }
+            catch (IOException) { } // a file still held by a child process: the temp folder is cleaned by the system
+        }
+    }
+
     public sealed record ProcessResult(int ExitCode, string Stdout, string Stderr);
 
     /// <summary>Runs manml in a child process.</summary>

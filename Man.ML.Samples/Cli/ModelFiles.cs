@@ -11,7 +11,7 @@ internal static class ModelFiles
     public static bool IsZip(string path)
     {
         Span<byte> head = stackalloc byte[4];
-        using var stream = File.OpenRead(path);
+        using var stream = InputFiles.OpenRead(path, "Model file");
         return stream.ReadAtLeast(head, 4, throwOnEndOfStream: false) == 4 && head[0] == (byte)'P' && head[1] == (byte)'K';
     }
 

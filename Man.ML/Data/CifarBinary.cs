@@ -19,6 +19,9 @@ public static class CifarBinary
     /// <summary>Number of classes.</summary>
     public const int ClassCount = 10;
 
+    // A CIFAR-10 batch file is 30.7 MB; anything past 2 GiB is not one, and is refused before it is read.
+    private const long MaxFileBytes = int.MaxValue;
+
     /// <summary>The CIFAR-10 class names in label order.</summary>
     public static IReadOnlyList<string> DefaultClassNames { get; } = new[]
     {
@@ -54,7 +57,7 @@ public static class CifarBinary
     public static LabeledImages Read(IEnumerable<string> paths)
     {
         var files = ResolveFiles(paths);
-        var contents = files.Select(f => (File: f, Bytes: File.ReadAllBytes(f))).ToList();
+        var contents = files.Select(f => (File: f, Bytes: InputFiles.ReadAllBytes(f, "CIFAR data file", MaxFileBytes))).ToList();
         long total = 0;
         foreach (var (file, bytes) in contents)
         {

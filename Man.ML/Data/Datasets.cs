@@ -95,8 +95,8 @@ internal static class Stl10Binary
             throw new InvalidDataException($"STL-10 image file '{xPath}' should be named *_X.bin (its labels in *_y.bin beside it).");
         string yPath = Path.Combine(Path.GetDirectoryName(xPath)!, name[..^"_X.bin".Length] + "_y.bin");
         if (!File.Exists(yPath)) throw new FileNotFoundException($"STL-10 label file '{yPath}' (for '{xPath}') does not exist.", yPath);
-        var pixels = File.ReadAllBytes(xPath);
-        var labelBytes = File.ReadAllBytes(yPath);
+        var pixels = InputFiles.ReadAllBytes(xPath, "STL-10 image file", Array.MaxLength);
+        var labelBytes = InputFiles.ReadAllBytes(yPath, "STL-10 label file", Array.MaxLength);
         const int perImage = 3 * Side * Side;
         if (pixels.Length == 0 || pixels.Length % perImage != 0)
             throw new InvalidDataException($"STL-10 file '{xPath}' is truncated: " +

@@ -20,8 +20,7 @@ internal static class MatFile
     /// <exception cref="InvalidDataException">Not a little-endian v5 MAT-file, or truncated.</exception>
     public static Dictionary<string, MatArray> Read(string path)
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"MAT-file '{path}' does not exist.", path);
-        using var stream = File.OpenRead(path);
+        using var stream = InputFiles.OpenRead(path, "MAT-file");
         var header = new byte[128];
         if (stream.Read(header, 0, 128) != 128) throw new InvalidDataException($"'{path}' is not a MAT-file (shorter than its 128-byte header).");
         if (!Encoding.ASCII.GetString(header, 0, 6).StartsWith("MATLAB", StringComparison.Ordinal) || header[126] != (byte)'I' || header[127] != (byte)'M')

@@ -77,7 +77,7 @@ public static class PyTorchWeights
     /// message names the file and the first such key.</exception>
     public static WeightsLoadReport Load(UnitChainNetwork network, string path, bool replaceClassifierOnClassMismatch = false)
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"Weights file '{path}' does not exist.", path);
+        InputFiles.CheckRegular(path, "Weights file");
         var format = Sniff(path);
         var file = Read(path, format);
         try

@@ -90,8 +90,7 @@ public static class ManModelOperations
     /// <exception cref="InvalidDataException">The file is not a Man.ML model, is truncated, or is of a newer format.</exception>
     public static ITransformer LoadManModel(this ModelOperationsCatalog catalog, string path, out DataViewSchema inputSchema, string device = "cpu")
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"Model file '{path}' does not exist.", path);
-        using var stream = File.OpenRead(path);
+        using var stream = InputFiles.OpenRead(path, "Model file");
         return Read(catalog, stream, $"'{path}'", out inputSchema, device);
     }
 

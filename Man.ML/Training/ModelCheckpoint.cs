@@ -97,8 +97,7 @@ public static class ModelCheckpoint
     /// <exception cref="InvalidDataException">Not a Man.ML checkpoint, a newer format, or truncated.</exception>
     public static (UnitChainNetwork Network, CheckpointInfo Info) Load(string path)
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"Checkpoint '{path}' does not exist.", path);
-        using var stream = File.OpenRead(path);
+        using var stream = InputFiles.OpenRead(path, "Checkpoint");
         return Load(stream, $"Checkpoint '{path}'");
     }
 

@@ -125,8 +125,7 @@ internal static class TrainingCheckpoint
                 $"{name} is from another configuration: it has [{header.Configuration}], this run is [{LegacyFingerprint(plan.Options)}].");
     }
 
-    private static FileStream Open(string path) =>
-        File.Exists(path) ? File.OpenRead(path) : throw new FileNotFoundException($"Checkpoint '{path}' does not exist.", path);
+    private static FileStream Open(string path) => InputFiles.OpenRead(path, "Checkpoint");
 
     private static TrainingCheckpointHeader ReadHeader(BinaryReader reader, string name)
     {
