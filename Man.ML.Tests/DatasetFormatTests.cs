@@ -15,7 +15,7 @@ public sealed class DatasetFormatTests
     public void DeleteFolder() => Directory.Delete(folder, true);
 
     // A minimal MATLAB v5 writer, written from the format's description: header, then one miMATRIX element per array.
-    private static byte[] MatrixElement(string name, int[] dims, int classCode, int dataType, byte[] data)
+    internal static byte[] MatrixElement(string name, int[] dims, int classCode, int dataType, byte[] data)
     {
         using var body = new MemoryStream();
         using var w = new BinaryWriter(body);
@@ -37,7 +37,7 @@ public sealed class DatasetFormatTests
         return element.ToArray();
     }
 
-    private static void WriteMat(string path, bool compress, params byte[][] elements)
+    internal static void WriteMat(string path, bool compress, params byte[][] elements)
     {
         using var file = File.Create(path);
         var header = new byte[128];
@@ -55,7 +55,7 @@ public sealed class DatasetFormatTests
     }
 
     // X is 32×32×3×N column-major: value at (r, c, ch, i) = (r + 2c + 5ch + 7i) mod 256.
-    private static byte[] SvhnPixels(int n)
+    internal static byte[] SvhnPixels(int n)
     {
         var x = new byte[32 * 32 * 3 * n];
         for (int i = 0; i < n; i++) for (int ch = 0; ch < 3; ch++) for (int c = 0; c < 32; c++) for (int r = 0; r < 32; r++)

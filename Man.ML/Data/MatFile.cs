@@ -32,19 +32,25 @@ internal static class MatFile
             while (stream.Position < stream.Length) ReadElement(reader, arrays, path);
         }
         catch (EndOfStreamException e) { throw new InvalidDataException($"MAT-file '{path}' is truncated.", e); }
+        // The explicit checks below name what is wrong; this net turns any inconsistency they miss into the declared error.
+        catch (Exception e) when (e is ArgumentException or OverflowException or IndexOutOfRangeException)
+        {
+            throw new InvalidDataException($"MAT-file '{path}' is damaged: {e.Message}", e);
+        }
         return arrays;
     }
 
     private static void ReadElement(BinaryReader reader, Dictionary<string, MatArray> arrays, string path)
     {
-        var (type, size, _) = ReadTag(reader);
+        var (type, size, _) = ReadTag(reader, path);
+        if (size > reader.BaseStream.Length - reader.BaseStream.Position) throw new EndOfStreamException();
         var body = reader.ReadBytes(size);
         if (body.Length != size) throw new EndOfStreamException();
         if (type != MiCompressed) Pad(reader, size); // compressed elements are not padded
         if (type == MiCompressed)
         {
             using var inflated = new MemoryStream();
-            using (var z = new ZLibStream(new MemoryStream(body), CompressionMode.Decompress)) z.CopyTo(inflated);
+            using (var z = new ZLibStream(new MemoryStream(body), CompressionMode.Decompress)) CopyBounded(z, inflated, path);
             inflated.Position = 0;
             using var inner = new BinaryReader(inflated);
             while (inflated.Position < inflated.Length) ReadElement(inner, arrays, path);
@@ -58,20 +64,27 @@ internal static class MatFile
 
     private static MatArray? ReadMatrix(BinaryReader reader, string path)
     {
-        var (_, flagsSize, flagsSmall) = ReadTag(reader);
+        var (_, flagsSize, flagsSmall) = ReadTag(reader, path);
         var flags = ReadData(reader, flagsSize, flagsSmall);
+        if (flags.Length < 4) throw new InvalidDataException($"MAT-file '{path}': an array's flags are {flags.Length} bytes, not 8.");
         int arrayClass = flags[0];
         if (arrayClass is < 6 or > 15) return null;      // cells, structs, chars, sparse: not numeric arrays
-        var (dimType, dimSize, dimSmall) = ReadTag(reader);
+        var (dimType, dimSize, dimSmall) = ReadTag(reader, path);
         if (dimType != MiInt32) throw new InvalidDataException($"MAT-file '{path}': array dimensions are not int32.");
         var dimBytes = ReadData(reader, dimSize, dimSmall);
         var dims = new int[dimSize / 4];
         for (int i = 0; i < dims.Length; i++) dims[i] = BitConverter.ToInt32(dimBytes, 4 * i);
-        var (_, nameSize, nameSmall) = ReadTag(reader);
+        if (dims.Length == 0 || dims.Any(d => d < 0))
+            throw new InvalidDataException($"MAT-file '{path}': an array has dimensions [{string.Join(", ", dims)}].");
+        var (_, nameSize, nameSmall) = ReadTag(reader, path);
         string name = Encoding.ASCII.GetString(ReadData(reader, nameSize, nameSmall));
-        var (dataType, dataSize, dataSmall) = ReadTag(reader);
+        var (dataType, dataSize, dataSmall) = ReadTag(reader, path);
         var data = ReadData(reader, dataSize, dataSmall);
-        long count = dims.Aggregate(1L, (a, d) => a * d);
+        // Each dimension is below 2^31 and the data is in memory: a product past the data's size is refused before it overflows.
+        long count = 1;
+        foreach (var d in dims)
+            if ((count *= d) > data.Length) throw new InvalidDataException(
+                $"MAT-file '{path}', array '{name}': dimensions [{string.Join(", ", dims)}] for {data.Length} data bytes.");
         int width = dataType switch
         {
             MiInt8 or MiUInt8 => 1, MiInt16 or MiUInt16 => 2, MiInt32 or MiUInt32 or MiSingle => 4, MiDouble or MiInt64 or MiUInt64 => 8, _ => 0,
@@ -102,15 +115,31 @@ internal static class MatFile
 
     // A tag is 8 bytes (type, size), or 4 bytes when the upper 16 bits of the first word hold the size (a small element,
     // whose data fills the other 4 bytes).
-    private static (int Type, int Size, bool Small) ReadTag(BinaryReader reader)
+    private static (int Type, int Size, bool Small) ReadTag(BinaryReader reader, string path)
     {
         uint first = reader.ReadUInt32();
-        if ((first >> 16) != 0) return ((int)(first & 0xFFFF), (int)(first >> 16), true);
-        return ((int)first, reader.ReadInt32(), false);
+        var (type, size, small) = (first >> 16) != 0 ? ((int)(first & 0xFFFF), (int)(first >> 16), true) : ((int)first, reader.ReadInt32(), false);
+        if (size < 0 || (small && size > 4)) throw new InvalidDataException($"MAT-file '{path}': an element of type {type} claims {size} bytes.");
+        return (type, size, small);
+    }
+
+    // MAT-files compress each variable; its inflated size is bounded by what one .NET array holds (SVHN's largest
+    // file, extra_32x32.mat, inflates to 1.6 GB), so a small file cannot expand without end.
+    private static void CopyBounded(Stream source, MemoryStream target, string path)
+    {
+        var buffer = new byte[1 << 16];
+        int read;
+        while ((read = source.Read(buffer, 0, buffer.Length)) > 0)
+        {
+            if (target.Length + read > Array.MaxLength)
+                throw new InvalidDataException($"MAT-file '{path}': a compressed element inflates past {Array.MaxLength:N0} bytes.");
+            target.Write(buffer, 0, read);
+        }
     }
 
     private static byte[] ReadData(BinaryReader reader, int size, bool small)
     {
+        if (size > reader.BaseStream.Length - reader.BaseStream.Position) throw new EndOfStreamException();
         var data = reader.ReadBytes(size);
         if (data.Length != size) throw new EndOfStreamException();
         if (small) reader.ReadBytes(4 - size);

@@ -1,0 +1,219 @@
+using System.Diagnostics;
+using Man.ML.Data;
+using Man.ML.Interop;
+using Man.ML.Local;
+using Man.ML.MLNet;
+using Man.ML.Models;
+using Man.ML.Training;
+using Microsoft.ML;
+using SkiaSharp;
+
+namespace Man.ML.Tests;
+
+/// <summary>
+/// A seeded mutation fuzzer for every reader of a file a user hands Man.ML. Each round takes a valid file of the kind,
+/// applies one to four random mutations (a bit flipped; a byte set to 0, 0x7F or 0xFF; a run of random bytes; a
+/// truncation; a run removed or repeated; a 32-bit field set to an extreme value) and gives it to the reader. The only
+/// outcomes allowed are a loaded file and the reader's declared exception, whose message holds no libtorch backtrace;
+/// anything else, or a read that does not finish, fails with the round's seed and keeps the input for replay.
+/// Each reader runs for MANML_FUZZ_SECONDS (default 4) from seed MANML_FUZZ_SEED (default 26); the rounds tried per
+/// reader are printed.
+/// </summary>
+[TestClass]
+public sealed class ReaderFuzzTests
+{
+    private static readonly TimeSpan PerInput = TimeSpan.FromSeconds(60);
+
+    private static double Seconds => double.TryParse(Environment.GetEnvironmentVariable("MANML_FUZZ_SECONDS"), out var s) ? s : 4;
+
+    private static int BaseSeed => int.TryParse(Environment.GetEnvironmentVariable("MANML_FUZZ_SEED"), out var s) ? s : 26;
+
+    internal static byte[] Mutate(byte[] input, Random random)
+    {
+        var data = new List<byte>(input);
+        int mutations = random.Next(1, 5);
+        for (int m = 0; m < mutations && data.Count > 0; m++)
+        {
+            int at = random.Next(data.Count);
+            int run = Math.Min(data.Count - at, 1 + random.Next(64));
+            switch (random.Next(7))
+            {
+                case 0: data[at] ^= (byte)(1 << random.Next(8)); break;
+                case 1: data[at] = new byte[] { 0, 0x7F, 0xFF }[random.Next(3)]; break;
+                case 2: for (int i = 0; i < run; i++) data[at + i] = (byte)random.Next(256); break;
+                case 3: data.RemoveRange(at, data.Count - at); break;
+                case 4: data.RemoveRange(at, run); break;
+                case 5: data.InsertRange(at, data.GetRange(at, run)); break;
+                default:
+                    if (at + 4 <= data.Count)
+                    {
+                        var value = BitConverter.GetBytes(new[] { int.MaxValue, int.MinValue, -1, 0, 1 << 30 }[random.Next(5)]);
+                        for (int i = 0; i < 4; i++) data[at + i] = value[i];
+                    }
+                    break;
+            }
+        }
+        return data.ToArray();
+    }
+
+    /// <summary>Mutates <paramref name="seedFile"/> for the time bound; returns the rounds tried and how many loaded.</summary>
+    private static (int Rounds, int Loaded) Fuzz(string kind, byte[] seedFile, Action<byte[]> read, params Type[] declared)
+    {
+        var clock = Stopwatch.StartNew();
+        int rounds = 0, loaded = 0;
+        while (clock.Elapsed.TotalSeconds < Seconds)
+        {
+            int seed = BaseSeed * 1_000_003 + rounds;
+            var input = Mutate(seedFile, new Random(seed));
+            rounds++;
+            var task = Task.Run(() => read(input));
+            bool finished;
+            try { finished = task.Wait(PerInput); }
+            catch (AggregateException) { finished = true; }
+            string replay() => Keep(kind, seed, input);
+            if (!finished) Assert.Fail($"{kind}: round {rounds} (MANML_FUZZ_SEED={BaseSeed}, seed {seed}) did not finish in {PerInput}; input kept at {replay()}");
+            if (task.Exception?.InnerException is { } e)
+            {
+                if (!declared.Any(t => t.IsInstanceOfType(e)))
+                    Assert.Fail($"{kind}: round {rounds} (seed {seed}) threw {e.GetType().Name}, not one of the reader's declared " +
+                        $"{string.Join(", ", declared.Select(t => t.Name))}; input kept at {replay()}\n{e}");
+                if (e.Message.Contains("Exception raised from", StringComparison.Ordinal) || e.Message.Contains("frame #", StringComparison.Ordinal))
+                    Assert.Fail($"{kind}: round {rounds} (seed {seed}): a libtorch backtrace reached the message; input kept at {replay()}\n{e.Message}");
+                if (e.Message.Length == 0) Assert.Fail($"{kind}: round {rounds} (seed {seed}): an empty message");
+            }
+            else loaded++;
+        }
+        Console.WriteLine($"{kind}: {rounds} mutated inputs in {clock.Elapsed.TotalSeconds:F1} s, {loaded} loaded, {rounds - loaded} refused " +
+            $"with {string.Join(" or ", declared.Select(t => t.Name))}");
+        Assert.IsTrue(rounds > 0);
+        return (rounds, loaded);
+    }
+
+    private static string Keep(string kind, int seed, byte[] input)
+    {
+        var path = Path.Combine(Path.GetTempPath(), $"manml-fuzz-{kind.Replace(' ', '-').Replace('.', '-')}-{seed}.bin");
+        File.WriteAllBytes(path, input);
+        return path;
+    }
+
+    // Readers that take a path: the input is written to a file of the right name first.
+    private static Action<byte[]> ThroughFile(string name, Action<string> read) => bytes =>
+    {
+        var dir = TestSupport.NewTempFolder();
+        try
+        {
+            var path = Path.Combine(dir, name);
+            File.WriteAllBytes(path, bytes);
+            read(path);
+        }
+        finally { Directory.Delete(dir, true); }
+    };
+
+    private static TrainingOptions Tiny => new() { Architecture = "resnet8", K = 2, Epochs = 1, BatchSize = 32, Seed = 5 };
+
+    [TestMethod]
+    public void ModelCheckpointReaderLoadsOrRefusesEveryMutation()
+    {
+        using var network = Architectures.Create("resnet8", 10, 32);
+        using var memory = new MemoryStream();
+        ModelCheckpoint.Save(memory, network, new CheckpointInfo
+        {
+            Architecture = "resnet8", Classes = 10, ImageSize = 32, ClassNames = CifarBinary.DefaultClassNames.ToArray(),
+            NormalizationMean = Normalization.Cifar.Mean, NormalizationStd = Normalization.Cifar.Std, ImageRecipe = ImageRecipe.Cifar,
+        });
+        Fuzz("model.ckpt", memory.ToArray(), bytes =>
+        {
+            using var stream = new MemoryStream(bytes);
+            ModelCheckpoint.Load(stream).Network.Dispose();
+        }, typeof(InvalidDataException));
+    }
+
+    [TestMethod]
+    public void RunCheckpointReaderRestoresOrRefusesEveryMutation()
+    {
+        using var dir = new TestSupport.TempDir();
+        using var train = TestSupport.SampleImages(0, 64);
+        var path = Path.Combine(dir.Path, "run.ckpt");
+        new Trainer(Tiny) { CheckpointPath = path }.Train(train, null);
+        var trainer = new Trainer(Tiny);
+        var plan = trainer.Prepare(10, 32);
+        using var local = trainer.CreateLocalTrainer(10, 32);
+        Fuzz("run.ckpt", File.ReadAllBytes(path), bytes =>
+        {
+            using var stream = new MemoryStream(bytes);
+            TrainingCheckpoint.Restore(stream, plan, local);
+        }, typeof(InvalidDataException), typeof(InvalidOptionException));
+    }
+
+    [TestMethod]
+    public void MLNetModelReaderLoadsOrRefusesEveryMutation()
+    {
+        var mlContext = new MLContext(3);
+        var data = mlContext.Data.LoadFromEnumerable(Samples.MLNet.ImageFolderSample.ListImages(ImageFolderFixture.Train));
+        var model = mlContext.Transforms.Conversion.MapValueToKey("Label")
+            .Append(mlContext.Transforms.LoadImages("Image", imageFolder: "", inputColumnName: nameof(Samples.MLNet.ImageRow.ImagePath)))
+            .Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(new ManImageClassificationTrainer.Options
+            {
+                Architecture = "resnet8", K = 2, Epochs = 1, BatchSize = 64, Seed = 4,
+            }))
+            .Fit(data);
+        using var memory = new MemoryStream();
+        mlContext.Model.SaveManModel(model, data.Schema, memory);
+        Fuzz("ML.NET model", memory.ToArray(), bytes =>
+        {
+            using var stream = new MemoryStream(bytes);
+            var loaded = new MLContext(1).Model.LoadManModel(stream, out _);
+            (loaded as IDisposable)?.Dispose();
+            foreach (var part in (IEnumerable<ITransformer>)loaded) (part as IDisposable)?.Dispose();
+        }, typeof(InvalidDataException));
+    }
+
+    [TestMethod]
+    public void WeightsReadersLoadOrRefuseEveryMutation()
+    {
+        using var dir = new TestSupport.TempDir();
+        using var network = Architectures.Create("resnet8", 10, 32);
+        foreach (var name in new[] { "weights.safetensors", "weights.pt" })
+        {
+            var path = Path.Combine(dir.Path, name);
+            PyTorchWeights.Save(network, path);
+            using var target = Architectures.Create("resnet8", 10, 32);
+            Fuzz(name, File.ReadAllBytes(path), ThroughFile(name, p => PyTorchWeights.Load(target, p)),
+                typeof(IncompatibleWeightsException));
+        }
+    }
+
+    [TestMethod]
+    public void DatasetReadersLoadOrRefuseEveryMutation()
+    {
+        using var dir = new TestSupport.TempDir();
+        var cifar = File.ReadAllBytes(TestSupport.BundledSample).AsSpan(0, 20 * CifarBinary.RecordBytes).ToArray();
+        Fuzz("CIFAR batch", cifar, ThroughFile("data_batch_1.bin", p => CifarBinary.Read(new[] { p }).Dispose()),
+            typeof(InvalidDataException));
+
+        foreach (bool compress in new[] { false, true })
+        {
+            var mat = Path.Combine(dir.Path, "seed.mat");
+            double[] y = { 10, 3, 1 };
+            DatasetFormatTests.WriteMat(mat, compress,
+                DatasetFormatTests.MatrixElement("X", new[] { 32, 32, 3, 3 }, 9, 2, DatasetFormatTests.SvhnPixels(3)),
+                DatasetFormatTests.MatrixElement("y", new[] { 3, 1 }, 6, 9, y.SelectMany(BitConverter.GetBytes).ToArray()));
+            Fuzz(compress ? "SVHN MAT-file (compressed)" : "SVHN MAT-file", File.ReadAllBytes(mat),
+                ThroughFile("train_32x32.mat", p => SvhnMat.Read(p).Dispose()), typeof(InvalidDataException));
+        }
+    }
+
+    [TestMethod]
+    public void ImageDecoderLoadsOrRefusesEveryMutation()
+    {
+        var transform = ImageNetTransform.ForCrop(32);
+        var destination = new float[3 * 32 * 32];
+        using var bitmap = new SKBitmap(new SKImageInfo(40, 24, SKColorType.Rgba8888, SKAlphaType.Opaque));
+        for (int y = 0; y < 24; y++) for (int x = 0; x < 40; x++) bitmap.SetPixel(x, y, new SKColor((byte)(6 * x), (byte)(10 * y), (byte)(x ^ y)));
+        foreach (var (format, name) in new[] { (SKEncodedImageFormat.Png, "image.png"), (SKEncodedImageFormat.Jpeg, "image.jpg") })
+        {
+            using var encoded = bitmap.Encode(format, 90);
+            Fuzz(name, encoded.ToArray(), ThroughFile(name, p => transform.Load(p, new Random(1), destination)), typeof(InvalidDataException));
+        }
+    }
+}
