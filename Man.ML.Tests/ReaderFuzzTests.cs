@@ -191,6 +191,13 @@ public sealed class ReaderFuzzTests
         Fuzz("CIFAR batch", cifar, ThroughFile("data_batch_1.bin", p => CifarBinary.Read(new[] { p }).Dispose()),
             typeof(InvalidDataException));
 
+        // STL-10: the image file and the label file, each mutated with the other intact.
+        var stlPixels = new byte[2 * 3 * 96 * 96];
+        new Random(7).NextBytes(stlPixels);
+        byte[] stlLabels = { 1, 10 };
+        Fuzz("STL-10 images", stlPixels, bytes => StlPair(dir.Path, bytes, stlLabels), typeof(InvalidDataException));
+        Fuzz("STL-10 labels", stlLabels, bytes => StlPair(dir.Path, stlPixels, bytes), typeof(InvalidDataException));
+
         foreach (bool compress in new[] { false, true })
         {
             var mat = Path.Combine(dir.Path, "seed.mat");
@@ -201,6 +208,13 @@ public sealed class ReaderFuzzTests
             Fuzz(compress ? "SVHN MAT-file (compressed)" : "SVHN MAT-file", File.ReadAllBytes(mat),
                 ThroughFile("train_32x32.mat", p => SvhnMat.Read(p).Dispose()), typeof(InvalidDataException));
         }
+    }
+
+    private static void StlPair(string dir, byte[] pixels, byte[] labels)
+    {
+        File.WriteAllBytes(Path.Combine(dir, "train_X.bin"), pixels);
+        File.WriteAllBytes(Path.Combine(dir, "train_y.bin"), labels);
+        DatasetKind.Stl10.Read(new[] { Path.Combine(dir, "train_X.bin") }).Dispose();
     }
 
     [TestMethod]
