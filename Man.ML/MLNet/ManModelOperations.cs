@@ -198,7 +198,8 @@ public static class ManModelOperations
         {
             var entry = zip.GetEntry(entryName) ?? throw new InvalidDataException($"{name} is not a Man.ML model (no {entryName}).");
             if (entry.Length > limit)
-                throw new InvalidDataException($"{name} is damaged: its {entryName} would inflate to {entry.Length:N0} bytes, more than the {limit:N0} Man.ML reads.");
+                throw new InvalidDataException(
+                    $"{name} is damaged: its {entryName} would inflate to {entry.Length:N0} bytes, more than the {limit:N0} Man.ML reads.");
             entries[entryName] = entry;
         }
         MemoryStream Inflate(string entryName)

@@ -78,7 +78,7 @@ internal static class TrainingCheckpoint
 
     /// <summary>Restores <paramref name="trainer"/> (built from <paramref name="plan"/>) from <paramref name="path"/>.</summary>
     /// <exception cref="InvalidOptionException">The checkpoint is from a run with other options; the message names the first that differs.</exception>
-    /// <exception cref="InvalidDataException">A newer format, truncated, or not a Man.ML run checkpoint.</exception>
+    /// <exception cref="InvalidDataException">A newer format, truncated, damaged (its checksum does not match), or not a Man.ML run checkpoint.</exception>
     public static TrainingCheckpointHeader Restore(string path, RunPlan plan, LocalTrainer trainer)
     {
         using var stream = Open(path);
@@ -87,7 +87,7 @@ internal static class TrainingCheckpoint
 
     /// <summary>Restores <paramref name="trainer"/> from <paramref name="stream"/>; <paramref name="name"/> names it in messages.</summary>
     /// <exception cref="InvalidOptionException">The checkpoint is from a run with other options; the message names the first that differs.</exception>
-    /// <exception cref="InvalidDataException">A newer format, truncated, or not a Man.ML run checkpoint.</exception>
+    /// <exception cref="InvalidDataException">A newer format, truncated, damaged (its checksum does not match), or not a Man.ML run checkpoint.</exception>
     public static TrainingCheckpointHeader Restore(Stream stream, RunPlan plan, LocalTrainer trainer, string name = "The checkpoint")
     {
         using var frame = OpenFrame(stream, name);
@@ -141,7 +141,10 @@ internal static class TrainingCheckpoint
     private static TrainingCheckpointHeader ReadHeader(CheckpointFormat.Frame frame, string name)
     {
         TrainingCheckpointHeader header;
-        try { header = JsonSerializer.Deserialize<TrainingCheckpointHeader>(frame.Json, Json) ?? throw new InvalidDataException($"{name} has an empty header."); }
+        try
+        {
+            header = JsonSerializer.Deserialize<TrainingCheckpointHeader>(frame.Json, Json) ?? throw new InvalidDataException($"{name} has an empty header.");
+        }
         catch (Exception e) when (e is JsonException or InvalidOperationException or ArgumentException or FormatException or NotSupportedException)
         {
             throw new InvalidDataException($"{name} has a damaged header: {CheckpointFormat.Reason(e)}", e);
