@@ -195,7 +195,8 @@ public sealed class RunPlanTests
         }
     }
 
-    // Copies a run checkpoint with its JSON header edited: magic, version, header, then the payload unchanged.
+    // Copies a run checkpoint with its JSON header edited: magic, version, header, then the payload unchanged, without the
+    // checksum trailer (versions 1 and 2 have none).
     private static void RewriteHeader(string from, string to, Action<JsonObject> edit, int version)
     {
         using var input = new BinaryReader(File.OpenRead(from), Encoding.UTF8);
@@ -207,7 +208,9 @@ public sealed class RunPlanTests
         output.Write(magic);
         output.Write(version);
         output.Write(header.ToJsonString());
-        input.BaseStream.CopyTo(output.BaseStream);
+        var payload = new byte[input.BaseStream.Length - input.BaseStream.Position - CheckpointFormat.TrailerLength];
+        input.BaseStream.ReadExactly(payload);
+        output.Write(payload);
     }
 
     [TestMethod]

@@ -18,6 +18,7 @@ internal static class AnalysisCommands
     private static (UnitChainNetwork Network, CheckpointInfo Info, string Name) LoadModel(string path)
     {
         var (network, info) = ModelCheckpoint.Load(path);
+        ModelFiles.NoteUnverified(path, info.Verified);
         var name = Path.GetFileName(Path.GetDirectoryName(Path.GetFullPath(path))) ?? Path.GetFileNameWithoutExtension(path);
         return (network, info, name);
     }

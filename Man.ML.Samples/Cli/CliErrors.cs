@@ -9,7 +9,7 @@ namespace Man.ML.Samples.Cli;
 internal static class CliErrors
 {
     // manml or manml-lab: the program the user ran, which shares these messages.
-    private static string Program => System.Reflection.Assembly.GetEntryAssembly()?.GetName().Name ?? "manml";
+    internal static string Program => System.Reflection.Assembly.GetEntryAssembly()?.GetName().Name ?? "manml";
 
     /// <summary>The metrics.json of a finished run folder, or a clear error.</summary>
     public static System.Text.Json.JsonElement ReadRunMetrics(string dir)

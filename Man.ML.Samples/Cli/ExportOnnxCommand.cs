@@ -40,6 +40,7 @@ internal static class ExportOnnxCommand
                     throw new CliException("An ML.NET model keeps the recipe it was trained with: --recipe is for a model.ckpt.");
                 var loaded = new MLContext(0).Model.LoadManModel(path, out _);
                 var man = ModelFiles.Find(loaded) ?? throw new CliException($"'{path}' holds no Man.ML transformer.");
+                ModelFiles.NoteUnverified(path, man.Verified);
                 man.SaveAsOnnx(target);
                 Report(target, man.Network, man.ImageSize, man.ImageRecipe);
                 man.Dispose();
@@ -47,6 +48,7 @@ internal static class ExportOnnxCommand
             else
             {
                 var (network, info) = ModelCheckpoint.Load(path);
+                ModelFiles.NoteUnverified(path, info.Verified);
                 using (network)
                 {
                     network.eval();

@@ -51,11 +51,13 @@ internal static class ExportWeightsCommand
                 {
                     var man = ModelFiles.Find(new Microsoft.ML.MLContext(0).Model.LoadManModel(checkpoint, out _))
                         ?? throw new CliException($"'{checkpoint}' holds no Man.ML transformer.");
+                    ModelFiles.NoteUnverified(checkpoint, man.Verified);
                     (network, side) = (man.Network, man.ImageSize); // disposing the network releases what the transformer holds
                 }
                 else
                 {
                     (network, var info) = ModelCheckpoint.Load(checkpoint);
+                    ModelFiles.NoteUnverified(checkpoint, info.Verified);
                     side = info.ImageSize;
                 }
             }

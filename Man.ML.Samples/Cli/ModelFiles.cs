@@ -15,6 +15,12 @@ internal static class ModelFiles
         return stream.ReadAtLeast(head, 4, throwOnEndOfStream: false) == 4 && head[0] == (byte)'P' && head[1] == (byte)'K';
     }
 
+    /// <summary>Says on stderr, once per file, that <paramref name="path"/> predates Man.ML's checksums and was read unverified.</summary>
+    public static void NoteUnverified(string path, bool verified)
+    {
+        if (!verified) Console.Error.WriteLine($"{CliErrors.Program}: note: '{path}' was written before Man.ML recorded checksums; it is not verified.");
+    }
+
     /// <summary>The Man.ML transformer inside a model (a chain of transformers, nested or not).</summary>
     public static ManImageClassificationTransformer? Find(ITransformer model) => model switch
     {

@@ -29,6 +29,7 @@ internal static class ScoreModelCommand
                     mlContext.Transforms.LoadImages("Image", imageFolder: "", inputColumnName: nameof(ImageRow.ImagePath))
                         .Fit(mlContext.Data.LoadFromEnumerable(new List<ImageRow>())),
                     ManImageClassificationTransformer.FromCheckpoint(path, "Image"));
+            ModelFiles.NoteUnverified(path, ModelFiles.Find(loaded)?.Verified ?? true);
             var rows = ImageFolderSample.ListImages(parse.GetValue(images)!);
             var scored = loaded.Transform(mlContext.Data.LoadFromEnumerable(rows));
             string[][] scores = Array.Empty<string[]>();

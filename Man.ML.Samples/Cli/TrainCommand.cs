@@ -134,6 +134,7 @@ internal static class TrainCommand
                 resumeFrom = Path.Combine(resumeDir, "run.ckpt");
                 if (!File.Exists(resumeFrom))
                     throw new CliException($"--resume '{resumeDir}' holds no run.ckpt (train with --checkpoint-every N to write one).");
+                ModelFiles.NoteUnverified(resumeFrom, TrainingCheckpoint.ReadHeader(resumeFrom).Verified);
             }
             int every = parse.GetValue(checkpointEvery);
             if (every < 0) throw new CliException($"--checkpoint-every must be 0 or more (got {every}).");

@@ -89,22 +89,28 @@ internal sealed class LabelKeyValues
         }).ToArray()),
     };
 
+    /// <summary>The key values saved by <see cref="ToJson"/>, each checked against its type.</summary>
+    /// <exception cref="InvalidDataException">Not what <see cref="ToJson"/> writes; the message starts with the field.</exception>
     public static LabelKeyValues FromJson(JsonNode node)
     {
-        string type = node["type"]!.GetValue<string>();
-        var values = node["values"]!.AsArray();
+        if (node is not JsonObject o || o["type"] is not JsonValue typeNode || !typeNode.TryGetValue<string>(out var type))
+            throw new InvalidDataException("label_key_values has no type.");
         var entry = Supported.FirstOrDefault(s => s.Name == type);
-        if (entry.Name is null) throw new InvalidDataException($"Unsupported label type '{type}' in the saved model.");
+        if (entry.Name is null) throw new InvalidDataException($"label_key_values has the unsupported type '{type}'.");
+        if (o["values"] is not JsonArray values) throw new InvalidDataException("label_key_values has no values array.");
         Array array = type switch
         {
-            "text" => values.Select(v => v!.GetValue<string>().AsMemory()).ToArray(),
-            "single" => values.Select(v => v!.GetValue<float>()).ToArray(),
-            "double" => values.Select(v => v!.GetValue<double>()).ToArray(),
-            "int32" => values.Select(v => v!.GetValue<int>()).ToArray(),
-            "int64" => values.Select(v => v!.GetValue<long>()).ToArray(),
-            "uint32" => values.Select(v => v!.GetValue<uint>()).ToArray(),
-            _ => values.Select(v => v!.GetValue<bool>()).ToArray(),
+            "text" => Typed<string>(values).Select(v => v.AsMemory()).ToArray(),
+            "single" => Typed<float>(values),
+            "double" => Typed<double>(values),
+            "int32" => Typed<int>(values),
+            "int64" => Typed<long>(values),
+            "uint32" => Typed<uint>(values),
+            _ => Typed<bool>(values),
         };
         return new LabelKeyValues(entry.Type, array);
     }
+
+    private static T[] Typed<T>(JsonArray values) => values.Select((v, i) => v is JsonValue value && value.TryGetValue<T>(out var typed) ? typed
+        : throw new InvalidDataException($"label_key_values value {i} is not a {typeof(T).Name}: {v?.ToJsonString() ?? "null"}.")).ToArray();
 }

@@ -50,6 +50,9 @@ public sealed class ManImageClassificationTransformer : ITransformer, IDisposabl
     /// <inheritdoc />
     public bool IsRowToRowMapper => true;
 
+    // False when the file it was loaded from predates Man.ML's checksums and could not be verified (the CLI says so).
+    internal bool Verified { get; init; } = true;
+
     internal ManImageClassificationTransformer(UnitChainNetwork network, LabelKeyValues? keyValues, Normalization normalization,
         string imageColumnName, int imageSize, int scoringBatchSize, string device, string trainedWith, ImageRecipe recipe)
     {
@@ -159,7 +162,7 @@ public sealed class ManImageClassificationTransformer : ITransformer, IDisposabl
             try { normalization = info.Normalization; }
             catch (InvalidDataException e) { throw new InvalidDataException($"Checkpoint '{path}': {e.Message}", e); }
             return new ManImageClassificationTransformer(network, LabelKeyValues.FromNames(names), normalization, imageColumnName, info.ImageSize,
-                scoringBatchSize, device, info.TrainedWith, info.Recipe);
+                scoringBatchSize, device, info.TrainedWith, info.Recipe) { Verified = info.Verified };
         }
         catch
         {

@@ -2,9 +2,9 @@
 // (batch-norm statistics included), the optimizer's momentum buffers, libtorch's generator state, the epochs done and
 // their metrics. Data order and augmentation are functions of (seed, epoch) and the learning rate of (epoch, iteration),
 // so an epoch boundary needs nothing more. The header holds the run's plan, compared key by key on resume: a checkpoint
-// of another run is an InvalidOptionException naming the first key that differs; a newer format, a truncated file or a
-// file that is not Man.ML's is a clear InvalidDataException.
-using System.Text;
+// of another run is an InvalidOptionException naming the first key that differs; a newer format, a truncated or damaged
+// file (format version 3 ends with a SHA-256 of the rest, verified before anything is read: CheckpointFormat) or a file
+// that is not Man.ML's is a clear InvalidDataException.
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Man.ML.Local;
@@ -25,13 +25,19 @@ internal sealed record TrainingCheckpointHeader
 
     /// <summary>Metrics of the completed epochs.</summary>
     public List<EpochMetrics> Epochs { get; init; } = new();
+
+    /// <summary>Whether the file carried a checksum and it matched (false: format versions 1 and 2, which record none).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool Verified { get; init; }
 }
 
 /// <summary>Saves and restores a run at an epoch boundary, to files or any stream.</summary>
 internal static class TrainingCheckpoint
 {
-    /// <summary>Current format version (2: the header holds the run's plan).</summary>
-    public const int FormatVersion = 2;
+    /// <summary>Current format version (2: the header holds the run's plan; 3: the file ends with a SHA-256 of its contents).</summary>
+    public const int FormatVersion = 3;
+
+    private const int FirstChecksummedVersion = 3;
 
     private static readonly byte[] Magic = "MANML-RUN\n"u8.ToArray();
     private static readonly JsonSerializerOptions Json = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
@@ -52,26 +58,27 @@ internal static class TrainingCheckpoint
     public static void Save(Stream stream, RunPlan plan, LocalTrainer trainer, IReadOnlyList<EpochMetrics> epochs)
     {
         var header = new TrainingCheckpointHeader { Plan = plan.ToJson(), EpochsCompleted = epochs.Count, Epochs = epochs.ToList() };
-        using var writer = new BinaryWriter(stream, Encoding.UTF8, leaveOpen: true);
-        CheckpointFormat.WriteHeader(writer, Magic, FormatVersion, JsonSerializer.Serialize(header, Json));
-        trainer.Network.save(writer);
-        trainer.AuxiliaryModule.save(writer);
-        trainer.Optimizer.save_state_dict(writer);
-        using var rng = get_rng_state();
-        rng.Save(writer);
+        CheckpointFormat.Write(stream, Magic, FormatVersion, JsonSerializer.Serialize(header, Json), writer =>
+        {
+            trainer.Network.save(writer);
+            trainer.AuxiliaryModule.save(writer);
+            trainer.Optimizer.save_state_dict(writer);
+            using var rng = get_rng_state();
+            rng.Save(writer);
+        });
     }
 
     /// <summary>Reads only the header (to report or check a checkpoint without building anything).</summary>
     public static TrainingCheckpointHeader ReadHeader(string path)
     {
         using var stream = Open(path);
-        using var reader = new BinaryReader(stream, Encoding.UTF8, leaveOpen: true);
-        return ReadHeader(reader, $"Checkpoint '{path}'");
+        using var frame = OpenFrame(stream, $"Checkpoint '{path}'");
+        return ReadHeader(frame, $"Checkpoint '{path}'");
     }
 
     /// <summary>Restores <paramref name="trainer"/> (built from <paramref name="plan"/>) from <paramref name="path"/>.</summary>
     /// <exception cref="InvalidOptionException">The checkpoint is from a run with other options; the message names the first that differs.</exception>
-    /// <exception cref="InvalidDataException">A newer format, truncated, or not a Man.ML run checkpoint.</exception>
+    /// <exception cref="InvalidDataException">A newer format, truncated, damaged (its checksum does not match), or not a Man.ML run checkpoint.</exception>
     public static TrainingCheckpointHeader Restore(string path, RunPlan plan, LocalTrainer trainer)
     {
         using var stream = Open(path);
@@ -80,12 +87,13 @@ internal static class TrainingCheckpoint
 
     /// <summary>Restores <paramref name="trainer"/> from <paramref name="stream"/>; <paramref name="name"/> names it in messages.</summary>
     /// <exception cref="InvalidOptionException">The checkpoint is from a run with other options; the message names the first that differs.</exception>
-    /// <exception cref="InvalidDataException">A newer format, truncated, or not a Man.ML run checkpoint.</exception>
+    /// <exception cref="InvalidDataException">A newer format, truncated, damaged (its checksum does not match), or not a Man.ML run checkpoint.</exception>
     public static TrainingCheckpointHeader Restore(Stream stream, RunPlan plan, LocalTrainer trainer, string name = "The checkpoint")
     {
-        using var reader = new BinaryReader(stream, Encoding.UTF8, leaveOpen: true);
-        var header = ReadHeader(reader, name);
+        using var frame = OpenFrame(stream, name);
+        var header = ReadHeader(frame, name);
         EnsureSameRun(header, plan, name);
+        var reader = frame.Reader;
         try
         {
             trainer.Network.load(reader);
@@ -95,9 +103,9 @@ internal static class TrainingCheckpoint
             rng.Load(reader);
             set_rng_state(rng);
         }
-        catch (Exception e) when (e is EndOfStreamException or ArgumentException or InvalidOperationException)
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
-            throw new InvalidDataException($"{name} is truncated or damaged: {e.Message}", e);
+            throw new InvalidDataException($"{name} is truncated or damaged: {CheckpointFormat.Reason(e)}", e);
         }
         return header;
     }
@@ -127,10 +135,27 @@ internal static class TrainingCheckpoint
 
     private static FileStream Open(string path) => InputFiles.OpenRead(path, "Checkpoint");
 
-    private static TrainingCheckpointHeader ReadHeader(BinaryReader reader, string name)
+    private static CheckpointFormat.Frame OpenFrame(Stream stream, string name) =>
+        CheckpointFormat.Open(stream, Magic, FormatVersion, FirstChecksummedVersion, name, "run checkpoint");
+
+    private static TrainingCheckpointHeader ReadHeader(CheckpointFormat.Frame frame, string name)
     {
-        var (_, json) = CheckpointFormat.ReadHeader(reader, Magic, FormatVersion, name, "run checkpoint");
-        try { return JsonSerializer.Deserialize<TrainingCheckpointHeader>(json, Json) ?? throw new InvalidDataException($"{name} has an empty header."); }
-        catch (JsonException e) { throw new InvalidDataException($"{name} is truncated or damaged.", e); }
+        TrainingCheckpointHeader header;
+        try
+        {
+            header = JsonSerializer.Deserialize<TrainingCheckpointHeader>(frame.Json, Json) ?? throw new InvalidDataException($"{name} has an empty header.");
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or ArgumentException or FormatException or NotSupportedException)
+        {
+            throw new InvalidDataException($"{name} has a damaged header: {CheckpointFormat.Reason(e)}", e);
+        }
+        string? wrong =
+            header.Plan is null && header.Configuration is null ? "it holds neither a plan nor a configuration"
+            : header.EpochsCompleted < 0 ? $"epochs_completed is {header.EpochsCompleted}"
+            : header.Epochs is null || header.Epochs.Any(e => e is null) ? "epochs holds a null"
+            : header.Epochs.Count != header.EpochsCompleted ? $"epochs holds {header.Epochs.Count} epochs, epochs_completed says {header.EpochsCompleted}"
+            : null;
+        if (wrong is not null) throw new InvalidDataException($"{name} has a damaged header: {wrong}.");
+        return header with { Verified = frame.Verified };
     }
 }
