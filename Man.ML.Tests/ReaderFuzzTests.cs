@@ -57,15 +57,31 @@ public sealed class ReaderFuzzTests
     }
 
     /// <summary>Mutates <paramref name="seedFile"/> for the time bound; returns the rounds tried and how many loaded.</summary>
-    private static (int Rounds, int Loaded) Fuzz(string kind, byte[] seedFile, Action<byte[]> read, params Type[] declared)
+    private static (int Rounds, int Loaded) Fuzz(string kind, byte[] seedFile, Action<byte[]> read, params Type[] declared) =>
+        Fuzz(kind, seedFile, random => Mutate(seedFile, random), read, declared);
+
+    /// <summary>
+    /// Mutates all but the last <paramref name="tailLength"/> bytes (the checksum) of <paramref name="seedFile"/> and has
+    /// <paramref name="reseal"/> write a checksum that matches, so that the mutations reach the parser behind the check.
+    /// </summary>
+    private static (int Rounds, int Loaded) FuzzResealed(string kind, byte[] seedFile, int tailLength, Func<byte[], byte[]> reseal,
+        Action<byte[]> read, params Type[] declared)
+    {
+        var body = seedFile[..^tailLength];
+        var tail = seedFile[^tailLength..];
+        return Fuzz(kind, seedFile, random => reseal(Mutate(body, random).Concat(tail).ToArray()), read, declared);
+    }
+
+    private static (int Rounds, int Loaded) Fuzz(string kind, byte[] seedFile, Func<Random, byte[]> mutate, Action<byte[]> read, Type[] declared)
     {
         var clock = Stopwatch.StartNew();
-        int rounds = 0, loaded = 0;
+        int rounds = 0, loaded = 0, tried = 0;
         while (clock.Elapsed.TotalSeconds < Seconds)
         {
-            int seed = BaseSeed * 1_000_003 + rounds;
-            var input = Mutate(seedFile, new Random(seed));
+            int seed = BaseSeed * 1_000_003 + tried++;
+            var input = mutate(new Random(seed));
             rounds++;
+            if (input.AsSpan().SequenceEqual(seedFile)) { rounds--; continue; } // a mutation that changed nothing (a byte set to its own value)
             var task = Task.Run(() => read(input));
             bool finished;
             try { finished = task.Wait(PerInput); }
@@ -126,6 +142,18 @@ public sealed class ReaderFuzzTests
             using var stream = new MemoryStream(bytes);
             ModelCheckpoint.Load(stream).Network.Dispose();
         }, typeof(InvalidDataException));
+        FuzzResealed("model.ckpt, checksum resealed", memory.ToArray(), CheckpointFormat.TrailerLength, ResealCheckpoint, bytes =>
+        {
+            using var stream = new MemoryStream(bytes);
+            ModelCheckpoint.Load(stream).Network.Dispose();
+        }, typeof(InvalidDataException));
+    }
+
+    // The checkpoint frame's trailer: its magic and the SHA-256 of every byte before it.
+    private static byte[] ResealCheckpoint(byte[] file)
+    {
+        var body = file[..^CheckpointFormat.TrailerLength];
+        return body.Concat(CheckpointFormat.TrailerMagic).Concat(System.Security.Cryptography.SHA256.HashData(body)).ToArray();
     }
 
     [TestMethod]
@@ -138,11 +166,14 @@ public sealed class ReaderFuzzTests
         var trainer = new Trainer(Tiny);
         var plan = trainer.Prepare(10, 32);
         using var local = trainer.CreateLocalTrainer(10, 32);
-        Fuzz("run.ckpt", File.ReadAllBytes(path), bytes =>
+        void Restore(byte[] bytes)
         {
             using var stream = new MemoryStream(bytes);
             TrainingCheckpoint.Restore(stream, plan, local);
-        }, typeof(InvalidDataException), typeof(InvalidOptionException));
+        }
+        Fuzz("run.ckpt", File.ReadAllBytes(path), Restore, typeof(InvalidDataException), typeof(InvalidOptionException));
+        FuzzResealed("run.ckpt, checksum resealed", File.ReadAllBytes(path), CheckpointFormat.TrailerLength, ResealCheckpoint, Restore,
+            typeof(InvalidDataException), typeof(InvalidOptionException));
     }
 
     [TestMethod]
@@ -159,13 +190,22 @@ public sealed class ReaderFuzzTests
             .Fit(data);
         using var memory = new MemoryStream();
         mlContext.Model.SaveManModel(model, data.Schema, memory);
-        Fuzz("ML.NET model", memory.ToArray(), bytes =>
+        void Load(byte[] bytes)
         {
             using var stream = new MemoryStream(bytes);
             var loaded = new MLContext(1).Model.LoadManModel(stream, out _);
-            (loaded as IDisposable)?.Dispose();
             foreach (var part in (IEnumerable<ITransformer>)loaded) (part as IDisposable)?.Dispose();
-        }, typeof(InvalidDataException));
+        }
+        Fuzz("ML.NET model", memory.ToArray(), Load, typeof(InvalidDataException));
+        // The checksum is the zip's comment, its last 64 characters: everything before them is mutated, then sealed again.
+        FuzzResealed("ML.NET model, checksum resealed", memory.ToArray(), 64, bytes =>
+        {
+            var sealedZip = new MemoryStream();
+            sealedZip.Write(bytes);
+            try { ManModelOperations.Seal(sealedZip); }
+            catch (InvalidOperationException) { } // the mutation hit the checksum's prefix: the input stays unsealed
+            return sealedZip.ToArray();
+        }, Load, typeof(InvalidDataException));
     }
 
     [TestMethod]
