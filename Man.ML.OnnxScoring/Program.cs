@@ -35,14 +35,24 @@ root.SetAction(parse =>
         return Scoring.Run(parse.GetValue(modelOption)!, parse.GetValue(imagesOption)!, parse.GetValue(scoresOption), parse.GetValue(roundsOption),
             parse.GetValue(maxPixelsOption));
     }
-    catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or OnnxRuntimeException or ArgumentException
-                                  or IOException)
+    catch (Exception e) when (UserError(e) is { } error)
     {
-        Console.Error.WriteLine($"manml-onnx-score: error: {e.Message.ReplaceLineEndings(" ")}");
+        Console.Error.WriteLine($"manml-onnx-score: error: {error.Message.ReplaceLineEndings(" ")}");
         return 2;
     }
 });
 return root.Parse(args).Invoke();
+
+// ML.NET wraps an exception of the mapping (an image that cannot be decoded, or over the limit) in its own: the user's
+// error is the first one inside that says what is wrong with the input.
+static Exception? UserError(Exception e)
+{
+    for (Exception? inner = e; inner is not null; inner = inner.InnerException)
+        if (inner is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or OnnxRuntimeException or ArgumentException
+            or IOException)
+            return inner;
+    return null;
+}
 
 /// <summary>One image file and its class folder.</summary>
 internal sealed class ImageFile

@@ -239,5 +239,23 @@ public sealed class ImageLimitTests
         var accepted = TestSupport.RunManml(new[] { "score-model", "--model", model, "--images", Path.Combine(dir.Path, "medium") });
         Assert.AreEqual(0, accepted.ExitCode, accepted.Stderr);
         StringAssert.Contains(accepted.Stdout, medium);
+
+        // The ONNX sample decodes the files itself, with the same check.
+        var onnx = Path.Combine(run.Path, "model.onnx");
+        Assert.AreEqual(0, TestSupport.RunManml(new[] { "export-onnx", "--model", model, "--out", onnx }).ExitCode);
+        foreach (var (set, limit, expected) in new[]
+        {
+            ("big", "67108864", $"Image '{oversized}': the image is 9000x9000"), ("medium", "50000", $"Image '{medium}': the image is 300x300"),
+            ("header", "67108864", $"Image '{headerOnly}': the file is truncated"),
+        })
+        {
+            var r = TestSupport.Run("dotnet", new[]
+            {
+                OnnxExportTests.OnnxScoringDll(), "--model", onnx, "--images", Path.Combine(dir.Path, set), "--rounds", "1", "--max-image-pixels", limit,
+            });
+            Assert.AreEqual(2, r.ExitCode, r.Stderr);
+            StringAssert.Contains(r.Stderr, expected);
+            Assert.AreEqual(1, r.Stderr.Trim().Split('\n').Length, "one line of error:\n" + r.Stderr);
+        }
     }
 }
