@@ -34,10 +34,14 @@ public sealed class ImageLimitTests
         Directory.CreateDirectory(Path.GetDirectoryName(medium)!);
         using (var image = MLImage.CreateFromPixels(300, 300, MLPixelFormat.Rgba32, Enumerable.Repeat((byte)128, 300 * 300 * 4).ToArray()))
             image.Save(medium);
+        // The ImageNet layout, for manml train --dataset imagenet.
+        var inet = Path.Combine(dir.Path, "inet", "train");
+        Directory.CreateDirectory(Path.Combine(inet, "cat"));
+        File.Copy(oversized, Path.Combine(inet, "cat", "huge.png"));
         // A second class beside each bad image, so the folders are data sets.
-        foreach (var set in new[] { "big", "header", "text", "medium" })
+        foreach (var small in new[] { "big", "header", "text", "medium", "inet/train" }.Select(set => Path.Combine(dir.Path, set, "dog", "small.png"))
+                     .Append(Path.Combine(inet, "dog", "small2.png")))
         {
-            var small = Path.Combine(dir.Path, set, "dog", "small.png");
             Directory.CreateDirectory(Path.GetDirectoryName(small)!);
             using var image = MLImage.CreateFromPixels(32, 32, MLPixelFormat.Rgba32, new byte[32 * 32 * 4]);
             image.Save(small);
@@ -227,6 +231,11 @@ public sealed class ImageLimitTests
                 $"Image '{medium}': the image is 300x300 (90,000 pixels), more than the limit of 50,000 pixels"),
             (new[] { "image-folder", "--images", Path.Combine(dir.Path, "big"), "--arch", "resnet8", "--k", "2", "--out", run.Path },
                 $"Image '{oversized}': the image is 9000x9000"),
+            (new[]
+            {
+                "train", "--dataset", "imagenet", "--data", Path.Combine(dir.Path, "inet"), "--arch", "resnet18", "--k", "2", "--image-size", "32",
+                "--epochs", "1", "--batch-size", "2", "--val-split", "1", "--workers", "1", "--no-backend-check", "--out", run.Path,
+            }, $"Image '{Path.Combine(dir.Path, "inet", "train", "cat", "huge.png")}': the image is 9000x9000"),
             (new[] { "score-model", "--model", model, "--images", Path.Combine(dir.Path, "medium"), "--max-image-pixels", "0" },
                 "--max-image-pixels must be at least 1 (got 0)"),
         })
