@@ -16,8 +16,11 @@ namespace Man.ML.Interop;
 
 internal static class WeightFiles
 {
-    /// <summary>Most bytes of a safetensors JSON header, or of a torch.save pickle (data.pkl): ResNet-152's are under 100 KB.</summary>
+    /// <summary>Most bytes of a safetensors JSON header: ResNet-152's is under 100 KB.</summary>
     public const long MaxHeaderBytes = 100_000_000;
+
+    /// <summary>Most bytes of a torch.save pickle (data.pkl), which the walk holds with its stack and memo: ResNet-152's is under 100 KB.</summary>
+    public const long MaxPickleBytes = 16_000_000;
 
     /// <summary>Most bytes of one tensor: what PyBridge reads into one .NET array.</summary>
     public const long MaxTensorBytes = int.MaxValue;
@@ -138,9 +141,9 @@ internal static class WeightFiles
             }
             var pickle = archive.Entries.FirstOrDefault(e => e.Name.EndsWith("data.pkl", StringComparison.Ordinal))
                 ?? throw Bad(name, "could not be read as a torch.save state dict: the zip file holds no data.pkl.");
-            if (pickle.Length > MaxHeaderBytes)
+            if (pickle.Length > MaxPickleBytes)
                 throw Bad(name, Invariant($"could not be read as a torch.save state dict: its data.pkl has {pickle.Length:N0} bytes, ",
-                                          $"more than the {MaxHeaderBytes:N0} Man.ML reads."));
+                                          $"more than the {MaxPickleBytes:N0} Man.ML reads."));
             var bytes = new byte[pickle.Length];
             try
             {
