@@ -186,7 +186,7 @@ public static class PyTorchWeights
         // The pickle library's refusal of a Python object advises its own API: say what the user can do instead.
         catch (Exception e) when (e.GetType().FullName == "Razorvine.Pickle.PickleException")
         {
-            throw WeightFiles.NotTensors(name, "something other than a state dict of tensors");
+            throw WeightFiles.NotTensors(name, "something other than a state dict of tensors", e);
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {

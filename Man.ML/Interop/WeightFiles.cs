@@ -160,8 +160,8 @@ internal static class WeightFiles
     /// The refusal of a pickle that holds something other than tensors: <paramref name="what"/> names it (a Python
     /// global such as 'os.system').
     /// </summary>
-    public static IncompatibleWeightsException NotTensors(string name, string what) =>
-        Bad(name, $"holds {what}, not only tensors: a Python object Man.ML refuses to unpickle; {SaveAdvice}.");
+    public static IncompatibleWeightsException NotTensors(string name, string what, Exception? inner = null) =>
+        new($"Weights file '{name}' holds {what}, not only tensors: a Python object Man.ML refuses to unpickle; {SaveAdvice}.", inner);
 
     // Walks a pickle as Python's unpickler would, building nothing but the values a state dict is made of, and calling
     // nothing: REDUCE of an allowed global records the call; any other global is refused where it appears.
