@@ -19,23 +19,40 @@ var roundsOption = new Option<int>("--rounds")
 {
     Description = "Timed scoring passes after one warm-up pass (the median is reported).", DefaultValueFactory = _ => 3,
 };
+var maxPixelsOption = new Option<long>("--max-image-pixels")
+{
+    Description = "Refuse an image file of more pixels (width x height), read from its header before decoding (default 8192x8192).",
+    DefaultValueFactory = _ => ImageHeader.DefaultMaxPixels,
+};
 var root = new RootCommand("Score an image folder with a Man.ML model exported to ONNX, without TorchSharp or libtorch.")
 {
-    modelOption, imagesOption, scoresOption, roundsOption,
+    modelOption, imagesOption, scoresOption, roundsOption, maxPixelsOption,
 };
 root.SetAction(parse =>
 {
     try
     {
-        return Scoring.Run(parse.GetValue(modelOption)!, parse.GetValue(imagesOption)!, parse.GetValue(scoresOption), parse.GetValue(roundsOption));
+        return Scoring.Run(parse.GetValue(modelOption)!, parse.GetValue(imagesOption)!, parse.GetValue(scoresOption), parse.GetValue(roundsOption),
+            parse.GetValue(maxPixelsOption));
     }
-    catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or OnnxRuntimeException or ArgumentException)
+    catch (Exception e) when (UserError(e) is { } error)
     {
-        Console.Error.WriteLine($"manml-onnx-score: error: {e.Message.ReplaceLineEndings(" ")}");
+        Console.Error.WriteLine($"manml-onnx-score: error: {error.Message.ReplaceLineEndings(" ")}");
         return 2;
     }
 });
 return root.Parse(args).Invoke();
+
+// ML.NET wraps an exception of the mapping (an image that cannot be decoded, or over the limit) in its own: the user's
+// error is the first one inside that says what is wrong with the input.
+static Exception? UserError(Exception e)
+{
+    for (Exception? inner = e; inner is not null; inner = inner.InnerException)
+        if (inner is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or OnnxRuntimeException or ArgumentException
+            or IOException)
+            return inner;
+    return null;
+}
 
 /// <summary>One image file and its class folder.</summary>
 internal sealed class ImageFile
@@ -52,10 +69,11 @@ internal sealed class ImagePixelsRow
 
 internal static class Scoring
 {
-    public static int Run(string modelPath, string imageFolder, string? scoresPath, int rounds)
+    public static int Run(string modelPath, string imageFolder, string? scoresPath, int rounds, long maxPixels)
     {
         if (!File.Exists(modelPath)) throw new FileNotFoundException($"Model '{modelPath}' does not exist.", modelPath);
         if (rounds < 1) throw new ArgumentException($"--rounds must be at least 1 (got {rounds}).");
+        if (maxPixels < 1) throw new ArgumentException($"--max-image-pixels must be at least 1 (got {maxPixels}).");
         var (classes, size, imageNetRecipe) = ReadMetadata(modelPath);
         var rows = ListImages(imageFolder);
 
@@ -67,13 +85,8 @@ internal static class Scoring
         void Preprocess(ImageFile input, ImagePixelsRow output)
         {
             var pixels = new byte[3 * size * size];
-            MLImage image;
-            try { image = MLImage.CreateFromFile(input.ImagePath); }
-            catch (Exception e) when (e is not OperationCanceledException)
-            {
-                throw new InvalidDataException($"Image '{input.ImagePath}' cannot be decoded: {e.Message}", e);
-            }
-            using (image) ImagePixels.ToInput(image, imageNetRecipe ? (w, h) => ImagePixels.CentreCrop(size, resize, w, h) : null, size, pixels);
+            using (var image = ImageHeader.DecodeFile(input.ImagePath, maxPixels))
+                ImagePixels.ToInput(image, imageNetRecipe ? (w, h) => ImagePixels.CentreCrop(size, resize, w, h) : null, size, pixels);
             var values = new float[pixels.Length];
             for (int i = 0; i < pixels.Length; i++) values[i] = pixels[i];
             output.Pixels = values;

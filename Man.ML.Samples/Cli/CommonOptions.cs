@@ -50,5 +50,29 @@ internal static class CommonOptions
         Description = "Device: cpu or cuda.", DefaultValueFactory = _ => DefaultDevice,
     };
 
+    /// <summary>--max-image-pixels, for the commands that decode image files: read from each header before decoding.</summary>
+    public static Option<long> MaxImagePixels() => new("--max-image-pixels")
+    {
+        Description = "Refuse an image file of more pixels (width x height), read from its header before decoding (default 8192x8192).",
+        DefaultValueFactory = _ => Defaults.MaxImagePixels,
+    };
+
+    /// <summary>The value of <see cref="MaxImagePixels"/>, checked.</summary>
+    public static long GetMaxImagePixels(System.CommandLine.ParseResult parse, Option<long> option)
+    {
+        long value = parse.GetValue(option);
+        if (value < 1) throw new CliException($"{option.Name} must be at least 1 (got {value}).");
+        return value;
+    }
+
+    /// <summary>
+    /// Reads the header of every image file before a pipeline's LoadImages decodes them with ML.NET's own decoder, which
+    /// Man.ML cannot bound: an image over the limit, or with no image header, is an error naming the file.
+    /// </summary>
+    public static void CheckImageFiles(IEnumerable<string> paths, long maxPixels)
+    {
+        foreach (var path in paths) Data.ImageHeader.CheckFile(path, maxPixels);
+    }
+
     public static Option<int?> Threads() => new("--threads") { Description = "CPU threads for libtorch (default: all cores)." };
 }

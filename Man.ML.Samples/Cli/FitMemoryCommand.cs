@@ -43,6 +43,7 @@ internal static class FitMemoryCommand
             int n = parse.GetValue(rows);
             if (n < 2) throw new CliException("--rows must be at least 2.");
             var listed = ImageFolderSample.ListImages(parse.GetValue(images)!);
+            CommonOptions.CheckImageFiles(listed.Select(r => r.ImagePath), Training.TrainingOptions.DefaultMaxImagePixels); // before LoadImages decodes
             var repeated = Enumerable.Range(0, n).Select(i => listed[i % listed.Count]).ToList();
             using var cancel = new CancellationTokenSource();
             int batches = 0;

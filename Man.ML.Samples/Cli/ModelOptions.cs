@@ -37,6 +37,7 @@ internal sealed class ModelOptions
     {
         Description = "Background threads decoding image files (default 0: half the cores).", DefaultValueFactory = _ => Defaults.DataWorkers,
     };
+    public Option<long> MaxImagePixels { get; } = CommonOptions.MaxImagePixels();
     public Option<int> K { get; } = CommonOptions.K();
     public Option<string> Rule { get; } = CommonOptions.Rule();
     public Option<bool> Man { get; } = new("--man")
@@ -102,7 +103,7 @@ internal sealed class ModelOptions
 
     public IEnumerable<Option> All => new Option[]
     {
-        Preset, Dataset, Arch, K, Split, ImageSize, Workers, Rule, Man, NoMan, ManAblation, ManInit, EmaMomentum, ManMix, DglHead,
+        Preset, Dataset, Arch, K, Split, ImageSize, Workers, MaxImagePixels, Rule, Man, NoMan, ManAblation, ManInit, EmaMomentum, ManMix, DglHead,
         AuxConfig, InfoProLoss, Lambda, LambdaSchedule, Epochs, BatchSize, Lr, WeightDecay, InitFrom, Seed, Threads, Device, ConvWorkaround,
     };
 
@@ -165,6 +166,7 @@ internal sealed class ModelOptions
             SplitTable = Given(parse, Split) ? Choices.Parse<SplitTable>(parse.GetValue(Split)!, Split.Name) : baseline.SplitTable,
             ImageSize = Given(parse, ImageSize) ? parse.GetValue(ImageSize) : baseline.ImageSize,
             DataWorkers = Pick(Workers, baseline.DataWorkers),
+            MaxImagePixels = Pick(MaxImagePixels, baseline.MaxImagePixels),
             K = Pick(K, baseline.K),
             Rule = ChoiceOf(Rule, baseline.Rule),
             RuleSettings = rules,

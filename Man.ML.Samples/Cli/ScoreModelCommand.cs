@@ -17,7 +17,11 @@ internal static class ScoreModelCommand
     {
         var model = new Option<string>("--model") { Description = "A model saved with SaveManModel (.zip), or manml train's DIR/model.ckpt.", Required = true };
         var images = new Option<string>("--images") { Description = "Folder of class folders.", Required = true };
-        var command = new Command("score-model", "Score an image folder with a saved model; prints scores (with exact float bits) as JSON.") { model, images };
+        var maxPixels = CommonOptions.MaxImagePixels();
+        var command = new Command("score-model", "Score an image folder with a saved model; prints scores (with exact float bits) as JSON.")
+        {
+            model, images, maxPixels,
+        };
         command.SetAction(parse => CliErrors.Run(() =>
         {
             var mlContext = new MLContext(0);
@@ -30,7 +34,11 @@ internal static class ScoreModelCommand
                         .Fit(mlContext.Data.LoadFromEnumerable(new List<ImageRow>())),
                     ManImageClassificationTransformer.FromCheckpoint(path, "Image"));
             ModelFiles.NoteUnverified(path, ModelFiles.Find(loaded)?.Verified ?? true);
+            long limit = CommonOptions.GetMaxImagePixels(parse, maxPixels);
             var rows = ImageFolderSample.ListImages(parse.GetValue(images)!);
+            CommonOptions.CheckImageFiles(rows.Select(r => r.ImagePath), limit);
+            foreach (var transformer in (loaded as IEnumerable<ITransformer> ?? new[] { loaded }).OfType<ManImageClassificationTransformer>())
+                transformer.MaxImagePixels = limit;
             var scored = loaded.Transform(mlContext.Data.LoadFromEnumerable(rows));
             string[][] scores = Array.Empty<string[]>();
             double seconds = 0;

@@ -58,6 +58,8 @@ public static class ImageFolderSample
         mlContext.Log += (_, e) => { if (e.Message.Contains("Man.ML")) log(e.Message); };
 
         var (trainRows, validationRows) = LoadSplit(imagesFolder);
+        // LoadImages decodes with ML.NET's decoder, which no limit reaches: every file's header is checked first.
+        foreach (var row in trainRows.Concat(validationRows)) Data.ImageHeader.CheckFile(row.ImagePath, options.MaxImagePixels);
         var trainData = mlContext.Data.LoadFromEnumerable(trainRows);
         var validationData = mlContext.Data.LoadFromEnumerable(validationRows);
 

@@ -14,6 +14,9 @@ namespace Man.ML.Data;
 /// <param name="Normalization">Per-channel normalisation (ImageNet's mean and std).</param>
 internal sealed record ImageNetTransform(int CropSize, int ResizeSize, Normalization Normalization)
 {
+    /// <summary>Most pixels an image may have; a larger one is refused from its header, before decoding (ImageHeader).</summary>
+    public long MaxPixels { get; init; } = ImageHeader.DefaultMaxPixels;
+
     /// <summary>ImageNet's mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).</summary>
     public static Normalization ImageNetNormalization { get; } = new(new[] { 0.485f, 0.456f, 0.406f }, new[] { 0.229f, 0.224f, 0.225f });
 
@@ -58,18 +61,12 @@ internal sealed record ImageNetTransform(int CropSize, int ResizeSize, Normaliza
     /// (<see cref="ImagePixels"/>: the same decoder, crop and antialiased bilinear), then writes normalised floats,
     /// channel-major, into <paramref name="destination"/> (3·S·S).
     /// </summary>
-    /// <exception cref="InvalidDataException">The file cannot be decoded as an image.</exception>
+    /// <exception cref="InvalidDataException">The file cannot be decoded as an image, or has more than <see cref="MaxPixels"/>.</exception>
     public void Load(string path, Random? random, Span<float> destination)
     {
         int s = CropSize, plane = s * s;
         var pixels = new byte[3 * plane];
-        MLImage image;
-        try { image = MLImage.CreateFromFile(path); }
-        catch (Exception e) when (e is not OperationCanceledException)
-        {
-            throw new InvalidDataException($"Image '{path}' cannot be decoded (not a JPEG/PNG/BMP/WebP image, or truncated): {e.Message}", e);
-        }
-        using (image)
+        using (var image = ImageHeader.DecodeFile(path, MaxPixels))
         {
             try { ImagePixels.ToInput(image, (w, h) => random is null ? CentreCrop(w, h) : RandomResizedCrop(w, h, random), s, pixels); }
             catch (InvalidDataException e) { throw new InvalidDataException($"Image '{path}': {e.Message}", e); }

@@ -159,6 +159,9 @@ public static class PyTorchWeights
     private static Dictionary<string, Tensor> Read(string path, WeightsFormat format)
     {
         string name = Path.GetFileName(path);
+        // PyBridge allocates whatever the file declares: the file is checked against itself first (WeightFiles).
+        if (format == WeightsFormat.Safetensors) WeightFiles.CheckSafetensors(path);
+        else WeightFiles.CheckTorchZip(path);
         try
         {
             if (format == WeightsFormat.Safetensors) return StripPrefix(Safetensors.LoadStateDict(path));
@@ -180,11 +183,25 @@ public static class PyTorchWeights
             return StripPrefix(tensors);
         }
         catch (IncompatibleWeightsException) { throw; }
+        // The pickle library's refusal of a Python object advises its own API: say what the user can do instead.
+        catch (Exception e) when (e.GetType().FullName == "Razorvine.Pickle.PickleException")
+        {
+            throw WeightFiles.NotTensors(name, "something other than a state dict of tensors", e);
+        }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
             throw new IncompatibleWeightsException($"Weights file '{name}' could not be read as a " +
-                $"{(format == WeightsFormat.Safetensors ? "safetensors" : "torch.save")} state dict: {e.Message}", e);
+                $"{(format == WeightsFormat.Safetensors ? "safetensors" : "torch.save")} state dict: {OneLine(e.Message)}", e);
         }
+    }
+
+    // A libtorch error carries its C++ backtrace ("Exception raised from ...", "frame #0: ...") after the message.
+    internal static string OneLine(string message)
+    {
+        int backtrace = message.IndexOf("Exception raised from", StringComparison.Ordinal);
+        if (backtrace >= 0) message = message[..backtrace];
+        var first = message.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).FirstOrDefault() ?? "";
+        return first.Length > 300 ? first[..300] + "…" : first;
     }
 
     private static void DisposeTensors(Hashtable table)

@@ -73,7 +73,7 @@ internal sealed class DataViewImages
     /// <exception cref="ArgumentException">The view is empty, a column has a type Man.ML cannot read, or there are too few classes.</exception>
     /// <exception cref="InvalidDataException">A row's label is missing.</exception>
     public static DataViewImages Scan(IDataView data, string labelColumnName, string imageColumnName, int imageSize, string what,
-        int? expectedClasses, CancellationToken cancellation)
+        int? expectedClasses, CancellationToken cancellation, long maxPixels = ImageHeader.DefaultMaxPixels)
     {
         var labelColumn = data.Schema.GetColumnOrNull(labelColumnName)
             ?? throw new ArgumentOutOfRangeException(nameof(data),
@@ -104,7 +104,7 @@ internal sealed class DataViewImages
         if (expectedClasses is { } n && n != classes)
             throw new ArgumentException($"The {what}'s label column '{labelColumnName}' has {classes} classes; the training data has {n}.");
         var keyValues = LabelKeyValues.FromColumn(labelColumn);
-        var imageColumn = ImageColumn.Resolve(data.Schema, imageColumnName, imageSize);
+        var imageColumn = ImageColumn.Resolve(data.Schema, imageColumnName, imageSize, maxPixels);
 
         var ids = new List<DataViewRowId>();
         using (var cursor = data.GetRowCursor(new[] { labelColumn }))

@@ -1,9 +1,12 @@
 // Reading an image column of an IDataView into the network's input format (3 x S x S, uint8, planar RGB): an MLImage
 // (from LoadImages), encoded image bytes (from LoadRawImageBytes), or a pixel vector from ExtractPixels with its default
-// settings (planar RGB, values 0-255, known size 3·S·S). Each image is cropped to the rectangle the data recipe asks for
-// (the whole image by default) and resized bilinearly (antialiased, ImagePixels) to S×S. Grayscale and palette images arrive as
-// 32-bit MLImages (LoadImages converts them) and become three equal planes; an alpha channel is dropped. Every failure
-// names the column, and the row where there is one.
+// settings (planar RGB, values 0-255, known size 3·S·S). An image over the pixel limit is refused before it is converted:
+// encoded bytes from the header, before decoding (ImageHeader); an MLImage from its size, since LoadImages has already
+// decoded it with ML.NET's own decoder, which Man.ML cannot bound (the command line checks the files' headers first).
+// Each image is cropped to the rectangle the data recipe asks for (the whole image by default) and resized bilinearly
+// (antialiased, ImagePixels) to S×S. Grayscale and palette images arrive as 32-bit MLImages (LoadImages converts them)
+// and become three equal planes; an alpha channel is dropped. Every failure names the column, and the row where there
+// is one (and the file, where a text column of the row holds its path).
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using Man.ML.Data;
@@ -32,27 +35,31 @@ internal sealed class ImageColumn
     public int ImageSize { get; }
     public int PixelCount => 3 * ImageSize * ImageSize;
 
-    private ImageColumn(string name, ImageColumnKind kind, int imageSize)
+    /// <summary>Most pixels (width·height) an image may have (<see cref="ImageHeader"/>).</summary>
+    public long MaxPixels { get; }
+
+    private ImageColumn(string name, ImageColumnKind kind, int imageSize, long maxPixels)
     {
         Name = name;
         Kind = kind;
         ImageSize = imageSize;
+        MaxPixels = maxPixels;
     }
 
     /// <summary>Checks the column exists and has a type Man.ML can read.</summary>
     /// <exception cref="ArgumentOutOfRangeException">No such column.</exception>
     /// <exception cref="ArgumentException">The column's type is not an image, bytes or a pixel vector of length 3·S·S.</exception>
-    public static ImageColumn Resolve(DataViewSchema schema, string name, int imageSize)
+    public static ImageColumn Resolve(DataViewSchema schema, string name, int imageSize, long maxPixels = ImageHeader.DefaultMaxPixels)
     {
         var column = schema.GetColumnOrNull(name)
             ?? throw new ArgumentOutOfRangeException(nameof(name),
                 $"Image column '{name}' was not found in the data " +
                 $"(columns: {string.Join(", ", schema.Select(c => c.Name))}).");
         var type = column.Type;
-        if (type is ImageDataViewType) return new ImageColumn(name, ImageColumnKind.Image, imageSize);
+        if (type is ImageDataViewType) return new ImageColumn(name, ImageColumnKind.Image, imageSize, maxPixels);
         if (type is VectorDataViewType { ItemType: var item } vector)
         {
-            if (item == NumberDataViewType.Byte) return new ImageColumn(name, ImageColumnKind.EncodedBytes, imageSize);
+            if (item == NumberDataViewType.Byte) return new ImageColumn(name, ImageColumnKind.EncodedBytes, imageSize, maxPixels);
             if (item == NumberDataViewType.Single)
             {
                 int expected = 3 * imageSize * imageSize;
@@ -60,7 +67,7 @@ internal sealed class ImageColumn
                     throw new ArgumentException(
                         $"Image column '{name}' is a pixel vector of {(vector.Size == 0 ? "unknown" : vector.Size.ToString())} values; " +
                         $"expected exactly {expected} (3 x {imageSize} x {imageSize}, planar RGB from ExtractPixels) for ImageSize {imageSize}.");
-                return new ImageColumn(name, ImageColumnKind.Pixels, imageSize);
+                return new ImageColumn(name, ImageColumnKind.Pixels, imageSize, maxPixels);
             }
         }
         throw new ArgumentException(
@@ -104,8 +111,8 @@ internal sealed class ImageColumn
                     var bytes = buffer.DenseValues().ToArray();
                     if (bytes.Length == 0) throw RowError(position, "the image bytes are empty.");
                     MLImage image;
-                    try { image = MLImage.CreateFromStream(new MemoryStream(bytes)); }
-                    catch (Exception e) { throw RowError(position, $"the bytes are not a decodable image: {e.Message}", e); }
+                    try { image = ImageHeader.Decode(new MemoryStream(bytes, writable: false), MaxPixels); }
+                    catch (InvalidDataException e) { throw RowError(position, e.Message, e); }
                     using (image) FromImage(image, target, position);
                 };
             }
@@ -154,9 +161,11 @@ internal sealed class ImageColumn
         var text = schema.Where(c => !c.IsHidden && c.Type is TextDataViewType).ToList();
         return (text, row =>
         {
-            var getters = text.Select(c => (c.Name, Getter: row.GetGetter<ReadOnlyMemory<char>>(c))).ToList();
+            // Made at the first error: a row whose path columns are not active describes nothing rather than failing.
+            List<(string Name, ValueGetter<ReadOnlyMemory<char>> Getter)>? getters = null;
             return () =>
             {
+                getters ??= text.Where(row.IsColumnActive).Select(c => (c.Name, row.GetGetter<ReadOnlyMemory<char>>(c))).ToList();
                 var found = new List<string>();
                 foreach (var (name, getter) in getters)
                 {
@@ -174,7 +183,11 @@ internal sealed class ImageColumn
     // implementation the ONNX scoring sample shares).
     private void FromImage(MLImage image, byte[] target, long position)
     {
-        try { ImagePixels.ToInput(image, crop, ImageSize, target); }
+        try
+        {
+            ImageHeader.Check(image.Width, image.Height, MaxPixels);
+            ImagePixels.ToInput(image, crop, ImageSize, target);
+        }
         catch (InvalidDataException e) { throw RowError(position, e.Message); }
     }
 }

@@ -194,6 +194,15 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         /// </summary>
         public bool CheckBackend { get; set; } = true;
 
+        /// <summary>
+        /// Most pixels (width·height) an image may have; a larger one is an error naming the row, its size and the limit,
+        /// raised before it is decoded where the column holds encoded bytes (LoadRawImageBytes). An MLImage column
+        /// (LoadImages) is decoded by ML.NET before Man.ML sees it: check the files first where they may be hostile. The
+        /// transformer Fit returns keeps the limit (<see cref="ManImageClassificationTransformer.MaxImagePixels"/>).
+        /// Default <see cref="TrainingOptions.DefaultMaxImagePixels"/> (8192×8192).
+        /// </summary>
+        public long MaxImagePixels { get => training.MaxImagePixels; set => training = training with { MaxImagePixels = value }; }
+
         /// <summary>Images scored together by the transformer. Default 256.</summary>
         public int ScoringBatchSize { get => training.EvaluationBatchSize; set => training = training with { EvaluationBatchSize = value }; }
 
@@ -296,11 +305,12 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         var host = environment.Register(nameof(ManImageClassificationTrainer));
         using var channel = host.Start("Training");
         var token = options.CancellationToken;
-        var train = DataViewImages.Scan(input, options.LabelColumnName, options.ImageColumnName, options.ImageSize, "training data", null, token);
+        var train = DataViewImages.Scan(input, options.LabelColumnName, options.ImageColumnName, options.ImageSize, "training data", null, token,
+            options.MaxImagePixels);
         DataViewImages? validation = null;
         if (options.ValidationSet is not null)
             validation = DataViewImages.Scan(options.ValidationSet, options.LabelColumnName, options.ImageColumnName, options.ImageSize,
-                "validation set", train.ClassNames.Count, token);
+                "validation set", train.ClassNames.Count, token, options.MaxImagePixels);
         else if (options.ValidationSetFraction > 0)
             (train, validation) = train.HoldOut(options.ValidationSetFraction, options.Seed);
         var recipe = Recipe;
@@ -360,7 +370,7 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
             $"{(result.Final.ValAccuracy is { } f ? f.ToString("P2") : "n/a")}.");
         return new ManImageClassificationTransformer(result.Network, train.KeyValues, trainingOptions.Normalization,
             options.ImageColumnName, options.ImageSize, options.ScoringBatchSize, options.Device,
-            plan.TrainedWith, recipe);
+            plan.TrainedWith, recipe) { MaxImagePixels = options.MaxImagePixels };
     }
 
     // The initial model's weights and statistics into the freshly built network, after checking they describe the same thing.

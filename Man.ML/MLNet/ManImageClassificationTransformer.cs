@@ -41,6 +41,22 @@ public sealed class ManImageClassificationTransformer : ITransformer, IDisposabl
     /// <summary>Images scored together inside <see cref="Transform"/>.</summary>
     public int ScoringBatchSize { get; }
 
+    /// <summary>
+    /// Most pixels (width·height) an image may have; a larger one is an error naming the row (and the file, where a text
+    /// column holds its path), its size and the limit, raised before decoding for encoded bytes (LoadRawImageBytes) and
+    /// before conversion for an MLImage (LoadImages decodes with ML.NET's own decoder first). Fit sets the trainer's
+    /// <see cref="ManImageClassificationTrainer.Options.MaxImagePixels"/>; a loaded model starts at
+    /// <see cref="Training.TrainingOptions.DefaultMaxImagePixels"/> (8192×8192). Not saved with the model.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">Set below 1.</exception>
+    public long MaxImagePixels
+    {
+        get => maxImagePixels;
+        set => maxImagePixels = value >= 1 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "MaxImagePixels must be at least 1.");
+    }
+
+    private long maxImagePixels = ImageHeader.DefaultMaxPixels;
+
     /// <summary>How images are cropped and resized for scoring: the recipe the model was trained with (never automatic).</summary>
     public ImageRecipe ImageRecipe { get; }
 

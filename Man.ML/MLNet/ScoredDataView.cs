@@ -28,8 +28,10 @@ internal sealed class ScoredDataView : IDataView
         var needed = columnsNeeded.ToList();
         bool scores = needed.Any(c => c.Index >= inputCount);
         var passThrough = input.GetRowCursor(needed.Where(c => c.Index < inputCount).Select(c => input.Schema[c.Index]));
-        var images = scores ? input.GetRowCursor(new[] { input.Schema[model.ImageColumnName] }) : null;
-        return new Cursor(model, Schema, inputCount, passThrough, images);
+        // The image cursor also reads the text columns that name files, so that an image that fails names its file.
+        var (pathColumns, describe) = ImageColumn.PathColumns(input.Schema);
+        var images = scores ? input.GetRowCursor(pathColumns.Prepend(input.Schema[model.ImageColumnName]).Distinct()) : null;
+        return new Cursor(model, Schema, inputCount, passThrough, images, images is null ? null : describe(images));
     }
 
     public DataViewRowCursor[] GetRowCursorSet(IEnumerable<DataViewSchema.Column> columnsNeeded, int n, Random? rand = null) =>
@@ -50,7 +52,7 @@ internal sealed class ScoredDataView : IDataView
         private long position = -1;
 
         public Cursor(ManImageClassificationTransformer model, DataViewSchema schema, int inputCount,
-            DataViewRowCursor passThrough, DataViewRowCursor? images)
+            DataViewRowCursor passThrough, DataViewRowCursor? images, Func<string>? describeRow)
         {
             this.model = model;
             Schema = schema;
@@ -61,7 +63,8 @@ internal sealed class ScoredDataView : IDataView
             onePixels = new byte[size];
             batchPixels = images is null ? Array.Empty<byte>() : new byte[size * model.ScoringBatchSize];
             if (images is not null)
-                readImage = ImageColumn.Resolve(images.Schema, model.ImageColumnName, model.ImageSize).CreateReader(images, crop: model.ScoringCrop);
+                readImage = ImageColumn.Resolve(images.Schema, model.ImageColumnName, model.ImageSize, model.MaxImagePixels)
+                    .CreateReader(images, describeRow, model.ScoringCrop);
         }
 
         public override DataViewSchema Schema { get; }
@@ -153,7 +156,11 @@ internal sealed class ScoringRowMapper : IRowToRowMapper
     {
         var columns = dependingColumns.ToList();
         var inputs = columns.Where(c => c.Index < InputSchema.Count).Select(c => InputSchema[c.Index]).ToList();
-        if (columns.Any(c => c.Index >= InputSchema.Count)) inputs.Add(InputSchema[model.ImageColumnName]);
+        if (columns.Any(c => c.Index >= InputSchema.Count))
+        {
+            inputs.Add(InputSchema[model.ImageColumnName]);
+            inputs.AddRange(ImageColumn.PathColumns(InputSchema).Columns); // an image that fails names its file
+        }
         return inputs.Distinct();
     }
 
@@ -178,7 +185,9 @@ internal sealed class ScoringRowMapper : IRowToRowMapper
             Schema = schema;
             pixels = new byte[3 * model.ImageSize * model.ImageSize];
             scoredPixels = new byte[pixels.Length];
-            if (scores) readImage = ImageColumn.Resolve(input.Schema, model.ImageColumnName, model.ImageSize).CreateReader(input, crop: model.ScoringCrop);
+            if (scores)
+                readImage = ImageColumn.Resolve(input.Schema, model.ImageColumnName, model.ImageSize, model.MaxImagePixels)
+                    .CreateReader(input, ImageColumn.PathColumns(input.Schema).Describe(input), model.ScoringCrop);
         }
 
         public override DataViewSchema Schema { get; }

@@ -158,7 +158,10 @@ public sealed class Trainer
     /// </summary>
     public TrainingResult Train(ImageFileSet train, ImageFileSet? validation, CancellationToken cancellation = default)
     {
-        var transform = ImageNetTransform.ForCrop(Options.ImageSize ?? 224) with { Normalization = Options.Normalization };
+        var transform = ImageNetTransform.ForCrop(Options.ImageSize ?? 224) with
+        {
+            Normalization = Options.Normalization, MaxPixels = Options.MaxImagePixels,
+        };
         return Train(new FileSource(train, transform, Options.DataWorkers),
             validation is null ? null : new FileSource(validation, transform, Options.DataWorkers), null, cancellation);
     }

@@ -34,6 +34,19 @@ public sealed record TrainingOptions
     /// <summary>Side of the network input for image-file data (ImageNet layout); null: 224. Data held in memory keeps its own size.</summary>
     public int? ImageSize { get; init; }
 
+    /// <summary>
+    /// The default of <see cref="MaxImagePixels"/>: 64 megapixels (8192×8192), above any camera photograph, while one
+    /// decoded image of that size already takes 256 MiB (plus a 192 MiB planar copy) on each decoding thread.
+    /// </summary>
+    public const long DefaultMaxImagePixels = Data.ImageHeader.DefaultMaxPixels;
+
+    /// <summary>
+    /// Most pixels (width·height) an image file may have: its header is read before decoding, and a larger image is an
+    /// error naming the file, its size and the limit, so a small file that decodes to gigabytes (a 1 MB PNG of
+    /// 20000×20000) is refused before it takes the memory. Default <see cref="DefaultMaxImagePixels"/>.
+    /// </summary>
+    public long MaxImagePixels { get; init; } = DefaultMaxImagePixels;
+
     /// <summary>Background threads decoding image files; 0: half the cores (at least one).</summary>
     public int DataWorkers { get; init; }
 
@@ -102,6 +115,7 @@ public sealed record TrainingOptions
         Check(Epochs >= 1, nameof(Epochs), $"Epochs must be at least 1 (got {Epochs}).");
         Check(BatchSize >= 2, nameof(BatchSize), $"The batch size must be at least 2 for batch norm (got {BatchSize}).");
         Check(ImageSize is null or >= 32, nameof(ImageSize), $"The image size must be at least 32 (got {ImageSize}).");
+        Check(MaxImagePixels >= 1, nameof(MaxImagePixels), $"The image pixel limit must be at least 1 (got {MaxImagePixels}).");
         Check(DataWorkers >= 0, nameof(DataWorkers), $"Data workers must be 0 (automatic) or more (got {DataWorkers}).");
         Check(EvaluationBatchSize >= 1, nameof(EvaluationBatchSize), $"The evaluation batch size must be positive (got {EvaluationBatchSize}).");
         Check(LearningRate is null || (LearningRate > 0 && double.IsFinite(LearningRate.Value)), nameof(LearningRate),
