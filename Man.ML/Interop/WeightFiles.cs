@@ -67,11 +67,16 @@ internal static class WeightFiles
         using (document)
         {
             if (document.RootElement.ValueKind != JsonValueKind.Object) throw Bad(name, "has a safetensors header that is not a JSON object.");
-            foreach (var entry in document.RootElement.EnumerateObject())
+            // JsonDocument checks UTF-8 and element kinds only when a value is read: those faults surface here.
+            try
             {
-                if (entry.Name == "__metadata__") continue;
-                CheckSafetensorsEntry(name, entry.Name, entry.Value, dataBytes);
+                foreach (var entry in document.RootElement.EnumerateObject())
+                {
+                    if (entry.Name == "__metadata__") continue;
+                    CheckSafetensorsEntry(name, entry.Name, entry.Value, dataBytes);
+                }
             }
+            catch (InvalidOperationException e) { throw Bad(name, $"has a damaged safetensors header ({e.Message.ReplaceLineEndings(" ")})."); }
         }
     }
 
@@ -126,10 +131,20 @@ internal static class WeightFiles
         string name = Path.GetFileName(path);
         using var stream = InputFiles.OpenRead(path, "Weights file");
         long length = stream.Length;
-        ZipArchive archive;
-        try { archive = new ZipArchive(stream, ZipArchiveMode.Read, leaveOpen: true); }
-        catch (InvalidDataException e) { throw Bad(name, $"could not be read as a torch.save state dict: it is not a complete zip file ({e.Message})"); }
-        using (archive)
+        // The zip reader reports a damaged archive when it gets to the part (the directory, an entry), not when it opens.
+        try
+        {
+            CheckTorchZip(name, stream, length);
+        }
+        catch (Exception e) when (e is InvalidDataException or EndOfStreamException or NotSupportedException)
+        {
+            throw Bad(name, $"could not be read as a torch.save state dict: it is not a complete zip file ({e.Message})");
+        }
+    }
+
+    private static void CheckTorchZip(string name, Stream stream, long length)
+    {
+        using (var archive = new ZipArchive(stream, ZipArchiveMode.Read, leaveOpen: true))
         {
             var entries = new Dictionary<string, ZipArchiveEntry>(StringComparer.Ordinal);
             foreach (var entry in archive.Entries)
@@ -145,12 +160,7 @@ internal static class WeightFiles
                 throw Bad(name, Invariant($"could not be read as a torch.save state dict: its data.pkl has {pickle.Length:N0} bytes, ",
                                           $"more than the {MaxPickleBytes:N0} Man.ML reads."));
             var bytes = new byte[pickle.Length];
-            try
-            {
-                using var data = pickle.Open();
-                data.ReadExactly(bytes);
-            }
-            catch (InvalidDataException e) { throw Bad(name, $"could not be read as a torch.save state dict: its data.pkl is damaged ({e.Message})"); }
+            using (var data = pickle.Open()) data.ReadExactly(bytes);
             new PickleWalk(name, bytes, key => entries.Values.FirstOrDefault(e => e.FullName.EndsWith("data/" + key, StringComparison.Ordinal))?.Length)
                 .Run();
         }
