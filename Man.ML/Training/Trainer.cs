@@ -60,6 +60,12 @@ public sealed class Trainer
     /// </summary>
     public bool CheckBackend { get; init; } = true;
 
+    /// <summary>
+    /// Bytes a front end writes beside <see cref="CheckpointPath"/> once the run is over (the model file), counted in the
+    /// free-space check made before the first step. Default 0.
+    /// </summary>
+    internal long FinalOutputBytes { get; set; }
+
     /// <summary>The backend check of the last run (null when <see cref="CheckBackend"/> is off or no run started).</summary>
     internal BackendReport? BackendReport { get; private set; }
 
@@ -168,6 +174,10 @@ public sealed class Trainer
     {
         if (train.Count < 2)
             throw new InvalidOptionException("data", $"Training needs at least 2 images (got {train.Count}).");
+        // Every batch would be the whole set, and the default learning rate (0.1·B/128) would scale with a batch never seen.
+        if (Options.BatchSize > train.Count)
+            throw new InvalidOptionException(nameof(TrainingOptions.BatchSize),
+                $"The batch size {Options.BatchSize} is larger than the {train.Count} training images; give at most {train.Count}.");
         if (EarlyStopping is { } stopping)
         {
             stopping.Validate(nameof(EarlyStopping));
@@ -182,6 +192,7 @@ public sealed class Trainer
         try
         {
             if (ResumeFrom is not null) TrainingCheckpoint.EnsureSameRun(ResumeFrom, plan); // before anything costly
+            if (CheckpointPath is not null) EnsureRoomForCheckpoints(plan, local);
             // A wrong gradient stops the run here, with the layer, the shape and the remedy, not as a NaN hours later.
             if (CheckBackend) BackendReport = BackendCheck.EnsureCorrect(local);
             return Run(plan, local, train, validation, tests, local.Device, cancellation);
@@ -195,6 +206,18 @@ public sealed class Trainer
         {
             set_rng_state(callers); // a resumed run restores its generator: the application's is given back
         }
+    }
+
+    // A run checkpoint is replaced atomically: while the next is written the previous one is still there, so a run that
+    // writes more than one needs room for two; the model file comes after the last, beside one.
+    private void EnsureRoomForCheckpoints(RunPlan plan, LocalTrainer local)
+    {
+        long checkpoint = OutputSpace.RunCheckpointBytes(plan, local) + OutputSpace.HeaderSlackBytes;
+        bool several = CheckpointEvery > 0 && CheckpointEvery < Options.Epochs;
+        long needed = Math.Max(several ? 2 * checkpoint : checkpoint, checkpoint + FinalOutputBytes);
+        OutputSpace.Ensure(Path.GetDirectoryName(Path.GetFullPath(CheckpointPath!))!, needed,
+            FormattableString.Invariant($"a run checkpoint of {checkpoint / 1048576.0:0.0} MiB{(several ? ", twice while it is replaced" : "")}") +
+            (FinalOutputBytes > 0 ? FormattableString.Invariant($", and the model of {FinalOutputBytes / 1048576.0:0.0} MiB") : ""));
     }
 
     private TrainingResult Run(RunPlan runPlan, LocalTrainer local, ITrainingSource train, ITrainingSource? validation,
