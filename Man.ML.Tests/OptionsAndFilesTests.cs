@@ -115,7 +115,10 @@ public sealed class OptionsAndFilesTests
 
             // The analyses write into an output folder too.
             var model = SaveTinyModel(dir.Path);
-            var features = new[] { "analyse", "features", "--model", model, "--data", TestSupport.BundledSample, "--image", "0", "--unit", "1", "--out", outDir };
+            var features = new[]
+            {
+                "analyse", "features", "--model", model, "--data", TestSupport.BundledSample, "--image", "0", "--unit", "1", "--out", outDir,
+            };
             AssertMistake(TestSupport.RunManml(features), "is in use by another run", $"PID {Environment.ProcessId}");
         }
         // Released: the folder can be held again (the lock file stays; its content is the new holder's).
