@@ -80,6 +80,11 @@ public sealed class OptionsAndFilesTests
         using var dir = new TestSupport.TempDir();
         AssertMistake(TestSupport.RunManml(TinyTrain(Path.Combine(dir.Path, "run"), "--batch-size", "100000")),
             "--batch-size 100000", "64 training images");
+        // The ML.NET sample names the command's option too.
+        var sample = Path.Combine(dir.Path, "image-folder");
+        AssertMistake(TestSupport.RunManml(new[] { "image-folder", "--images", ImageFolderFixture.Root, "--batch-size", "5000", "--out", sample }),
+            "--batch-size: BatchSize 5000 is larger than the 1000 training rows");
+        Assert.IsFalse(Directory.Exists(sample));
     }
 
     [TestMethod]

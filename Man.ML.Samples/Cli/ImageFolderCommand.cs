@@ -54,7 +54,12 @@ internal static class ImageFolderCommand
             ImageFolderSample.Outcome? outcome = null;
             OutputFolders.Write(parse, outDir, output.Name, () =>
             {
-                outcome = ImageFolderSample.Run(parse.GetValue(images)!, outDir, options, line => AnsiConsole.WriteLine(line), parse.GetValue(seed));
+                // The trainer names its options as the API does (BatchSize): say which option of this command sets it.
+                try { outcome = ImageFolderSample.Run(parse.GetValue(images)!, outDir, options, line => AnsiConsole.WriteLine(line), parse.GetValue(seed)); }
+                catch (InvalidOptionException e) when (e.Option == nameof(options.BatchSize))
+                {
+                    throw new InvalidOptionException(batch.Name, $"{batch.Name}: {e.Message}");
+                }
                 return 0;
             });
             var done = outcome!;
