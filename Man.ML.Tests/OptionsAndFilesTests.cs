@@ -164,9 +164,9 @@ public sealed class OptionsAndFilesTests
     public void AFailedRunRemovesWhatItCreatedAndNothingElse()
     {
         using var dir = new TestSupport.TempDir();
-        var fresh = Path.Combine(dir.Path, "fresh");
+        var fresh = Path.Combine(dir.Path, "runs", "fresh");
         AssertMistake(TestSupport.RunManml(TinyTrain(fresh, "--checkpoint-every", "1", "--batch-size", "100000")), "--batch-size");
-        Assert.IsFalse(Directory.Exists(fresh), "a failed run removes the folder it created");
+        Assert.IsFalse(Directory.Exists(Path.Combine(dir.Path, "runs")), "a failed run removes the folders it created");
 
         // A folder the user had, holding an earlier run's files: they stay, and nothing of the failed run is left.
         var earlier = Path.Combine(dir.Path, "earlier");

@@ -22,15 +22,18 @@ internal sealed class OutputFolder : IDisposable
     public string Path { get; }
 
     /// <summary>The folder did not exist: this run created it.</summary>
-    public bool Created { get; }
+    public bool Created => createdRoot is not null;
+
+    // The outermost folder this run created (runs/ of runs/latest when neither existed), or null.
+    private readonly string? createdRoot;
 
     /// <summary>Leftover temporary files of writes that never finished (<see cref="AtomicFile"/>), deleted when the folder was locked.</summary>
     public IReadOnlyList<string> DeletedTemporaries { get; }
 
-    private OutputFolder(string path, bool created, FileStream lockStream, HashSet<string> entriesBefore, IReadOnlyList<string> deleted)
+    private OutputFolder(string path, string? createdRoot, FileStream lockStream, HashSet<string> entriesBefore, IReadOnlyList<string> deleted)
     {
         Path = path;
-        Created = created;
+        this.createdRoot = createdRoot;
         this.lockStream = lockStream;
         this.entriesBefore = entriesBefore;
         DeletedTemporaries = deleted;
@@ -47,7 +50,8 @@ internal sealed class OutputFolder : IDisposable
     {
         var full = System.IO.Path.GetFullPath(folder);
         if (File.Exists(full)) throw new IOException($"{option} '{folder}' is a file, not a folder.");
-        bool created = !Directory.Exists(full);
+        string? createdRoot = null;
+        for (var dir = full; !string.IsNullOrEmpty(dir) && !Directory.Exists(dir); dir = System.IO.Path.GetDirectoryName(dir)) createdRoot = dir;
         var lockPath = System.IO.Path.Combine(full, LockFileName);
         FileStream stream;
         HashSet<string> before;
@@ -78,7 +82,7 @@ internal sealed class OutputFolder : IDisposable
             stream.SetLength(0);
             stream.Write(text);
             stream.Flush();
-            return new OutputFolder(folder, created, stream, before, AtomicFile.DeleteAbandonedTemporaries(full));
+            return new OutputFolder(folder, createdRoot, stream, before, AtomicFile.DeleteAbandonedTemporaries(full));
         }
         catch
         {
@@ -89,16 +93,17 @@ internal sealed class OutputFolder : IDisposable
 
     /// <summary>
     /// Removes what this run put there, for a run that failed before writing anything worth keeping: the whole folder when
-    /// the run created it, otherwise only the entries that were not there when it was locked (files of earlier runs stay).
+    /// the run created it (with the folders above it that it created), otherwise only the entries that were not there when
+    /// it was locked (files of earlier runs stay).
     /// </summary>
     public void RemoveCreated()
     {
         var full = System.IO.Path.GetFullPath(Path);
         try
         {
-            if (Created)
+            if (createdRoot is not null)
             {
-                Directory.Delete(full, recursive: true);
+                Directory.Delete(createdRoot, recursive: true);
                 return;
             }
             foreach (var entry in Directory.EnumerateFileSystemEntries(full).ToList())
