@@ -50,5 +50,8 @@ internal static class CommonOptions
         Description = "Device: cpu or cuda.", DefaultValueFactory = _ => DefaultDevice,
     };
 
-    public static Option<int?> Threads() => new("--threads") { Description = "CPU threads for libtorch (default: all cores)." };
+    public static Option<int?> Threads() => new("--threads")
+    {
+        Description = $"CPU threads for libtorch, 1 to {Training.TrainingOptions.MaxThreads} (4 per core, at least 64; default: all cores).",
+    };
 }

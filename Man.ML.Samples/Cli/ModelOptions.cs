@@ -35,7 +35,8 @@ internal sealed class ModelOptions
     };
     public Option<int> Workers { get; } = new("--workers")
     {
-        Description = "Background threads decoding image files (default 0: half the cores).", DefaultValueFactory = _ => Defaults.DataWorkers,
+        Description = $"Background threads decoding image files, 0 to {TrainingOptions.MaxThreads} (default 0: half the cores).",
+        DefaultValueFactory = _ => Defaults.DataWorkers,
     };
     public Option<int> K { get; } = CommonOptions.K();
     public Option<string> Rule { get; } = CommonOptions.Rule();
