@@ -260,5 +260,12 @@ public sealed class OptionsAndFilesTests
         Assert.IsTrue(Math.Abs(runActual - runEstimate) < 16 << 10, $"run.ckpt {runActual} against {runEstimate}");
         Assert.IsTrue(Math.Abs(modelActual - modelEstimate) < 16 << 10, $"model.ckpt {modelActual} against {modelEstimate}");
         Assert.IsTrue(runActual < runEstimate + OutputSpace.HeaderSlackBytes && modelActual < modelEstimate + OutputSpace.HeaderSlackBytes);
+
+        // The check itself: a folder not made yet is measured on its parent's disk; too little room names the folder.
+        var later = Path.Combine(dir.Path, "not", "yet");
+        OutputSpace.Ensure(later, runEstimate, "a run checkpoint");
+        var e = Assert.ThrowsExactly<IOException>(() => OutputSpace.Ensure(later, 1L << 60, "a run checkpoint"));
+        StringAssert.StartsWith(e.Message, $"'{later}' has ");
+        StringAssert.Contains(e.Message, "MiB free; this run's files need about 1099511627776 MiB (a run checkpoint)");
     }
 }

@@ -37,7 +37,10 @@ internal static class OutputSpace
     /// <exception cref="IOException">Not enough room; the message names the folder, what is free and what is needed.</exception>
     public static void Ensure(string folder, long needed, string what)
     {
-        long free = new DriveInfo(Path.GetFullPath(folder)).AvailableFreeSpace;
+        // The folder may not exist yet (it is made at the first write): its nearest existing parent is on the same disk.
+        var existing = Path.GetFullPath(folder);
+        while (!Directory.Exists(existing) && Path.GetDirectoryName(existing) is { } parent) existing = parent;
+        long free = new DriveInfo(existing).AvailableFreeSpace;
         if (free < needed)
             throw new IOException($"'{folder}' has {free >> 20} MiB free; this run's files need about {(needed + (1 << 20) - 1) >> 20} MiB ({what}).");
     }

@@ -35,7 +35,11 @@ public sealed class Trainer
     /// <summary>Raised after a run checkpoint is written, with its path and the epochs it holds.</summary>
     public event Action<string, int>? CheckpointWritten;
 
-    /// <summary>Where run checkpoints are written (null: none). Written atomically, replacing the previous one.</summary>
+    /// <summary>
+    /// Where run checkpoints are written (null: none). Written atomically, replacing the previous one. Before the first
+    /// step its folder is checked for room (the checkpoint's size measured, twice when it is replaced): an
+    /// <see cref="IOException"/> naming the folder when there is not.
+    /// </summary>
     public string? CheckpointPath { get; init; }
 
     /// <summary>Write a run checkpoint every this many epochs (0: never; the last epoch always when a path is set).</summary>
