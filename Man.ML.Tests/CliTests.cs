@@ -252,7 +252,7 @@ public sealed class CliTests
         foreach (var (old, grouped, args, expected) in new[]
         {
             ("measure-fit-memory", new[] { "measure", "fit-memory" }, new[] { "--images", folder, "--rows", "1" }, "--rows must be at least 2"),
-            ("measure-memory", new[] { "measure", "memory" }, new[] { "--threads", "0" }, "--threads must be at least 1"),
+            ("measure-memory", new[] { "measure", "memory" }, new[] { "--threads", "0" }, "--threads must be 1 to "),
             ("cka", new[] { "analyse", "cka" }, new[] { "--model", missing, "--reference", missing, "--images", "2", "--out", folder }, "--images 2"),
         })
         {

@@ -124,49 +124,51 @@ internal static partial class BenchCommand
         command.SetAction(parse => CliErrors.Run(() =>
         {
             var outDir = parse.GetValue(output)!;
-            Directory.CreateDirectory(outDir);
-            var list = parse.GetValue(configs) switch
+            return OutputFolders.Write(parse, outDir, output.Name, () =>
             {
-                null => Defaults().ToList(),
-                "imagenet" => ImageNetTable().ToList(),
-                var text => text.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(Config.Parse).ToList(),
-            };
-            int? size = parse.GetValue(imageSize);
-            if (size is < 32) throw new CliException($"--image-size must be at least 32 (got {size}).");
-            int b = parse.GetValue(batch), n = parse.GetValue(steps);
-            string dev = parse.GetValue(device)!;
-            if (b < 2 || n < 1) throw new CliException("--batch-size must be at least 2 and --steps at least 1.");
-            if (dev != "cpu" && !TorchSharp.torch.cuda.is_available()) throw new CliException($"--device {dev}: CUDA is not available here.");
-            TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
-            double peak = MatrixRate.MeasureGflops(Devices.Resolve(dev));
-            var commandLine = "manml-lab bench " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1).SkipWhile(a => a != "bench").Skip(1));
-            AnsiConsole.MarkupLine($"peak float32 matrix rate of this libtorch: [bold]{peak:0.0} GFLOP/s[/] " +
-                                   $"({TorchSharp.torch.get_num_threads()} threads); {list.Count} configurations");
+                var list = parse.GetValue(configs) switch
+                {
+                    null => Defaults().ToList(),
+                    "imagenet" => ImageNetTable().ToList(),
+                    var text => text.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(Config.Parse).ToList(),
+                };
+                int? size = parse.GetValue(imageSize);
+                if (size is < 32) throw new CliException($"--image-size must be at least 32 (got {size}).");
+                int b = parse.GetValue(batch), n = parse.GetValue(steps);
+                string dev = parse.GetValue(device)!;
+                if (b < 2 || n < 1) throw new CliException("--batch-size must be at least 2 and --steps at least 1.");
+                if (dev != "cpu" && !TorchSharp.torch.cuda.is_available()) throw new CliException($"--device {dev}: CUDA is not available here.");
+                TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
+                double peak = MatrixRate.MeasureGflops(Devices.Resolve(dev));
+                var commandLine = "manml-lab bench " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1).SkipWhile(a => a != "bench").Skip(1));
+                AnsiConsole.MarkupLine($"peak float32 matrix rate of this libtorch: [bold]{peak:0.0} GFLOP/s[/] " +
+                                       $"({TorchSharp.torch.get_num_threads()} threads); {list.Count} configurations");
 
-            var results = new List<JsonObject>();
-            foreach (var config in list)
-            {
-                var clock = Stopwatch.StartNew();
-                var result = Measure(config, b, parse.GetValue(memoryOnly) ? 0 : n, dev, peak, size);
-                results.Add(result);
-                AnsiConsole.MarkupLine(Markup.Escape($"{config.Name}: {Summary(result)} ({clock.Elapsed.TotalSeconds:0} s)"));
-            }
-            var report = new JsonObject
-            {
-                ["command"] = commandLine,
-                ["date"] = DateTime.UtcNow.ToString("u", CultureInfo.InvariantCulture),
-                ["device"] = dev,
-                ["threads"] = TorchSharp.torch.get_num_threads(),
-                ["peak_matrix_gflops"] = Math.Round(peak, 1),
-                ["batch_size"] = b,
-                ["timed_steps"] = parse.GetValue(memoryOnly) ? 0 : n,
-                ["configurations"] = new JsonArray(results.ToArray<JsonNode?>()),
-            };
-            AtomicFile.WriteText(Path.Combine(outDir, "bench.json"), report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            AtomicFile.WriteText(Path.Combine(outDir, "bench.md"), Markdown(report, results));
-            Plot(outDir, results);
-            AnsiConsole.MarkupLine(Markup.Escape($"wrote {Path.Combine(outDir, "bench.json")}, bench.md and plots"));
-            return 0;
+                var results = new List<JsonObject>();
+                foreach (var config in list)
+                {
+                    var clock = Stopwatch.StartNew();
+                    var result = Measure(config, b, parse.GetValue(memoryOnly) ? 0 : n, dev, peak, size);
+                    results.Add(result);
+                    AnsiConsole.MarkupLine(Markup.Escape($"{config.Name}: {Summary(result)} ({clock.Elapsed.TotalSeconds:0} s)"));
+                }
+                var report = new JsonObject
+                {
+                    ["command"] = commandLine,
+                    ["date"] = DateTime.UtcNow.ToString("u", CultureInfo.InvariantCulture),
+                    ["device"] = dev,
+                    ["threads"] = TorchSharp.torch.get_num_threads(),
+                    ["peak_matrix_gflops"] = Math.Round(peak, 1),
+                    ["batch_size"] = b,
+                    ["timed_steps"] = parse.GetValue(memoryOnly) ? 0 : n,
+                    ["configurations"] = new JsonArray(results.ToArray<JsonNode?>()),
+                };
+                AtomicFile.WriteText(Path.Combine(outDir, "bench.json"), report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+                AtomicFile.WriteText(Path.Combine(outDir, "bench.md"), Markdown(report, results));
+                Plot(outDir, results);
+                AnsiConsole.MarkupLine(Markup.Escape($"wrote {Path.Combine(outDir, "bench.json")}, bench.md and plots"));
+                return 0;
+            });
         }));
         return command;
     }

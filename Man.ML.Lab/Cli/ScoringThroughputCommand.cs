@@ -37,6 +37,7 @@ internal static class ScoringThroughputCommand
             using var all = CifarBinary.Read(parse.GetValue(data) is { Length: > 0 } d ? d : new[] { TrainCommand.BundledSample });
             int n = parse.GetValue(images);
             if (n < 1) throw new CliException("--images must be positive.");
+            if (parse.GetValue(batch) is var b && b < 1) throw new CliException($"--batch-size must be at least 1 (got {b}).");
             using var repeated = new LabeledImages(
                 TorchSharp.torch.cat(Enumerable.Repeat(all.Images, (n + all.Count - 1) / all.Count).ToArray(), 0).narrow(0, 0, n).clone(),
                 TorchSharp.torch.cat(Enumerable.Repeat(all.Labels, (n + all.Count - 1) / all.Count).ToArray(), 0).narrow(0, 0, n).clone(),

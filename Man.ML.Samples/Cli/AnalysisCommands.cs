@@ -61,42 +61,44 @@ internal static class AnalysisCommands
             using var train = all.Slice(0, nTrain);
             using var val = all.Slice(all.Count - nVal, nVal);
             var outDir = parse.GetValue(output)!;
-            Directory.CreateDirectory(outDir);
-            var results = new JsonArray();
-            var series = new List<ChartSeries>();
-            foreach (var path in parse.GetValue(models)!)
+            return OutputFolders.Write(parse, outDir, output.Name, () =>
             {
-                var (network, info, name) = LoadModel(path);
-                using var _ = network;
-                var norm = NormalizationOf(info);
-                var trainFeatures = Representations.PooledFeatures(network, train, norm);
-                var valFeatures = Representations.PooledFeatures(network, val, norm);
-                var yTrain = train.Labels.data<long>().ToArray();
-                var yVal = val.Labels.data<long>().ToArray();
-                var perUnit = new JsonArray();
-                var accuracies = new List<double>();
-                for (int u = 0; u < network.Units.Count; u++)
+                var results = new JsonArray();
+                var series = new List<ChartSeries>();
+                foreach (var path in parse.GetValue(models)!)
                 {
-                    double accuracy = LinearProbe.Accuracy(trainFeatures[u], yTrain, valFeatures[u], yVal, network.ClassCount);
-                    accuracies.Add(accuracy);
-                    perUnit.Add(new JsonObject { ["unit"] = u, ["name"] = network.UnitInfos[u].Name, ["val_accuracy"] = accuracy });
+                    var (network, info, name) = LoadModel(path);
+                    using var _ = network;
+                    var norm = NormalizationOf(info);
+                    var trainFeatures = Representations.PooledFeatures(network, train, norm);
+                    var valFeatures = Representations.PooledFeatures(network, val, norm);
+                    var yTrain = train.Labels.data<long>().ToArray();
+                    var yVal = val.Labels.data<long>().ToArray();
+                    var perUnit = new JsonArray();
+                    var accuracies = new List<double>();
+                    for (int u = 0; u < network.Units.Count; u++)
+                    {
+                        double accuracy = LinearProbe.Accuracy(trainFeatures[u], yTrain, valFeatures[u], yVal, network.ClassCount);
+                        accuracies.Add(accuracy);
+                        perUnit.Add(new JsonObject { ["unit"] = u, ["name"] = network.UnitInfos[u].Name, ["val_accuracy"] = accuracy });
+                    }
+                    Console.WriteLine($"{name}: " + string.Join(" ", accuracies.Select(a => (100 * a).ToString("0.0"))));
+                    results.Add(new JsonObject
+                    {
+                        ["model"] = Path.GetFullPath(path), ["name"] = name, ["trained_with"] = info.TrainedWith, ["per_unit"] = perUnit,
+                    });
+                    series.Add(new ChartSeries(name, accuracies.Select((_, u) => (double)u).ToList(), accuracies.Select(a => 100 * a).ToList()));
                 }
-                Console.WriteLine($"{name}: " + string.Join(" ", accuracies.Select(a => (100 * a).ToString("0.0"))));
-                results.Add(new JsonObject
+                var json = new JsonObject
                 {
-                    ["model"] = Path.GetFullPath(path), ["name"] = name, ["trained_with"] = info.TrainedWith, ["per_unit"] = perUnit,
-                });
-                series.Add(new ChartSeries(name, accuracies.Select((_, u) => (double)u).ToList(), accuracies.Select(a => 100 * a).ToList()));
-            }
-            var json = new JsonObject
-            {
-                ["probe"] = "linear softmax classifier on globally pooled, standardised features; full-batch Adam, 300 steps",
-                ["train_images"] = nTrain, ["val_images"] = nVal, ["models"] = results,
-            };
-            AtomicFile.WriteText(Path.Combine(outDir, "probe.json"), json.ToJsonString(Indented));
-            Charts.Line(Path.Combine(outDir, "probe.png"), "Linear separability after each unit", "unit (0 = stem)", "probe accuracy (%)", series);
-            Console.WriteLine($"wrote {Path.Combine(outDir, "probe.json")} and probe.png");
-            return 0;
+                    ["probe"] = "linear softmax classifier on globally pooled, standardised features; full-batch Adam, 300 steps",
+                    ["train_images"] = nTrain, ["val_images"] = nVal, ["models"] = results,
+                };
+                AtomicFile.WriteText(Path.Combine(outDir, "probe.json"), json.ToJsonString(Indented));
+                Charts.Line(Path.Combine(outDir, "probe.png"), "Linear separability after each unit", "unit (0 = stem)", "probe accuracy (%)", series);
+                Console.WriteLine($"wrote {Path.Combine(outDir, "probe.json")} and probe.png");
+                return 0;
+            });
         }));
         return command;
     }
@@ -126,33 +128,35 @@ internal static class AnalysisCommands
             var (refNet, refInfo, refName) = LoadModel(parse.GetValue(reference)!);
             using var _ = refNet;
             var outDir = parse.GetValue(output)!;
-            Directory.CreateDirectory(outDir);
-            var results = new JsonArray();
-            var series = new List<ChartSeries>();
-            foreach (var path in parse.GetValue(model)!)
+            return OutputFolders.Write(parse, outDir, output.Name, () =>
             {
-                var (network, info, name) = LoadModel(path);
-                using var __ = network;
-                var values = Cka.PerUnit(network, refNet, subset, NormalizationOf(info), b);
-                Console.WriteLine($"{name} vs {refName}: " + string.Join(" ", values.Select(v => v.ToString("0.000"))));
-                results.Add(new JsonObject
+                var results = new JsonArray();
+                var series = new List<ChartSeries>();
+                foreach (var path in parse.GetValue(model)!)
                 {
-                    ["model"] = Path.GetFullPath(path), ["name"] = name,
-                    ["per_unit"] = new JsonArray(values
-                        .Select((v, u) => (JsonNode)new JsonObject { ["unit"] = u, ["name"] = network.UnitInfos[u].Name, ["cka"] = v })
-                        .ToArray()),
-                });
-                series.Add(new ChartSeries(name, values.Select((_, u) => (double)u).ToList(), values.ToList()));
-            }
-            var json = new JsonObject
-            {
-                ["estimator"] = "linear CKA, minibatch estimator (mean of unbiased HSIC over minibatches, Nguyen et al. 2021) on flattened unit outputs",
-                ["reference"] = Path.GetFullPath(parse.GetValue(reference)!), ["images"] = n, ["batch_size"] = b, ["models"] = results,
-            };
-            AtomicFile.WriteText(Path.Combine(outDir, "cka.json"), json.ToJsonString(Indented));
-            Charts.Line(Path.Combine(outDir, "cka.png"), $"Linear CKA with {refName}, unit by unit", "unit (0 = stem)", "CKA", series);
-            Console.WriteLine($"wrote {Path.Combine(outDir, "cka.json")} and cka.png");
-            return 0;
+                    var (network, info, name) = LoadModel(path);
+                    using var __ = network;
+                    var values = Cka.PerUnit(network, refNet, subset, NormalizationOf(info), b);
+                    Console.WriteLine($"{name} vs {refName}: " + string.Join(" ", values.Select(v => v.ToString("0.000"))));
+                    results.Add(new JsonObject
+                    {
+                        ["model"] = Path.GetFullPath(path), ["name"] = name,
+                        ["per_unit"] = new JsonArray(values
+                            .Select((v, u) => (JsonNode)new JsonObject { ["unit"] = u, ["name"] = network.UnitInfos[u].Name, ["cka"] = v })
+                            .ToArray()),
+                    });
+                    series.Add(new ChartSeries(name, values.Select((_, u) => (double)u).ToList(), values.ToList()));
+                }
+                var json = new JsonObject
+                {
+                    ["estimator"] = "linear CKA, minibatch estimator (mean of unbiased HSIC over minibatches, Nguyen et al. 2021) on flattened unit outputs",
+                    ["reference"] = Path.GetFullPath(parse.GetValue(reference)!), ["images"] = n, ["batch_size"] = b, ["models"] = results,
+                };
+                AtomicFile.WriteText(Path.Combine(outDir, "cka.json"), json.ToJsonString(Indented));
+                Charts.Line(Path.Combine(outDir, "cka.png"), $"Linear CKA with {refName}, unit by unit", "unit (0 = stem)", "CKA", series);
+                Console.WriteLine($"wrote {Path.Combine(outDir, "cka.json")} and cka.png");
+                return 0;
+            });
         }));
         return command;
     }
@@ -173,14 +177,16 @@ internal static class AnalysisCommands
             var (network, info, name) = LoadModel(parse.GetValue(model)!);
             using var _ = network;
             var outDir = parse.GetValue(output)!;
-            Directory.CreateDirectory(outDir);
-            int u = parse.GetValue(unit);
-            if (u < 0 || u >= network.Units.Count)
-                throw new CliException($"--unit {u} must be between 0 and {network.Units.Count - 1} for {network.Architecture}.");
-            var path = Path.Combine(outDir, $"features-{name}-unit{u}-image{index}.png");
-            int channels = FeatureMaps.WriteGrid(network, all.Images[index], NormalizationOf(info), u, path);
-            Console.WriteLine($"wrote {path} ({channels} channels of {network.UnitInfos[u].Name})");
-            return 0;
+            return OutputFolders.Write(parse, outDir, output.Name, () =>
+            {
+                int u = parse.GetValue(unit);
+                if (u < 0 || u >= network.Units.Count)
+                    throw new CliException($"--unit {u} must be between 0 and {network.Units.Count - 1} for {network.Architecture}.");
+                var path = Path.Combine(outDir, $"features-{name}-unit{u}-image{index}.png");
+                int channels = FeatureMaps.WriteGrid(network, all.Images[index], NormalizationOf(info), u, path);
+                Console.WriteLine($"wrote {path} ({channels} channels of {network.UnitInfos[u].Name})");
+                return 0;
+            });
         }));
         return command;
     }

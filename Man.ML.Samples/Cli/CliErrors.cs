@@ -11,6 +11,9 @@ internal static class CliErrors
     // manml or manml-lab: the program the user ran, which shares these messages.
     internal static string Program => System.Reflection.Assembly.GetEntryAssembly()?.GetName().Name ?? "manml";
 
+    /// <summary>The command line as the user gave it (after the program's name), for the lock file of an output folder.</summary>
+    public static string CommandLine(ParseResult parse) => $"{Program} {string.Join(' ', parse.Tokens.Select(t => t.Value))}";
+
     /// <summary>The metrics.json of a finished run folder, or a clear error.</summary>
     public static System.Text.Json.JsonElement ReadRunMetrics(string dir)
     {

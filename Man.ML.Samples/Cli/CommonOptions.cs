@@ -74,5 +74,8 @@ internal static class CommonOptions
         foreach (var path in paths) Data.ImageHeader.CheckFile(path, maxPixels);
     }
 
-    public static Option<int?> Threads() => new("--threads") { Description = "CPU threads for libtorch (default: all cores)." };
+    public static Option<int?> Threads() => new("--threads")
+    {
+        Description = $"CPU threads for libtorch, 1 to {Training.TrainingOptions.MaxThreads} (4 per core, at least 64; default: all cores).",
+    };
 }

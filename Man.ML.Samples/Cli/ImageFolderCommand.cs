@@ -52,20 +52,31 @@ internal static class ImageFolderCommand
                 MaxImagePixels = CommonOptions.GetMaxImagePixels(parse, maxPixels),
                 EarlyStopping = parse.GetValue(patience) > 0 ? new Man.ML.Training.EarlyStopping(Patience: parse.GetValue(patience)) : null,
             };
-            var outcome = ImageFolderSample.Run(parse.GetValue(images)!, parse.GetValue(output)!, options,
-                line => AnsiConsole.WriteLine(line), parse.GetValue(seed));
+            var outDir = parse.GetValue(output)!;
+            ImageFolderSample.Outcome? outcome = null;
+            OutputFolders.Write(parse, outDir, output.Name, () =>
+            {
+                // The trainer names its options as the API does (BatchSize): say which option of this command sets it.
+                try { outcome = ImageFolderSample.Run(parse.GetValue(images)!, outDir, options, line => AnsiConsole.WriteLine(line), parse.GetValue(seed)); }
+                catch (InvalidOptionException e) when (e.Option == nameof(options.BatchSize))
+                {
+                    throw new InvalidOptionException(batch.Name, $"{batch.Name}: {e.Message}");
+                }
+                return 0;
+            });
+            var done = outcome!;
             var table = new Table().Title("validation accuracy per class (recall)").AddColumns("class", "accuracy");
-            foreach (var (c, a) in outcome.PerClass) table.AddRow(Markup.Escape(c), a.ToString("P1"));
+            foreach (var (c, a) in done.PerClass) table.AddRow(Markup.Escape(c), a.ToString("P1"));
             AnsiConsole.Write(table);
-            AnsiConsole.MarkupLine($"Evaluate on {outcome.ValidationImages} validation images (trained on {outcome.TrainImages}): " +
-                                   $"micro-accuracy [bold]{outcome.MicroAccuracy:P2}[/], macro-accuracy {outcome.MacroAccuracy:P2}, " +
-                                   $"log-loss {outcome.LogLoss:0.000}");
-            AnsiConsole.MarkupLine($"saved and reloaded {Markup.Escape(outcome.ModelPath)}; PredictionEngine on {Markup.Escape(outcome.Example.ImagePath)} " +
-                                   $"(label {Markup.Escape(outcome.Example.Label)}): " +
-                                   $"predicted [bold]{Markup.Escape(outcome.Prediction.PredictedLabelValue)}[/] " +
-                                   $"with probability {outcome.Prediction.Score.Max():P1}");
-            AnsiConsole.MarkupLine($"wrote {Markup.Escape(outcome.OnnxPath)}: score it without TorchSharp or libtorch with " +
-                                   Markup.Escape($"dotnet run --project Man.ML.OnnxScoring -c Release -- --model {outcome.OnnxPath} --images <folder>"));
+            AnsiConsole.MarkupLine($"Evaluate on {done.ValidationImages} validation images (trained on {done.TrainImages}): " +
+                                   $"micro-accuracy [bold]{done.MicroAccuracy:P2}[/], macro-accuracy {done.MacroAccuracy:P2}, " +
+                                   $"log-loss {done.LogLoss:0.000}");
+            AnsiConsole.MarkupLine($"saved and reloaded {Markup.Escape(done.ModelPath)}; PredictionEngine on {Markup.Escape(done.Example.ImagePath)} " +
+                                   $"(label {Markup.Escape(done.Example.Label)}): " +
+                                   $"predicted [bold]{Markup.Escape(done.Prediction.PredictedLabelValue)}[/] " +
+                                   $"with probability {done.Prediction.Score.Max():P1}");
+            AnsiConsole.MarkupLine($"wrote {Markup.Escape(done.OnnxPath)}: score it without TorchSharp or libtorch with " +
+                                   Markup.Escape($"dotnet run --project Man.ML.OnnxScoring -c Release -- --model {done.OnnxPath} --images <folder>"));
             return 0;
         }));
         return command;

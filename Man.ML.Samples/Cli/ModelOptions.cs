@@ -35,7 +35,8 @@ internal sealed class ModelOptions
     };
     public Option<int> Workers { get; } = new("--workers")
     {
-        Description = "Background threads decoding image files (default 0: half the cores).", DefaultValueFactory = _ => Defaults.DataWorkers,
+        Description = $"Background threads decoding image files, 0 to {TrainingOptions.MaxThreads} (default 0: half the cores).",
+        DefaultValueFactory = _ => Defaults.DataWorkers,
     };
     public Option<long> MaxImagePixels { get; } = CommonOptions.MaxImagePixels();
     public Option<int> K { get; } = CommonOptions.K();
@@ -116,6 +117,8 @@ internal sealed class ModelOptions
     /// </summary>
     public TrainingOptions ToTrainingOptions(ParseResult parse)
     {
+        if (Given(parse, Workers) && parse.GetValue(Workers) is var w && (w < 0 || w > TrainingOptions.MaxThreads))
+            throw new CliException($"--workers must be 0 (half the cores) to {TrainingOptions.MaxThreads} (4 per core, at least 64; got {w}).");
         var preset = parse.GetValue(Preset) is { } name ? ExperimentPresets.Get(name) : null;
         var baseline = preset?.Options ?? Defaults with { Man = null };
         T Pick<T>(Option<T> option, T fallback) => Given(parse, option) ? parse.GetValue(option)! : fallback;
@@ -195,7 +198,8 @@ internal sealed class ModelOptions
     public void ApplyProcessSettings(ParseResult parse)
     {
         var threads = parse.GetValue(Threads);
-        if (threads is < 1) throw new CliException($"--threads must be at least 1 (got {threads}).");
+        if (threads is { } t && (t < 1 || t > TrainingOptions.MaxThreads))
+            throw new CliException($"--threads must be 1 to {TrainingOptions.MaxThreads} (4 per core, at least 64; got {t}).");
         TorchSharp.torch.set_num_threads(threads ?? Environment.ProcessorCount);
         if (!Given(parse, ConvWorkaround)) _ = Models.ConvolutionRouting.DefaultWorkaround; // a bad MANML_CONV_WORKAROUND is reported now, as a user mistake
     }

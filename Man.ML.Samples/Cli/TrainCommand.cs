@@ -139,70 +139,90 @@ internal static class TrainCommand
             int every = parse.GetValue(checkpointEvery);
             if (every < 0) throw new CliException($"--checkpoint-every must be 0 or more (got {every}).");
             var policy = Choices.Parse<NonFinitePolicy>(parse.GetValue(onNonFinite)!, onNonFinite.Name);
-            PrepareOutput(outDir);
-            if (every > 0 && resumeDir is null)
-                AtomicFile.WriteText(Path.Combine(outDir, ArgumentsFile), JsonSerializer.Serialize(
-                    parse.Tokens.Where(t => t.Type != System.CommandLine.Parsing.TokenType.Command).Select(t => t.Value).ToArray()));
+            // One run at a time in a folder; a run that fails before its first run checkpoint takes back what it wrote
+            // there (a resumed run keeps everything: the folder is the earlier run's).
+            using var folder = OutputFolder.Acquire(outDir, output.Name, CliErrors.CommandLine(parse));
+            bool keep = resumeDir is not null;
+            try { return Train(keepFolder: () => keep = true); }
+            catch
+            {
+                if (!keep) folder.RemoveCreated();
+                throw;
+            }
 
-            string[] dataPaths;
-            if (parse.GetValue(data) is { Length: > 0 } given) dataPaths = given;
-            else if (dataset == DatasetKind.Cifar10) dataPaths = new[] { BundledSample };
-            else throw new CliException($"--dataset {dataset.Name} needs --data (no {dataset.Name} sample is bundled).");
-            var valPaths = parse.GetValue(val) ?? Array.Empty<string>();
-            var testPaths = parse.GetValue(test) ?? Array.Empty<string>();
-            int? holdOut = parse.GetValue(valSplit);
-            if (valPaths.Length > 0 && holdOut is not null) throw new CliException("Give either --val or --val-split, not both.");
-            var limit = parse.GetValue(trainLimit);
-            var trainer = new Trainer(options)
+            // Everything after the folder is locked; keepFolder() marks that the run wrote something worth keeping.
+            int Train(Action keepFolder)
             {
-                CheckpointPath = every > 0 || resumeFrom is not null ? Path.Combine(outDir, "run.ckpt") : null,
-                CheckpointEvery = every,
-                ResumeFrom = resumeFrom,
-                OnNonFinite = policy,
-                CheckBackend = !parse.GetValue(noBackendCheck),
-            };
-            string preset = parse.GetValue(model.Preset)!;
-            if (dataset.IsImageFolder)
-            {
-                if (dataPaths.Length != 1) throw new CliException("--dataset imagenet takes one --data folder (holding train/ and val/).");
-                if (testPaths.Length > 0) throw new CliException("--test is not supported with --dataset imagenet; evaluate on val/.");
-                var (trainFiles, valFiles) = ReadImageFolder(dataPaths[0], valPaths, holdOut, limit, parse.GetValue(valLabels));
-                int side = options.ImageSize ?? dataset.ImageSize;
-                var config = Prepare(trainer, parse, preset, dataPaths, limit, holdOut, valPaths, testPaths, outDir,
-                    trainFiles.Count, valFiles?.Count ?? 0, trainFiles.ClassNames.Count, side);
-                var result = RunWithProgress(trainer, options.Epochs, () => Resumed(() => trainer.Train(trainFiles, valFiles, cancellation)));
-                Finish(trainer, result, config, outDir, trainFiles.ClassNames);
-            }
-            else
-            {
-                if (parse.GetResult(valLabels) is { Implicit: false }) throw new CliException("--val-labels applies to --dataset imagenet only.");
-                if (valPaths.Length == 0) holdOut ??= 1000;
-                using var all = dataset.Read(dataPaths);
-                LabeledImages pool = all, validation;
-                if (holdOut is int n)
+                string[] dataPaths;
+                if (parse.GetValue(data) is { Length: > 0 } given) dataPaths = given;
+                else if (dataset == DatasetKind.Cifar10) dataPaths = new[] { BundledSample };
+                else throw new CliException($"--dataset {dataset.Name} needs --data (no {dataset.Name} sample is bundled).");
+                var valPaths = parse.GetValue(val) ?? Array.Empty<string>();
+                var testPaths = parse.GetValue(test) ?? Array.Empty<string>();
+                int? holdOut = parse.GetValue(valSplit);
+                if (valPaths.Length > 0 && holdOut is not null) throw new CliException("Give either --val or --val-split, not both.");
+                var limit = parse.GetValue(trainLimit);
+                var trainer = new Trainer(options)
                 {
-                    if (n < 1 || n >= all.Count)
-                        throw new CliException($"--val-split {n} must be between 1 and {all.Count - 1} (the data holds {all.Count} images).");
-                    validation = all.Slice(all.Count - n, n, $"last {n} images of {all.Source}");
-                    pool = all.Slice(0, all.Count - n, $"first {all.Count - n} images of {all.Source}");
-                }
-                else validation = dataset.Read(valPaths);
-                if (limit is int l)
+                    CheckpointPath = every > 0 || resumeFrom is not null ? Path.Combine(outDir, "run.ckpt") : null,
+                    CheckpointEvery = every,
+                    ResumeFrom = resumeFrom,
+                    OnNonFinite = policy,
+                    CheckBackend = !parse.GetValue(noBackendCheck),
+                };
+                trainer.CheckpointWritten += (_, _) => keepFolder(); // a checkpoint to --resume from is never taken back
+                // The arguments a --resume continues with, written once the data and the plan have been checked.
+                void WriteArguments()
                 {
-                    if (l < 2 || l > pool.Count)
-                        throw new CliException($"--train-limit {l} must be between 2 and {pool.Count} (the training images available).");
-                    pool = pool.Slice(0, l, $"first {l} training images of {all.Source}");
+                    if (every > 0 && resumeDir is null)
+                        AtomicFile.WriteText(Path.Combine(outDir, ArgumentsFile), JsonSerializer.Serialize(
+                            parse.Tokens.Where(t => t.Type != System.CommandLine.Parsing.TokenType.Command).Select(t => t.Value).ToArray()));
                 }
-                var tests = testPaths.Select(p => (Name: Path.GetFileName(Path.TrimEndingDirectorySeparator(p)), Data: dataset.Read(new[] { p }))).ToList();
-                var config = Prepare(trainer, parse, preset, dataPaths, limit, holdOut, valPaths, testPaths, outDir,
-                    pool.Count, validation.Count, pool.ClassNames.Count, (int)pool.Images.shape[2]);
-                var result = RunWithProgress(trainer, options.Epochs, () => Resumed(() => trainer.Train(pool, validation, tests, cancellation)));
-                Finish(trainer, result, config, outDir, pool.ClassNames);
-                foreach (var (_, d) in tests) d.Dispose();
-                if (!ReferenceEquals(validation, all)) validation.Dispose();
-                if (!ReferenceEquals(pool, all)) pool.Dispose();
+                string preset = parse.GetValue(model.Preset)!;
+                if (dataset.IsImageFolder)
+                {
+                    if (dataPaths.Length != 1) throw new CliException("--dataset imagenet takes one --data folder (holding train/ and val/).");
+                    if (testPaths.Length > 0) throw new CliException("--test is not supported with --dataset imagenet; evaluate on val/.");
+                    var (trainFiles, valFiles) = ReadImageFolder(dataPaths[0], valPaths, holdOut, limit, parse.GetValue(valLabels));
+                    int side = options.ImageSize ?? dataset.ImageSize;
+                    var config = Prepare(trainer, parse, preset, dataPaths, limit, holdOut, valPaths, testPaths, outDir,
+                        trainFiles.Count, valFiles?.Count ?? 0, trainFiles.ClassNames.Count, side);
+                    WriteArguments();
+                    var result = RunWithProgress(trainer, options.Epochs, () => Resumed(() => trainer.Train(trainFiles, valFiles, cancellation)));
+                    Finish(trainer, result, config, outDir, trainFiles.ClassNames);
+                }
+                else
+                {
+                    if (parse.GetResult(valLabels) is { Implicit: false }) throw new CliException("--val-labels applies to --dataset imagenet only.");
+                    if (valPaths.Length == 0) holdOut ??= 1000;
+                    using var all = dataset.Read(dataPaths);
+                    LabeledImages pool = all, validation;
+                    if (holdOut is int n)
+                    {
+                        if (n < 1 || n >= all.Count)
+                            throw new CliException($"--val-split {n} must be between 1 and {all.Count - 1} (the data holds {all.Count} images).");
+                        validation = all.Slice(all.Count - n, n, $"last {n} images of {all.Source}");
+                        pool = all.Slice(0, all.Count - n, $"first {all.Count - n} images of {all.Source}");
+                    }
+                    else validation = dataset.Read(valPaths);
+                    if (limit is int l)
+                    {
+                        if (l < 2 || l > pool.Count)
+                            throw new CliException($"--train-limit {l} must be between 2 and {pool.Count} (the training images available).");
+                        pool = pool.Slice(0, l, $"first {l} training images of {all.Source}");
+                    }
+                    var tests = testPaths.Select(p => (Name: Path.GetFileName(Path.TrimEndingDirectorySeparator(p)), Data: dataset.Read(new[] { p }))).ToList();
+                    var config = Prepare(trainer, parse, preset, dataPaths, limit, holdOut, valPaths, testPaths, outDir,
+                        pool.Count, validation.Count, pool.ClassNames.Count, (int)pool.Images.shape[2]);
+                    WriteArguments();
+                    var result = RunWithProgress(trainer, options.Epochs, () => Resumed(() => trainer.Train(pool, validation, tests, cancellation)));
+                    Finish(trainer, result, config, outDir, pool.ClassNames);
+                    foreach (var (_, d) in tests) d.Dispose();
+                    if (!ReferenceEquals(validation, all)) validation.Dispose();
+                    if (!ReferenceEquals(pool, all)) pool.Dispose();
+                }
+                return 0;
             }
-            return 0;
         })));
         return command;
     }
@@ -212,32 +232,6 @@ internal static class TrainCommand
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
         DictionaryKeyPolicy = null,
     };
-
-    // What can be checked before training: room for the model and, with checkpoints, a run checkpoint (backbone,
-    // auxiliary networks and MAN's copies, optimizer momentum: about 4 × the backbone's parameters, as an estimate) plus
-    // the temporary copy an atomic write needs beside the previous one.
-    private static void CheckFreeSpace(string outDir, long backboneParameters)
-    {
-        long needed = backboneParameters * sizeof(float) * 8 + (16L << 20);
-        long free = new DriveInfo(Path.GetFullPath(outDir)).AvailableFreeSpace;
-        if (free < needed)
-            throw new CliException($"--out '{outDir}' has {free >> 20} MiB free; this run's files need about {needed >> 20} MiB.");
-    }
-
-    private static void PrepareOutput(string outDir)
-    {
-        try
-        {
-            Directory.CreateDirectory(outDir);
-            var probe = Path.Combine(outDir, $".write-test-{Environment.ProcessId}");
-            File.WriteAllText(probe, "");
-            File.Delete(probe);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new CliException($"--out '{outDir}' is not a writable folder: {e.Message}");
-        }
-    }
 
     private static TrainingResult RunWithProgress(Trainer trainer, int epochs, Func<TrainingResult> train)
     {
@@ -301,10 +295,16 @@ internal static class TrainCommand
     private static JsonObject Prepare(Trainer trainer, ParseResult parse, string? preset, string[] dataPaths, int? limit,
         int? holdOut, string[] valPaths, string[] testPaths, string outDir, int trainCount, int valCount, int classes, int imageSize)
     {
+        var options = trainer.Options;
+        // Every batch would be the whole set, and the default rate 0.1·B/128 would follow a batch that is never seen.
+        if (options.BatchSize > trainCount)
+            throw new CliException($"--batch-size {options.BatchSize} is larger than the {trainCount} training images: give at most {trainCount}.");
         var plan = trainer.Prepare(classes, imageSize);
-        CheckFreeSpace(outDir, plan.BackboneParameters);
+        // The model file as measured from the network; with run checkpoints the trainer checks the whole, once its engine exists.
+        trainer.FinalOutputBytes = OutputSpace.ModelFileBytes(trainer.PreparedNetwork!) + OutputSpace.HeaderSlackBytes;
+        if (trainer.CheckpointPath is null)
+            OutputSpace.Ensure(outDir, trainer.FinalOutputBytes, FormattableString.Invariant($"the model of {trainer.FinalOutputBytes / 1048576.0:0.0} MiB"));
         var config = Config(parse, plan, preset, dataPaths, limit, holdOut, valPaths, testPaths, outDir, trainCount, valCount);
-        var options = plan.Options;
         AnsiConsole.MarkupLine(Markup.Escape($"manml train {plan.Summary}, ") +
                                Markup.Escape(FormattableString.Invariant($"{trainCount} training / {valCount} validation images at {imageSize}x{imageSize}, ") +
                                              FormattableString.Invariant($"{options.Epochs} epochs, batch {options.BatchSize}, lr {plan.LearningRate:0.###}")));

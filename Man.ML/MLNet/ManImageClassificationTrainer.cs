@@ -53,6 +53,9 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         /// </summary>
         internal void Validate()
         {
+            // Checked here first: the run's own check names it by the library's name, EvaluationBatchSize.
+            if (ScoringBatchSize < 1)
+                throw new InvalidOptionException(nameof(ScoringBatchSize), $"ScoringBatchSize must be at least 1 (got {ScoringBatchSize}).");
             ToTrainingOptions().Validate();
             if (ImageSize < 8) throw new InvalidOptionException(nameof(ImageSize), $"ImageSize must be at least 8 (got {ImageSize}).");
             if (Normalization is { } given && (given.Mean.Length != 3 || given.Std.Length != 3 ||
@@ -289,6 +292,7 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
     /// <exception cref="OperationCanceledException">Training was cancelled.</exception>
     /// <exception cref="Backend.BackendFaultException">The backend computes a convolution of this configuration wrongly
     /// (see <see cref="Options.CheckBackend"/>).</exception>
+    /// <exception cref="InvalidOptionException"><see cref="Options.BatchSize"/> is larger than the training rows.</exception>
     public ManImageClassificationTransformer Fit(IDataView input) => Fit(input, initialModel: null);
 
     /// <summary>
@@ -313,6 +317,10 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
                 "validation set", train.ClassNames.Count, token, options.MaxImagePixels);
         else if (options.ValidationSetFraction > 0)
             (train, validation) = train.HoldOut(options.ValidationSetFraction, options.Seed);
+        // Checked before the normalisation is measured and the network built: the trainer would refuse it only then.
+        if (options.BatchSize > train.Count)
+            throw new InvalidOptionException(nameof(Options.BatchSize),
+                $"BatchSize {options.BatchSize} is larger than the {train.Count} training rows; give at most {train.Count}.");
         var recipe = Recipe;
 
         var normalization = options.Normalization ?? initialModel?.Normalization

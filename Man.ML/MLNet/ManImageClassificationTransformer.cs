@@ -78,7 +78,9 @@ public sealed class ManImageClassificationTransformer : ITransformer, IDisposabl
         Normalization = normalization;
         ImageColumnName = imageColumnName;
         ImageSize = imageSize;
-        ScoringBatchSize = Math.Max(1, scoringBatchSize);
+        // A batch of 0 would score nothing at all: refused rather than quietly made 1.
+        ArgumentOutOfRangeException.ThrowIfLessThan(scoringBatchSize, 1);
+        ScoringBatchSize = scoringBatchSize;
         TrainedWith = trainedWith;
         this.device = Training.Devices.Resolve(device);
         Network.to(this.device);
@@ -167,9 +169,11 @@ public sealed class ManImageClassificationTransformer : ITransformer, IDisposabl
     /// <param name="scoringBatchSize">Images scored together inside <see cref="Transform"/>.</param>
     /// <exception cref="FileNotFoundException">The file does not exist.</exception>
     /// <exception cref="InvalidDataException">Not a Man.ML checkpoint, damaged, or without a normalisation.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="scoringBatchSize"/> is less than 1.</exception>
     public static ManImageClassificationTransformer FromCheckpoint(string path, string imageColumnName = "Image", string device = "cpu",
         int scoringBatchSize = 256)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(scoringBatchSize, 1); // before the file is read
         var (network, info) = Training.ModelCheckpoint.Load(path);
         try
         {

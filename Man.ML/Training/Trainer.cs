@@ -35,7 +35,11 @@ public sealed class Trainer
     /// <summary>Raised after a run checkpoint is written, with its path and the epochs it holds.</summary>
     public event Action<string, int>? CheckpointWritten;
 
-    /// <summary>Where run checkpoints are written (null: none). Written atomically, replacing the previous one.</summary>
+    /// <summary>
+    /// Where run checkpoints are written (null: none). Written atomically, replacing the previous one. Before the first
+    /// step its folder is checked for room (the checkpoint's size measured, twice when it is replaced): an
+    /// <see cref="IOException"/> naming the folder when there is not.
+    /// </summary>
     public string? CheckpointPath { get; init; }
 
     /// <summary>Write a run checkpoint every this many epochs (0: never; the last epoch always when a path is set).</summary>
@@ -59,6 +63,12 @@ public sealed class Trainer
     /// (<see cref="BackendCheck"/>; shapes already checked in this process are not checked again). Default true.
     /// </summary>
     public bool CheckBackend { get; init; } = true;
+
+    /// <summary>
+    /// Bytes a front end writes beside <see cref="CheckpointPath"/> once the run is over (the model file), counted in the
+    /// free-space check made before the first step. Default 0.
+    /// </summary>
+    internal long FinalOutputBytes { get; set; }
 
     /// <summary>The backend check of the last run (null when <see cref="CheckBackend"/> is off or no run started).</summary>
     internal BackendReport? BackendReport { get; private set; }
@@ -171,6 +181,10 @@ public sealed class Trainer
     {
         if (train.Count < 2)
             throw new InvalidOptionException("data", $"Training needs at least 2 images (got {train.Count}).");
+        // Every batch would be the whole set, and the default learning rate (0.1·B/128) would scale with a batch never seen.
+        if (Options.BatchSize > train.Count)
+            throw new InvalidOptionException(nameof(TrainingOptions.BatchSize),
+                $"The batch size {Options.BatchSize} is larger than the {train.Count} training images; give at most {train.Count}.");
         if (EarlyStopping is { } stopping)
         {
             stopping.Validate(nameof(EarlyStopping));
@@ -185,6 +199,7 @@ public sealed class Trainer
         try
         {
             if (ResumeFrom is not null) TrainingCheckpoint.EnsureSameRun(ResumeFrom, plan); // before anything costly
+            if (CheckpointPath is not null) EnsureRoomForCheckpoints(plan, local);
             // A wrong gradient stops the run here, with the layer, the shape and the remedy, not as a NaN hours later.
             if (CheckBackend) BackendReport = BackendCheck.EnsureCorrect(local);
             return Run(plan, local, train, validation, tests, local.Device, cancellation);
@@ -198,6 +213,18 @@ public sealed class Trainer
         {
             set_rng_state(callers); // a resumed run restores its generator: the application's is given back
         }
+    }
+
+    // A run checkpoint is replaced atomically: while the next is written the previous one is still there, so a run that
+    // writes more than one needs room for two; the model file comes after the last, beside one.
+    private void EnsureRoomForCheckpoints(RunPlan plan, LocalTrainer local)
+    {
+        long checkpoint = OutputSpace.RunCheckpointBytes(plan, local) + OutputSpace.HeaderSlackBytes;
+        bool several = CheckpointEvery > 0 && CheckpointEvery < Options.Epochs;
+        long needed = Math.Max(several ? 2 * checkpoint : checkpoint, checkpoint + FinalOutputBytes);
+        OutputSpace.Ensure(Path.GetDirectoryName(Path.GetFullPath(CheckpointPath!))!, needed,
+            FormattableString.Invariant($"a run checkpoint of {checkpoint / 1048576.0:0.0} MiB{(several ? ", twice while it is replaced" : "")}") +
+            (FinalOutputBytes > 0 ? FormattableString.Invariant($", and the model of {FinalOutputBytes / 1048576.0:0.0} MiB") : ""));
     }
 
     private TrainingResult Run(RunPlan runPlan, LocalTrainer local, ITrainingSource train, ITrainingSource? validation,

@@ -47,8 +47,15 @@ public sealed record TrainingOptions
     /// </summary>
     public long MaxImagePixels { get; init; } = DefaultMaxImagePixels;
 
-    /// <summary>Background threads decoding image files; 0: half the cores (at least one).</summary>
+    /// <summary>Background threads decoding image files, 0 to <see cref="MaxThreads"/>; 0: half the cores (at least one).</summary>
     public int DataWorkers { get; init; }
+
+    /// <summary>
+    /// Most threads a run may ask for, libtorch's (the command line's --threads) and the image decoders'
+    /// (<see cref="DataWorkers"/>) alike: 4 per logical core, at least 64. More only adds switching and memory; a mistyped
+    /// count (100000) would start that many threads.
+    /// </summary>
+    public static int MaxThreads { get; } = Math.Max(64, 4 * Environment.ProcessorCount);
 
     /// <summary>Number of gradient-isolated segments; 1 is end-to-end. Default 16 (every unit its own segment on ResNet-32).</summary>
     public int K { get; init; } = 16;
@@ -116,7 +123,8 @@ public sealed record TrainingOptions
         Check(BatchSize >= 2, nameof(BatchSize), $"The batch size must be at least 2 for batch norm (got {BatchSize}).");
         Check(ImageSize is null or >= 32, nameof(ImageSize), $"The image size must be at least 32 (got {ImageSize}).");
         Check(MaxImagePixels >= 1, nameof(MaxImagePixels), $"The image pixel limit must be at least 1 (got {MaxImagePixels}).");
-        Check(DataWorkers >= 0, nameof(DataWorkers), $"Data workers must be 0 (automatic) or more (got {DataWorkers}).");
+        Check(DataWorkers >= 0 && DataWorkers <= MaxThreads, nameof(DataWorkers),
+            $"Data workers must be 0 (automatic) to {MaxThreads} (got {DataWorkers}).");
         Check(EvaluationBatchSize >= 1, nameof(EvaluationBatchSize), $"The evaluation batch size must be positive (got {EvaluationBatchSize}).");
         Check(LearningRate is null || (LearningRate > 0 && double.IsFinite(LearningRate.Value)), nameof(LearningRate),
             FormattableString.Invariant($"The learning rate must be positive (got {LearningRate})."));
