@@ -217,7 +217,8 @@ public sealed class ImageLimitTests
         using var run = new TestSupport.TempDir();
         var train = TestSupport.RunManml(new[]
         {
-            "train", "--arch", "resnet8", "--k", "2", "--epochs", "1", "--train-limit", "16", "--val-split", "8", "--no-backend-check", "--out", run.Path,
+            "train", "--arch", "resnet8", "--k", "2", "--epochs", "1", "--train-limit", "16", "--val-split", "8",
+            "--batch-size", "8", "--no-backend-check", "--out", run.Path,
         });
         Assert.AreEqual(0, train.ExitCode, train.Stderr);
         var model = Path.Combine(run.Path, "model.ckpt");

@@ -207,13 +207,16 @@ public sealed class MLNetTests
         File.WriteAllText(Path.Combine(broken, "dog", "c.png"), "this is not an image");
         var rows = mlContext.Data.LoadFromEnumerable(ImageFolderSample.ListImages(broken));
 
-        // Encoded bytes (LoadRawImageBytes) and MLImage (LoadImages) alike.
+        // Encoded bytes (LoadRawImageBytes) and MLImage (LoadImages) alike; a batch within the three rows, so that the
+        // images are read.
+        var options = SmallOptions(1);
+        options.BatchSize = 2;
         var raw = mlContext.Transforms.Conversion.MapValueToKey("Label")
             .Append(mlContext.Transforms.LoadRawImageBytes("Image", "", nameof(ImageRow.ImagePath)))
-            .Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(SmallOptions(1)));
+            .Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(options));
         var e = Assert.ThrowsExactly<InvalidDataException>(() => raw.Fit(rows));
         StringAssert.Contains(e.Message, "Image column 'Image', row 2");
-        var loaded = Preprocessing(mlContext).Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(SmallOptions(1)));
+        var loaded = Preprocessing(mlContext).Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(options));
         var l = Assert.ThrowsExactly<InvalidDataException>(() => loaded.Fit(rows));
         StringAssert.Contains(l.Message, "Image column 'Image', row 2");
         // The file it came from, read from the path column the pipeline holds.

@@ -268,4 +268,38 @@ public sealed class OptionsAndFilesTests
         StringAssert.StartsWith(e.Message, $"'{later}' has ");
         StringAssert.Contains(e.Message, "MiB free; this run's files need about 1099511627776 MiB (a run checkpoint)");
     }
+
+    [TestMethod]
+    public void AnInterruptedOrTerminatedRunExitsWithTheCodesTheReadmeLists()
+    {
+        if (OperatingSystem.IsWindows()) Assert.Inconclusive("SIGINT and SIGTERM are Unix signals.");
+        foreach (var (signal, code) in new[] { ("INT", 130), ("TERM", 143) })
+        {
+            using var dir = new TestSupport.TempDir();
+            var run = Path.Combine(dir.Path, "run");
+            var info = new System.Diagnostics.ProcessStartInfo("dotnet")
+            {
+                RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+            };
+            foreach (var a in new[] { TestSupport.ManmlDll, "train", "--arch", "resnet8", "--k", "2", "--epochs", "50", "--no-backend-check", "--out", run })
+                info.ArgumentList.Add(a);
+            using var process = System.Diagnostics.Process.Start(info)!;
+            var stdout = process.StandardOutput.ReadToEndAsync();
+            var stderr = process.StandardError.ReadToEndAsync();
+            // Training has begun once the run holds its folder's lock.
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            while (!File.Exists(Path.Combine(run, ".manml.lock")) && clock.Elapsed < TimeSpan.FromSeconds(60) && !process.HasExited) Thread.Sleep(100);
+            Thread.Sleep(1000);
+            Assert.IsFalse(process.HasExited, $"the run ended before the signal: {stderr.Result}");
+            using (var kill = System.Diagnostics.Process.Start("kill", new[] { "-" + signal, process.Id.ToString() })) kill.WaitForExit();
+            if (!process.WaitForExit(60_000))
+            {
+                process.Kill(entireProcessTree: true);
+                Assert.Fail($"SIG{signal} did not stop the run within a minute");
+            }
+            Assert.AreEqual(code, process.ExitCode, $"SIG{signal}: {stderr.Result}");
+            Assert.IsFalse(stderr.Result.Contains("   at ", StringComparison.Ordinal), stderr.Result);
+            _ = stdout.Result;
+        }
+    }
 }

@@ -87,7 +87,8 @@ public sealed class ReaderFuzzTests
             try { finished = task.Wait(PerInput); }
             catch (AggregateException) { finished = true; }
             string replay() => Keep(kind, seed, input);
-            if (!finished) Assert.Fail($"{kind}: round {rounds} (MANML_FUZZ_SEED={BaseSeed}, seed {seed}) did not finish in {PerInput}; input kept at {replay()}");
+            if (!finished)
+                Assert.Fail($"{kind}: round {rounds} (MANML_FUZZ_SEED={BaseSeed}, seed {seed}) did not finish in {PerInput}; input kept at {replay()}");
             if (task.Exception?.InnerException is { } e)
             {
                 if (!declared.Any(t => t.IsInstanceOfType(e)))
