@@ -212,6 +212,7 @@ public sealed class ImageLimitTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")] // child-process trainings
     public void TheCommandLineRefusesOversizedImagesBeforeDecodingThem()
     {
         using var run = new TestSupport.TempDir();

@@ -270,6 +270,7 @@ public sealed class OptionsAndFilesTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")] // child-process trainings
     public void AnInterruptedOrTerminatedRunExitsWithTheCodesTheReadmeLists()
     {
         if (OperatingSystem.IsWindows()) Assert.Inconclusive("SIGINT and SIGTERM are Unix signals.");

@@ -129,6 +129,7 @@ public sealed class ReaderFuzzTests
     private static TrainingOptions Tiny => new() { Architecture = "resnet8", K = 2, Epochs = 1, BatchSize = 32, Seed = 5 };
 
     [TestMethod]
+    [TestCategory("Slow")] // a few seconds of mutations per reader
     public void ModelCheckpointReaderLoadsOrRefusesEveryMutation()
     {
         using var network = Architectures.Create("resnet8", 10, 32);
@@ -158,6 +159,7 @@ public sealed class ReaderFuzzTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")] // a few seconds of mutations per reader
     public void RunCheckpointReaderRestoresOrRefusesEveryMutation()
     {
         using var dir = new TestSupport.TempDir();
@@ -178,6 +180,7 @@ public sealed class ReaderFuzzTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")] // a few seconds of mutations per reader
     public void MLNetModelReaderLoadsOrRefusesEveryMutation()
     {
         var mlContext = new MLContext(3);
@@ -210,6 +213,7 @@ public sealed class ReaderFuzzTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")] // a few seconds of mutations per reader
     public void WeightsReadersLoadOrRefuseEveryMutation()
     {
         using var dir = new TestSupport.TempDir();
@@ -225,6 +229,7 @@ public sealed class ReaderFuzzTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")] // a few seconds of mutations per reader
     public void DatasetReadersLoadOrRefuseEveryMutation()
     {
         using var dir = new TestSupport.TempDir();
@@ -259,6 +264,7 @@ public sealed class ReaderFuzzTests
     }
 
     [TestMethod]
+    [TestCategory("Slow")] // a few seconds of mutations per reader
     public void ImageDecoderLoadsOrRefusesEveryMutation()
     {
         var transform = ImageNetTransform.ForCrop(32);
