@@ -210,6 +210,41 @@ public sealed class ReaderFuzzTests
             catch (InvalidOperationException) { } // the mutation hit the checksum's prefix: the input stays unsealed
             return sealedZip.ToArray();
         }, Load, typeof(InvalidDataException));
+        // The entries are compressed, so the mutations above rarely reach them: here one entry's own bytes (man.json, the
+        // backbone checkpoint, an embedded ML.NET zip) are mutated and the model zip is written and sealed again.
+        var entries = ReadEntries(memory.ToArray());
+        var names = entries.Keys.Order(StringComparer.Ordinal).ToArray();
+        Fuzz("ML.NET model, one entry mutated and resealed", memory.ToArray(), random =>
+        {
+            string target = names[random.Next(names.Length)];
+            return WriteSealedModel(entries.ToDictionary(e => e.Key, e => e.Key == target ? Mutate(e.Value, random) : e.Value));
+        }, Load, new[] { typeof(InvalidDataException) });
+    }
+
+    private static Dictionary<string, byte[]> ReadEntries(byte[] zipBytes)
+    {
+        using var zip = new System.IO.Compression.ZipArchive(new MemoryStream(zipBytes));
+        return zip.Entries.ToDictionary(e => e.FullName, e =>
+        {
+            using var s = e.Open();
+            using var m = new MemoryStream();
+            s.CopyTo(m);
+            return m.ToArray();
+        });
+    }
+
+    // A model zip as SaveManModel writes one: the entries, then the checksum comment, sealed.
+    private static byte[] WriteSealedModel(Dictionary<string, byte[]> entries)
+    {
+        var memory = new MemoryStream();
+        using (var zip = new System.IO.Compression.ZipArchive(memory, System.IO.Compression.ZipArchiveMode.Create, leaveOpen: true))
+        {
+            foreach (var (name, bytes) in entries)
+                using (var s = zip.CreateEntry(name).Open()) s.Write(bytes);
+            zip.Comment = "MANML-SHA256:" + new string('0', 64);
+        }
+        ManModelOperations.Seal(memory);
+        return memory.ToArray();
     }
 
     [TestMethod]

@@ -290,7 +290,12 @@ public static class ManModelOperations
         public static ModelDescription Parse(MemoryStream json, string name)
         {
             JsonNode? root;
-            try { root = JsonNode.Parse(json.GetBuffer().AsSpan(0, (int)json.Length)); }
+            // Decoded strictly first: JsonNode checks a string's UTF-8 only when the value is read, and then throws
+            // InvalidOperationException from wherever that happens.
+            string text;
+            try { text = StrictUtf8.GetString(json.GetBuffer(), 0, (int)json.Length); }
+            catch (DecoderFallbackException e) { throw new InvalidDataException($"{name} is damaged: man.json is not UTF-8 text.", e); }
+            try { root = JsonNode.Parse(text); }
             catch (JsonException e) { throw new InvalidDataException($"{name} is damaged: man.json is not JSON ({e.Message})", e); }
             if (root is not JsonObject o) throw new InvalidDataException($"{name} is damaged: man.json is not a JSON object.");
             InvalidDataException Bad(string field, string why) =>
@@ -325,6 +330,8 @@ public static class ManModelOperations
             }
             return new ModelDescription(version, column, size, batch, trainedWith, recipe, keyValues);
         }
+
+        private static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
         private static string Show(JsonNode? node) => node is null ? "missing or null"
             : node.ToJsonString() is var text && text.Length > 40 ? text[..40] + "..." : node.ToJsonString();
