@@ -32,7 +32,7 @@ internal static class ExportOnnxCommand
         {
             var path = parse.GetValue(model)!;
             var target = parse.GetValue(output)!;
-            if (!File.Exists(path)) throw new FileNotFoundException($"Model '{path}' does not exist.", path);
+            InputFiles.CheckRegular(path, "Model");
             var chosen = Choices.Parse<ImageRecipe>(parse.GetValue(recipe)!, recipe.Name);
             if (ModelFiles.IsZip(path))
             {

@@ -46,7 +46,7 @@ internal static class ExportWeightsCommand
             {
                 if (parse.GetValue(arch) is not null || parse.GetValue(initFrom) is not null || parse.GetValue(synthetic) is not null)
                     throw new CliException("--model brings its own network: give --arch, --init-from and --synthetic-seed only without it.");
-                if (!File.Exists(checkpoint)) throw new FileNotFoundException($"Model '{checkpoint}' does not exist.", checkpoint);
+                InputFiles.CheckRegular(checkpoint, "Model");
                 if (ModelFiles.IsZip(checkpoint))
                 {
                     var man = ModelFiles.Find(new Microsoft.ML.MLContext(0).Model.LoadManModel(checkpoint, out _))

@@ -26,7 +26,7 @@ internal static class ScoreModelCommand
         {
             var mlContext = new MLContext(0);
             var path = parse.GetValue(model)!;
-            if (!File.Exists(path)) throw new FileNotFoundException($"Model '{path}' does not exist.", path);
+            InputFiles.CheckRegular(path, "Model");
             var loaded = ModelFiles.IsZip(path) ? mlContext.Model.LoadManModel(path, out _)
                 // A checkpoint holds the network alone: the images are loaded as the ML.NET sample's pipeline does.
                 : new TransformerChain<ITransformer>(
