@@ -273,7 +273,6 @@ public sealed class OptionsAndFilesTests
     [TestCategory("Slow")] // child-process trainings
     public void AnInterruptedOrTerminatedRunExitsWithTheCodesTheReadmeLists()
     {
-        if (OperatingSystem.IsWindows()) Assert.Inconclusive("SIGINT and SIGTERM are Unix signals.");
         foreach (var (signal, code) in new[] { ("INT", 130), ("TERM", 143) })
         {
             using var dir = new TestSupport.TempDir();
