@@ -55,17 +55,17 @@ public sealed class RuleTests
         CollectionAssert.AreEqual(new long[] { 32, 16, 3, 3 }, convs[0].Weight.shape);
         Assert.AreEqual(2, convs[0].Stride);
         CollectionAssert.AreEqual(new long[] { 32, 32, 3, 3 }, convs[1].Weight.shape);
-        var linears = c16.modules().OfType<TorchSharp.Modules.Linear>().ToList();
-        CollectionAssert.AreEqual(new long[] { 128, 32 }, linears[0].weight!.shape);
-        CollectionAssert.AreEqual(new long[] { 10, 128 }, linears[1].weight!.shape);
+        var linears = c16.modules().OfType<LinearLayer>().ToList();
+        CollectionAssert.AreEqual(new long[] { 128, 32 }, linears[0].Weight.shape);
+        CollectionAssert.AreEqual(new long[] { 10, 128 }, linears[1].Weight.shape);
         // 1c1f on 64 channels: conv s1 64→64, Linear(64→out).
         var c64 = InfoProHead.AuxClassifier(64, AuxClassifierConfig.C1F1, 10);
         var conv64 = c64.modules().OfType<Conv2dLayer>().Single();
         Assert.AreEqual(1, conv64.Stride);
         CollectionAssert.AreEqual(new long[] { 64, 64, 3, 3 }, conv64.Weight.shape);
-        Assert.AreEqual(1, c64.modules().OfType<TorchSharp.Modules.Linear>().Count());
+        Assert.AreEqual(1, c64.modules().OfType<LinearLayer>().Count());
         // 1c3f: three linear layers; 0c2f: none convolutional.
-        Assert.AreEqual(3, InfoProHead.AuxClassifier(32, AuxClassifierConfig.C1F3, 10).modules().OfType<TorchSharp.Modules.Linear>().Count());
+        Assert.AreEqual(3, InfoProHead.AuxClassifier(32, AuxClassifierConfig.C1F3, 10).modules().OfType<LinearLayer>().Count());
         Assert.AreEqual(0, InfoProHead.AuxClassifier(32, AuxClassifierConfig.C0F2, 10).modules().OfType<Conv2dLayer>().Count());
     }
 

@@ -101,11 +101,18 @@ internal sealed class ModelOptions
         Description = "How convolutions avoid libtorch's known CPU faults: auto (default: where this CPU needs it), always, or never (plain libtorch). " +
                       "Default: the MANML_CONV_WORKAROUND environment variable, else auto.",
     };
+    public Option<string> Precision { get; } = new("--precision")
+    {
+        Description = "Training precision: fp32 (default), bf16 (mixed precision; needs a GPU or a CPU with avx512_bf16/amx_bf16), " +
+                      "auto (bf16 where the device computes it natively, else fp32) or bf16-emulated (bf16's numerics at fp32's speed).",
+        DefaultValueFactory = _ => Choices.Name(Defaults.Precision),
+    };
 
     public IEnumerable<Option> All => new Option[]
     {
         Preset, Dataset, Arch, K, Split, ImageSize, Workers, MaxImagePixels, Rule, Man, NoMan, ManAblation, ManInit, EmaMomentum, ManMix, DglHead,
         AuxConfig, InfoProLoss, Lambda, LambdaSchedule, Epochs, BatchSize, Lr, WeightDecay, InitFrom, Seed, Threads, Device, ConvWorkaround,
+        Precision,
     };
 
     private static bool Given(ParseResult parse, Option option) => parse.GetResult(option) is { Implicit: false };
@@ -188,6 +195,7 @@ internal sealed class ModelOptions
                 ? Choices.Parse<Models.ConvolutionWorkaround>(parse.GetValue(ConvWorkaround)!, ConvWorkaround.Name)
                 : baseline.ConvolutionWorkaround,
             Device = Pick(Device, baseline.Device),
+            Precision = ChoiceOf(Precision, baseline.Precision),
             Augmentation = dataset.Augmentation,
             Normalization = dataset.Normalization,
         };

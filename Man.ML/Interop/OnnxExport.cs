@@ -153,7 +153,7 @@ public static class OnnxExport
             case PooledLinearHead:
             {
                 var pooled = g.Node("Flatten", new[] { g.Node("GlobalAveragePool", new[] { x }) }, null, ("axis", 1L));
-                return Linear(g, (Linear)Child(head, "fc"), pooled, "fc");
+                return Linear(g, (LinearLayer)Child(head, "fc"), pooled, "fc");
             }
             case VggHead:
             {
@@ -177,9 +177,9 @@ public static class OnnxExport
                 }
                 h = g.Node("Flatten", new[] { h }, null, ("axis", 1L));
                 var classifier = Child(head, "classifier");
-                h = g.Relu(Linear(g, (Linear)Child(classifier, "0"), h, "classifier0"));
-                h = g.Relu(Linear(g, (Linear)Child(classifier, "2"), h, "classifier2"));
-                return Linear(g, (Linear)Child(classifier, "4"), h, "classifier4");
+                h = g.Relu(Linear(g, (LinearLayer)Child(classifier, "0"), h, "classifier0"));
+                h = g.Relu(Linear(g, (LinearLayer)Child(classifier, "2"), h, "classifier2"));
+                return Linear(g, (LinearLayer)Child(classifier, "4"), h, "classifier4");
             }
             default:
                 throw new NotSupportedException($"ONNX export does not know head {head.GetType().Name}.");
@@ -212,12 +212,12 @@ public static class OnnxExport
             ("kernel_shape", new[] { k, k }), ("strides", new[] { s, s }), ("pads", new[] { p, p, p, p }), ("group", (long)conv.Groups));
     }
 
-    private static string Linear(GraphBuilder g, Linear linear, string x, string name)
+    private static string Linear(GraphBuilder g, LinearLayer linear, string x, string name)
     {
         using var scope = NewDisposeScope();
-        var w = linear.weight!.detach().cpu().contiguous();
+        var w = linear.Weight.detach().cpu().contiguous();
         var weight = g.Constant(name + "_weight", w.data<float>().ToArray(), w.shape);
-        var bias = g.Constant(name + "_bias", linear.bias!.detach().cpu().contiguous().data<float>().ToArray(), linear.bias.shape);
+        var bias = g.Constant(name + "_bias", linear.Bias!.detach().cpu().contiguous().data<float>().ToArray(), linear.Bias.shape);
         return g.Node("Gemm", new[] { x, weight, bias }, null, ("transB", 1L));
     }
 

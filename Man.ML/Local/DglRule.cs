@@ -76,11 +76,11 @@ internal sealed class DglHead : AuxiliaryHead, IHasCost
         var layers = new List<nn.Module<Tensor, Tensor>>();
         for (int i = 0; i < hiddenLinears; i++)
         {
-            layers.Add(nn.Linear(features, features, hasBias: imageNet));
+            layers.Add(new LinearLayer(features, features, hasBias: imageNet));
             layers.Add(nn.BatchNorm1d(features));
             layers.Add(nn.ReLU(inplace: true));
         }
-        layers.Add(nn.Linear(features, classes));
+        layers.Add(new LinearLayer(features, classes));
         mlp = nn.Sequential(layers.ToArray());
         RegisterComponents();
         Initialization.ApplyReference(this);
@@ -100,7 +100,7 @@ internal sealed class DglHead : AuxiliaryHead, IHasCost
     public override Tensor Loss(Tensor features, LocalTargets targets)
     {
         using var scope = NewDisposeScope();
-        return nn.functional.cross_entropy(call(features), targets.Labels).MoveToOuterDisposeScope();
+        return nn.functional.cross_entropy(MixedPrecision.Float32(call(features)), targets.Labels).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -111,7 +111,7 @@ internal sealed class DglHead : AuxiliaryHead, IHasCost
     {
         int c = input.Channels;
         long pooled = (long)c * firstPool * firstPool, features = (long)c * secondPool * secondPool;
-        long classes = ((TorchSharp.Modules.Linear)mlp[^1]).weight!.shape[0];
+        long classes = ((LinearLayer)mlp[^1]).OutFeatures;
         long saved = pooled * 7 + features * (2 * hiddenLinears + 1) + classes;
         long flops = 3 * LayerCost.LinearFlops(c, c) * firstPool * firstPool + hiddenLinears * LayerCost.LinearFlops(features, features)
                      + LayerCost.LinearFlops(features, classes);
@@ -136,10 +136,10 @@ internal sealed class DglManPlusPlusHead : AuxiliaryHead, IHasCost
             new Conv2dLayer(Width, Width, 1, bias: false), nn.BatchNorm2d(Width), nn.ReLU(inplace: true),
             nn.AdaptiveAvgPool2d(1), nn.Flatten());
         mlp = nn.Sequential(
-            nn.Linear(Width, Hidden), nn.BatchNorm1d(Hidden), nn.ReLU(inplace: true),
-            nn.Linear(Hidden, Hidden), nn.BatchNorm1d(Hidden), nn.ReLU(inplace: true),
-            nn.Linear(Hidden, Hidden), nn.BatchNorm1d(Hidden), nn.ReLU(inplace: true),
-            nn.Linear(Hidden, classes));
+            new LinearLayer(Width, Hidden), nn.BatchNorm1d(Hidden), nn.ReLU(inplace: true),
+            new LinearLayer(Hidden, Hidden), nn.BatchNorm1d(Hidden), nn.ReLU(inplace: true),
+            new LinearLayer(Hidden, Hidden), nn.BatchNorm1d(Hidden), nn.ReLU(inplace: true),
+            new LinearLayer(Hidden, classes));
         RegisterComponents();
         Initialization.ApplyReference(this);
     }
@@ -155,13 +155,13 @@ internal sealed class DglManPlusPlusHead : AuxiliaryHead, IHasCost
     public override Tensor Loss(Tensor features, LocalTargets targets)
     {
         using var scope = NewDisposeScope();
-        return nn.functional.cross_entropy(call(features), targets.Labels).MoveToOuterDisposeScope();
+        return nn.functional.cross_entropy(MixedPrecision.Float32(call(features)), targets.Labels).MoveToOuterDisposeScope();
     }
 
     /// <summary>Like <see cref="DglHead.Cost"/> with 128 channels at 8x8 and 512-wide linear layers.</summary>
     public ModuleCost Cost(FeatureShape input)
     {
-        long classes = ((TorchSharp.Modules.Linear)mlp[^1]).weight!.shape[0];
+        long classes = ((LinearLayer)mlp[^1]).OutFeatures;
         long pooled = 64L * input.Channels;
         long saved = pooled + 6 * 64L * Width + Width + 3 * 2 * Hidden + classes;
         long flops = 64L * (LayerCost.LinearFlops(input.Channels, Width) + 2 * LayerCost.LinearFlops(Width, Width))

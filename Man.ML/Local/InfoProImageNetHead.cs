@@ -57,7 +57,7 @@ internal sealed class InfoProImageNetHead : AuxiliaryHead, IHasCost
             int shift = steps.Length - 1 - s; // the last step reaches the image, each earlier one half of the next
             sizes.Add(new long[] { Math.Max(input.Height, image.Height >> shift), Math.Max(input.Width, image.Width >> shift) });
             stages.Add(last
-                ? nn.Sequential(new Conv2dLayer(width, outWidth, kernel, padding: kernel / 2), nn.Sigmoid())
+                ? nn.Sequential(new Conv2dLayer(width, outWidth, kernel, padding: kernel / 2), new Float32Sigmoid())
                 : nn.Sequential(new Conv2dLayer(width, outWidth, kernel, padding: kernel / 2), nn.BatchNorm2d(outWidth), nn.ReLU(inplace: true)));
             width = outWidth;
         }
@@ -71,7 +71,7 @@ internal sealed class InfoProImageNetHead : AuxiliaryHead, IHasCost
             new Conv2dLayer(256, 512, 3, stride: 2, padding: 1, bias: false), nn.BatchNorm2d(512), nn.ReLU(inplace: true),
             new Conv2dLayer(512, Pooled, 1, bias: false), nn.BatchNorm2d(Pooled), nn.ReLU(inplace: true),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(Pooled, outputs));
+            new LinearLayer(Pooled, outputs));
         mean = tensor(normalization.Mean).view(1, -1, 1, 1);
         std = tensor(normalization.Std).view(1, -1, 1, 1);
         RegisterComponents();

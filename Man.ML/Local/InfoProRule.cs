@@ -260,7 +260,7 @@ internal sealed class InfoProHead : AuxiliaryHead, IHasCost
         imageSize = new long[] { image.Height, image.Width };
         decoder = nn.Sequential(
             new Conv2dLayer(input.Channels, DecoderWidth, 3, padding: 1), nn.BatchNorm2d(DecoderWidth), nn.ReLU(inplace: true),
-            new Conv2dLayer(DecoderWidth, image.Channels, 3, padding: 1), nn.Sigmoid());
+            new Conv2dLayer(DecoderWidth, image.Channels, 3, padding: 1), new Float32Sigmoid());
         this.config = config;
         outputs = mode == InfoProLossMode.CrossEntropy ? classes : EmbeddingWidth;
         classifier = AuxClassifier(input.Channels, config, outputs);
@@ -294,7 +294,7 @@ internal sealed class InfoProHead : AuxiliaryHead, IHasCost
         {
             bool last = f == linears - 1;
             int outWidth = last ? outputs : EmbeddingWidth;
-            layers.Add(nn.Linear(width, outWidth));
+            layers.Add(new LinearLayer(width, outWidth));
             if (!last) layers.Add(nn.ReLU(inplace: true));
             width = outWidth;
         }
@@ -388,15 +388,15 @@ internal static class InfoProLoss
         using var lambda2 = classificationWeight.ToScalar();
         using var zero = 0.0.ToScalar();
         using var one = 1.0.ToScalar();
-        var loss = zeros(1, dtype: features.dtype, device: features.device).squeeze();
+        var loss = zeros(1, dtype: ScalarType.Float32, device: features.device).squeeze(); // losses in float32 (MixedPrecision.cs)
         if (reconstructionWeight != 0)
         {
             var target = targets.Images.mul(std.to(features.device)).add_(mean.to(features.device)).clamp_(zero, one); // de-normalised input
-            loss = loss + nn.functional.binary_cross_entropy(reconstruct(features), target).mul_(lambda1);
+            loss = loss + nn.functional.binary_cross_entropy(MixedPrecision.Float32(reconstruct(features)), target).mul_(lambda1);
         }
         if (classificationWeight != 0)
         {
-            var output = classify(features);
+            var output = MixedPrecision.Float32(classify(features));
             var term = mode == InfoProLossMode.CrossEntropy
                 ? nn.functional.cross_entropy(output, targets.Labels)
                 : SupervisedContrastiveLoss.Compute(output, targets.Labels);
@@ -421,7 +421,7 @@ internal static class SupervisedContrastiveLoss
     {
         using var scope = NewDisposeScope();
         long b = features.shape[0];
-        var f = nn.functional.normalize(features, dim: 1);                      // (B, D)
+        var f = nn.functional.normalize(MixedPrecision.Float32(features), dim: 1); // (B, D), in float32 whatever the precision
         using var t = temperature.ToScalar();                                    // explicit: alive through the calls (KeepAliveSgd.cs)
         using var scale = (-(temperature / baseTemperature)).ToScalar();
         var logits = f.matmul(f.t()).div_(t);                                    // (B, B)

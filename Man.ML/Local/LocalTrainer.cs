@@ -106,6 +106,20 @@ public sealed class LocalTrainer : IDisposable
     /// <summary>Where every module and tensor of the run lives.</summary>
     public Device Device { get; }
 
+    private readonly TrainingPrecision precision;
+
+    /// <summary>
+    /// The precision every segment's forward pass, local loss and backward pass compute in (docs/PRECISION.md): float32
+    /// (the default), bf16 mixed precision or its float32 emulation; <see cref="TrainingPrecision.Auto"/> is resolved for
+    /// <see cref="Device"/> when set. Parameters, gradients and optimizer state are float32 in every precision.
+    /// </summary>
+    /// <exception cref="InvalidOptionException">bf16 on a CPU without bf16 instructions.</exception>
+    public TrainingPrecision Precision
+    {
+        get => precision;
+        init => precision = BFloat16Support.Resolve(value, Device.type);
+    }
+
     /// <summary>
     /// Sets up local learning of <paramref name="network"/> (moved to <paramref name="device"/>) with a rule of your own
     /// or one of Man.ML's; <see cref="Training.Trainer"/> builds the same engine from a resolved run.
@@ -252,6 +266,7 @@ public sealed class LocalTrainer : IDisposable
         float lossValue;
         long correct = 0;
         using (var scope = NewDisposeScope())
+        using (MixedPrecision.Enter(precision))
         {
             var range = Split.Segments[segment];
             if (segment < Split.K - 1) man?.BeforeForward(segment);
@@ -260,7 +275,7 @@ public sealed class LocalTrainer : IDisposable
             if (segment == Split.K - 1)
             {
                 var logits = Network.Head.call(h);                         // (B, classes)
-                loss = nn.functional.cross_entropy(logits, targets.Labels);
+                loss = nn.functional.cross_entropy(MixedPrecision.Float32(logits), targets.Labels); // losses in float32
                 correct = logits.argmax(1).eq(targets.Labels).sum().item<long>();
             }
             else

@@ -137,7 +137,12 @@ internal sealed class MomentumBranch : nn.Module<Tensor, Tensor>, IHasCost
         using var scope = NewDisposeScope();
         Tensor y;
         // Not in place: the copies' ReLU outputs are saved for their backward.
-        if (mix is not null) y = mix * learnable!.call(x) + mix.neg().add_(Two) * ema!.call(x); // MAN++: s·LB + (2 − s)·EMA
+        if (mix is not null)
+        {
+            var lb = learnable!.call(x);
+            var s = mix.to(lb.dtype); // a bf16 scale for bf16 maps (MixedPrecision.cs); the identity in float32
+            y = s * lb + s.neg().add_(Two) * ema!.call(x); // MAN++: s·LB + (2 − s)·EMA
+        }
         else if (learnable is not null && ema is not null) y = learnable.call(x) + ema.call(x); // (B, C', H', W')
         else y = (learnable ?? ema)!.call(x);
         return y.MoveToOuterDisposeScope();

@@ -39,7 +39,7 @@ internal sealed class PredSimHead : AuxiliaryHead, IHasCost
     public const int MaxPredictionFeatures = 1024;
 
     private readonly Conv2dLayer similarityConv;
-    private readonly Linear prediction;
+    private readonly LinearLayer prediction;
     private readonly long[] poolKernel;
     private readonly int classes;
 
@@ -53,7 +53,7 @@ internal sealed class PredSimHead : AuxiliaryHead, IHasCost
         poolKernel = PoolingKernel(input);
         similarityConv = new Conv2dLayer(input.Channels, input.Channels, 3, padding: 1, bias: false);
         long features = input.Channels * (input.Height / poolKernel[0]) * (input.Width / poolKernel[1]);
-        prediction = nn.Linear(features, classes);
+        prediction = new LinearLayer((int)features, classes);
         RegisterComponents();
         Initialization.ApplyReference(this);
     }
@@ -85,10 +85,10 @@ internal sealed class PredSimHead : AuxiliaryHead, IHasCost
     public override Tensor Loss(Tensor features, LocalTargets targets)
     {
         using var scope = NewDisposeScope();
-        var oneHot = nn.functional.one_hot(targets.Labels, classes).to_type(features.dtype);
-        var similarity = SimilarityMatrix(similarityConv.call(features));            // (B, B)
+        var oneHot = nn.functional.one_hot(targets.Labels, classes).to_type(ScalarType.Float32);
+        var similarity = SimilarityMatrix(MixedPrecision.Float32(similarityConv.call(features))); // (B, B), in float32
         var simLoss = nn.functional.mse_loss(similarity, SimilarityMatrix(oneHot).detach());
-        var predLoss = nn.functional.cross_entropy(call(features), targets.Labels);
+        var predLoss = nn.functional.cross_entropy(MixedPrecision.Float32(call(features)), targets.Labels);
         using var beta = PredSimRule.SimilarityWeight.ToScalar();   // explicit Scalars, alive through the calls (KeepAliveSgd.cs)
         using var rest = PredSimRule.PredictionWeight.ToScalar();
         return simLoss.mul(beta).add_(predLoss.mul(rest)).MoveToOuterDisposeScope();

@@ -75,12 +75,12 @@ internal sealed class BasicBlock : nn.Module<Tensor, Tensor>, IHasCost
 /// <summary>Classification head: global average pooling, flatten, linear.</summary>
 internal sealed class PooledLinearHead : nn.Module<Tensor, Tensor>, IHasCost
 {
-    private readonly Linear fc;
+    private readonly LinearLayer fc;
 
     /// <summary>Creates a head from <paramref name="channels"/> features to <paramref name="classes"/> logits.</summary>
     public PooledLinearHead(int channels, int classes) : base(nameof(PooledLinearHead))
     {
-        fc = nn.Linear(channels, classes);
+        fc = new LinearLayer(channels, classes);
         RegisterComponents();
     }
 
@@ -95,7 +95,7 @@ internal sealed class PooledLinearHead : nn.Module<Tensor, Tensor>, IHasCost
     /// <summary>Keeps the pooled features (the linear layer's input) and the logits' softmax (cross-entropy).</summary>
     public ModuleCost Cost(FeatureShape input)
     {
-        long classes = fc.weight!.shape[0];
+        long classes = fc.OutFeatures;
         return new ModuleCost(new FeatureShape((int)classes, 1, 1), 0, input.Channels + classes, false,
             LayerCost.LinearFlops(input.Channels, classes));
     }

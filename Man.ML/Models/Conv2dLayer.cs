@@ -78,9 +78,12 @@ internal sealed class Conv2dLayer : nn.Module<Tensor, Tensor>
     /// <inheritdoc />
     public override Tensor forward(Tensor x)
     {
-        var route = ConvolutionRouting.RouteFor(Workaround, x, weight, Stride, Padding, Groups);
+        // In a bf16 scope the operands are cast here, at the module boundary (MixedPrecision.cs); the route is chosen for
+        // the tensors the kernel sees.
+        var (input, w, b) = (MixedPrecision.Operand(x)!, MixedPrecision.Operand(weight)!, MixedPrecision.Operand(bias));
+        var route = ConvolutionRouting.RouteFor(Workaround, input, w, Stride, Padding, Groups);
         ConvolutionTrace.Record(this, x);
-        return ConvolutionRouting.Convolve(x, weight, bias, Stride, Padding, Groups, route); // (B, out, H', W')
+        return MixedPrecision.Result(ConvolutionRouting.Convolve(input, w, b, Stride, Padding, Groups, route)); // (B, out, H', W')
     }
 
     /// <inheritdoc />

@@ -50,7 +50,7 @@ internal static class LayerCost
         bool first = true;
         foreach (var layer in layers)
         {
-            bool keepsInput = layer is Conv2dLayer or TorchSharp.Modules.Linear or TorchSharp.Modules.BatchNorm2d or TorchSharp.Modules.BatchNorm1d;
+            bool keepsInput = layer is Conv2dLayer or LinearLayer or TorchSharp.Modules.BatchNorm2d or TorchSharp.Modules.BatchNorm1d;
             if (keepsInput && !lastSaved)
             {
                 if (first) savedInput = shape.Elements; else saved += shape.Elements;
@@ -66,15 +66,15 @@ internal static class LayerCost
                     lastSaved = false;
                     break;
                 }
-                case TorchSharp.Modules.Linear linear:
-                    flops += LinearFlops(linear.in_features, linear.out_features);
-                    shape = new FeatureShape((int)linear.out_features, 1, 1);
+                case LinearLayer linear:
+                    flops += LinearFlops(linear.InFeatures, linear.OutFeatures);
+                    shape = new FeatureShape(linear.OutFeatures, 1, 1);
                     lastSaved = false;
                     break;
                 case TorchSharp.Modules.BatchNorm2d or TorchSharp.Modules.BatchNorm1d:
                     lastSaved = false;  // a new tensor (its input was kept above)
                     break;
-                case TorchSharp.Modules.ReLU or TorchSharp.Modules.Sigmoid:
+                case TorchSharp.Modules.ReLU or TorchSharp.Modules.Sigmoid or Float32Sigmoid:
                     saved += shape.Elements; // the output (in place on the previous tensor, which is then not kept)
                     lastSaved = true;
                     break;

@@ -76,7 +76,9 @@ internal static class UpsampledConvolution
                 return conv.call(up).MoveToOuterDisposeScope();
             }
             default:
-                return Separable(conv.Weight, conv.Bias, x, height, width);
+                // conv.call casts at its boundary on the other routes; this one multiplies the weight itself.
+                return MixedPrecision.Result(Separable(MixedPrecision.Operand(conv.Weight)!, MixedPrecision.Operand(conv.Bias),
+                    MixedPrecision.Operand(x)!, height, width));
         }
     }
 

@@ -54,9 +54,9 @@ internal sealed class VggHead : nn.Module<Tensor, Tensor>, IHasCost
     {
         this.classes = classes;
         classifier = nn.Sequential(
-            nn.Linear(channels * Pool * Pool, Hidden), nn.ReLU(inplace: true),
-            nn.Linear(Hidden, Hidden), nn.ReLU(inplace: true),
-            nn.Linear(Hidden, classes));
+            new LinearLayer(channels * Pool * Pool, Hidden), nn.ReLU(inplace: true),
+            new LinearLayer(Hidden, Hidden), nn.ReLU(inplace: true),
+            new LinearLayer(Hidden, classes));
         RegisterComponents();
     }
 
@@ -165,10 +165,10 @@ internal sealed class Vgg : UnitChainNetwork
         foreach (var (_, m) in module.named_modules())
         {
             if (m is Conv2dLayer { Bias: { } convBias }) nn.init.zeros_(convBias);
-            if (m is Linear linear)
+            if (m is LinearLayer linear)
             {
-                nn.init.normal_(linear.weight!, 0, 0.01);
-                if (linear.bias is { } bias) nn.init.zeros_(bias);
+                nn.init.normal_(linear.Weight, 0, 0.01);
+                if (linear.Bias is { } bias) nn.init.zeros_(bias);
             }
         }
     }

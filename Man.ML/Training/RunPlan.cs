@@ -73,6 +73,10 @@ public sealed record RunPlan
     /// <summary>Canonical device name.</summary>
     public required string Device { get; init; }
 
+    /// <summary>The precision training computes in, resolved for the device (<see cref="TrainingOptions.Precision"/>;
+    /// never auto).</summary>
+    public required TrainingPrecision Precision { get; init; }
+
     /// <summary>What was loaded from <see cref="TrainingOptions.InitFrom"/> (null without one).</summary>
     public WeightsLoadReport? InitialWeights { get; init; }
 
@@ -127,6 +131,7 @@ public sealed record RunPlan
         if (classes < 2) throw new InvalidOptionException("Classes", $"Training needs at least 2 classes (got {classes}).");
         if (imageSize < 8) throw new InvalidOptionException(nameof(ImageSize), $"The image size must be at least 8 (got {imageSize}).");
         var device = Devices.Resolve(options.Device);
+        var precision = BFloat16Support.Resolve(options.Precision, device.type, nameof(TrainingOptions.Precision));
         var settings = options.RuleSettings with { InfoPro = options.RuleSettings.InfoPro with { Dataset = options.Dataset.Name } };
         var rule = LocalLearningRules.Create(options.Rule, settings);
         using var callers = get_rng_state();
@@ -163,6 +168,7 @@ public sealed record RunPlan
                 InfoPro = infoPro,
                 LearningRate = options.EffectiveLearningRate,
                 Device = Devices.Canonical(options.Device),
+                Precision = precision,
                 InitialWeights = initial,
             };
             var optimizer = new OptimizerSettings { LearningRate = plan.LearningRate, WeightDecay = options.WeightDecay, Momentum = SgdMomentum };
@@ -278,6 +284,7 @@ public sealed record RunPlan
             ["init_from"] = o.InitFrom,
             ["init_classifier"] = InitialWeights is { } w ? (w.HeadReplaced ? "replaced" : "loaded") : null,
             ["device"] = Device,
+            ["precision"] = Choices.Name(Precision),
             ["evaluation_batch_size"] = o.EvaluationBatchSize,
             ["data_workers"] = o.DataWorkers,
         };

@@ -136,7 +136,10 @@ public sealed class Trainer
             set_rng_state(built.Generator);
             try
             {
-                return new LocalTrainer(built.Network, built.Split, built.Rule, Options.Man, built.Optimizer, built.Device, built.HeadContexts);
+                return new LocalTrainer(built.Network, built.Split, built.Rule, Options.Man, built.Optimizer, built.Device, built.HeadContexts)
+                {
+                    Precision = built.Plan.Precision,
+                };
             }
             catch
             {

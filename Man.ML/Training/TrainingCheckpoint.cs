@@ -8,6 +8,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Man.ML.Local;
+using Man.ML.Models;
 
 namespace Man.ML.Training;
 
@@ -118,6 +119,12 @@ internal static class TrainingCheckpoint
     {
         if (header.Plan is { } saved)
         {
+            // Checkpoints written before the precision choice trained in float32.
+            if (!saved.ContainsKey("precision"))
+            {
+                saved = saved.DeepClone().AsObject();
+                saved["precision"] = Choices.Name(TrainingPrecision.Float32);
+            }
             var differences = RunPlan.Differences(saved, plan.ToJson(), RunPlan.KeysFreeOnResume);
             if (differences.Count > 0)
             {

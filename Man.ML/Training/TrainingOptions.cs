@@ -92,6 +92,15 @@ public sealed record TrainingOptions
     /// Not part of the run plan: every route computes the same convolution, to float32 rounding.</summary>
     public Models.ConvolutionWorkaround? ConvolutionWorkaround { get; init; }
 
+    /// <summary>
+    /// The precision training computes in (docs/PRECISION.md): fp32, bf16 mixed precision (bf16 convolutions and linear
+    /// layers and bf16 activations; float32 master weights, optimizer state, batch-norm statistics, losses and MAN's EMA),
+    /// auto (bf16 where the device computes it natively, else fp32), or bf16-emulated (bf16's numerics through float32
+    /// kernels). bf16 on a CPU without bf16 instructions is refused. The trained model is float32 (its master weights)
+    /// and is evaluated, scored and exported in float32. Default <see cref="Models.TrainingPrecision.Float32"/>.
+    /// </summary>
+    public Models.TrainingPrecision Precision { get; init; } = Models.TrainingPrecision.Float32;
+
     /// <summary>Batch size for evaluation. Default 256.</summary>
     public int EvaluationBatchSize { get; init; } = 256;
 
@@ -130,6 +139,7 @@ public sealed record TrainingOptions
             FormattableString.Invariant($"The learning rate must be positive (got {LearningRate})."));
         Check(WeightDecay >= 0 && double.IsFinite(WeightDecay), nameof(WeightDecay),
             FormattableString.Invariant($"Weight decay must be ≥ 0 (got {WeightDecay})."));
+        Check(Enum.IsDefined(Precision), nameof(Precision), $"Unknown precision {(int)Precision}.");
         Man?.Validate(nameof(Man));
         CheckStructure(Rule != LearningRule.EndToEnd, Choices.Name(Rule), K, Man);
         Check(Architecture.Length > 0, nameof(Architecture), "The architecture is empty.");
