@@ -115,6 +115,39 @@ public sealed class MLNetTests
     }
 
     [TestMethod]
+    public void PrecisionReachesThePlanAndABFloat16EmulatedFitGivesAFloat32ModelThatScores()
+    {
+        var options = SmallOptions(1);
+        options.Precision = Models.TrainingPrecision.BFloat16Emulated;
+        var trainer = mlContext.MulticlassClassification.Trainers.ManImageClassification(options);
+        Assert.AreEqual(Models.TrainingPrecision.BFloat16Emulated, trainer.ResolvePlan(10).Precision);
+        var fitted = Preprocessing(mlContext).Append(trainer).Fit(trainData);
+        var man = fitted.LastTransformer;
+        Assert.IsTrue(man.Network.parameters().All(p => p.dtype == TorchSharp.torch.ScalarType.Float32), "the model is its float32 master weights");
+        var scores = fitted.Transform(validationData).GetColumn<VBuffer<float>>("Score").Take(5).ToList();
+        Assert.IsTrue(scores.All(v => v.DenseValues().All(float.IsFinite) && Math.Abs(v.DenseValues().Sum() - 1) < 1e-4), "float32 probabilities");
+    }
+
+    [TestMethod]
+    public void BFloat16IsRefusedByTheTrainerOnACpuWithoutBFloat16Instructions()
+    {
+        var options = SmallOptions(1);
+        options.Precision = Models.TrainingPrecision.BFloat16;
+        if (Models.BFloat16Support.Cpu)
+        {
+            // This CPU has avx512_bf16 or amx_bf16: bf16 is accepted.
+            Assert.AreEqual(Models.TrainingPrecision.BFloat16,
+                mlContext.MulticlassClassification.Trainers.ManImageClassification(options).ResolvePlan(10).Precision);
+            return;
+        }
+        // As every option: when the trainer is made, before a pipeline is fitted or any image read.
+        var e = Assert.ThrowsExactly<InvalidOptionException>(() => mlContext.MulticlassClassification.Trainers.ManImageClassification(options),
+            "this CPU has no bf16 instructions (neither avx512_bf16 nor amx_bf16), so bf16 must be refused");
+        Assert.AreEqual("Precision", e.Option);
+        StringAssert.Contains(e.Message, "bf16-emulated");
+    }
+
+    [TestMethod]
     public void APredictionEngineAgreesWithBatchedScoring()
     {
         var batched = model.Transform(validationData).GetColumn<VBuffer<float>>("Score").Take(3).Select(v => v.DenseValues().ToArray()).ToList();

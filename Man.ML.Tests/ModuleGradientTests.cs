@@ -21,10 +21,14 @@ public sealed class ModuleGradientTests
 
     private static readonly long[] Labels = { 0, 1, 2, 1 }; // repeated labels: the contrastive loss has positives
 
+    // The labels of a batch of any size: Labels repeated.
+    private static Tensor LabelsFor(Tensor x) => tensor(Enumerable.Range(0, (int)x.shape[0]).Select(i => Labels[i % Labels.Length]).ToArray(), device: x.device);
+
     // Output · fixed weights (a deterministic pattern, not drawn from the generator), so every output element matters.
     private static Tensor WeightedSum(Tensor output)
     {
         using var scope = NewDisposeScope();
+        output = MixedPrecision.Float32(output); // a bf16 map's loss in float32, as training computes losses
         var pattern = arange(output.numel(), dtype: float64, device: output.device).mul_(0.37).add_(1).sin_()
             .view(output.shape).to(output.dtype);
         return (output * pattern).sum().MoveToOuterDisposeScope();
@@ -33,7 +37,7 @@ public sealed class ModuleGradientTests
     private static Func<nn.Module, Tensor, Tensor> Unit => (m, x) => WeightedSum(((nn.Module<Tensor, Tensor>)m).call(x));
 
     private static Func<nn.Module, Tensor, Tensor> Classifier =>
-        (m, x) => nn.functional.cross_entropy(((nn.Module<Tensor, Tensor>)m).call(x), tensor(Labels, device: x.device));
+        (m, x) => nn.functional.cross_entropy(MixedPrecision.Float32(((nn.Module<Tensor, Tensor>)m).call(x)), LabelsFor(x));
 
     // An auxiliary head's own local loss; InfoPro reconstructs an image whose float copy is part of the targets.
     private static Func<nn.Module, Tensor, Tensor> HeadLoss(FeatureShape image) => (m, x) =>
@@ -41,7 +45,7 @@ public sealed class ModuleGradientTests
         using var scope = NewDisposeScope();
         var images = arange(x.shape[0] * image.Elements, dtype: float64).mul_(0.11).sin_().view(x.shape[0], image.Channels, image.Height, image.Width)
             .to(x.dtype);
-        return ((AuxiliaryHead)m).Loss(x, new LocalTargets(tensor(Labels), images)).MoveToOuterDisposeScope();
+        return ((AuxiliaryHead)m).Loss(x, new LocalTargets(LabelsFor(x), images)).MoveToOuterDisposeScope();
     };
 
     private static readonly FeatureShape SmallImage = new(3, 16, 16);
@@ -148,6 +152,24 @@ public sealed class ModuleGradientTests
 
     public static IEnumerable<object[]> CaseNamesAtTwoThreads => Cases.Keys.Select(name => new object[] { name, 2 });
 
+    // bf16 mixed precision (MixedPrecision.cs): float32 parameters, products in bf16 inside a precision scope, against the
+    // same module in float64. Native bf16 runs libtorch's bf16 kernels whatever the CPU (its fallback kernels where the
+    // CPU has no bf16 instructions, oneDNN's where it has); emulated bf16 runs float32 kernels on bf16-rounded operands.
+    // Both directions of the check are asserted: within bf16's tolerance, and farther from float64 than float32 would be
+    // (so the test cannot pass by computing in float32).
+    [TestMethod]
+    [DynamicData(nameof(CaseNamesInBFloat16))]
+    public void BFloat16GradientsMatchFloat64(string name, TrainingPrecision precision)
+    {
+        var (failures, largest) = GradientComparison.CompareInBFloat16(Cases[name], precision);
+        Assert.IsEmpty(failures, $"{name} in {precision}: {string.Join("; ", failures)}. {GradientComparison.BFloat16Explanation}");
+        Assert.IsGreaterThan(GradientComparison.FloorTolerance, largest,
+            $"{name} in {precision}: every gradient is within float32's error of float64 ({largest:g3}), so nothing was computed in bf16.");
+    }
+
+    public static IEnumerable<object[]> CaseNamesInBFloat16 =>
+        Cases.Keys.SelectMany(name => new[] { TrainingPrecision.BFloat16, TrainingPrecision.BFloat16Emulated }.Select(p => new object[] { name, p }));
+
     [TestMethod]
     public void EveryModuleKindIsCovered()
     {
@@ -170,6 +192,83 @@ internal static class GradientComparison
     /// 1e-5 × the largest gradient of the whole check (tensors whose exact gradient is zero, such as a bias before BN).
     /// Correct float32 kernels stay below 1e-5 on these sizes; the failures seen on affected CPUs are O(1) or NaN.</summary>
     public const double RelativeTolerance = 1e-3, FloorTolerance = 1e-5;
+
+    /// <summary>
+    /// Tolerance of a bf16 gradient against float64, norm-wise, relative to the float64 gradient's norm, for modules made
+    /// of products alone (convolutions, linear layers, pooling, ReLU). bf16 keeps 8 significant bits: every rounding
+    /// (an operand, a product's result) is off by at most u = 2⁻⁸ ≈ 0.0039 relative; the gradients measured stay within
+    /// 4u (libtorch's fallback kernels, which also round partial sums) and 2u (float32 kernels): 8u = 2⁻⁵.
+    /// </summary>
+    public const double BFloat16Tolerance = 1.0 / 32;
+
+    /// <summary>
+    /// The same for modules with batch norm in training mode or max pooling. Batch norm's own bf16 kernel is within 2u
+    /// (PrecisionTests), but its output does not change with the scale of the weights before it, so their gradient is what
+    /// is left after a projection cancels most of the incoming one, and carries the absolute error of the part cancelled;
+    /// max pooling picks another maximum where bf16 rounding makes two equal. Measured up to 23u of the tensor's norm
+    /// (and 9% of the module's gradient norm): 2⁻³ = 32u, plus <see cref="BFloat16ConditionedFloor"/>.
+    /// </summary>
+    public const double BFloat16ConditionedTolerance = 1.0 / 8;
+
+    /// <summary>Floor of the bf16 tolerance, relative to the norm of all the module's gradients together (a gradient made
+    /// small by cancellation keeps the absolute error of the terms it cancels): u for products alone.</summary>
+    public const double BFloat16Floor = 1.0 / 256;
+
+    /// <summary>The floor for modules with batch norm or max pooling: 2⁻⁴.</summary>
+    public const double BFloat16ConditionedFloor = 1.0 / 16;
+
+    /// <summary>Batch of the bf16 comparisons.</summary>
+    public static int BFloat16Batch = 32;
+
+    public const string BFloat16Explanation =
+        "bf16 gradients (float32 parameters, bf16 products and activations) disagree with float64 by more than bf16's rounding explains: " +
+        "a fault in libtorch's bf16 kernels on this CPU, or a float32 value that the mixed-precision casts (MixedPrecision.cs) lost";
+
+    /// <summary>The case in <paramref name="precision"/> against float64 at 2 threads: the failures, and the largest error
+    /// of any tensor relative to its scale.</summary>
+    public static (List<string> Failures, double Largest) CompareInBFloat16(ModuleGradientTests.Case c, TrainingPrecision precision, int seed = 11)
+    {
+        int before = get_num_threads();
+        set_num_threads(2);
+        try
+        {
+            Dictionary<string, double[]> low;
+            // A batch of BFloat16Batch: batch norm over a handful of values is ill-conditioned (its backward subtracts
+            // the gradient's projection on the batch's mean and normalised values), which float32 hides and bf16 does not.
+            var batch = c with { Input = c.Input.Select((d, i) => i == 0 ? BFloat16Batch : d).ToArray() };
+            using (MixedPrecision.Enter(precision)) low = Gradients(batch, float32, seed, channelsLast: false, randomInput: true);
+            var g64 = Gradients(batch, float64, seed, channelsLast: false, randomInput: true);
+            // The whole gradient's norm: a gradient made small by cancellation (a weight that feeds batch norm, whose
+            // output does not change with the weight's scale) keeps the absolute error of the large terms it cancels.
+            double globalNorm = Math.Sqrt(g64.Values.Sum(g => g.Sum(v => v * v)));
+            bool conditioned;
+            using (var probe = c.Build())
+                conditioned = probe.modules().Any(m => m is TorchSharp.Modules.BatchNorm1d or TorchSharp.Modules.BatchNorm2d or TorchSharp.Modules.MaxPool2d);
+            var (tolerance, floor) = conditioned ? (BFloat16ConditionedTolerance, BFloat16ConditionedFloor) : (BFloat16Tolerance, BFloat16Floor);
+            var failures = new List<string>();
+            double largest = 0;
+            foreach (var (tensorName, reference) in g64)
+            {
+                if (!low.TryGetValue(tensorName, out var candidate)) { failures.Add($"{tensorName}: no bf16 gradient"); continue; }
+                if (candidate.Any(v => !double.IsFinite(v))) { failures.Add($"{tensorName}: bf16 gradient not finite"); continue; }
+                // Norm-wise: a ReLU whose input is within bf16's rounding of zero switches in one computation and not in
+                // the other, which moves single elements by their whole size but the tensor's norm by little.
+                double error = Math.Sqrt(candidate.Zip(reference, (a, b) => (a - b) * (a - b)).Sum());
+                double scale = Math.Sqrt(reference.Sum(b => b * b));
+                largest = Math.Max(largest, error / globalNorm);
+                if (error > tolerance * scale + floor * globalNorm)
+                    failures.Add(FormattableString.Invariant(
+                        $"{tensorName}: error norm {error:g3} against float64 gradients of norm {scale:g3} (the module's: {globalNorm:g3}; ") +
+                        FormattableString.Invariant($"tolerance {tolerance:g3} of the first and {floor:g3} of the second") +
+                        (conditioned ? ", with batch norm or max pooling)" : ")"));
+            }
+            return (failures, largest);
+        }
+        finally
+        {
+            set_num_threads(before);
+        }
+    }
 
     public const string Explanation =
         "The float32 CPU kernels of libtorch (oneDNN) disagree with its float64 path on this CPU, a backend fault, not a Man.ML one " +
@@ -203,14 +302,17 @@ internal static class GradientComparison
     }
 
     // d loss / d input and d loss / d every trainable parameter, as float64 arrays by name.
-    private static Dictionary<string, double[]> Gradients(ModuleGradientTests.Case c, ScalarType dtype, int seed, bool channelsLast)
+    private static Dictionary<string, double[]> Gradients(ModuleGradientTests.Case c, ScalarType dtype, int seed, bool channelsLast,
+        bool randomInput = false)
     {
         using var scope = NewDisposeScope();
         manual_seed(seed);
         using var module = c.Build();
         module.to(dtype);
         module.train();
-        var x = arange(c.Input.Aggregate(1L, (a, b) => a * b), dtype: float64).mul_(0.7).cos_().view(c.Input).to(dtype);
+        var x = (randomInput
+                ? randn(c.Input, dtype: float64, generator: new Generator((ulong)seed + 1000))
+                : arange(c.Input.Aggregate(1L, (a, b) => a * b), dtype: float64).mul_(0.7).cos_().view(c.Input)).to(dtype);
         if (channelsLast && x.dim() == 4)
         {
             x = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2);

@@ -7,7 +7,10 @@ Nesterov momentum 0.9, weight decay 1e-4 and lr 0.1 on a synthetic batch, timed 
 Prints one JSON line: {"framework": "pytorch", "version": ..., "threads": ..., "batch_size": ..., "step_ms": [...],
 "step_ms_median": ..., "images_per_second": ...}. Written for Debian's python3-torch (1.13); any later PyTorch runs it.
 
-    python3 scripts/pytorch_baseline.py --threads 2 --batch-size 128 --steps 10 --warmup 3 [--channels-last]
+    python3 scripts/pytorch_baseline.py --threads 2 --batch-size 128 --steps 10 --warmup 3 [--channels-last] [--precision bf16]
+
+With --precision bf16 the forward pass and the loss run under torch.autocast("cpu", dtype=torch.bfloat16), PyTorch's
+own mixed precision (bf16 convolutions and linear layers, float32 weights and optimizer; no loss scaling for bf16).
 """
 import argparse
 import json
@@ -30,6 +33,7 @@ def main():
     parser.add_argument("--depth", type=int, default=32)
     parser.add_argument("--channels-last", action="store_true", help="NHWC activations and weights")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: torch.autocast on the CPU")
     args = parser.parse_args()
     if args.depth < 8 or (args.depth - 2) % 6:
         parser.error(f"--depth must be 6n+2 (got {args.depth})")
@@ -46,7 +50,8 @@ def main():
 
     def step():
         optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = F.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()
         return loss.item()
@@ -61,7 +66,7 @@ def main():
     median = statistics.median(times)
     print(json.dumps({
         "framework": "pytorch", "version": torch.__version__, "threads": torch.get_num_threads(), "depth": args.depth,
-        "batch_size": args.batch_size, "channels_last": args.channels_last, "step_ms": [round(t, 1) for t in times],
+        "batch_size": args.batch_size, "channels_last": args.channels_last, "precision": args.precision, "step_ms": [round(t, 1) for t in times],
         "step_ms_median": round(median, 1), "images_per_second": round(args.batch_size / (median / 1000), 1),
     }))
 

@@ -4,7 +4,12 @@ on one machine: the two alternate, one process each per round, and the table giv
 medians and the ratio of images/s (Man.ML / PyTorch). These machines are noisy; compare only figures from one run.
 
     python3 scripts/speed_vs_pytorch.py [--rounds 5] [--steps 10] [--warmup 3] [--threads 2] [--batch-size 128]
-        [--local dgl-k16-man infopro-k16-man]
+        [--local dgl-k16-man infopro-k16-man] [--precision fp32|bf16|bf16-emulated]
+
+With --precision bf16 both sides train in bf16 mixed precision: the baseline under torch.autocast("cpu",
+dtype=torch.bfloat16), Man.ML with --precision bf16 (refused on a CPU without avx512_bf16 or amx_bf16 unless
+MANML_BF16_ANY_CPU=1 is set, to time libtorch's slow fallback kernels there). bf16-emulated times Man.ML's emulation
+against the float32 baseline.
 
 With --local, Man.ML's local-learning configurations (RULE-kK[-man], ResNet-32) join the alternation, and a second table
 gives each one's achieved GFLOP/s (the cost model's matrix FLOPs of a step over its median time) against Man.ML's
@@ -33,7 +38,8 @@ def last_json(output):
 
 def pytorch(args):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "pytorch_baseline.py"), "--threads", str(args.threads),
-                          "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)],
+                          "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                          "--precision", "bf16" if args.precision == "bf16" else "fp32"],
                          check=True, capture_output=True, text=True).stdout
     return statistics.median(last_json(out)["step_ms"])
 
@@ -49,7 +55,8 @@ def manml(args, env=None, config=None):
         if m.group(1) == "infopro":
             model += ["--lambda", "5,0.5,1,0.5", "--lambda-schedule", "module"]
     out = subprocess.run(["dotnet", MANML, "measure-speed", "--arch", "resnet32", *model, "--threads", str(args.threads),
-                          "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)],
+                          "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                          "--precision", args.precision],
                          check=True, capture_output=True, text=True, env={**os.environ, **(env or {})}).stdout
     result = last_json(out)
     PEAKS.append(result["peak_matrix_gflops"])
@@ -66,6 +73,8 @@ def main():
     parser.add_argument("--heap-tuning-off", action="store_true", help="also time Man.ML with MANML_HEAP_TUNING=off")
     parser.add_argument("--local", nargs="*", default=[], metavar="RULE-kK[-man]", help="local-learning configurations to time too")
     parser.add_argument("--no-pytorch", action="store_true", help="leave the PyTorch baseline out (local against E2E only)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "bf16-emulated"], default="fp32",
+                        help="training precision of both sides (bf16: torch.autocast for the baseline)")
     args = parser.parse_args()
     if not os.path.exists(MANML):
         sys.exit(f"{MANML} does not exist: build it with 'dotnet build Man.ML.Lab -c Release' first.")
@@ -87,7 +96,7 @@ def main():
             ms, gflop[config] = manml(args, config=config)
             sides[config].append(ms)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.1f} ms" for k, v in sides.items()), file=sys.stderr)
-    print(f"CIFAR ResNet-32 training step, batch {args.batch_size}, {args.threads} threads, {args.rounds} alternating rounds "
+    print(f"CIFAR ResNet-32 training step in {args.precision}, batch {args.batch_size}, {args.threads} threads, {args.rounds} alternating rounds "
           f"of {args.steps} timed steps after {args.warmup} warm-ups (median of per-process medians)\n")
     if not args.no_pytorch:
         base = statistics.median(sides["PyTorch (baseline)"])

@@ -117,9 +117,15 @@ internal static partial class BenchCommand
         var batch = CommonOptions.BatchSize();
         var steps = new Option<int>("--steps") { Description = "Timed steps per configuration (after 1 warm-up step).", DefaultValueFactory = _ => 3 };
         var device = CommonOptions.Device();
+        var precisions = new Option<string>("--precisions")
+        {
+            Description = "Comma-separated training precisions to measure every configuration in, one after the other " +
+                          "(fp32, bf16, bf16-emulated; for example fp32,bf16). Default fp32.",
+            DefaultValueFactory = _ => "fp32",
+        };
         var command = new Command("bench", "Measure training memory, step time and their floors for a set of configurations.")
         {
-            output, configs, batch, steps, device, imageSize, memoryOnly,
+            output, configs, batch, steps, device, imageSize, memoryOnly, precisions,
         };
         command.SetAction(parse => CliErrors.Run(() =>
         {
@@ -138,6 +144,10 @@ internal static partial class BenchCommand
                 string dev = parse.GetValue(device)!;
                 if (b < 2 || n < 1) throw new CliException("--batch-size must be at least 2 and --steps at least 1.");
                 if (dev != "cpu" && !TorchSharp.torch.cuda.is_available()) throw new CliException($"--device {dev}: CUDA is not available here.");
+                var precisionList = parse.GetValue(precisions)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                    .Select(p => Choices.Parse<TrainingPrecision>(p, precisions.Name)).Distinct().ToList();
+                if (precisionList.Count == 0) throw new CliException("--precisions names no precision.");
+                foreach (var p in precisionList) BFloat16Support.Resolve(p, Devices.Resolve(dev).type, precisions.Name);
                 TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
                 double peak = MatrixRate.MeasureGflops(Devices.Resolve(dev));
                 var commandLine = "manml-lab bench " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1).SkipWhile(a => a != "bench").Skip(1));
@@ -146,12 +156,13 @@ internal static partial class BenchCommand
 
                 var results = new List<JsonObject>();
                 foreach (var config in list)
-                {
-                    var clock = Stopwatch.StartNew();
-                    var result = Measure(config, b, parse.GetValue(memoryOnly) ? 0 : n, dev, peak, size);
-                    results.Add(result);
-                    AnsiConsole.MarkupLine(Markup.Escape($"{config.Name}: {Summary(result)} ({clock.Elapsed.TotalSeconds:0} s)"));
-                }
+                    foreach (var precision in precisionList) // one precision after the other, configuration by configuration
+                    {
+                        var clock = Stopwatch.StartNew();
+                        var result = Measure(config, b, parse.GetValue(memoryOnly) ? 0 : n, dev, peak, size, precision);
+                        results.Add(result);
+                        AnsiConsole.MarkupLine(Markup.Escape($"{result["name"]}: {Summary(result)} ({clock.Elapsed.TotalSeconds:0} s)"));
+                    }
                 var report = new JsonObject
                 {
                     ["command"] = commandLine,
@@ -165,7 +176,7 @@ internal static partial class BenchCommand
                 };
                 AtomicFile.WriteText(Path.Combine(outDir, "bench.json"), report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
                 AtomicFile.WriteText(Path.Combine(outDir, "bench.md"), Markdown(report, results));
-                Plot(outDir, results);
+                Plot(outDir, results.Where(IsFloat32).ToList());
                 AnsiConsole.MarkupLine(Markup.Escape($"wrote {Path.Combine(outDir, "bench.json")}, bench.md and plots"));
                 return 0;
             });
@@ -180,12 +191,15 @@ internal static partial class BenchCommand
             : FormattableString.Invariant($"peak {r["peak_memory_mb"]} MiB (floor {r["activation_floor_mb"]}), {r["step_ms_median"]} ms/step, ") +
               FormattableString.Invariant($"{r["images_per_second"]} img/s, {r["achieved_gflops"]} GFLOP/s");
 
-    private static JsonObject Measure(Config config, int batch, int steps, string device, double peak, int? imageSize)
+    private static JsonObject Measure(Config config, int batch, int steps, string device, double peak, int? imageSize,
+        TrainingPrecision precision = TrainingPrecision.Float32)
     {
         int side = imageSize ?? (config.ImageNet ? 224 : 32);
         var result = new JsonObject
         {
-            ["name"] = config.Name, ["arch"] = config.Arch, ["k"] = config.K, ["rule"] = Choices.Name(config.Rule), ["man"] = config.Man,
+            ["name"] = config.Name + (precision == TrainingPrecision.Float32 ? "" : ":" + Choices.Name(precision)),
+            ["precision"] = Choices.Name(precision),
+            ["arch"] = config.Arch, ["k"] = config.K, ["rule"] = Choices.Name(config.Rule), ["man"] = config.Man,
             ["batch_size"] = batch,
             ["image_size"] = side,
         };
@@ -193,7 +207,7 @@ internal static partial class BenchCommand
         {
             var cost = Cost(config, batch, side, out string split);
             result["split"] = split;
-            var common = config.Arguments(batch, imageSize).Concat(new[] { "--device", device }).ToList();
+            var common = config.Arguments(batch, imageSize).Concat(new[] { "--device", device, "--precision", Choices.Name(precision) }).ToList();
             var memory = RunChild(new[] { "measure-memory" }.Concat(common).Concat(new[] { "--steps", "1", "--warmup", "1" }),
                 device == "cpu"
                     ? new Dictionary<string, string> { ["MALLOC_MMAP_THRESHOLD_"] = "65536" }
@@ -293,9 +307,36 @@ internal static partial class BenchCommand
                 r["peak_over_floor"], r["man_floor_mb"], r["step_ms_median"], r["step_ms_min"], r["step_ms_max"], r["images_per_second"],
                 r["gflops_per_step"], r["achieved_gflops"], r["achieved_over_peak"]));
         }
-        Targets(md, report, results.Where(r => r["error"] is null).ToList());
-        MemoryTable(md, results.Where(r => r["error"] is null).ToList());
+        // The paper's ratios are float32's; bf16 rows are set against their float32 twins in a table of their own.
+        var float32 = results.Where(r => r["error"] is null && IsFloat32(r)).ToList();
+        Targets(md, report, float32);
+        MemoryTable(md, float32);
+        PrecisionTable(md, results.Where(r => r["error"] is null).ToList());
         return md.ToString();
+    }
+
+    private static bool IsFloat32(JsonObject r) => r["precision"] is not { } p || p.GetValue<string>() == Choices.Name(TrainingPrecision.Float32);
+
+    // Each configuration measured in another precision beside its float32 row: images/s and peak memory as ratios.
+    private static void PrecisionTable(StringBuilder md, IReadOnlyList<JsonObject> ok)
+    {
+        var others = ok.Where(r => !IsFloat32(r)).ToList();
+        if (others.Count == 0) return;
+        string F(JsonNode? v) => v is null ? "-" : v.GetValue<double>().ToString("0.00", CultureInfo.InvariantCulture);
+        md.AppendLine();
+        md.AppendLine("## Precisions (each against the same configuration in float32, measured in this run)");
+        md.AppendLine();
+        md.AppendLine("| configuration | precision | images/s fp32 | images/s | speed-up | peak MiB fp32 | peak MiB | memory ratio |");
+        md.AppendLine("|---|---|---|---|---|---|---|---|");
+        foreach (var r in others)
+        {
+            string name = r["name"]!.GetValue<string>(), plain = name[..name.LastIndexOf(':')];
+            var f = ok.FirstOrDefault(x => IsFloat32(x) && x["name"]!.GetValue<string>() == plain);
+            double? Ratio(string key) => f?[key] is { } a && r[key] is { } b ? b.GetValue<double>() / a.GetValue<double>() : null;
+            md.AppendLine($"| {plain} | {r["precision"]} | {F(f?["images_per_second"])} | {F(r["images_per_second"])} | " +
+                          $"{(Ratio("images_per_second") is { } s ? F(s) + "×" : "-")} | {F(f?["peak_memory_mb"])} | {F(r["peak_memory_mb"])} | " +
+                          $"{(Ratio("peak_memory_mb") is { } m ? F(m) + "×" : "-")} |");
+        }
     }
 
     // The ratios docs/BENCHMARKS.md states its memory and speed claims in, each beside the limit the claim sets (only

@@ -29,9 +29,13 @@ internal static class ProfileCommand
             Description = "With --local: also time, segment by segment, MAN's copies and the auxiliary head (InfoPro's decoder and " +
                           "classifier apart), forward and backward, with their GFLOP/s.",
         };
+        var precision = new Option<string>("--precision")
+        {
+            Description = "Training precision to profile in: fp32 (default), bf16 or bf16-emulated.", DefaultValueFactory = _ => "fp32",
+        };
         var command = new Command("profile", "Per-unit forward and backward time and achieved GFLOP/s of a network's training step.")
         {
-            arch, batch, repeats, phases, localSpec, heads,
+            arch, batch, repeats, phases, localSpec, heads, precision,
         };
         command.SetAction(parse => CliErrors.Run(() =>
         {
@@ -41,14 +45,16 @@ internal static class ProfileCommand
             var options = new Man.ML.Training.TrainingOptions
             {
                 Architecture = parse.GetValue(arch)!, K = 1, Rule = Man.ML.Local.LearningRule.EndToEnd, Man = null, BatchSize = parse.GetValue(batch),
+                Precision = Choices.Parse<TrainingPrecision>(parse.GetValue(precision)!, precision.Name),
             };
             var dataset = Models.Architectures.FamilyOf(options.Architecture) == NetworkFamily.ImageNet
                 ? Man.ML.Data.DatasetKind.ImageNet
                 : Man.ML.Data.DatasetKind.Cifar10;
             using var local = new Man.ML.Training.Trainer(options).CreateLocalTrainer(dataset.Classes, dataset.ImageSize);
             using var network = local.Network;
-            var profiles = UnitProfiler.Profile(network, parse.GetValue(batch), parse.GetValue(repeats));
-            var table = new Table().Title($"{network.Architecture}, batch {parse.GetValue(batch)}; peak matrix rate {peak:0.0} GFLOP/s")
+            var profiles = UnitProfiler.Profile(network, parse.GetValue(batch), parse.GetValue(repeats), local.Precision);
+            var table = new Table().Title($"{network.Architecture}, batch {parse.GetValue(batch)}, {Choices.Name(local.Precision)}; " +
+                                          $"peak float32 matrix rate {peak:0.0} GFLOP/s")
                 .AddColumns("unit", "forward ms", "backward ms", "GFLOP", "GFLOP/s", "of peak");
             foreach (var p in profiles)
                 table.AddRow(Markup.Escape(p.Name), p.ForwardMs.ToString("0.0"), p.BackwardMs.ToString("0.0"), p.StepGflop.ToString("0.00"),

@@ -26,6 +26,7 @@ internal static class HeadProfiler
 {
     public static IReadOnlyList<HeadPartProfile> Profile(LocalTrainer trainer, int batchSize, int repeats)
     {
+        using var computing = MixedPrecision.Enter(trainer.Precision); // the parts compute as the trainer's steps do
         trainer.SetTraining(true);
         var network = trainer.Network;
         var image = network.InputShape;
@@ -59,7 +60,7 @@ internal static class HeadProfiler
                     results.Add(Time(j, "classifier", features, batchSize, repeats,
                         3.0 * (cost.ForwardFlops - (infoPro.ReconstructionWeight != 0 ? decoderFlops : 0)) * batchSize / 1e9,
                         x => infoPro.Mode == InfoProLossMode.CrossEntropy
-                            ? nn.functional.cross_entropy(infoPro.call(x), labels)
+                            ? nn.functional.cross_entropy(MixedPrecision.Float32(infoPro.call(x)), labels)
                             : SupervisedContrastiveLoss.Compute(infoPro.call(x), labels), network.Family));
             }
             else

@@ -22,10 +22,13 @@ internal sealed record UnitProfile(string Name, double ForwardMs, double Backwar
 internal static class UnitProfiler
 {
     /// <summary>
-    /// Profiles every unit of <paramref name="network"/> (training mode) at <paramref name="batchSize"/>, median of <paramref name="repeats"/>.
+    /// Profiles every unit of <paramref name="network"/> (training mode) at <paramref name="batchSize"/>, median of <paramref name="repeats"/>,
+    /// computing in <paramref name="precision"/> (units after the first then take bf16 maps, as in training).
     /// </summary>
-    public static IReadOnlyList<UnitProfile> Profile(UnitChainNetwork network, int batchSize, int repeats = 5)
+    public static IReadOnlyList<UnitProfile> Profile(UnitChainNetwork network, int batchSize, int repeats = 5,
+        TrainingPrecision precision = TrainingPrecision.Float32)
     {
+        using var computing = MixedPrecision.Enter(precision);
         network.train();
         var profiles = new List<UnitProfile>();
         var shape = network.InputShape;
@@ -40,8 +43,9 @@ internal static class UnitProfiler
                 using var scope = NewDisposeScope();
                 // In the layout training gives the unit (channels-last for CIFAR networks on the CPU by default).
                 // The first unit's input is the image batch, which takes no gradient in training.
-                var x = ActivationLayouts.ForNetwork(randn(batchSize, shape.Channels, shape.Height, shape.Width), network.Family, network.Layout)
-                    .requires_grad_(u > 0);
+                var x = ActivationLayouts.ForNetwork(randn(batchSize, shape.Channels, shape.Height, shape.Width), network.Family, network.Layout);
+                if (u > 0 && MixedPrecision.Active) x = x.to(ScalarType.BFloat16);
+                x.requires_grad_(u > 0);
                 var clock = Stopwatch.StartNew();
                 var y = unit.call(x);
                 double f = clock.Elapsed.TotalMilliseconds;
@@ -95,7 +99,9 @@ internal static class StepProfiler
             trainer.Optimizer.zero_grad();
             double zero = clock.Elapsed.TotalMilliseconds;
             clock.Restart();
-            var loss = nn.functional.cross_entropy(network.call(x), y);
+            Tensor loss;
+            using (MixedPrecision.Enter(trainer.Precision))
+                loss = nn.functional.cross_entropy(MixedPrecision.Float32(network.call(x)), y);
             _ = loss.item<float>();
             double forward = clock.Elapsed.TotalMilliseconds;
             clock.Restart();
@@ -153,6 +159,7 @@ internal static class LocalStepProfiler
             for (int j = 0; j < plan.K; j++)
             {
                 using var scope = NewDisposeScope();
+                using var computing = MixedPrecision.Enter(trainer.Precision);
                 var range = plan.Segments[j];
                 if (j < plan.K - 1) trainer.Man?.BeforeForward(j);
                 var h = network.ForwardUnits(x, range.Start, range.End);
@@ -160,7 +167,7 @@ internal static class LocalStepProfiler
                 Tensor loss;
                 if (j == plan.K - 1)
                 {
-                    loss = nn.functional.cross_entropy(network.Head.call(h), y);
+                    loss = nn.functional.cross_entropy(MixedPrecision.Float32(network.Head.call(h)), y);
                     _ = loss.item<float>();
                     t[3] += Lap();
                 }

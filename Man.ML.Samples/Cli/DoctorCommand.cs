@@ -33,7 +33,7 @@ internal static class DoctorCommand
             Description = "Internal: run one convolution (with ONEDNN_VERBOSE=1, oneDNN prints its version and ISA).", Hidden = true,
         };
         var command = new Command("doctor",
-            "Show this machine's backend and check that it computes every convolution of a configuration correctly (float32 against float64).");
+            "Show this machine's backend and check that it computes every convolution of a configuration correctly, in the run's precision (--precision), against float64.");
         foreach (var o in model.All) command.Options.Add(o);
         command.Options.Add(isolate);
         command.Options.Add(checkShape);
@@ -59,7 +59,7 @@ internal static class DoctorCommand
             if (parse.GetValue(checkShape) is { } spec)
             {
                 var check = BackendCheck.Check(ParseShape(spec), Array.Empty<string>(), device, parse.GetValue(checkChannelsLast),
-                    options.ConvolutionWorkaround ?? ConvolutionRouting.DefaultWorkaround);
+                    options.ConvolutionWorkaround ?? ConvolutionRouting.DefaultWorkaround, BFloat16Support.Resolve(options.Precision, device.type));
                 Console.WriteLine(JsonSerializer.Serialize(new
                 {
                     route = check.Route.ToString(), output_error = Finite(check.OutputError), input_gradient_error = Finite(check.InputGradientError),
@@ -83,12 +83,17 @@ internal static class DoctorCommand
         Console.WriteLine($"libtorch / TorchSharp   {environment.LibTorch} / {environment.TorchSharp}");
         Console.WriteLine($"threads                 {environment.Threads}");
         Console.WriteLine($"convolution workaround  {Workaround(environment)}");
+        Console.WriteLine($"bf16                    {(BFloat16Support.Native(device.type) ? "native on " + device.type : "not native on this CPU (no avx512_bf16 or amx_bf16): bf16 is refused, bf16-emulated runs at float32's speed")}");
 
         var dataset = options.Dataset;
         int side = options.ImageSize ?? dataset.ImageSize;
         var trainer = new Trainer(options);
         using var local = trainer.CreateLocalTrainer(dataset.Classes, side);
         var shapes = BackendCheck.Shapes(local);
+        var precision = local.Precision;
+        double tolerance = BackendCheck.ToleranceFor(precision);
+        Console.WriteLine($"precision               {Choices.Name(precision)}{(options.Precision == TrainingPrecision.Auto ? " (auto)" : "")}: " +
+                          "every shape is checked as this run computes it");
         bool channelsLast = local.Network.ChannelsLastOn(device.type);
         Console.WriteLine($"activation layout       {(channelsLast ? "channels-last (NHWC strides)" : "channels-first (NCHW)")}, " +
                           $"{ActivationLayouts.EnvironmentVariable}={Choices.Name(local.Network.Layout)}");
@@ -119,14 +124,14 @@ internal static class DoctorCommand
                     route = json!["route"]!.GetValue<string>();
                     double[] errors = { Value(json["output_error"]), Value(json["input_gradient_error"]), Value(json["weight_gradient_error"]) };
                     (output, input, weights) = (Error(errors[0]), shape.InputGradient ? Error(errors[1]) : "-", Error(errors[2]));
-                    bool correct = errors.All(e => e <= BackendCheck.Tolerance);
+                    bool correct = errors.All(e => e <= tolerance);
                     verdict = correct ? "ok" : "WRONG";
                     if (!correct) wrong++;
                 }
             }
             else
             {
-                var check = BackendCheck.Check(shape, layers, device, channelsLast, local.Network.Workaround);
+                var check = BackendCheck.Check(shape, layers, device, channelsLast, local.Network.Workaround, precision);
                 (route, output, input, weights) = (check.Route.ToString(), Error(check.OutputError),
                     shape.InputGradient ? Error(check.InputGradientError) : "-", Error(check.WeightGradientError));
                 verdict = check.Correct ? "ok" : "WRONG";
@@ -145,7 +150,9 @@ internal static class DoctorCommand
             Console.WriteLine(string.Join("  ", row.Select((cell, c) => c == row.Length - 1 ? cell : cell.PadRight(widths[c]))).TrimEnd());
         Console.WriteLine();
         Console.WriteLine(FormattableString.Invariant(
-            $"errors: largest |float32 − float64| over the largest |float64| of the same tensor, batch of 2; tolerance {BackendCheck.Tolerance:g}."));
+            $"errors: largest |{(precision == TrainingPrecision.Float32 ? "float32" : Choices.Name(precision))} − float64| over the largest |float64| of the same tensor, batch of 2; ") +
+            (precision == TrainingPrecision.Float32 ? "" : "float64 takes the same bf16-rounded operands; ") +
+            FormattableString.Invariant($"tolerance {tolerance:g}."));
         Console.WriteLine(wrong == 0
             ? FormattableString.Invariant($"all {shapes.Count} shapes correct ({clock.Elapsed.TotalSeconds:0.0} s)")
             : FormattableString.Invariant($"{wrong} of {shapes.Count} shapes WRONG or crashed ({clock.Elapsed.TotalSeconds:0.0} s); see docs/BACKEND.md"));
@@ -205,6 +212,7 @@ internal static class DoctorCommand
         "doctor", "--threads", TorchSharp.torch.get_num_threads().ToString(CultureInfo.InvariantCulture),
         "--device", parse.GetValue<string>("--device")!,
         "--conv-workaround", Choices.Name(options.ConvolutionWorkaround ?? ConvolutionRouting.DefaultWorkaround),
+        "--precision", Choices.Name(options.Precision),
     };
 
     private static string FormatShape(ConvolutionShape s) => string.Join(',', new object[]

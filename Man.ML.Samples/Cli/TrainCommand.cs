@@ -344,6 +344,7 @@ internal static class TrainCommand
         if (trainer.BackendReport is { } backend)
             AnsiConsole.MarkupLine(Markup.Escape(
                 FormattableString.Invariant($"backend check: {backend.Convolutions.Count} convolution shapes correct against float64 ") +
+                (backend.Precision == Models.TrainingPrecision.Float32 ? "" : $"in {Choices.Name(backend.Precision)} ") +
                 FormattableString.Invariant($"({backend.Seconds:0.00} s; {backend.Environment.Cpu}; oneDNN {backend.Environment.OneDnnIsa}; ") +
                 FormattableString.Invariant($"convolution workaround {Choices.Name(backend.Environment.Workaround)}{FaultNote(backend.Environment)})")));
     }
@@ -363,6 +364,7 @@ internal static class TrainCommand
         ["small_output_channel_fault"] = report.Environment.SmallOutputChannelFault,
         ["convolution_shapes_checked"] = report.Convolutions.Count,
         ["check_seconds"] = Math.Round(report.Seconds, 3),
+        ["precision"] = Choices.Name(report.Precision),
     };
 
     /// <summary>Keys of metrics.json's config that describe this invocation rather than the run: the rest is the run's plan.</summary>

@@ -1,6 +1,8 @@
 // The backend self-check: every convolution shape a training configuration will run (network, auxiliary heads, MAN's
-// copies), computed in float32 on the training device exactly as training computes it (ConvolutionRouting included)
-// and compared with libtorch's float64 CPU path, an independent implementation (oneDNN has no float64 kernels). Training
+// copies), computed in the run's precision on the training device exactly as training computes it (ConvolutionRouting
+// and the bf16 casts included) and compared with libtorch's float64 CPU path, an independent implementation (oneDNN
+// has no float64 kernels). oneDNN's bf16 kernels are other code than its float32 ones, so a bf16 run checks them: the
+// float64 reference then takes the same bf16-rounded operands, and what remains is the kernel's own error. Training
 // runs it once per process for the shapes it is about to train; `manml doctor` prints it. It sits between the training
 // loop and the local-learning engine: Training -> Backend -> Local -> Models.
 using System.Collections.Concurrent;
@@ -40,11 +42,15 @@ internal sealed record ConvolutionShape(int InChannels, int OutChannels, int Ker
 /// <param name="OutputError">Largest error of the forward output, relative to the output's largest magnitude.</param>
 /// <param name="InputGradientError">The same for the input gradient (0 when none is taken); NaN when not finite.</param>
 /// <param name="WeightGradientError">The same for the weight and bias gradients; NaN when not finite.</param>
+/// <param name="Precision">The precision it was computed in (float32, bf16 or emulated bf16).</param>
 internal sealed record ConvolutionCheck(ConvolutionShape Shape, IReadOnlyList<string> Layers, ConvolutionRoute Route,
-    double OutputError, double InputGradientError, double WeightGradientError)
+    double OutputError, double InputGradientError, double WeightGradientError, TrainingPrecision Precision = TrainingPrecision.Float32)
 {
-    /// <summary>Whether every value is finite and within <see cref="BackendCheck.Tolerance"/>.</summary>
-    public bool Correct => new[] { OutputError, InputGradientError, WeightGradientError }.All(e => e <= BackendCheck.Tolerance);
+    /// <summary>The largest error accepted in <see cref="Precision"/> (<see cref="BackendCheck.ToleranceFor"/>).</summary>
+    public double Tolerance => BackendCheck.ToleranceFor(Precision);
+
+    /// <summary>Whether every value is finite and within <see cref="Tolerance"/>.</summary>
+    public bool Correct => new[] { OutputError, InputGradientError, WeightGradientError }.All(e => e <= Tolerance);
 }
 
 /// <summary>What the backend is: CPU, instruction sets, libtorch, threads and the convolution policy checked.</summary>
@@ -65,7 +71,9 @@ internal sealed record BackendEnvironment(string Cpu, string OneDnnIsa, string L
 /// <param name="Device">Where the checked float32 computations ran.</param>
 /// <param name="Convolutions">One result per distinct convolution shape.</param>
 /// <param name="Seconds">How long the check took.</param>
-internal sealed record BackendReport(BackendEnvironment Environment, string Device, IReadOnlyList<ConvolutionCheck> Convolutions, double Seconds)
+/// <param name="Precision">The precision the convolutions were computed in (the run's).</param>
+internal sealed record BackendReport(BackendEnvironment Environment, string Device, IReadOnlyList<ConvolutionCheck> Convolutions, double Seconds,
+    TrainingPrecision Precision = TrainingPrecision.Float32)
 {
     /// <summary>Whether every shape is computed correctly.</summary>
     public bool Correct => Convolutions.All(c => c.Correct);
@@ -77,16 +85,18 @@ internal sealed record BackendReport(BackendEnvironment Environment, string Devi
         if (wrong.Count == 0) return;
         var first = wrong[0];
         string Error(double e) => double.IsNaN(e) ? "not finite" : e.ToString("g3", CultureInfo.InvariantCulture) + " of its size";
-        var what = !(first.InputGradientError <= BackendCheck.Tolerance) ? $"input gradient off by {Error(first.InputGradientError)}"
-            : !(first.WeightGradientError <= BackendCheck.Tolerance) ? $"weight gradient off by {Error(first.WeightGradientError)}"
+        var what = !(first.InputGradientError <= first.Tolerance) ? $"input gradient off by {Error(first.InputGradientError)}"
+            : !(first.WeightGradientError <= first.Tolerance) ? $"weight gradient off by {Error(first.WeightGradientError)}"
             : $"output off by {Error(first.OutputError)}";
-        var remedy = Environment.Workaround == ConvolutionWorkaround.Never
+        bool bf16 = first.Precision != TrainingPrecision.Float32;
+        var remedy = bf16 ? $"train in float32 (precision fp32; this check ran in {Choices.Name(first.Precision)}, whose kernels are other code)"
+            : Environment.Workaround == ConvolutionWorkaround.Never
             ? "turn Man.ML's convolution workaround back on (auto or always; it is 'never' now)"
             : "no workaround of Man.ML covers this shape: set ONEDNN_MAX_CPU_ISA=AVX in the environment before starting the process " +
               "(oneDNN's AVX kernels computed every shape correctly where this was measured, at some cost in speed), or train on another device";
         throw new BackendFaultException(this, string.Create(CultureInfo.InvariantCulture,
             $"libtorch {Environment.LibTorch} computes a wrong convolution gradient on this machine ({Environment.Cpu}; " +
-            $"oneDNN {Environment.OneDnnIsa}; {Environment.Threads} threads): " +
+            $"oneDNN {Environment.OneDnnIsa}; {Environment.Threads} threads{(bf16 ? $"; in {Choices.Name(first.Precision)}" : "")}): " +
             $"{first.Shape}, in {first.Layers[0]}{(first.Layers.Count > 1 ? $" and {first.Layers.Count - 1} more layers" : "")}, " +
             $"{what} (route {first.Route}). " +
             $"{(wrong.Count > 1 ? $"{wrong.Count - 1} more shapes are wrong. " : "")}Remedy: {remedy}. " +
@@ -106,12 +116,26 @@ public sealed class BackendFaultException : Exception
 /// <summary>Checks the backend's convolutions for a training configuration against float64.</summary>
 internal static class BackendCheck
 {
-    /// <summary>Largest accepted error, relative to the largest magnitude of the same tensor. Correct float32 kernels stay
-    /// below 1e-5 on these shapes; the faults seen are errors of the gradient's own size, or NaN.</summary>
+    /// <summary>Largest accepted error in float32, relative to the largest magnitude of the same tensor. Correct float32
+    /// kernels stay below 1e-5 on these shapes; the faults seen are errors of the gradient's own size, or NaN.</summary>
     public const double Tolerance = 1e-3;
 
+    /// <summary>
+    /// Largest accepted error in bf16, relative as <see cref="Tolerance"/>: the reference takes the same bf16-rounded
+    /// operands, so what is left is the rounding of each result to bf16's 8 significant bits (at most 2⁻⁸ ≈ 0.0039 of
+    /// the largest value) and the kernel's summation: oneDNN's bf16 kernels accumulate in float32, while libtorch's
+    /// fallback kernels on a CPU without bf16 instructions round partial sums (the input gradient's k² taps) to bf16 as
+    /// well, up to 3.6·2⁻⁸ where that was measured (docs/PRECISION.md). 8·2⁻⁸ covers both and stays far below the faults
+    /// (errors of the result's own size, or NaN).
+    /// </summary>
+    public const double BFloat16Tolerance = 8.0 / 256;
+
+    /// <summary>The tolerance of a check computed in <paramref name="precision"/>.</summary>
+    public static double ToleranceFor(TrainingPrecision precision) =>
+        precision == TrainingPrecision.Float32 ? Tolerance : BFloat16Tolerance;
+
     private const int Batch = 2; // the smallest batch that shows the faults measured (a batch of one does not)
-    private static readonly ConcurrentDictionary<(ConvolutionShape, string, int, ConvolutionWorkaround, bool ChannelsLast), ConvolutionCheck> Checked = new();
+    private static readonly ConcurrentDictionary<(ConvolutionShape, string, int, ConvolutionWorkaround, bool ChannelsLast, TrainingPrecision), ConvolutionCheck> Checked = new();
 
     /// <summary>
     /// Checks every convolution shape <paramref name="trainer"/> trains (its network, auxiliary heads and MAN's copies):
@@ -125,8 +149,8 @@ internal static class BackendCheck
         var device = trainer.Network.parameters().First().device;
         var policy = trainer.Network.Workaround;
         bool channelsLast = trainer.Network.ChannelsLastOn(device.type);
-        var checks = Shapes(trainer).Select(u => Check(u.Key, u.Value, device, policy, channelsLast)).ToList();
-        return new BackendReport(DescribeEnvironment(policy), device.ToString(), checks, clock.Elapsed.TotalSeconds);
+        var checks = Shapes(trainer).Select(u => Check(u.Key, u.Value, device, policy, Candidate(policy), channelsLast, trainer.Precision)).ToList();
+        return new BackendReport(DescribeEnvironment(policy), device.ToString(), checks, clock.Elapsed.TotalSeconds, trainer.Precision);
     }
 
     /// <summary>Checks one convolution shape on <paramref name="device"/> (see <see cref="Run"/>) under
@@ -157,6 +181,18 @@ internal static class BackendCheck
         ConvolutionWorkaround workaround) =>
         Check(shape, layers, device, workaround, channelsLast);
 
+    /// <summary>Checks one convolution shape as a network with <paramref name="workaround"/> computes it in
+    /// <paramref name="precision"/> (a resolved precision; see the other overloads).</summary>
+    /// <param name="shape">The shape.</param>
+    /// <param name="layers">Names of the layers that run it (reported only).</param>
+    /// <param name="device">Where the computation runs.</param>
+    /// <param name="channelsLast">Whether the input is laid out channels-last.</param>
+    /// <param name="workaround">The convolution policy.</param>
+    /// <param name="precision">float32, bf16 or emulated bf16.</param>
+    public static ConvolutionCheck Check(ConvolutionShape shape, IReadOnlyList<string> layers, Device device, bool channelsLast,
+        ConvolutionWorkaround workaround, TrainingPrecision precision) =>
+        Check(shape, layers, device, workaround, Candidate(workaround), channelsLast, precision);
+
     /// <summary>
     /// What training runs once per process: <see cref="Run"/> for the shapes not checked before in this process (same
     /// device, threads, policy and layout), then <see cref="BackendReport.EnsureCorrect"/>.
@@ -168,10 +204,11 @@ internal static class BackendCheck
         int threads = get_num_threads();
         var policy = trainer.Network.Workaround;
         bool channelsLast = trainer.Network.ChannelsLastOn(device.type);
-        var checks = Shapes(trainer).Select(u => Checked.GetOrAdd((u.Key, device.ToString(), threads, policy, channelsLast),
-            _ => Check(u.Key, u.Value, device, policy, channelsLast)))
+        var precision = trainer.Precision;
+        var checks = Shapes(trainer).Select(u => Checked.GetOrAdd((u.Key, device.ToString(), threads, policy, channelsLast, precision),
+            _ => Check(u.Key, u.Value, device, policy, Candidate(policy), channelsLast, precision)))
             .ToList();
-        var report = new BackendReport(DescribeEnvironment(policy), device.ToString(), checks, clock.Elapsed.TotalSeconds);
+        var report = new BackendReport(DescribeEnvironment(policy), device.ToString(), checks, clock.Elapsed.TotalSeconds, precision);
         report.EnsureCorrect();
         return report;
     }
@@ -188,13 +225,17 @@ internal static class BackendCheck
     /// <summary>The convolution as training computes it (the candidate checked).</summary>
     internal delegate Tensor Convolution(Tensor input, Tensor weight, Tensor? bias, ConvolutionShape shape);
 
-    /// <summary>The convolution as a layer under <paramref name="policy"/> computes it.</summary>
+    /// <summary>The convolution as a layer under <paramref name="policy"/> computes it, in the precision scope open on
+    /// the thread (the casts at the layer's boundary included, as <see cref="Conv2dLayer"/> makes them).</summary>
     internal static Convolution Candidate(ConvolutionWorkaround policy) => (input, weight, bias, shape) =>
-        ConvolutionRouting.Convolve(input, weight, bias, shape.Stride, shape.Padding, shape.Groups,
-            ConvolutionRouting.RouteFor(policy, input, weight, shape.Stride, shape.Padding, shape.Groups));
+    {
+        var (x, w, b) = (MixedPrecision.Operand(input)!, MixedPrecision.Operand(weight)!, MixedPrecision.Operand(bias));
+        return MixedPrecision.Result(ConvolutionRouting.Convolve(x, w, b, shape.Stride, shape.Padding, shape.Groups,
+            ConvolutionRouting.RouteFor(policy, x, w, shape.Stride, shape.Padding, shape.Groups)));
+    };
 
     /// <summary>One shape, computed as a layer under <paramref name="policy"/> computes it
-    /// (see <see cref="Check(ConvolutionShape, IReadOnlyList{string}, Device, ConvolutionWorkaround, Convolution, bool)"/>).</summary>
+    /// (see <see cref="Check(ConvolutionShape, IReadOnlyList{string}, Device, ConvolutionWorkaround, Convolution, bool, TrainingPrecision)"/>).</summary>
     internal static ConvolutionCheck Check(ConvolutionShape shape, IReadOnlyList<string> layers,
         Device device, ConvolutionWorkaround policy, bool channelsLast) =>
         Check(shape, layers, device, policy, Candidate(policy), channelsLast);
@@ -222,6 +263,7 @@ internal static class BackendCheck
             var input = network.InputShape;
             var images = zeros(new long[] { Batch, input.Channels, input.Height, input.Width }, device: device);
             var targets = new LocalTargets(zeros(new long[] { Batch }, ScalarType.Int64, device), images);
+            using var precision = MixedPrecision.Enter(trainer.Precision); // the maps training hands on (bf16 in a bf16 run)
             calls = ConvolutionTrace.Collect(() =>
             {
                 var h = images;
@@ -252,29 +294,44 @@ internal static class BackendCheck
         return shapes.ToDictionary(p => p.Key, p => (IReadOnlyList<string>)p.Value);
     }
 
-    /// <summary>One shape: float32 on <paramref name="device"/> through <paramref name="candidate"/> against float64 on the
-    /// CPU; the route reported is the one <paramref name="policy"/> gives.</summary>
+    /// <summary>One shape: computed on <paramref name="device"/> through <paramref name="candidate"/> in
+    /// <paramref name="precision"/> (float32 tensors, the candidate casting inside the precision's scope as training
+    /// does) against float64 on the CPU; the route reported is the one <paramref name="policy"/> gives.</summary>
     internal static ConvolutionCheck Check(ConvolutionShape shape, IReadOnlyList<string> layers, Device device, ConvolutionWorkaround policy,
-        Convolution candidate, bool channelsLast = false)
+        Convolution candidate, bool channelsLast = false, TrainingPrecision precision = TrainingPrecision.Float32)
     {
         using var scope = NewDisposeScope();
         using var grad = enable_grad();
+        bool bf16 = precision != TrainingPrecision.Float32;
         var x64 = Pattern(new long[] { Batch, shape.InChannels, shape.Height, shape.Width }, 0.7);
         var w64 = Pattern(new long[] { shape.OutChannels, shape.InChannels / shape.Groups, shape.Kernel, shape.Kernel }, 1.3)
             .mul_(1.0 / Math.Sqrt((double)shape.InChannels / shape.Groups * shape.Kernel * shape.Kernel));
         var b64 = shape.HasBias ? Pattern(new long[] { shape.OutChannels }, 2.1) : null;
+        if (bf16)
+        {
+            // What the bf16 kernel is given: the operands rounded to bf16, exactly representable in float64.
+            (x64, w64, b64) = (RoundedToBFloat16(x64), RoundedToBFloat16(w64), b64 is null ? null : RoundedToBFloat16(b64));
+        }
 
-        var (y, gx, gw, gb) = Gradients(x64, w64, b64, shape, float32, device, channelsLast, candidate);
-        var (y64, gx64, gw64, gb64) = Gradients(x64, w64, b64, shape, float64, CPU, channelsLast: false, convolution:
-            (x, w, b, s) => nn.functional.conv2d(x, w, b, new long[] { s.Stride, s.Stride }, new long[] { s.Padding, s.Padding }, groups: s.Groups));
-        var route = ConvolutionRouting.RouteFor(policy, device.type, shape.InputGradient, w64.shape, shape.Stride,
-            shape.Padding, shape.Groups, channelsLast);
-        double weightError = Math.Max(RelativeError(gw, gw64), gb is null ? 0 : RelativeError(gb, gb64!));
-        return new ConvolutionCheck(shape, layers, route, RelativeError(y, y64), gx is null ? 0 : RelativeError(gx, gx64!), weightError);
+        ConvolutionCheck Compare((Tensor Y, Tensor? Gx, Tensor Gw, Tensor? Gb) candidateResult)
+        {
+            var (y, gx, gw, gb) = candidateResult;
+            var (y64, gx64, gw64, gb64) = Gradients(x64, w64, b64, shape, float64, CPU, channelsLast: false, bf16, convolution:
+                (x, w, b, s) => nn.functional.conv2d(x, w, b, new long[] { s.Stride, s.Stride }, new long[] { s.Padding, s.Padding }, groups: s.Groups));
+            var route = ConvolutionRouting.RouteFor(policy, device.type, shape.InputGradient, w64.shape, shape.Stride,
+                shape.Padding, shape.Groups, channelsLast);
+            double weightError = Math.Max(RelativeError(gw, gw64), gb is null ? 0 : RelativeError(gb, gb64!));
+            return new ConvolutionCheck(shape, layers, route, RelativeError(y, y64), gx is null ? 0 : RelativeError(gx, gx64!), weightError, precision);
+        }
+
+        using (MixedPrecision.Enter(precision))
+            return Compare(Gradients(x64, w64, b64, shape, float32, device, channelsLast, bf16, candidate));
     }
 
+    // The output gradient given to both computations: the fixed pattern, rounded to bf16 when the candidate's output is
+    // bf16 (the gradient reaching a bf16 map is bf16 in training).
     private static (Tensor Y, Tensor? Gx, Tensor Gw, Tensor? Gb) Gradients(Tensor x64, Tensor w64, Tensor? b64, ConvolutionShape shape,
-        ScalarType dtype, Device device, bool channelsLast, Convolution convolution)
+        ScalarType dtype, Device device, bool channelsLast, bool bf16, Convolution convolution)
     {
         // The candidate sees its input in the layout training gives it.
         var x = x64.to(dtype).to(device);
@@ -283,10 +340,14 @@ internal static class BackendCheck
         var w = w64.to(dtype).to(device).requires_grad_(true);
         var b = b64?.to(dtype).to(device).requires_grad_(true);
         var y = convolution(x, w, b, shape);
-        var gy = Pattern(y.shape, 0.9).to(dtype).to(device);
+        var pattern = Pattern(y.shape, 0.9);
+        if (bf16) pattern = RoundedToBFloat16(pattern);
+        var gy = pattern.to(y.dtype).to(device);
         y.backward(new[] { gy });
         return (y.detach(), shape.InputGradient ? x.grad : null, w.grad!, b?.grad);
     }
+
+    private static Tensor RoundedToBFloat16(Tensor t) => t.to(ScalarType.BFloat16).to(t.dtype);
 
     // Largest |a − b| over the largest |b|, in float64 on the CPU; NaN when a holds a non-finite value.
     private static double RelativeError(Tensor candidate, Tensor reference)

@@ -388,7 +388,7 @@ internal static class InfoProLoss
         using var lambda2 = classificationWeight.ToScalar();
         using var zero = 0.0.ToScalar();
         using var one = 1.0.ToScalar();
-        var loss = zeros(1, dtype: ScalarType.Float32, device: features.device).squeeze(); // losses in float32 (MixedPrecision.cs)
+        var loss = zeros(1, dtype: MixedPrecision.Float32(features).dtype, device: features.device).squeeze(); // never bf16 (MixedPrecision.cs)
         if (reconstructionWeight != 0)
         {
             var target = targets.Images.mul(std.to(features.device)).add_(mean.to(features.device)).clamp_(zero, one); // de-normalised input

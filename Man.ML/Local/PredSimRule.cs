@@ -85,8 +85,8 @@ internal sealed class PredSimHead : AuxiliaryHead, IHasCost
     public override Tensor Loss(Tensor features, LocalTargets targets)
     {
         using var scope = NewDisposeScope();
-        var oneHot = nn.functional.one_hot(targets.Labels, classes).to_type(ScalarType.Float32);
-        var similarity = SimilarityMatrix(MixedPrecision.Float32(similarityConv.call(features))); // (B, B), in float32
+        var similarity = SimilarityMatrix(MixedPrecision.Float32(similarityConv.call(features))); // (B, B), never bf16
+        var oneHot = nn.functional.one_hot(targets.Labels, classes).to_type(similarity.dtype);
         var simLoss = nn.functional.mse_loss(similarity, SimilarityMatrix(oneHot).detach());
         var predLoss = nn.functional.cross_entropy(MixedPrecision.Float32(call(features)), targets.Labels);
         using var beta = PredSimRule.SimilarityWeight.ToScalar();   // explicit Scalars, alive through the calls (KeepAliveSgd.cs)

@@ -5,6 +5,7 @@
 // ML.NET 5 keeps CancelExecution internal, so it is read through MLNetInternals).
 using Man.ML.Data;
 using Man.ML.Local;
+using Man.ML.Models;
 using Man.ML.Training;
 using Microsoft.ML;
 using Microsoft.ML.Data;
@@ -149,6 +150,16 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
 
         /// <summary>Device: "cpu" or "cuda". Default "cpu".</summary>
         public string Device { get => training.Device; set => training = training with { Device = value }; }
+
+        /// <summary>
+        /// The precision training computes in: <see cref="TrainingPrecision.Float32"/>, <see cref="TrainingPrecision.BFloat16"/>
+        /// (mixed precision: bf16 convolutions, linear layers and activations, float32 master weights, optimizer state,
+        /// batch-norm statistics and losses; needs a GPU or a CPU with AVX-512 BF16 or AMX, and Fit throws
+        /// <see cref="InvalidOptionException"/> elsewhere), <see cref="TrainingPrecision.Auto"/> (bf16 where native, else
+        /// float32) or <see cref="TrainingPrecision.BFloat16Emulated"/>. The model is float32 and scores in float32 whatever
+        /// the training precision. Default <see cref="TrainingPrecision.Float32"/>.
+        /// </summary>
+        public TrainingPrecision Precision { get => training.Precision; set => training = training with { Precision = value }; }
 
         /// <summary>
         /// A PyTorch state dict (torch.save or safetensors, torchvision's names) to start the backbone from: fine-tuning a

@@ -82,8 +82,9 @@ internal static class MixedPrecision
     public static Tensor Result(Tensor y) =>
         current == TrainingPrecision.BFloat16Emulated && y.dtype != ScalarType.BFloat16 ? y.to(ScalarType.BFloat16) : y;
 
-    /// <summary><paramref name="t"/> in float32 (itself when it is): what losses, softmax and similarity matrices take.</summary>
-    public static Tensor Float32(Tensor t) => t.dtype == ScalarType.Float32 || !t.is_floating_point() ? t : t.to(ScalarType.Float32);
+    /// <summary>A bf16 <paramref name="t"/> widened to float32, anything else as it is (float64 stays float64): what losses,
+    /// softmax and similarity matrices take.</summary>
+    public static Tensor Float32(Tensor t) => t.dtype is ScalarType.BFloat16 or ScalarType.Float16 ? t.to(ScalarType.Float32) : t;
 }
 
 /// <summary>A sigmoid computed in float32 whatever its input (InfoPro's decoder output, read by a binary cross-entropy:

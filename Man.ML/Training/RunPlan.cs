@@ -92,9 +92,9 @@ public sealed record RunPlan
     /// <summary>What a model trained by this run says of itself, for example <c>resnet32 dgl+man K=16, 3 epochs, seed 0</c>.</summary>
     public string TrainedWith => $"{Architecture} {Choices.Name(Rule)}{(Man is null ? "" : "+man")} K={K}, {Options.Epochs} epochs, seed {Options.Seed}";
 
-    /// <summary>One line: architecture, K, split, rule, MAN.</summary>
+    /// <summary>One line: architecture, K, split, rule, MAN, and the precision when it is not float32.</summary>
     public string Summary => $"{Architecture}, K={K} ({(SplitTable is { } t ? $"reference split '{t}'" : "balanced split")}), " +
-        $"rule {Choices.Name(Rule)}{(Man is null ? "" : " + MAN")}";
+        $"rule {Choices.Name(Rule)}{(Man is null ? "" : " + MAN")}{(Precision == TrainingPrecision.Float32 ? "" : $", {Choices.Name(Precision)}")}";
 
     /// <summary>
     /// Resolves <paramref name="options"/> for data of <paramref name="classes"/> classes at <paramref name="imageSize"/>

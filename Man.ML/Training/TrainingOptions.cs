@@ -146,7 +146,9 @@ public sealed record TrainingOptions
         try { _ = Models.Architectures.Canonical(Architecture); }
         catch (ArgumentException e) { throw new InvalidOptionException(nameof(Architecture), e.Message); }
         Check(InitFrom is null || File.Exists(InitFrom), nameof(InitFrom), $"The weights file '{InitFrom}' to initialise from does not exist.");
-        _ = Devices.Canonical(Device);
+        var device = Devices.Canonical(Device);
+        // bf16 where the device cannot compute it natively is refused here, before any data is read.
+        _ = Models.BFloat16Support.Resolve(Precision, device == "cpu" ? DeviceType.CPU : DeviceType.CUDA, nameof(Precision));
     }
 
     /// <summary>
