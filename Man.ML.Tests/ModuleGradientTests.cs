@@ -167,6 +167,22 @@ public sealed class ModuleGradientTests
             $"{name} in {precision}: every gradient is within float32's error of float64 ({largest:g3}), so nothing was computed in bf16.");
     }
 
+    // The other routes in bf16, as training takes them: the workaround's rewrites forced on (padded output channels,
+    // shifted taps, subsampled input) and channels-last inputs (the pointwise-product route of 1x1 convolutions).
+    [TestMethod]
+    [DynamicData(nameof(CaseNamesForBFloat16Routes))]
+    public void BFloat16GradientsMatchFloat64WithTheWorkaroundForcedAndChannelsLastInputs(string name, int variant)
+    {
+        var c = variant == 1 ? Cases[name] with { Build = () => WithWorkaround(Cases[name].Build(), ConvolutionWorkaround.Always) } : Cases[name];
+        var (failures, _) = GradientComparison.CompareInBFloat16(c, TrainingPrecision.BFloat16, channelsLast: variant == 2);
+        Assert.IsEmpty(failures, $"{name} in bf16 {(variant == 1 ? "with the workaround forced on" : "with a channels-last input")}: " +
+                                 $"{string.Join("; ", failures)}. {GradientComparison.BFloat16Explanation}");
+    }
+
+    /// <summary>Each case with variant 1 (the workaround forced on) and 2 (a channels-last input).</summary>
+    public static IEnumerable<object[]> CaseNamesForBFloat16Routes =>
+        Cases.Keys.SelectMany(name => new[] { new object[] { name, 1 }, new object[] { name, 2 } });
+
     public static IEnumerable<object[]> CaseNamesInBFloat16 =>
         Cases.Keys.SelectMany(name => new[] { TrainingPrecision.BFloat16, TrainingPrecision.BFloat16Emulated }.Select(p => new object[] { name, p }));
 
@@ -226,7 +242,8 @@ internal static class GradientComparison
 
     /// <summary>The case in <paramref name="precision"/> against float64 at 2 threads: the failures, and the largest error
     /// of any tensor relative to its scale.</summary>
-    public static (List<string> Failures, double Largest) CompareInBFloat16(ModuleGradientTests.Case c, TrainingPrecision precision, int seed = 11)
+    public static (List<string> Failures, double Largest) CompareInBFloat16(ModuleGradientTests.Case c, TrainingPrecision precision, int seed = 11,
+        bool channelsLast = false)
     {
         int before = get_num_threads();
         set_num_threads(2);
@@ -236,7 +253,7 @@ internal static class GradientComparison
             // A batch of BFloat16Batch: batch norm over a handful of values is ill-conditioned (its backward subtracts
             // the gradient's projection on the batch's mean and normalised values), which float32 hides and bf16 does not.
             var batch = c with { Input = c.Input.Select((d, i) => i == 0 ? BFloat16Batch : d).ToArray() };
-            using (MixedPrecision.Enter(precision)) low = Gradients(batch, float32, seed, channelsLast: false, randomInput: true);
+            using (MixedPrecision.Enter(precision)) low = Gradients(batch, float32, seed, channelsLast, randomInput: true);
             var g64 = Gradients(batch, float64, seed, channelsLast: false, randomInput: true);
             // The whole gradient's norm: a gradient made small by cancellation (a weight that feeds batch norm, whose
             // output does not change with the weight's scale) keeps the absolute error of the large terms it cancels.

@@ -89,8 +89,10 @@ public sealed record RunPlan
     /// <summary>MAN's settings, or null.</summary>
     public MomentumOptions? Man => Options.Man;
 
-    /// <summary>What a model trained by this run says of itself, for example <c>resnet32 dgl+man K=16, 3 epochs, seed 0</c>.</summary>
-    public string TrainedWith => $"{Architecture} {Choices.Name(Rule)}{(Man is null ? "" : "+man")} K={K}, {Options.Epochs} epochs, seed {Options.Seed}";
+    /// <summary>What a model trained by this run says of itself, for example <c>resnet32 dgl+man K=16, 3 epochs, seed 0</c>
+    /// (with <c>, bf16</c> after it for a run trained in bf16).</summary>
+    public string TrainedWith => $"{Architecture} {Choices.Name(Rule)}{(Man is null ? "" : "+man")} K={K}, {Options.Epochs} epochs, seed {Options.Seed}" +
+        (Precision == TrainingPrecision.Float32 ? "" : $", {Choices.Name(Precision)}");
 
     /// <summary>One line: architecture, K, split, rule, MAN, and the precision when it is not float32.</summary>
     public string Summary => $"{Architecture}, K={K} ({(SplitTable is { } t ? $"reference split '{t}'" : "balanced split")}), " +
