@@ -45,6 +45,13 @@ internal static class CommonOptions
         Description = "Random seed (initialisation, data order, augmentation).", DefaultValueFactory = _ => DefaultSeed,
     };
 
+    public static Option<string> Precision() => new("--precision")
+    {
+        Description = "Training precision: fp32 (default), bf16 (mixed precision; needs a GPU or a CPU with avx512_bf16/amx_bf16), " +
+                      "auto (bf16 where the device computes it natively, else fp32) or bf16-emulated (bf16's numerics at fp32's speed).",
+        DefaultValueFactory = _ => Choices.Name(new Man.ML.Training.TrainingOptions().Precision),
+    };
+
     public static Option<string> Device() => new("--device")
     {
         Description = "Device: cpu or cuda.", DefaultValueFactory = _ => DefaultDevice,

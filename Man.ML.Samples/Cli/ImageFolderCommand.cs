@@ -36,10 +36,11 @@ internal static class ImageFolderCommand
             Description = "Early stopping: stop after this many epochs without a better validation accuracy and keep the best epoch's model (0: off).",
         };
         var maxPixels = CommonOptions.MaxImagePixels();
+        var precision = CommonOptions.Precision();
         var output = new Option<string>("--out") { Description = "Output folder for the saved model.", DefaultValueFactory = _ => "runs/image-folder" };
         var command = new Command("image-folder", "ML.NET sample: train a MAN-enhanced ResNet on an image folder, evaluate, save, load, predict.")
         {
-            images, epochs, arch, k, batch, seed, size, rule, withoutMan, recipe, patience, maxPixels, output,
+            images, epochs, arch, k, batch, seed, size, rule, withoutMan, recipe, patience, maxPixels, precision, output,
         };
         command.SetAction(parse => CliErrors.Run(() =>
         {
@@ -50,6 +51,7 @@ internal static class ImageFolderCommand
                 Rule = Choices.Parse<Man.ML.Local.LearningRule>(parse.GetValue(rule)!, "--rule"), UseMan = !parse.GetValue(withoutMan),
                 ImageRecipe = Choices.Parse<Man.ML.Data.ImageRecipe>(parse.GetValue(recipe)!, "--recipe"),
                 MaxImagePixels = CommonOptions.GetMaxImagePixels(parse, maxPixels),
+                Precision = Choices.Parse<Man.ML.Models.TrainingPrecision>(parse.GetValue(precision)!, precision.Name),
                 EarlyStopping = parse.GetValue(patience) > 0 ? new Man.ML.Training.EarlyStopping(Patience: parse.GetValue(patience)) : null,
             };
             var outDir = parse.GetValue(output)!;

@@ -101,12 +101,7 @@ internal sealed class ModelOptions
         Description = "How convolutions avoid libtorch's known CPU faults: auto (default: where this CPU needs it), always, or never (plain libtorch). " +
                       "Default: the MANML_CONV_WORKAROUND environment variable, else auto.",
     };
-    public Option<string> Precision { get; } = new("--precision")
-    {
-        Description = "Training precision: fp32 (default), bf16 (mixed precision; needs a GPU or a CPU with avx512_bf16/amx_bf16), " +
-                      "auto (bf16 where the device computes it natively, else fp32) or bf16-emulated (bf16's numerics at fp32's speed).",
-        DefaultValueFactory = _ => Choices.Name(Defaults.Precision),
-    };
+    public Option<string> Precision { get; } = CommonOptions.Precision();
 
     public IEnumerable<Option> All => new Option[]
     {
