@@ -22,7 +22,8 @@ public sealed class ModuleGradientTests
     private static readonly long[] Labels = { 0, 1, 2, 1 }; // repeated labels: the contrastive loss has positives
 
     // The labels of a batch of any size: Labels repeated.
-    private static Tensor LabelsFor(Tensor x) => tensor(Enumerable.Range(0, (int)x.shape[0]).Select(i => Labels[i % Labels.Length]).ToArray(), device: x.device);
+    private static Tensor LabelsFor(Tensor x) =>
+        tensor(Enumerable.Range(0, (int)x.shape[0]).Select(i => Labels[i % Labels.Length]).ToArray(), device: x.device);
 
     // Output · fixed weights (a deterministic pattern, not drawn from the generator), so every output element matters.
     private static Tensor WeightedSum(Tensor output)

@@ -102,7 +102,8 @@ public sealed class PrecisionTests
         var auto = RunPlan.Resolve(Tiny(TrainingPrecision.Auto), 10, 32);
         Assert.AreEqual(BFloat16Support.Cpu ? TrainingPrecision.BFloat16 : TrainingPrecision.Float32, auto.Precision, CpuNote);
         Assert.AreEqual(TrainingPrecision.BFloat16, OnAnyCpu(() => RunPlan.Resolve(Tiny(TrainingPrecision.BFloat16), 10, 32)).Precision);
-        var unknown = Assert.ThrowsExactly<InvalidOptionException>(() => (Tiny(TrainingPrecision.Float32) with { Precision = (TrainingPrecision)9 }).Validate());
+        var unknown = Assert.ThrowsExactly<InvalidOptionException>(
+            () => (Tiny(TrainingPrecision.Float32) with { Precision = (TrainingPrecision)9 }).Validate());
         Assert.AreEqual("Precision", unknown.Option);
     }
 

@@ -33,7 +33,8 @@ internal static class DoctorCommand
             Description = "Internal: run one convolution (with ONEDNN_VERBOSE=1, oneDNN prints its version and ISA).", Hidden = true,
         };
         var command = new Command("doctor",
-            "Show this machine's backend and check that it computes every convolution of a configuration correctly, in the run's precision (--precision), against float64.");
+            "Show this machine's backend and check that it computes every convolution of a configuration correctly, " +
+            "in the run's precision (--precision), against float64.");
         foreach (var o in model.All) command.Options.Add(o);
         command.Options.Add(isolate);
         command.Options.Add(checkShape);
@@ -83,7 +84,9 @@ internal static class DoctorCommand
         Console.WriteLine($"libtorch / TorchSharp   {environment.LibTorch} / {environment.TorchSharp}");
         Console.WriteLine($"threads                 {environment.Threads}");
         Console.WriteLine($"convolution workaround  {Workaround(environment)}");
-        Console.WriteLine($"bf16                    {(BFloat16Support.Native(device.type) ? "native on " + device.type : "not native on this CPU (no avx512_bf16 or amx_bf16): bf16 is refused, bf16-emulated runs at float32's speed")}");
+        Console.WriteLine("bf16                    " + (BFloat16Support.Native(device.type)
+            ? $"native on {device.type}"
+            : "not native on this CPU (no avx512_bf16 or amx_bf16): bf16 is refused, bf16-emulated runs at float32's speed"));
 
         var dataset = options.Dataset;
         int side = options.ImageSize ?? dataset.ImageSize;
@@ -149,8 +152,9 @@ internal static class DoctorCommand
         foreach (var row in rows)
             Console.WriteLine(string.Join("  ", row.Select((cell, c) => c == row.Length - 1 ? cell : cell.PadRight(widths[c]))).TrimEnd());
         Console.WriteLine();
-        Console.WriteLine(FormattableString.Invariant(
-            $"errors: largest |{(precision == TrainingPrecision.Float32 ? "float32" : Choices.Name(precision))} − float64| over the largest |float64| of the same tensor, batch of 2; ") +
+        Console.WriteLine(
+            $"errors: largest |{(precision == TrainingPrecision.Float32 ? "float32" : Choices.Name(precision))} − float64| " +
+            "over the largest |float64| of the same tensor, batch of 2; " +
             (precision == TrainingPrecision.Float32 ? "" : "float64 takes the same bf16-rounded operands; ") +
             FormattableString.Invariant($"tolerance {tolerance:g}."));
         Console.WriteLine(wrong == 0

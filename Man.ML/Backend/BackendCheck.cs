@@ -135,7 +135,8 @@ internal static class BackendCheck
         precision == TrainingPrecision.Float32 ? Tolerance : BFloat16Tolerance;
 
     private const int Batch = 2; // the smallest batch that shows the faults measured (a batch of one does not)
-    private static readonly ConcurrentDictionary<(ConvolutionShape, string, int, ConvolutionWorkaround, bool ChannelsLast, TrainingPrecision), ConvolutionCheck> Checked = new();
+    private static readonly ConcurrentDictionary<(ConvolutionShape, string, int, ConvolutionWorkaround, bool ChannelsLast, TrainingPrecision),
+        ConvolutionCheck> Checked = new();
 
     /// <summary>
     /// Checks every convolution shape <paramref name="trainer"/> trains (its network, auxiliary heads and MAN's copies):
