@@ -102,13 +102,45 @@ internal sealed class ModelOptions
                       "Default: the MANML_CONV_WORKAROUND environment variable, else auto.",
     };
     public Option<string> Precision { get; } = CommonOptions.Precision();
+    public Option<string?> Pipeline { get; } = new("--pipeline")
+    {
+        Description = "Train the segments as a pipeline of W stages, each on its own thread (and device): W from 2 to K, 1 " +
+                      "(sequential, the default) or auto (one stage per --stage-devices entry, else per core).",
+    };
+    public Option<int> PipelineDepth { get; } = new("--pipeline-depth")
+    {
+        Description = $"d: how many steps MAN's EMA copy at a stage boundary may lag the sequential step's (0 = lock-step, " +
+                      $"exactly the sequential run; up to {TrainingOptions.MaxPipelineDepth}).",
+        DefaultValueFactory = _ => Defaults.PipelineDepth,
+    };
+    public Option<string?> StageDevices { get; } = new("--stage-devices")
+    {
+        Description = "Each pipeline stage's device, comma-separated (cpu,cpu or cuda:0,cuda:1; default: every stage on --device).",
+    };
+    public Option<int?> StageThreads { get; } = new("--stage-threads")
+    {
+        Description = "libtorch threads of each pipeline stage (default: the cores shared out, at least 1).",
+    };
+    public Option<string?> StageEnds { get; } = new("--stage-ends")
+    {
+        Description = "Last segment of every pipeline stage but the last, comma-separated (default: balanced by estimated cost).",
+    };
 
     public IEnumerable<Option> All => new Option[]
     {
         Preset, Dataset, Arch, K, Split, ImageSize, Workers, MaxImagePixels, Rule, Man, NoMan, ManAblation, ManInit, EmaMomentum, ManMix, DglHead,
         AuxConfig, InfoProLoss, Lambda, LambdaSchedule, Epochs, BatchSize, Lr, WeightDecay, InitFrom, Seed, Threads, Device, ConvWorkaround,
-        Precision,
+        Precision, Pipeline, PipelineDepth, StageDevices, StageThreads, StageEnds,
     };
+
+    private static int ParsePipeline(string text) =>
+        text.Trim().Equals("auto", StringComparison.OrdinalIgnoreCase) ? TrainingOptions.AutoPipelineStages
+        : int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int w) && w >= 1 ? w
+        : throw new CliException($"--pipeline must be a number of stages (1 for sequential) or auto (got '{text}').");
+
+    private static int[] ParseEnds(string text) => text.Split(',').Select(e =>
+        int.TryParse(e.Trim(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int v) ? v
+        : throw new CliException($"--stage-ends must be segment indices separated by commas (got '{text}').")).ToArray();
 
     private static bool Given(ParseResult parse, Option option) => parse.GetResult(option) is { Implicit: false };
 
@@ -191,6 +223,11 @@ internal sealed class ModelOptions
                 : baseline.ConvolutionWorkaround,
             Device = Pick(Device, baseline.Device),
             Precision = ChoiceOf(Precision, baseline.Precision),
+            PipelineStages = Given(parse, Pipeline) ? ParsePipeline(parse.GetValue(Pipeline)!) : baseline.PipelineStages,
+            PipelineDepth = Pick(PipelineDepth, baseline.PipelineDepth),
+            StageDevices = Given(parse, StageDevices) ? parse.GetValue(StageDevices)!.Split(',').Select(d => d.Trim()).ToArray() : baseline.StageDevices,
+            StageThreads = Given(parse, StageThreads) ? parse.GetValue(StageThreads) : baseline.StageThreads,
+            StageEnds = Given(parse, StageEnds) ? ParseEnds(parse.GetValue(StageEnds)!) : baseline.StageEnds,
             Augmentation = dataset.Augmentation,
             Normalization = dataset.Normalization,
         };

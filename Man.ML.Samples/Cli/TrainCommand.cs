@@ -308,6 +308,7 @@ internal static class TrainCommand
         AnsiConsole.MarkupLine(Markup.Escape($"manml train {plan.Summary}, ") +
                                Markup.Escape(FormattableString.Invariant($"{trainCount} training / {valCount} validation images at {imageSize}x{imageSize}, ") +
                                              FormattableString.Invariant($"{options.Epochs} epochs, batch {options.BatchSize}, lr {plan.LearningRate:0.###}")));
+        if (plan.Pipeline is { } pipeline) AnsiConsole.MarkupLine(Markup.Escape($"pipeline: {pipeline.Describe()}"));
         if (plan.InitialWeights is { } w)
             AnsiConsole.MarkupLine(Markup.Escape($"initialised from {w.Path} ({Choices.Name(w.Format)}, {w.TensorsLoaded} tensors)" +
                 (w.HeadReplaced

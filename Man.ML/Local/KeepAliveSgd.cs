@@ -25,29 +25,64 @@ internal static class KeepAlive
         public override Tensor step(Func<Tensor>? closure = null) => _step<ParamGroup>(group =>
         {
             var options = group.Options;
-            double momentum = options.momentum!.Value, dampening = options.dampening!.Value, weightDecay = options.weight_decay!.Value;
-            bool nesterov = options.nesterov!.Value;
-            double lr = options.LearningRate!.Value;
-            using var decay = weightDecay.ToScalar();
-            using var mu = momentum.ToScalar();
-            using var keep = (1 - dampening).ToScalar();
-            using var alpha = (options.maximize!.Value ? lr : -lr).ToScalar();
-            foreach (var param in group.Parameters)
-            {
-                var grad = param.grad;
-                if (grad is null) continue;
-                var state = (State)_state[param.Handle];
-                if (weightDecay != 0) grad = grad.add(param, decay);
-                if (momentum != 0)
-                {
-                    var buffer = state.momentum_buffer;
-                    if (buffer is null) buffer = grad.clone().detach().DetachFromDisposeScope();
-                    else buffer.mul_(mu).add_(grad, keep);
-                    grad = nesterov ? grad.add(buffer, mu) : buffer;
-                    state.momentum_buffer = buffer;
-                }
-                param.add_(grad, alpha);
-            }
+            using var scalars = new StepScalars(options, options.LearningRate!.Value);
+            foreach (var param in group.Parameters) Update(param, scalars);
         }, closure);
+
+        /// <summary>
+        /// The update of <see cref="step"/> for <paramref name="parameters"/> only, at <paramref name="learningRate"/>:
+        /// a pipelined stage steps its own parameters while other stages step theirs. Safe to call from several threads
+        /// at once for disjoint parameter sets (each reads its own parameters' state, which the constructor made).
+        /// </summary>
+        public void StepParameters(IReadOnlyList<Parameter> parameters, double learningRate)
+        {
+            using var scope = NewDisposeScope();
+            using var scalars = new StepScalars(ParamGroups.OfType<ParamGroup>().First().Options, learningRate);
+            using (no_grad()) foreach (var param in parameters) Update(param, scalars);
+        }
+
+        private void Update(Parameter param, StepScalars s)
+        {
+            var grad = param.grad;
+            if (grad is null) return;
+            var state = (State)_state[param.Handle];
+            if (s.WeightDecay != 0) grad = grad.add(param, s.Decay);
+            if (s.Momentum != 0)
+            {
+                var buffer = state.momentum_buffer;
+                if (buffer is null) buffer = grad.clone().detach().DetachFromDisposeScope();
+                else buffer.mul_(s.Mu).add_(grad, s.Keep);
+                grad = s.Nesterov ? grad.add(buffer, s.Mu) : buffer;
+                state.momentum_buffer = buffer;
+            }
+            param.add_(grad, s.Alpha);
+        }
+
+        // One step's Scalars, made once and alive until every native call that reads them has returned.
+        private sealed class StepScalars : IDisposable
+        {
+            public readonly double Momentum, WeightDecay;
+            public readonly bool Nesterov;
+            public readonly Scalar Decay, Mu, Keep, Alpha;
+
+            public StepScalars(Options options, double lr)
+            {
+                Momentum = options.momentum!.Value;
+                WeightDecay = options.weight_decay!.Value;
+                Nesterov = options.nesterov!.Value;
+                Decay = WeightDecay.ToScalar();
+                Mu = Momentum.ToScalar();
+                Keep = (1 - options.dampening!.Value).ToScalar();
+                Alpha = (options.maximize!.Value ? lr : -lr).ToScalar();
+            }
+
+            public void Dispose()
+            {
+                Decay.Dispose();
+                Mu.Dispose();
+                Keep.Dispose();
+                Alpha.Dispose();
+            }
+        }
     }
 }

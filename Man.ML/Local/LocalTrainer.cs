@@ -66,9 +66,10 @@ public sealed class LocalTrainer : IDisposable
     private readonly AuxiliaryModules auxiliary;
     private readonly ModuleList<AuxiliaryHead> heads;
     private readonly MomentumAuxiliaryNetwork? man;
-    private readonly SGD optimizer;
+    private readonly KeepAlive.SGD optimizer;
     private readonly IReadOnlyList<AuxiliaryHead> headView;
     private readonly List<(int Segment, Parameter Parameter)> checkedParameters;
+    private readonly List<Parameter> trainable;
 
     // Everything that exists only for training, as one registered module tree (a ModuleList's items become children
     // only when an owning module registers its components).
@@ -150,7 +151,8 @@ public sealed class LocalTrainer : IDisposable
 
     /// <summary>The engine of a resolved run: everything as the plan resolved it, nothing derived again.</summary>
     internal LocalTrainer(UnitChainNetwork network, SplitPlan split, ILocalLearningRule rule, MomentumOptions? momentum,
-        OptimizerSettings optimizerSettings, Device device, IReadOnlyList<HeadContext> headContexts)
+        OptimizerSettings optimizerSettings, Device device, IReadOnlyList<HeadContext> headContexts,
+        IReadOnlyList<Device>? segmentDevices = null)
     {
         Network = network;
         Split = split;
@@ -163,8 +165,11 @@ public sealed class LocalTrainer : IDisposable
         headView = headList.AsReadOnly();
         network.to(device);
         auxiliary.to(device);
+        // A pipelined run places each stage's segments (units, head, MAN's copies) on the stage's device, before the
+        // optimizer takes the parameters: moving a module replaces its parameters.
+        if (segmentDevices is not null) Place(segmentDevices);
 
-        var trainable = network.parameters()
+        trainable = network.parameters()
             .Concat(heads.parameters())
             .Concat(man?.TrainableParameters() ?? Enumerable.Empty<Parameter>())
             .ToList();
@@ -177,6 +182,64 @@ public sealed class LocalTrainer : IDisposable
                 .Concat(j < split.K - 1 && man is not null ? man[j].parameters() : Enumerable.Empty<Parameter>())
                 .Select(p => (j, p))).ToList();
     }
+
+    private void Place(IReadOnlyList<Device> segmentDevices)
+    {
+        if (segmentDevices.Count != Split.K)
+            throw new ArgumentException($"Expected a device for each of the {Split.K} segments (got {segmentDevices.Count}).", nameof(segmentDevices));
+        var unitDevices = new Device[Network.Units.Count];
+        for (int j = 0; j < Split.K; j++)
+        {
+            var d = segmentDevices[j];
+            for (int u = Split.Segments[j].Start; u < Split.Segments[j].End; u++) unitDevices[u] = d;
+            if (j < Split.K - 1)
+            {
+                heads[j].to(d);
+                man?[j].to(d);
+            }
+        }
+        Network.Place(unitDevices, segmentDevices[^1]);
+    }
+
+    /// <summary>Every parameter segments <paramref name="first"/> to <paramref name="last"/> train (units, the head that
+    /// trains them, MAN's learnable copies), in the optimizer's order.</summary>
+    internal IReadOnlyList<Parameter> TrainableParameters(int first, int last)
+    {
+        var mine = new HashSet<IntPtr>(checkedParameters.Where(c => c.Segment >= first && c.Segment <= last && c.Parameter.requires_grad)
+            .Select(c => c.Parameter.Handle));
+        return trainable.Where(p => mine.Contains(p.Handle)).ToList();
+    }
+
+    /// <summary>What a step of segments <paramref name="first"/> to <paramref name="last"/> changes besides the trained
+    /// parameters (batch-norm statistics, MAN's EMA copies): a dropped step puts it back.</summary>
+    internal IReadOnlyList<Tensor> StepState(int first, int last)
+    {
+        var modules = new List<nn.Module>();
+        for (int j = first; j <= last; j++)
+        {
+            for (int u = Split.Segments[j].Start; u < Split.Segments[j].End; u++) modules.Add(Network.Units[u]);
+            if (j < Split.K - 1)
+            {
+                modules.Add(heads[j]);
+                if (man is not null) modules.Add(man[j]);
+            }
+            else modules.Add(Network.Head);
+        }
+        return modules.SelectMany(m => m.buffers().Concat(m.parameters().Where(p => !p.requires_grad))).ToList();
+    }
+
+    /// <summary>Gradients of segments <paramref name="first"/> to <paramref name="last"/> checked at once.</summary>
+    /// <exception cref="NonFiniteException">One is NaN or infinite.</exception>
+    internal void CheckGradients(int first, int last)
+    {
+        var mine = checkedParameters.Where(c => c.Segment >= first && c.Segment <= last).ToList();
+        if (FiniteGradients.FirstNonFinite(mine, FiniteGradients.ReadFromDevice) is int segment)
+            throw new NonFiniteException("A gradient", segment);
+    }
+
+    /// <summary>The SGD step of <paramref name="parameters"/> alone, at <paramref name="learningRate"/> (a pipelined stage's).</summary>
+    internal void StepParameters(IReadOnlyList<Parameter> parameters, double learningRate) =>
+        optimizer.StepParameters(parameters, learningRate);
 
     /// <summary>The optimizer (one SGD over every trainable parameter; EMA copies excluded).</summary>
     public SGD Optimizer => optimizer;
@@ -260,7 +323,14 @@ public sealed class LocalTrainer : IDisposable
     /// </summary>
     /// <returns>The segment's output, detached (null for the last segment), its loss, and for the last segment the
     /// number of correct predictions.</returns>
-    internal SegmentResult TrainSegment(int segment, Tensor input, LocalTargets targets)
+    /// <param name="segment">j.</param>
+    /// <param name="input">The segment's input.</param>
+    /// <param name="targets">Labels and images.</param>
+    /// <param name="nextUnitParameters">With MAN, what segment j's EMA copy follows: null for next(j)'s live parameters
+    /// (the sequential step), or a pipelined run's snapshot of them, asked for only when it is read (after the local
+    /// backward, or before the forward for the parameter-copy ablation).</param>
+    internal SegmentResult TrainSegment(int segment, Tensor input, LocalTargets targets,
+        Func<IReadOnlyList<Tensor>>? nextUnitParameters = null)
     {
         Tensor? handOver = null;
         float lossValue;
@@ -269,7 +339,8 @@ public sealed class LocalTrainer : IDisposable
         using (MixedPrecision.Enter(precision))
         {
             var range = Split.Segments[segment];
-            if (segment < Split.K - 1) man?.BeforeForward(segment);
+            if (segment < Split.K - 1 && man?.Options.Ablation == ManAblation.ParameterCopy)
+                man.BeforeForward(segment, nextUnitParameters?.Invoke());
             var h = Network.ForwardUnits(input, range.Start, range.End);  // (B, C, H, W) of the segment's last unit
             Tensor loss;
             if (segment == Split.K - 1)
@@ -288,7 +359,8 @@ public sealed class LocalTrainer : IDisposable
             if (!float.IsFinite(lossValue)) throw new NonFiniteException("The local loss", segment); // before any gradient is made
             loss.backward();
         }
-        if (segment < Split.K - 1) man?.AfterLocalBackward(segment);
+        if (segment < Split.K - 1 && man is not null && man.Options.Ablation != ManAblation.ParameterCopy)
+            man.AfterLocalBackward(segment, nextUnitParameters?.Invoke());
         return new SegmentResult(handOver, lossValue, correct);
     }
 

@@ -163,27 +163,32 @@ internal sealed class MomentumBranch : nn.Module<Tensor, Tensor>, IHasCost
     public long EmaForwardFlops(FeatureShape input) => ema is IHasCost c ? c.Cost(input).ForwardFlops : 0;
 
     /// <summary>θ(EMA) ← m·θ(EMA) + (1 − m)·θ(next), parameters only (BatchNorm running statistics stay EMA's own).</summary>
-    public void UpdateEma(nn.Module<Tensor, Tensor> next, double momentum)
+    /// <param name="next">next(j)'s parameters in <c>parameters()</c> order: the live unit's, or a pipelined run's
+    /// snapshot of them.</param>
+    /// <param name="momentum">m.</param>
+    public void UpdateEma(IEnumerable<Tensor> next, double momentum)
     {
         if (ema is null) return;
         using var noGrad = no_grad();
         // Explicit Scalars, alive until every call has returned (KeepAliveSgd.cs says why).
         using var m = momentum.ToScalar();
         using var rest = (1 - momentum).ToScalar();
-        foreach (var (e, n) in ema.parameters().Zip(next.parameters()))
+        foreach (var (e, n) in ema.parameters().Zip(next))
             e.mul_(m).add_(n, rest);
     }
 
-    /// <summary>Copies next(j)'s current parameters into EMA (the parameter-copy ablation, m = 0).</summary>
-    public void CopyEmaFrom(nn.Module<Tensor, Tensor> next)
+    /// <summary>Copies next(j)'s parameters (live or a snapshot) into EMA (the parameter-copy ablation, m = 0).</summary>
+    public void CopyEmaFrom(IEnumerable<Tensor> next)
     {
         if (ema is not null) CopyParameters(next, ema);
     }
 
-    private static void CopyParameters(nn.Module source, nn.Module target)
+    private static void CopyParameters(nn.Module source, nn.Module target) => CopyParameters(source.parameters(), target);
+
+    private static void CopyParameters(IEnumerable<Tensor> source, nn.Module target)
     {
         using var noGrad = no_grad();
-        foreach (var (t, s) in target.parameters().Zip(source.parameters())) t.copy_(s);
+        foreach (var (t, s) in target.parameters().Zip(source)) t.copy_(s);
     }
 }
 
@@ -220,16 +225,24 @@ internal sealed class MomentumAuxiliaryNetwork : nn.Module
         branches.SelectMany(b => (b.Learnable?.parameters() ?? Enumerable.Empty<TorchSharp.Modules.Parameter>())
             .Concat(b.Mix is null ? Enumerable.Empty<TorchSharp.Modules.Parameter>() : new[] { b.Mix }));
 
-    /// <summary>Called before segment j's forward: the parameter-copy ablation takes next(j)'s live parameters.</summary>
-    public void BeforeForward(int segment)
+    /// <summary>Whether segment j's branch reads next(j)'s parameters (an EMA copy exists).</summary>
+    public bool FollowsNextUnit => Options.HasEmaCopy;
+
+    /// <summary>Called before segment j's forward: the parameter-copy ablation takes next(j)'s parameters.</summary>
+    /// <param name="segment">j.</param>
+    /// <param name="next">next(j)'s parameters to follow (a pipelined run's snapshot), or null for the live unit's.</param>
+    public void BeforeForward(int segment, IReadOnlyList<Tensor>? next = null)
     {
-        if (Options.Ablation == ManAblation.ParameterCopy) branches[segment].CopyEmaFrom(unitAt(plan.NextUnit(segment)));
+        if (Options.Ablation == ManAblation.ParameterCopy)
+            branches[segment].CopyEmaFrom(next ?? (IEnumerable<Tensor>)unitAt(plan.NextUnit(segment)).parameters());
     }
 
     /// <summary>Called after segment j's local backward and before the optimizer step: the EMA update.</summary>
-    public void AfterLocalBackward(int segment)
+    /// <param name="segment">j.</param>
+    /// <param name="next">next(j)'s parameters to follow (a pipelined run's snapshot), or null for the live unit's.</param>
+    public void AfterLocalBackward(int segment, IReadOnlyList<Tensor>? next = null)
     {
         if (Options.Ablation == ManAblation.ParameterCopy) return;
-        branches[segment].UpdateEma(unitAt(plan.NextUnit(segment)), Options.EmaDecay);
+        branches[segment].UpdateEma(next ?? (IEnumerable<Tensor>)unitAt(plan.NextUnit(segment)).parameters(), Options.EmaDecay);
     }
 }

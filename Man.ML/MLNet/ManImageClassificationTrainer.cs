@@ -161,6 +161,24 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         /// </summary>
         public TrainingPrecision Precision { get => training.Precision; set => training = training with { Precision = value }; }
 
+        /// <summary>W, the pipeline's stages (<see cref="TrainingOptions.PipelineStages"/>): 1 trains the segments one after
+        /// another (the default), W ≥ 2 as a pipeline of W stages on their own threads and devices,
+        /// <see cref="TrainingOptions.AutoPipelineStages"/> chooses. Default 1.</summary>
+        public int PipelineStages { get => training.PipelineStages; set => training = training with { PipelineStages = value }; }
+
+        /// <summary>d, the pipeline's depth (<see cref="TrainingOptions.PipelineDepth"/>): 0 computes exactly the sequential
+        /// run. Default 1.</summary>
+        public int PipelineDepth { get => training.PipelineDepth; set => training = training with { PipelineDepth = value }; }
+
+        /// <summary>Each pipeline stage's device; null: every stage on <see cref="Device"/>. Default null.</summary>
+        public IReadOnlyList<string>? StageDevices { get => training.StageDevices; set => training = training with { StageDevices = value }; }
+
+        /// <summary>libtorch threads of each pipeline stage; null: the cores shared out. Default null.</summary>
+        public int? StageThreads { get => training.StageThreads; set => training = training with { StageThreads = value }; }
+
+        /// <summary>Last segment of every pipeline stage but the last; null: balanced by estimated cost. Default null.</summary>
+        public IReadOnlyList<int>? StageEnds { get => training.StageEnds; set => training = training with { StageEnds = value }; }
+
         /// <summary>
         /// A PyTorch state dict (torch.save or safetensors, torchvision's names) to start the backbone from: fine-tuning a
         /// pretrained network. A final classifier of another class count is replaced by a fresh one (PyTorch's nn.Linear

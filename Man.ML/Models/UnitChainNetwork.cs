@@ -123,6 +123,11 @@ public abstract class UnitChainNetwork : nn.Module<Tensor, Tensor>
         var x = start == 0 && end > 0 ? ActivationLayouts.ForNetwork(input, Family, Layout) : input;
         for (int i = start; i < end; i++)
         {
+            if (placed && OnOtherDevice(x, Units[i]) is { } moved)
+            {
+                if (!ReferenceEquals(x, input)) x.Dispose();
+                x = moved;
+            }
             var next = Units[i].call(x);
             if (!ReferenceEquals(x, input)) x.Dispose(); // an intermediate output: its storage lives on in autograd if needed
             x = next;
@@ -135,7 +140,29 @@ public abstract class UnitChainNetwork : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         var features = ForwardUnits(input, 0, Units.Count);
+        if (placed && OnOtherDevice(features, Head) is { } moved) features = moved;
         return Head.call(features).MoveToOuterDisposeScope();
+    }
+
+    private bool placed;
+
+    /// <summary>
+    /// Places unit i on <paramref name="unitDevices"/>[i] and the head on <paramref name="headDevice"/> (a pipelined
+    /// run's stages); from then on the forward pass carries each activation to the device of the unit it enters.
+    /// </summary>
+    internal void Place(IReadOnlyList<Device> unitDevices, Device headDevice)
+    {
+        for (int i = 0; i < Units.Count; i++) Units[i].to(unitDevices[i]);
+        Head.to(headDevice);
+        placed = true;
+    }
+
+    // x moved to the device of module's parameters, or null when it is there already.
+    private static Tensor? OnOtherDevice(Tensor x, nn.Module module)
+    {
+        var first = module.parameters().FirstOrDefault(); // the module's own parameter: not disposed here
+        if (first is null || (first.device_type == x.device_type && first.device_index == x.device_index)) return null;
+        return x.to(first.device);
     }
 
     /// <summary>Number of elements of all parameters.</summary>

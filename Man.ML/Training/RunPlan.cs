@@ -26,7 +26,7 @@ public sealed record RunPlan
     public const double SgdMomentum = 0.9;
 
     /// <summary>Keys of <see cref="ToJson"/> a checkpoint may differ in and still be resumed: where it runs, not what it computes.</summary>
-    public static IReadOnlySet<string> KeysFreeOnResume { get; } = new HashSet<string> { "device", "evaluation_batch_size", "data_workers" };
+    public static IReadOnlySet<string> KeysFreeOnResume { get; } = new HashSet<string> { "device", "evaluation_batch_size", "data_workers", "pipeline_devices", "pipeline_threads" };
 
     /// <summary>The options it was resolved from.</summary>
     public required TrainingOptions Options { get; init; }
@@ -77,6 +77,9 @@ public sealed record RunPlan
     /// never auto).</summary>
     public required TrainingPrecision Precision { get; init; }
 
+    /// <summary>The pipeline's stages (<see cref="TrainingOptions.PipelineStages"/>), or null for the sequential step.</summary>
+    public PipelinePlan? Pipeline { get; init; }
+
     /// <summary>What was loaded from <see cref="TrainingOptions.InitFrom"/> (null without one).</summary>
     public WeightsLoadReport? InitialWeights { get; init; }
 
@@ -96,7 +99,8 @@ public sealed record RunPlan
 
     /// <summary>One line: architecture, K, split, rule, MAN, and the precision when it is not float32.</summary>
     public string Summary => $"{Architecture}, K={K} ({(SplitTable is { } t ? $"reference split '{t}'" : "balanced split")}), " +
-        $"rule {Choices.Name(Rule)}{(Man is null ? "" : " + MAN")}{(Precision == TrainingPrecision.Float32 ? "" : $", {Choices.Name(Precision)}")}";
+        $"rule {Choices.Name(Rule)}{(Man is null ? "" : " + MAN")}{(Precision == TrainingPrecision.Float32 ? "" : $", {Choices.Name(Precision)}")}" +
+        (Pipeline is { } p ? $", pipelined in {p.Stages.Count} stages (depth {p.Depth})" : "");
 
     /// <summary>
     /// Resolves <paramref name="options"/> for data of <paramref name="classes"/> classes at <paramref name="imageSize"/>
@@ -133,6 +137,7 @@ public sealed record RunPlan
         if (classes < 2) throw new InvalidOptionException("Classes", $"Training needs at least 2 classes (got {classes}).");
         if (imageSize < 8) throw new InvalidOptionException(nameof(ImageSize), $"The image size must be at least 8 (got {imageSize}).");
         var device = Devices.Resolve(options.Device);
+        foreach (var stageDevice in options.StageDevices ?? Array.Empty<string>()) Devices.Resolve(stageDevice, nameof(TrainingOptions.StageDevices));
         var precision = BFloat16Support.Resolve(options.Precision, device.type, nameof(TrainingOptions.Precision));
         var settings = options.RuleSettings with { InfoPro = options.RuleSettings.InfoPro with { Dataset = options.Dataset.Name } };
         var rule = LocalLearningRules.Create(options.Rule, settings);
@@ -172,6 +177,7 @@ public sealed record RunPlan
                 Device = Devices.Canonical(options.Device),
                 Precision = precision,
                 InitialWeights = initial,
+                Pipeline = PipelinePlan.Resolve(options, split.K, () => EstimatedSegmentCosts(options, network, split, rule, contexts)),
             };
             var optimizer = new OptimizerSettings { LearningRate = plan.LearningRate, WeightDecay = options.WeightDecay, Momentum = SgdMomentum };
             return new Built(plan, network, split, rule, contexts, optimizer, device, get_rng_state());
@@ -184,6 +190,28 @@ public sealed record RunPlan
         finally
         {
             set_rng_state(callers);
+        }
+    }
+
+    // Each segment's estimated step cost (StageBalance.Estimate), from heads and MAN's copies built on the side; the
+    // generator state is restored so the run's initialisation does not change.
+    private static IReadOnlyList<double> EstimatedSegmentCosts(TrainingOptions options, UnitChainNetwork network, SplitPlan split,
+        ILocalLearningRule rule, IReadOnlyList<HeadContext> contexts)
+    {
+        using var state = get_rng_state();
+        var heads = new List<AuxiliaryHead>();
+        MomentumAuxiliaryNetwork? man = null;
+        try
+        {
+            heads.AddRange(contexts.Select(rule.CreateHead));
+            if (options.Man is not null) man = new MomentumAuxiliaryNetwork(network, split, options.Man);
+            return SegmentCosts.Of(network, split, heads, man).Select(StageBalance.Estimate).ToArray();
+        }
+        finally
+        {
+            foreach (var head in heads) head.Dispose();
+            man?.Dispose();
+            set_rng_state(state);
         }
     }
 
@@ -285,6 +313,13 @@ public sealed record RunPlan
             },
             ["init_from"] = o.InitFrom,
             ["init_classifier"] = InitialWeights is { } w ? (w.HeadReplaced ? "replaced" : "loaded") : null,
+            ["pipeline"] = Pipeline is { } pipeline ? new JsonObject
+            {
+                ["stages"] = new JsonArray(pipeline.Stages.Select(st => (JsonNode)new JsonArray(st.FirstSegment, st.LastSegment)).ToArray()),
+                ["depth"] = pipeline.Depth,
+            } : null,
+            ["pipeline_devices"] = Pipeline is { } placed ? new JsonArray(placed.Stages.Select(st => (JsonNode)st.Device).ToArray()) : null,
+            ["pipeline_threads"] = Pipeline?.ThreadsPerStage,
             ["device"] = Device,
             ["precision"] = Choices.Name(Precision),
             ["evaluation_batch_size"] = o.EvaluationBatchSize,

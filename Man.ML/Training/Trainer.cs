@@ -136,7 +136,8 @@ public sealed class Trainer
             set_rng_state(built.Generator);
             try
             {
-                return new LocalTrainer(built.Network, built.Split, built.Rule, Options.Man, built.Optimizer, built.Device, built.HeadContexts)
+                return new LocalTrainer(built.Network, built.Split, built.Rule, Options.Man, built.Optimizer, built.Device, built.HeadContexts,
+                    built.Plan.Pipeline is { } pipeline ? PipelineLayoutOf(pipeline).SegmentDevices() : null)
                 {
                     Precision = built.Plan.Precision,
                 };
@@ -152,6 +153,11 @@ public sealed class Trainer
             }
         }
     }
+
+    // The engine's view of the plan's pipeline.
+    internal static PipelineLayout PipelineLayoutOf(PipelinePlan plan) => new(
+        plan.Stages.Select(s => (s.FirstSegment, s.LastSegment)).ToArray(), plan.Depth,
+        plan.Stages.Select(s => Devices.Resolve(s.Device, nameof(TrainingOptions.StageDevices))).ToArray(), plan.ThreadsPerStage);
 
     /// <summary>Trains on <paramref name="train"/>, evaluating on <paramref name="validation"/> after every epoch and
     /// on each of <paramref name="tests"/> at the end.</summary>
@@ -230,6 +236,13 @@ public sealed class Trainer
             (FinalOutputBytes > 0 ? FormattableString.Invariant($", and the model of {FinalOutputBytes / 1048576.0:0.0} MiB") : ""));
     }
 
+    // A batch tensor on the first stage's device, owned by the pipeline (out of every dispose scope).
+    private static Tensor Owned(Tensor t, Device device)
+    {
+        var moved = t.to(device);
+        return (ReferenceEquals(moved, t) ? t.alias() : moved).DetachFromDisposeScope();
+    }
+
     private TrainingResult Run(RunPlan runPlan, LocalTrainer local, ITrainingSource train, ITrainingSource? validation,
         IReadOnlyList<(string Name, ITrainingSource Data)>? tests, Device device, CancellationToken cancellation)
     {
@@ -250,6 +263,8 @@ public sealed class Trainer
         }
         double trainSeconds = epochs.Sum(e => e.Seconds);
         using var monitor = EarlyStopping is null ? null : new EarlyStoppingMonitor(EarlyStopping);
+        var pipeline = runPlan.Pipeline is { } pipelinePlan ? new SegmentPipeline(local, PipelineLayoutOf(pipelinePlan)) : null;
+        var firstDevice = pipeline?.Layout.Devices[0] ?? device;
         bool stoppedEarly = false;
         long imagesSeen = (long)epochs.Count * train.Count;
 
@@ -262,7 +277,48 @@ public sealed class Trainer
             int skipped = 0;
             var segmentSums = new double[split.K];
             using var batchesOfEpoch = train.Epoch(new EpochSpec(Options.Seed, epoch, ranges), cancellation);
-            for (int b = 0; b < batches; b++)
+            void Record(int b, StepResult result)
+            {
+                if (result.Skipped)
+                {
+                    SkippedSteps++;
+                    skipped++;
+                    return;
+                }
+                lossSum += result.Loss * result.Count;
+                correct += result.Correct;
+                seen += result.Count;
+                for (int j = 0; j < split.K; j++) segmentSums[j] += result.SegmentLosses[j] * result.Count;
+                BatchCompleted?.Invoke(new BatchProgress(epoch + 1, b + 1, batches, result.Loss, schedule.Rate(epoch, b)));
+            }
+            NonFiniteTrainingException Stopped(NonFiniteException e, int b) => new(
+                $"{e.What} of segment {e.Segment} became NaN or infinite at epoch {epoch + 1}, step {b + 1}; " +
+                (pipeline is null ? "training stopped before applying it. "
+                    : "training stopped before that segment's stage applied it (earlier stages may have). ") +
+                (lastCheckpoint is null ? "There is no checkpoint of this run."
+                    : $"The last good checkpoint is '{lastCheckpoint}' ({epochs.Count} epochs)."), e);
+            if (pipeline is not null)
+            {
+                try
+                {
+                    pipeline.RunEpoch((long)epoch * batches, batches, b =>
+                    {
+                        using var scope = NewDisposeScope();
+                        if (!batchesOfEpoch.MoveNext()) throw new InvalidOperationException($"The data gave {b} batches of the {batches} an epoch needs.");
+                        var (images, labels) = batchesOfEpoch.Current;
+                        return (Owned(images, firstDevice), Owned(labels, firstDevice));
+                    }, b => schedule.Rate(epoch, b), OnNonFinite, Record, cancellation);
+                }
+                catch (PipelineStepException e) when (e.InnerException is NonFiniteException nonFinite)
+                {
+                    throw Stopped(nonFinite, e.Batch);
+                }
+                catch (PipelineStepException e)
+                {
+                    System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.InnerException!).Throw();
+                }
+            }
+            else for (int b = 0; b < batches; b++)
             {
                 cancellation.ThrowIfCancellationRequested();
                 local.LearningRate = schedule.Rate(epoch, b);
@@ -275,24 +331,10 @@ public sealed class Trainer
                     try { result = local.Step(x, labels.to(device), OnNonFinite); }
                     catch (NonFiniteException e)
                     {
-                        throw new NonFiniteTrainingException(
-                            $"{e.What} of segment {e.Segment} became NaN or infinite at epoch {epoch + 1}, step {b + 1}; " +
-                            $"training stopped before applying it. " +
-                            (lastCheckpoint is null ? "There is no checkpoint of this run."
-                                : $"The last good checkpoint is '{lastCheckpoint}' ({epochs.Count} epochs)."), e);
+                        throw Stopped(e, b);
                     }
                 }
-                if (result.Skipped)
-                {
-                    SkippedSteps++;
-                    skipped++;
-                    continue;
-                }
-                lossSum += result.Loss * result.Count;
-                correct += result.Correct;
-                seen += result.Count;
-                for (int j = 0; j < split.K; j++) segmentSums[j] += result.SegmentLosses[j] * result.Count;
-                BatchCompleted?.Invoke(new BatchProgress(epoch + 1, b + 1, batches, result.Loss, local.LearningRate));
+                Record(b, result);
             }
             double seconds = clock.Elapsed.TotalSeconds;
             trainSeconds += seconds;

@@ -101,6 +101,44 @@ public sealed record TrainingOptions
     /// </summary>
     public Models.TrainingPrecision Precision { get; init; } = Models.TrainingPrecision.Float32;
 
+    /// <summary><see cref="PipelineStages"/>'s value for "choose": one stage per device of <see cref="StageDevices"/> when
+    /// given, else one per core (at most K).</summary>
+    public const int AutoPipelineStages = 0;
+
+    /// <summary>
+    /// W, the number of pipeline stages (docs/PIPELINE.md): 1 trains the segments one after another in one thread (the
+    /// sequential step); W ≥ 2 groups the K segments into W contiguous stages, each trained by its own worker thread on
+    /// its own device with its own libtorch threads, stage s on batch t while stage s + 1 is on batch t − 1;
+    /// <see cref="AutoPipelineStages"/> chooses. At most K. Default 1.
+    /// </summary>
+    public int PipelineStages { get; init; } = 1;
+
+    /// <summary>
+    /// d, the pipeline's depth: MAN's EMA copy at a stage boundary follows the next stage's first unit as it was d steps
+    /// before the sequential step would read it (never before the epoch's first step), and a stage may run up to d + 1
+    /// batches ahead of the next. 0 (lock-step) computes exactly the sequential run; larger values let stages run
+    /// further apart. 0 to <see cref="MaxPipelineDepth"/>. Default 1. Ignored without a pipeline.
+    /// </summary>
+    public int PipelineDepth { get; init; } = 1;
+
+    /// <summary>Largest <see cref="PipelineDepth"/>.</summary>
+    public const int MaxPipelineDepth = 16;
+
+    /// <summary>Each stage's device (cpu, cuda, cuda:N), one per stage; null: every stage on <see cref="Device"/>.
+    /// Default null.</summary>
+    public IReadOnlyList<string>? StageDevices { get; init; }
+
+    /// <summary>libtorch threads of each stage's worker, 1 to <see cref="MaxThreads"/>; null: the cores shared out
+    /// (cores / W, at least 1). Default null.</summary>
+    public int? StageThreads { get; init; }
+
+    /// <summary>
+    /// Where the stages end: the last segment of every stage but the last, increasing (for K = 16 and W = 2, <c>[6]</c>
+    /// gives segments 0–6 and 7–15). Null: the boundaries that minimise the slowest stage's estimated cost (matrix
+    /// FLOPs and activation traffic of each segment, its units, MAN's copies and its head). Default null.
+    /// </summary>
+    public IReadOnlyList<int>? StageEnds { get; init; }
+
     /// <summary>Batch size for evaluation. Default 256.</summary>
     public int EvaluationBatchSize { get; init; } = 256;
 
@@ -141,6 +179,7 @@ public sealed record TrainingOptions
             FormattableString.Invariant($"Weight decay must be ≥ 0 (got {WeightDecay})."));
         Check(Enum.IsDefined(Precision), nameof(Precision), $"Unknown precision {(int)Precision}.");
         Man?.Validate(nameof(Man));
+        ValidatePipeline();
         CheckStructure(Rule != LearningRule.EndToEnd, Choices.Name(Rule), K, Man);
         Check(Architecture.Length > 0, nameof(Architecture), "The architecture is empty.");
         try { _ = Models.Architectures.Canonical(Architecture); }
@@ -150,6 +189,42 @@ public sealed record TrainingOptions
         // bf16 where the device cannot compute it natively is refused here, before any data is read.
         _ = Models.BFloat16Support.Resolve(Precision, device == "cpu" ? DeviceType.CPU : DeviceType.CUDA, nameof(Precision));
     }
+
+    private void ValidatePipeline()
+    {
+        static void Check(bool ok, string option, string message)
+        {
+            if (!ok) throw new InvalidOptionException(option, message);
+        }
+        Check(PipelineStages >= 0 && PipelineStages <= K, nameof(PipelineStages),
+            $"Pipeline stages must be 1 (sequential) to K = {K}, or 0 (auto) (got {PipelineStages}).");
+        Check(PipelineDepth is >= 0 and <= MaxPipelineDepth, nameof(PipelineDepth),
+            $"The pipeline depth must be 0 (lock-step) to {MaxPipelineDepth} (got {PipelineDepth}).");
+        Check(StageThreads is null || (StageThreads >= 1 && StageThreads <= MaxThreads), nameof(StageThreads),
+            $"Stage threads must be 1 to {MaxThreads} (got {StageThreads}).");
+        if (StageDevices is { } devices)
+        {
+            Check(devices.Count >= 1, nameof(StageDevices), "The stage devices are empty.");
+            foreach (var d in devices) Devices.Canonical(d, nameof(StageDevices));
+            Check(PipelineStages == AutoPipelineStages || devices.Count == PipelineStages, nameof(StageDevices),
+                $"{devices.Count} stage devices were given for {PipelineStages} pipeline stages; give one per stage.");
+            Check(devices.Count <= K, nameof(StageDevices), $"{devices.Count} stage devices were given, but K = {K} segments make at most {K} stages.");
+        }
+        if (StageEnds is { } ends)
+        {
+            int w = ResolvedPipelineStages;
+            Check(ends.Count == w - 1, nameof(StageEnds),
+                $"{w} stages need {w - 1} stage end{(w == 2 ? "" : "s")} (the last segment of every stage but the last; got {ends.Count}).");
+            for (int i = 0; i < ends.Count; i++)
+                Check(ends[i] >= (i == 0 ? 0 : ends[i - 1] + 1) && ends[i] <= K - 2, nameof(StageEnds),
+                    $"Stage ends must increase and lie in 0..{K - 2} (segments are 0..{K - 1}; got {string.Join(",", ends)}).");
+        }
+    }
+
+    /// <summary>W as this run will use it: <see cref="PipelineStages"/>, or for auto one stage per stage device when given,
+    /// else one per core, at most K.</summary>
+    public int ResolvedPipelineStages => PipelineStages != AutoPipelineStages ? PipelineStages
+        : StageDevices?.Count ?? Math.Max(1, Math.Min(K, Environment.ProcessorCount));
 
     /// <summary>
     /// How a rule, K and MAN go together, for options and for an engine built by hand alike: a rule that is not local
