@@ -16,6 +16,7 @@ var root = new RootCommand("Man.ML's laboratory: benchmarks, profiles and timing
 root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(ProfileCommand.Create());
 root.Subcommands.Add(MeasureSpeedCommand.Create());
+root.Subcommands.Add(PipelineCommand.Create());
 root.Subcommands.Add(MeasureCommands.Memory());
 root.Subcommands.Add(ScoringThroughputCommand.Create());
 return CliErrors.Invoke(root, args);

@@ -58,11 +58,24 @@ internal sealed class SegmentPipeline
     /// <summary>The pipeline's layout.</summary>
     public PipelineLayout Layout => layout;
 
+    private static int runningWorkers;
+    private static long liveMessages;
+
+    /// <summary>Stage workers running now, in every pipeline of the process (none once an epoch has returned or thrown).</summary>
+    internal static int RunningWorkers => Volatile.Read(ref runningWorkers);
+
+    /// <summary>Batches and parameter snapshots held between stages now (each holds tensors), in every pipeline of the process.</summary>
+    internal static long LiveMessages => Interlocked.Read(ref liveMessages);
+
     private int W => layout.Stages.Count;
 
     // What travels downstream: one batch, owned by whoever holds the message.
     private sealed class Work : IDisposable
     {
+        private int disposed;
+
+        public Work() => Interlocked.Increment(ref liveMessages);
+
         public required int Batch { get; init; }
         public required double Rate { get; init; }
         public required Tensor Labels { get; set; }
@@ -74,18 +87,35 @@ internal sealed class SegmentPipeline
 
         public void Dispose()
         {
+            if (Interlocked.Exchange(ref disposed, 1) == 1) return;
             Activation?.Dispose();
             Images.Dispose();
             Labels.Dispose();
+            Interlocked.Decrement(ref liveMessages);
         }
     }
 
     // What travels upstream: the next stage's first unit's parameters after `Version` steps, on the upstream device.
-    private sealed record Snapshot(long Version, Tensor[] Parameters) : IDisposable
+    private sealed class Snapshot : IDisposable
     {
+        private int disposed;
+
+        public Snapshot(long version, Tensor[] parameters)
+        {
+            Version = version;
+            Parameters = parameters;
+            Interlocked.Increment(ref liveMessages);
+        }
+
+        public long Version { get; }
+
+        public Tensor[] Parameters { get; }
+
         public void Dispose()
         {
+            if (Interlocked.Exchange(ref disposed, 1) == 1) return;
             foreach (var p in Parameters) p.Dispose();
+            Interlocked.Decrement(ref liveMessages);
         }
     }
 
@@ -140,6 +170,7 @@ internal sealed class SegmentPipeline
 
         var workers = Enumerable.Range(0, W).Select(s => new Thread(() =>
         {
+            Interlocked.Increment(ref runningWorkers);
             try
             {
                 RunStage(s, firstStep, work[s].Reader, s + 1 < W ? work[s + 1].Writer : results.Writer,
@@ -150,6 +181,7 @@ internal sealed class SegmentPipeline
             {
                 (s + 1 < W ? work[s + 1].Writer : results.Writer).TryComplete();
                 if (s > 0) snapshots[s - 1].Writer.TryComplete();
+                Interlocked.Decrement(ref runningWorkers);
             }
         })
         {

@@ -11,7 +11,7 @@ internal static class StageBalance
     /// ReLU, sums, their backward) that matrix FLOPs leave out. Calibrated on measured per-segment times
     /// (docs/PIPELINE.md).
     /// </summary>
-    public const double FlopsPerActivationElement = 40;
+    public const double FlopsPerActivationElement = 200;
 
     /// <summary>A segment's estimated cost per sample, in effective FLOPs.</summary>
     public static double Estimate(SegmentCost cost) => cost.StepFlops + FlopsPerActivationElement * cost.ActivationElements;

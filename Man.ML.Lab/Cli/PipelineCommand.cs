@@ -1,0 +1,126 @@
+// manml-lab pipeline: per-segment step times, the stage boundaries they balance to, the cost model's prediction for W
+// stages, and (unless --predict-only) the measured images/s of the sequential step at 1 and 2 threads and of the
+// pipeline at one thread per stage, in alternating rounds.
+using System.CommandLine;
+using System.Globalization;
+using Man.ML.Diagnostics;
+using Man.ML.Lab.Tooling;
+using Man.ML.Local;
+using Man.ML.Samples.Cli;
+using Man.ML.Training;
+using Spectre.Console;
+
+namespace Man.ML.Lab.Cli;
+
+internal static class PipelineCommand
+{
+    public static Command Create()
+    {
+        var model = new ModelOptions();
+        var stages = new Option<string>("--stages") { Description = "Stage counts W to predict (comma-separated); the first is measured.", DefaultValueFactory = _ => "2" };
+        var links = new Option<string?>("--link-gbps") { Description = "Link bandwidths (Gbit/s, comma-separated) for the predictions; default: shared memory." };
+        var steps = new Option<int>("--steps") { Description = "Steps per measurement.", DefaultValueFactory = _ => 12 };
+        var warmup = new Option<int>("--warmup") { Description = "Warm-up steps of the per-segment timing.", DefaultValueFactory = _ => 2 };
+        var rounds = new Option<int>("--rounds") { Description = "Alternating rounds of the images/s measurement.", DefaultValueFactory = _ => 2 };
+        var predictOnly = new Option<bool>("--predict-only") { Description = "Time the segments and predict; measure no pipeline." };
+        var command = new Command("pipeline", "Per-segment times, balanced stages, the pipeline cost model and measured images/s.");
+        foreach (var o in model.All) command.Options.Add(o);
+        foreach (var o in new Option[] { stages, links, steps, warmup, rounds, predictOnly }) command.Options.Add(o);
+        command.SetAction(parse => CliErrors.Run(() =>
+        {
+            model.ApplyProcessSettings(parse);
+            var options = model.ToTrainingOptions(parse) with { PipelineStages = 1 };
+            var ws = stages.Parse(parse);
+            double?[] bandwidths = parse.GetValue(links) is { } l ? l.Split(',').Select(v => (double?)double.Parse(v, CultureInfo.InvariantCulture)).ToArray() : new double?[] { null };
+            int batch = options.BatchSize, n = parse.GetValue(steps);
+            var dataset = options.Dataset;
+            using var local = new Trainer(options).CreateLocalTrainer(dataset.Classes, options.ImageSize ?? dataset.ImageSize);
+            int k = local.Split.K;
+
+            var segments = PipelineProbe.MeasureSegments(local, batch, Math.Max(3, n / 2), parse.GetValue(warmup));
+            var ms = segments.Select(s => s.Milliseconds).ToArray();
+            // Every stage but the first also receives the labels and the images (InfoPro's decoders reconstruct them).
+            long extra = batch * 8L + batch * 3L * local.Network.InputShape.Height * local.Network.InputShape.Width * 4;
+            var sent = segments.Select(s => s.OutputBytes + extra).ToArray();
+            var estimates = segments.Select(s => StageBalance.Estimate(s.Cost) * batch / 1e9).ToArray();
+            // Least squares of time against matrix FLOPs and activation elements: what one element costs in FLOPs.
+            double alpha = FitElementCost(segments);
+            var table = new Table().Title($"{options.Architecture} K={k} {Choices.Name(options.Rule)}{(options.Man is null ? "" : "+man")}, batch {batch}, " +
+                                          "each segment alone at 1 thread (median)")
+                .AddColumns("segment", "ms", "matrix GFLOP", "activation M elements", "estimate (GFLOP-eq.)", "sends KiB");
+            for (int j = 0; j < k; j++)
+                table.AddRow(j.ToString(CultureInfo.InvariantCulture), F(ms[j], "0.0"), F(segments[j].Cost.StepFlops * (double)batch / 1e9, "0.000"),
+                    F(segments[j].Cost.ActivationElements * (double)batch / 1e6, "0.00"), F(estimates[j], "0.000"),
+                    j < k - 1 ? F(sent[j] / 1024.0, "0") : "–");
+            table.AddRow("all", F(ms.Sum(), "0.0"), F(segments.Sum(s => s.Cost.StepFlops) * (double)batch / 1e9, "0.000"), "", F(estimates.Sum(), "0.000"), "");
+            AnsiConsole.Write(table);
+            AnsiConsole.WriteLine(FormattableString.Invariant(
+                $"fitted cost of an activation element: {alpha:0} matrix FLOPs (StageBalance uses {StageBalance.FlopsPerActivationElement:0})"));
+
+            var prediction = new Table().Title("cost model: one stage per device, stage time = its segments' times + sending its output")
+                .AddColumns("W", "link Gbit/s", "ends (measured balance)", "ends (estimated balance)", "stage ms", "step ms", "send ms", $"speed-up ({n}-step epoch)", "at 1,000 steps");
+            foreach (int w in ws.Where(w => w <= k))
+                foreach (var link in bandwidths)
+                {
+                    var ends = StageBalance.Ends(ms, w);
+                    var estimatedEnds = StageBalance.Ends(estimates, w);
+                    var p = PipelineCostModel.Predict(ms, sent, ends, link);
+                    prediction.AddRow(w.ToString(CultureInfo.InvariantCulture), link?.ToString(CultureInfo.InvariantCulture) ?? "shared",
+                        string.Join(",", ends), string.Join(",", estimatedEnds), string.Join(" | ", p.StageMilliseconds.Select(t => F(t, "0"))),
+                        F(p.StepMilliseconds, "0.0"), F(p.SendMilliseconds, "0.0"), F(p.Speedup(n), "0.00") + "×", F(p.Speedup(1000), "0.00") + "×");
+                }
+            AnsiConsole.Write(prediction);
+            if (parse.GetValue(predictOnly)) return 0;
+
+            int stagesMeasured = ws[0];
+            var measuredEnds = StageBalance.Ends(ms, stagesMeasured);
+            var layout = new PipelineLayout(StageBalance.Stages(measuredEnds, k), options.PipelineDepth,
+                Enumerable.Repeat(TorchSharp.torch.CPU, stagesMeasured).ToArray(), 1);
+            var predicted = PipelineCostModel.Predict(ms, sent, measuredEnds, null);
+            var modes = new (string Name, Func<double> Run, double? Predicted)[]
+            {
+                ("sequential, 1 thread", () => PipelineProbe.SequentialImagesPerSecond(local, batch, n, 1), batch / (predicted.SequentialMilliseconds / 1000)),
+                ("sequential, 2 threads", () => PipelineProbe.SequentialImagesPerSecond(local, batch, n, 2), null),
+                ($"pipelined W={stagesMeasured} (ends {string.Join(",", measuredEnds)}, depth {options.PipelineDepth}), 1 thread per stage",
+                    () => PipelineProbe.PipelinedImagesPerSecond(local, layout, batch, n),
+                    n * batch / (predicted.StepMilliseconds * (n + stagesMeasured - 1) / 1000)),
+            };
+            var results = modes.Select(_ => new List<double>()).ToArray();
+            for (int r = 0; r < parse.GetValue(rounds); r++)
+                for (int m = 0; m < modes.Length; m++) results[m].Add(modes[m].Run());
+            var measured = new Table().Title($"images/s, {parse.GetValue(rounds)} alternating rounds of {n} steps (synthetic data)")
+                .AddColumns("mode", "rounds", "mean", "vs sequential at 1 thread", "predicted", "prediction error");
+            double baseline = results[0].Average();
+            for (int m = 0; m < modes.Length; m++)
+            {
+                double mean = results[m].Average();
+                measured.AddRow(Markup.Escape(modes[m].Name), string.Join(", ", results[m].Select(v => F(v, "0.0"))), F(mean, "0.0"),
+                    F(mean / baseline, "0.00") + "×", modes[m].Predicted is { } p ? F(p, "0.0") : "–",
+                    modes[m].Predicted is { } q ? F(100 * (q - mean) / mean, "+0.0;-0.0") + " %" : "–");
+            }
+            AnsiConsole.Write(measured);
+            return 0;
+        }));
+        return command;
+    }
+
+    private static int[] Parse(this Option<string> option, ParseResult parse) => parse.GetValue(option)!.Split(',')
+        .Select(v => int.TryParse(v.Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out int w) && w >= 1 ? w
+            : throw new CliException($"{option.Name} must be stage counts separated by commas (got '{parse.GetValue(option)}').")).ToArray();
+
+    private static string F(double value, string format) => value.ToString(format, CultureInfo.InvariantCulture);
+
+    // t ≈ a·flops + b·elements, least squares without intercept; returns b / a.
+    private static double FitElementCost(IReadOnlyList<MeasuredSegment> segments)
+    {
+        double ff = 0, fe = 0, ee = 0, ft = 0, et = 0;
+        foreach (var s in segments)
+        {
+            double f = s.Cost.StepFlops, e = s.Cost.ActivationElements, t = s.Milliseconds;
+            ff += f * f; fe += f * e; ee += e * e; ft += f * t; et += e * t;
+        }
+        double det = ff * ee - fe * fe;
+        double a = (ft * ee - et * fe) / det, b = (ff * et - fe * ft) / det;
+        return b / a;
+    }
+}
