@@ -77,8 +77,11 @@ internal static class PipelineCommand
             var layout = new PipelineLayout(StageBalance.Stages(measuredEnds, k), options.PipelineDepth,
                 Enumerable.Repeat(TorchSharp.torch.CPU, stagesMeasured).ToArray(), 1);
             var predicted = PipelineCostModel.Predict(ms, sent, measuredEnds, null);
+            using var twin = new Trainer(options).CreateLocalTrainer(dataset.Classes, options.ImageSize ?? dataset.ImageSize);
             var modes = new (string Name, Func<double> Run, double? Predicted)[]
             {
+                ("two independent sequential runs at once, 1 thread each", () => PipelineProbe.ConcurrentImagesPerSecond(local, twin, batch, n),
+                    2 * batch / (predicted.SequentialMilliseconds / 1000)),
                 ("sequential, 1 thread", () => PipelineProbe.SequentialImagesPerSecond(local, batch, n, 1), batch / (predicted.SequentialMilliseconds / 1000)),
                 ("sequential, 2 threads", () => PipelineProbe.SequentialImagesPerSecond(local, batch, n, 2), null),
                 ($"pipelined W={stagesMeasured} (ends {string.Join(",", measuredEnds)}, depth {options.PipelineDepth}), 1 thread per stage",
@@ -90,14 +93,22 @@ internal static class PipelineCommand
                 for (int m = 0; m < modes.Length; m++) results[m].Add(modes[m].Run());
             var measured = new Table().Title($"images/s, {parse.GetValue(rounds)} alternating rounds of {n} steps (synthetic data)")
                 .AddColumns("mode", "rounds", "mean", "vs sequential at 1 thread", "predicted", "prediction error");
-            double baseline = results[0].Average();
+            double baseline = results[1].Average();
+            // The machine's sharing cost, measured: two independent trainings at once against one alone.
+            double slowdown = 2 * baseline / results[0].Average();
+            var shared = PipelineCostModel.Predict(ms, sent, measuredEnds, null, slowdown);
             for (int m = 0; m < modes.Length; m++)
             {
                 double mean = results[m].Average();
+                double? p = m == modes.Length - 1 ? n * batch / (shared.StepMilliseconds * (n + stagesMeasured - 1) / 1000) : modes[m].Predicted;
                 measured.AddRow(Markup.Escape(modes[m].Name), string.Join(", ", results[m].Select(v => F(v, "0.0"))), F(mean, "0.0"),
-                    F(mean / baseline, "0.00") + "×", modes[m].Predicted is { } p ? F(p, "0.0") : "–",
-                    modes[m].Predicted is { } q ? F(100 * (q - mean) / mean, "+0.0;-0.0") + " %" : "–");
+                    F(mean / baseline, "0.00") + "×", p is { } q ? F(q, "0.0") : "–",
+                    p is { } e ? F(100 * (e - mean) / mean, "+0.0;-0.0") + " %" : "–");
             }
+            AnsiConsole.WriteLine(FormattableString.Invariant(
+                $"sharing slowdown (1-thread trainings, two at once against one alone): {slowdown:0.000}; pipeline predicted with it: " +
+                $"{n * batch / (shared.StepMilliseconds * (n + stagesMeasured - 1) / 1000):0.0} images/s, without it (separate devices): " +
+                $"{n * batch / (predicted.StepMilliseconds * (n + stagesMeasured - 1) / 1000):0.0}"));
             AnsiConsole.Write(measured);
             return 0;
         }));

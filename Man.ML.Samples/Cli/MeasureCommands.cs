@@ -28,6 +28,7 @@ internal static class MeasureCommands
                 peak_memory_mb = Math.Round(report.PeakAboveBaselineMiB, 1),
                 baseline_mb = Math.Round(report.BaselineBytes / 1048576.0, 1),
                 steps = report.Steps,
+                batches_in_flight_max = report.BatchesInFlight,
                 malloc_mmap_threshold_set = report.MallocThresholdSet,
             };
         });

@@ -24,14 +24,16 @@ internal static class PipelineCostModel
     /// <summary>
     /// The step time of stages ending at <paramref name="ends"/>, given each segment's step time, the bytes each segment
     /// hands on (activations, plus the labels and images every stage receives) and the link's bandwidth (null: shared
-    /// memory, nothing to send).
+    /// memory, nothing to send). <paramref name="sharedSlowdown"/> stretches every stage's compute when the stages share
+    /// a machine's caches and memory bandwidth (1 for separate devices): measured as how much slower independent
+    /// one-thread trainings run when W of them run at once.
     /// </summary>
     public static PipelinePrediction Predict(IReadOnlyList<double> segmentMilliseconds, IReadOnlyList<long> boundaryBytes,
-        IReadOnlyList<int> ends, double? linkGigabitsPerSecond)
+        IReadOnlyList<int> ends, double? linkGigabitsPerSecond, double sharedSlowdown = 1)
     {
         int k = segmentMilliseconds.Count;
         var stages = ends.Append(k - 1).Select((last, i) => (First: i == 0 ? 0 : ends[i - 1] + 1, Last: last)).ToArray();
-        var compute = stages.Select(s => Enumerable.Range(s.First, s.Last - s.First + 1).Sum(j => segmentMilliseconds[j])).ToArray();
+        var compute = stages.Select(s => sharedSlowdown * Enumerable.Range(s.First, s.Last - s.First + 1).Sum(j => segmentMilliseconds[j])).ToArray();
         var send = stages.Select((s, i) => i == stages.Length - 1 || linkGigabitsPerSecond is not { } gbps ? 0
             : boundaryBytes[s.Last] * 8 / (gbps * 1e9) * 1000).ToArray();
         var total = compute.Zip(send, (c, x) => c + x).ToArray();

@@ -15,6 +15,10 @@ namespace Man.ML.Diagnostics;
 /// (CPU: MALLOC_MMAP_THRESHOLD_; CUDA: PYTORCH_NO_CUDA_MEMORY_CACHING=1).</param>
 internal sealed record TrainingMemoryReport(long PeakAboveBaselineBytes, long BaselineBytes, int Steps, bool MallocThresholdSet)
 {
+    /// <summary>Most batches the measured steps can hold at once (1 for the sequential step; a pipeline's stages and the
+    /// batches waiting between them).</summary>
+    public int BatchesInFlight { get; init; } = 1;
+
     /// <summary>Peak above baseline in MiB.</summary>
     public double PeakAboveBaselineMiB => PeakAboveBaselineBytes / (1024.0 * 1024.0);
 }
@@ -27,7 +31,8 @@ internal static class TrainingMemoryProbe
     {
         if (options.Device.StartsWith("cuda", StringComparison.OrdinalIgnoreCase)) return MeasureCuda(options, steps, warmupSteps, classes, imageSize);
         if (!ProcessMemory.IsSupported) throw new PlatformNotSupportedException("Memory probing reads /proc (Linux only).");
-        using var local = new Trainer(options).CreateLocalTrainer(classes, imageSize);
+        var trainer = new Trainer(options);
+        using var local = trainer.CreateLocalTrainer(classes, imageSize);
         var device = local.Device;
         var network = local.Network;
         local.SetTraining(true);
@@ -36,16 +41,34 @@ internal static class TrainingMemoryProbe
         using var y = tensor(labels, dtype: ScalarType.Int64).to(device);
         using var x = randn(options.BatchSize, 3, imageSize, imageSize).to(device);
 
-        for (int i = 0; i < warmupSteps; i++) local.Step(x, y);
+        // A pipelined run's steps are one epoch of the pipeline each time, so the batches in flight between its stages
+        // (activations, labels, images, MAN's parameter snapshots) are in the peak.
+        var plan = trainer.Plan;
+        var pipeline = plan?.Pipeline is { } p ? new SegmentPipeline(local, Trainer.PipelineLayoutOf(p)) : null;
+        void Run(int n)
+        {
+            if (pipeline is null)
+            {
+                for (int i = 0; i < n; i++) local.Step(x, y);
+                return;
+            }
+            pipeline.RunEpoch(0, n, _ => (x.alias().DetachFromDisposeScope(), y.alias().DetachFromDisposeScope()), _ => plan!.LearningRate,
+                NonFinitePolicy.Stop, (_, _) => { }, CancellationToken.None);
+        }
+        Run(warmupSteps);
         GC.Collect();
         GC.WaitForPendingFinalizers();
         long baseline = ProcessMemory.ResidentBytes();
         ProcessMemory.ResetPeak();
-        for (int i = 0; i < steps; i++) local.Step(x, y);
+        Run(steps);
         long peak = ProcessMemory.PeakResidentBytes();
         network.Dispose();
         return new TrainingMemoryReport(Math.Max(0, peak - baseline), baseline, steps,
-            Environment.GetEnvironmentVariable("MALLOC_MMAP_THRESHOLD_") is not null);
+            Environment.GetEnvironmentVariable("MALLOC_MMAP_THRESHOLD_") is not null)
+        {
+            // Stage s holds one batch while up to d + 1 wait before it: at most W + (W − 1)(d + 1) batches at once.
+            BatchesInFlight = plan?.Pipeline is { } q ? q.Stages.Count + (q.Stages.Count - 1) * (q.Depth + 1) : 1,
+        };
     }
 
     // On CUDA: device memory sampled through NVML around the measured steps (the baseline holds weights, gradients and
