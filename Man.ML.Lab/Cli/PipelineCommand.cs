@@ -105,10 +105,10 @@ internal static class PipelineCommand
                     F(mean / baseline, "0.00") + "×", p is { } q ? F(q, "0.0") : "–",
                     p is { } e ? F(100 * (e - mean) / mean, "+0.0;-0.0") + " %" : "–");
             }
+            double withSharing = n * batch / (shared.StepMilliseconds * (n + stagesMeasured - 1) / 1000);
+            double separate = n * batch / (predicted.StepMilliseconds * (n + stagesMeasured - 1) / 1000);
             AnsiConsole.WriteLine(FormattableString.Invariant(
-                $"sharing slowdown (1-thread trainings, two at once against one alone): {slowdown:0.000}; pipeline predicted with it: " +
-                $"{n * batch / (shared.StepMilliseconds * (n + stagesMeasured - 1) / 1000):0.0} images/s, without it (separate devices): " +
-                $"{n * batch / (predicted.StepMilliseconds * (n + stagesMeasured - 1) / 1000):0.0}"));
+                $"sharing slowdown (1-thread trainings, two at once against one alone): {slowdown:0.000}; pipeline predicted with it: {withSharing:0.0} images/s, without it (separate devices): {separate:0.0}"));
             AnsiConsole.Write(measured);
             return 0;
         }));
