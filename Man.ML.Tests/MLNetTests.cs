@@ -129,6 +129,32 @@ public sealed class MLNetTests
     }
 
     [TestMethod]
+    public void APipelinedFitInLockStepGivesTheSequentialModel()
+    {
+        var pipelined = SmallOptions(1);
+        pipelined.PipelineStages = 2;
+        pipelined.PipelineDepth = 0;
+        pipelined.StageDevices = new[] { "cpu", "cpu" };
+        pipelined.StageThreads = 1;
+        var trainer = mlContext.MulticlassClassification.Trainers.ManImageClassification(pipelined);
+        Assert.AreEqual(2, trainer.ResolvePlan(10).Pipeline!.Stages.Count);
+        int threads = TorchSharp.torch.get_num_threads();
+        TorchSharp.torch.set_num_threads(1); // the stages' thread count: the same kernels in both fits
+        try
+        {
+            var sequential = Preprocessing(mlContext).Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(SmallOptions(1)))
+                .Fit(trainData).LastTransformer;
+            var fitted = Preprocessing(mlContext).Append(trainer).Fit(trainData).LastTransformer;
+            foreach (var ((name, a), (_, b)) in sequential.Network.named_parameters().Zip(fitted.Network.named_parameters()))
+                Assert.IsTrue(a.eq(b).all().item<bool>(), $"{name} differs between the sequential and the lock-step pipelined fit");
+        }
+        finally
+        {
+            TorchSharp.torch.set_num_threads(threads);
+        }
+    }
+
+    [TestMethod]
     public void BFloat16IsRefusedByTheTrainerOnACpuWithoutBFloat16Instructions()
     {
         var options = SmallOptions(1);

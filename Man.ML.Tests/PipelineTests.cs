@@ -15,7 +15,10 @@ public sealed class PipelineTests
     {
         Architecture = "resnet8", K = 4, Rule = rule, Man = man ?? new MomentumOptions(), Epochs = 2, BatchSize = 16, Seed = 5,
         // InfoPro with MAN gives ResNet-8 segments zero weight at its default λ: weights for every segment.
-        RuleSettings = new RuleSettings { InfoPro = new InfoProSettings { Schedule = LambdaSchedule.ModuleIndex, Lambdas = InfoProLambdas.Parse("5,0.5,5,0.5") } },
+        RuleSettings = new RuleSettings
+        {
+            InfoPro = new InfoProSettings { Schedule = LambdaSchedule.ModuleIndex, Lambdas = InfoProLambdas.Parse("5,0.5,5,0.5") },
+        },
         PipelineStages = w, PipelineDepth = depth, StageThreads = 1, StageDevices = w > 1 ? Enumerable.Repeat("cpu", w).ToArray() : null,
     };
 

@@ -17,8 +17,14 @@ internal static class PipelineCommand
     public static Command Create()
     {
         var model = new ModelOptions();
-        var stages = new Option<string>("--stages") { Description = "Stage counts W to predict (comma-separated); the first is measured.", DefaultValueFactory = _ => "2" };
-        var links = new Option<string?>("--link-gbps") { Description = "Link bandwidths (Gbit/s, comma-separated) for the predictions; default: shared memory." };
+        var stages = new Option<string>("--stages")
+        {
+            Description = "Stage counts W to predict (comma-separated); the first is measured.", DefaultValueFactory = _ => "2",
+        };
+        var links = new Option<string?>("--link-gbps")
+        {
+            Description = "Link bandwidths (Gbit/s, comma-separated) for the predictions; default: shared memory.",
+        };
         var steps = new Option<int>("--steps") { Description = "Steps per measurement.", DefaultValueFactory = _ => 12 };
         var warmup = new Option<int>("--warmup") { Description = "Warm-up steps of the per-segment timing.", DefaultValueFactory = _ => 2 };
         var rounds = new Option<int>("--rounds") { Description = "Alternating rounds of the images/s measurement.", DefaultValueFactory = _ => 2 };
@@ -31,7 +37,9 @@ internal static class PipelineCommand
             model.ApplyProcessSettings(parse);
             var options = model.ToTrainingOptions(parse) with { PipelineStages = 1 };
             var ws = stages.Parse(parse);
-            double?[] bandwidths = parse.GetValue(links) is { } l ? l.Split(',').Select(v => (double?)double.Parse(v, CultureInfo.InvariantCulture)).ToArray() : new double?[] { null };
+            double?[] bandwidths = parse.GetValue(links) is { } l
+                ? l.Split(',').Select(v => (double?)double.Parse(v, CultureInfo.InvariantCulture)).ToArray()
+                : new double?[] { null };
             int batch = options.BatchSize, n = parse.GetValue(steps);
             var dataset = options.Dataset;
             using var local = new Trainer(options).CreateLocalTrainer(dataset.Classes, options.ImageSize ?? dataset.ImageSize);
@@ -58,7 +66,8 @@ internal static class PipelineCommand
                 $"fitted cost of an activation element: {alpha:0} matrix FLOPs (StageBalance uses {StageBalance.FlopsPerActivationElement:0})"));
 
             var prediction = new Table().Title("cost model: one stage per device, stage time = its segments' times + sending its output")
-                .AddColumns("W", "link Gbit/s", "ends (measured balance)", "ends (estimated balance)", "stage ms", "step ms", "send ms", $"speed-up ({n}-step epoch)", "at 1,000 steps");
+                .AddColumns("W", "link Gbit/s", "ends (measured balance)", "ends (estimated balance)", "stage ms", "step ms", "send ms",
+                    $"speed-up ({n}-step epoch)", "at 1,000 steps");
             foreach (int w in ws.Where(w => w <= k))
                 foreach (var link in bandwidths)
                 {
@@ -76,17 +85,14 @@ internal static class PipelineCommand
             var measuredEnds = StageBalance.Ends(ms, stagesMeasured);
             var layout = new PipelineLayout(StageBalance.Stages(measuredEnds, k), options.PipelineDepth,
                 Enumerable.Repeat(TorchSharp.torch.CPU, stagesMeasured).ToArray(), 1);
-            var predicted = PipelineCostModel.Predict(ms, sent, measuredEnds, null);
             using var twin = new Trainer(options).CreateLocalTrainer(dataset.Classes, options.ImageSize ?? dataset.ImageSize);
             var modes = new (string Name, Func<double> Run, double? Predicted)[]
             {
-                ("two independent sequential runs at once, 1 thread each", () => PipelineProbe.ConcurrentImagesPerSecond(local, twin, batch, n),
-                    2 * batch / (predicted.SequentialMilliseconds / 1000)),
-                ("sequential, 1 thread", () => PipelineProbe.SequentialImagesPerSecond(local, batch, n, 1), batch / (predicted.SequentialMilliseconds / 1000)),
+                ("two independent sequential runs at once, 1 thread each", () => PipelineProbe.ConcurrentImagesPerSecond(local, twin, batch, n), null),
+                ("sequential, 1 thread", () => PipelineProbe.SequentialImagesPerSecond(local, batch, n, 1), null),
                 ("sequential, 2 threads", () => PipelineProbe.SequentialImagesPerSecond(local, batch, n, 2), null),
                 ($"pipelined W={stagesMeasured} (ends {string.Join(",", measuredEnds)}, depth {options.PipelineDepth}), 1 thread per stage",
-                    () => PipelineProbe.PipelinedImagesPerSecond(local, layout, batch, n),
-                    n * batch / (predicted.StepMilliseconds * (n + stagesMeasured - 1) / 1000)),
+                    () => PipelineProbe.PipelinedImagesPerSecond(local, layout, batch, n), null),
             };
             var results = modes.Select(_ => new List<double>()).ToArray();
             for (int r = 0; r < parse.GetValue(rounds); r++)
@@ -94,21 +100,25 @@ internal static class PipelineCommand
             var measured = new Table().Title($"images/s, {parse.GetValue(rounds)} alternating rounds of {n} steps (synthetic data)")
                 .AddColumns("mode", "rounds", "mean", "vs sequential at 1 thread", "predicted", "prediction error");
             double baseline = results[1].Average();
-            // The machine's sharing cost, measured: two independent trainings at once against one alone.
+            // Calibrated on this run: the segments' shares scaled to the sequential step measured in the same rounds
+            // (the machine's speed drifts between the segment timing and the rounds), and the sharing slowdown of two
+            // independent one-thread trainings at once against one alone.
+            double sequentialMs = batch * 1000 / baseline;
+            double scale = sequentialMs / ms.Sum();
             double slowdown = 2 * baseline / results[0].Average();
-            var shared = PipelineCostModel.Predict(ms, sent, measuredEnds, null, slowdown);
+            var calibrated = PipelineCostModel.Predict(ms.Select(t => t * scale).ToArray(), sent, measuredEnds, null, slowdown);
+            double pipelinePrediction = n * batch / (calibrated.StepMilliseconds * (n + stagesMeasured - 1) / 1000);
             for (int m = 0; m < modes.Length; m++)
             {
                 double mean = results[m].Average();
-                double? p = m == modes.Length - 1 ? n * batch / (shared.StepMilliseconds * (n + stagesMeasured - 1) / 1000) : modes[m].Predicted;
+                double? p = m == modes.Length - 1 ? pipelinePrediction : null;
                 measured.AddRow(Markup.Escape(modes[m].Name), string.Join(", ", results[m].Select(v => F(v, "0.0"))), F(mean, "0.0"),
-                    F(mean / baseline, "0.00") + "×", p is { } q ? F(q, "0.0") : "–",
+                    F(mean / baseline, "0.00") + "×", p is { } q ? F(q, "0.0") : m < 2 ? "(calibration)" : "–",
                     p is { } e ? F(100 * (e - mean) / mean, "+0.0;-0.0") + " %" : "–");
             }
-            double withSharing = n * batch / (shared.StepMilliseconds * (n + stagesMeasured - 1) / 1000);
-            double separate = n * batch / (predicted.StepMilliseconds * (n + stagesMeasured - 1) / 1000);
-            AnsiConsole.WriteLine(FormattableString.Invariant(
-                $"sharing slowdown (1-thread trainings, two at once against one alone): {slowdown:0.000}; pipeline predicted with it: {withSharing:0.0} images/s, without it (separate devices): {separate:0.0}"));
+            var stageTimes = string.Join(" | ", calibrated.StageMilliseconds.Select(t => F(t, "0")));
+            AnsiConsole.WriteLine(FormattableString.Invariant($"calibration: sequential step {sequentialMs:0} ms against the segments' sum {ms.Sum():0} ms ") +
+                FormattableString.Invariant($"(scale {scale:0.000}); sharing slowdown {slowdown:0.000}; stage times {stageTimes} ms"));
             AnsiConsole.Write(measured);
             return 0;
         }));

@@ -84,7 +84,7 @@ internal static class PipelineProbe
     /// <summary>Images/s of one pipelined epoch of <paramref name="steps"/> batches (fill and drain included).</summary>
     public static double PipelinedImagesPerSecond(LocalTrainer local, PipelineLayout layout, int batchSize, int steps)
     {
-        var pipeline = new SegmentPipeline(local, layout);
+        using var pipeline = new SegmentPipeline(local, layout);
         var shape = local.Network.InputShape;
         using var images = randn(batchSize, shape.Channels, shape.Height, shape.Width);
         using var labels = randint(0, local.Network.ClassCount, new long[] { batchSize });

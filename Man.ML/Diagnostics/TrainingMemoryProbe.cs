@@ -44,7 +44,7 @@ internal static class TrainingMemoryProbe
         // A pipelined run's steps are one epoch of the pipeline each time, so the batches in flight between its stages
         // (activations, labels, images, MAN's parameter snapshots) are in the peak.
         var plan = trainer.Plan;
-        var pipeline = plan?.Pipeline is { } p ? new SegmentPipeline(local, Trainer.PipelineLayoutOf(p)) : null;
+        using var pipeline = plan?.Pipeline is { } p ? new SegmentPipeline(local, Trainer.PipelineLayoutOf(p)) : null;
         void Run(int n)
         {
             if (pipeline is null)

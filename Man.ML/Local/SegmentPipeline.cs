@@ -37,8 +37,55 @@ internal sealed class PipelineStepException(Exception inner, int batch, int stag
 }
 
 /// <summary>Runs a <see cref="LocalTrainer"/>'s steps as a pipeline of stages on worker threads.</summary>
-internal sealed class SegmentPipeline
+internal sealed class SegmentPipeline : IDisposable
 {
+    // One long-lived thread per stage, for every epoch of the run: a thread keeps its libtorch thread budget, and its
+    // native heap arena stays warm from one epoch to the next. Each epoch is one job per worker.
+    private readonly List<Thread> threads = new();
+    private readonly List<System.Collections.Concurrent.BlockingCollection<Action>> jobs = new();
+
+    private void StartWorkers()
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        if (threads.Count > 0) return;
+        for (int stage = 0; stage < W; stage++)
+        {
+            var queue = new System.Collections.Concurrent.BlockingCollection<Action>();
+            var thread = new Thread(() =>
+            {
+                Interlocked.Increment(ref runningWorkers);
+                try
+                {
+                    set_num_threads(layout.ThreadsPerStage); // this thread's budget (OpenMP's thread count is per thread)
+                    foreach (var job in queue.GetConsumingEnumerable()) job();
+                }
+                finally
+                {
+                    Interlocked.Decrement(ref runningWorkers);
+                }
+            })
+            {
+                Name = $"manml-stage-{stage}",
+                IsBackground = true,
+            };
+            jobs.Add(queue);
+            threads.Add(thread);
+            thread.Start();
+        }
+    }
+
+    private bool disposed;
+
+    /// <summary>Ends the stage workers (they are idle between epochs) and waits for them.</summary>
+    public void Dispose()
+    {
+        if (disposed) return;
+        disposed = true;
+        foreach (var queue in jobs) queue.CompleteAdding();
+        foreach (var thread in threads) thread.Join();
+        foreach (var queue in jobs) queue.Dispose();
+    }
+
     private readonly LocalTrainer local;
     private readonly PipelineLayout layout;
     private readonly IReadOnlyList<Parameter>[] trainable;
@@ -61,7 +108,7 @@ internal sealed class SegmentPipeline
     private static int runningWorkers;
     private static long liveMessages;
 
-    /// <summary>Stage workers running now, in every pipeline of the process (none once an epoch has returned or thrown).</summary>
+    /// <summary>Stage worker threads alive now, in every pipeline of the process (none once every pipeline is disposed).</summary>
     internal static int RunningWorkers => Volatile.Read(ref runningWorkers);
 
     /// <summary>Batches and parameter snapshots held between stages now (each holds tensors), in every pipeline of the process.</summary>
@@ -148,13 +195,21 @@ internal sealed class SegmentPipeline
     {
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
         var token = stop.Token;
+        // Readers block on their own thread (not awaiting), so a write wakes the reader directly rather than through a
+        // thread-pool hop: synchronous continuations keep the two busy cores free of extra threads.
         var work = Enumerable.Range(0, W).Select(_ => Channel.CreateBounded<Work>(new BoundedChannelOptions(layout.Depth + 1)
         {
-            SingleReader = true, SingleWriter = true,
+            SingleReader = true, SingleWriter = true, AllowSynchronousContinuations = true,
         })).ToArray();
-        var results = Channel.CreateUnbounded<Work>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        var results = Channel.CreateUnbounded<Work>(new UnboundedChannelOptions
+        {
+            SingleReader = true, SingleWriter = true, AllowSynchronousContinuations = true,
+        });
         // snapshots[s]: from stage s + 1 up to stage s; unbounded, but never more than d + 2 deep (stage s + 1 trails s).
-        var snapshots = Enumerable.Range(0, W - 1).Select(_ => Channel.CreateUnbounded<Snapshot>()).ToArray();
+        var snapshots = Enumerable.Range(0, W - 1).Select(_ => Channel.CreateUnbounded<Snapshot>(new UnboundedChannelOptions
+        {
+            SingleReader = true, SingleWriter = true, AllowSynchronousContinuations = true,
+        })).ToArray();
         var initial = Enumerable.Range(0, W - 1).Select(s => followsNext ? TakeSnapshot(s + 1, firstStep) : null).ToArray();
         PipelineStepException? failure = null;
         var gate = new object();
@@ -168,27 +223,27 @@ internal sealed class SegmentPipeline
             stop.Cancel();
         }
 
-        var workers = Enumerable.Range(0, W).Select(s => new Thread(() =>
+        StartWorkers();
+        using var finished = new CountdownEvent(W);
+        for (int stage = 0; stage < W; stage++)
         {
-            Interlocked.Increment(ref runningWorkers);
-            try
+            int s = stage;
+            jobs[s].Add(() =>
             {
-                RunStage(s, firstStep, work[s].Reader, s + 1 < W ? work[s + 1].Writer : results.Writer,
-                    s + 1 < W ? snapshots[s].Reader : null, initial.ElementAtOrDefault(s), s > 0 && followsNext ? snapshots[s - 1].Writer : null,
-                    policy, Fail, token);
-            }
-            finally
-            {
-                (s + 1 < W ? work[s + 1].Writer : results.Writer).TryComplete();
-                if (s > 0) snapshots[s - 1].Writer.TryComplete();
-                Interlocked.Decrement(ref runningWorkers);
-            }
-        })
-        {
-            Name = $"manml-stage-{s}",
-            IsBackground = true,
-        }).ToList();
-        foreach (var worker in workers) worker.Start();
+                try
+                {
+                    RunStage(s, firstStep, work[s].Reader, s + 1 < W ? work[s + 1].Writer : results.Writer,
+                        s + 1 < W ? snapshots[s].Reader : null, initial.ElementAtOrDefault(s), s > 0 && followsNext ? snapshots[s - 1].Writer : null,
+                        policy, Fail, token);
+                }
+                finally
+                {
+                    (s + 1 < W ? work[s + 1].Writer : results.Writer).TryComplete();
+                    if (s > 0) snapshots[s - 1].Writer.TryComplete();
+                    finished.Signal();
+                }
+            });
+        }
 
         int delivered = 0;
         void Deliver(Work done)
@@ -218,7 +273,7 @@ internal sealed class SegmentPipeline
         {
             work[0].Writer.TryComplete();
             if (delivered < batches) stop.Cancel();
-            foreach (var worker in workers) worker.Join();
+            finished.Wait();
             // Whatever was in flight when the epoch stopped.
             foreach (var channel in work) while (channel.Reader.TryRead(out var left)) left.Dispose();
             while (results.Reader.TryRead(out var left)) left.Dispose();
@@ -234,7 +289,6 @@ internal sealed class SegmentPipeline
         ChannelReader<Snapshot>? fromNext, Snapshot? initialNext, ChannelWriter<Snapshot>? toPrevious, NonFinitePolicy policy,
         Action<PipelineStepException> fail, CancellationToken token)
     {
-        set_num_threads(layout.ThreadsPerStage); // this thread's budget (OpenMP's thread count is per thread)
         var (first, last) = layout.Stages[stage];
         var next = initialNext; // owned by initial[] of RunEpoch; replaced ones are disposed here
         Work? item = null;

@@ -22,8 +22,10 @@ public sealed record PipelinePlan(IReadOnlyList<PipelineStagePlan> Stages, int D
     public string Describe()
     {
         var devices = Stages.Select(s => s.Device).Distinct().ToList();
-        return $"{Stages.Count} stages: segments {string.Join(" | ", Stages.Select(s => s.FirstSegment == s.LastSegment ? $"{s.FirstSegment}" : $"{s.FirstSegment}–{s.LastSegment}"))} " +
-            $"({(Balanced ? "balanced, " : "as given, ")}estimated {string.Join(" | ", Stages.Select(s => FormattableString.Invariant($"{100 * s.EstimatedShare:0} %")))}), " +
+        var segments = Stages.Select(s => s.FirstSegment == s.LastSegment ? $"{s.FirstSegment}" : $"{s.FirstSegment}–{s.LastSegment}");
+        var shares = Stages.Select(s => FormattableString.Invariant($"{100 * s.EstimatedShare:0} %"));
+        return $"{Stages.Count} stages: segments {string.Join(" | ", segments)} " +
+            $"({(Balanced ? "balanced, " : "as given, ")}estimated {string.Join(" | ", shares)}), " +
             $"depth {Depth}{(Depth == 0 ? " (lock-step)" : "")}, {ThreadsPerStage} thread{(ThreadsPerStage == 1 ? "" : "s")} each on " +
             (devices.Count == 1 ? devices[0] : string.Join(", ", Stages.Select(s => s.Device)));
     }

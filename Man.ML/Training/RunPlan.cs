@@ -26,7 +26,10 @@ public sealed record RunPlan
     public const double SgdMomentum = 0.9;
 
     /// <summary>Keys of <see cref="ToJson"/> a checkpoint may differ in and still be resumed: where it runs, not what it computes.</summary>
-    public static IReadOnlySet<string> KeysFreeOnResume { get; } = new HashSet<string> { "device", "evaluation_batch_size", "data_workers", "pipeline_devices", "pipeline_threads" };
+    public static IReadOnlySet<string> KeysFreeOnResume { get; } = new HashSet<string>
+    {
+        "device", "evaluation_batch_size", "data_workers", "pipeline_devices", "pipeline_threads",
+    };
 
     /// <summary>The options it was resolved from.</summary>
     public required TrainingOptions Options { get; init; }

@@ -263,7 +263,7 @@ public sealed class Trainer
         }
         double trainSeconds = epochs.Sum(e => e.Seconds);
         using var monitor = EarlyStopping is null ? null : new EarlyStoppingMonitor(EarlyStopping);
-        var pipeline = runPlan.Pipeline is { } pipelinePlan ? new SegmentPipeline(local, PipelineLayoutOf(pipelinePlan)) : null;
+        using var pipeline = runPlan.Pipeline is { } pipelinePlan ? new SegmentPipeline(local, PipelineLayoutOf(pipelinePlan)) : null;
         var firstDevice = pipeline?.Layout.Devices[0] ?? device;
         bool stoppedEarly = false;
         long imagesSeen = (long)epochs.Count * train.Count;
