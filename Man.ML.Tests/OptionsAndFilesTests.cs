@@ -269,12 +269,26 @@ public sealed class OptionsAndFilesTests
         StringAssert.Contains(e.Message, "MiB free; this run's files need about 1099511627776 MiB (a run checkpoint)");
     }
 
+    // Whether signal number n is ignored by this process (/proc/self/status's SigIgn mask; false where there is none).
+    private static bool SignalIgnoredHere(int n) =>
+        File.Exists("/proc/self/status")
+        && File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("SigIgn:", StringComparison.Ordinal)) is { } line
+        && (Convert.ToUInt64(line["SigIgn:".Length..].Trim(), 16) & (1UL << (n - 1))) != 0;
+
     [TestMethod]
     [TestCategory("Slow")] // child-process trainings
     public void AnInterruptedOrTerminatedRunExitsWithTheCodesTheReadmeLists()
     {
         foreach (var (signal, code) in new[] { ("INT", 130), ("TERM", 143) })
         {
+            // A test run started in the background by a non-interactive shell ignores SIGINT, and its children inherit
+            // that (POSIX: nohup and background jobs rely on it), so the child never sees the signal: nothing to test.
+            if (signal == "INT" && SignalIgnoredHere(2))
+            {
+                TestContext.WriteLine("SIGINT is ignored in this test process (started in the background?), and so in its children: " +
+                                      "INT not tested");
+                continue;
+            }
             using var dir = new TestSupport.TempDir();
             var run = Path.Combine(dir.Path, "run");
             var info = new System.Diagnostics.ProcessStartInfo("dotnet")
