@@ -60,7 +60,20 @@ internal static class CliErrors
         return error.Message.ReplaceLineEndings(" ");
     }
 
+    /// <summary>Runs a command; in an MPI job of several ranks, a rank that fails ends the whole job (the others may be
+    /// waiting for it), its message naming it.</summary>
     public static int Run(Func<int> action)
+    {
+        int code = RunAlone(action);
+        if (code != 0 && Man.ML.Distributed.MpiWorld.Current is { Size: > 1 } world)
+        {
+            Console.Error.WriteLine($"{Program}: rank {world.Rank} of {world.Size} failed (exit code {code}); ending the job.");
+            world.Abort(code);
+        }
+        return code;
+    }
+
+    private static int RunAlone(Func<int> action)
     {
         try
         {
@@ -84,6 +97,11 @@ internal static class CliErrors
         {
             Console.Error.WriteLine($"{Program}: training stopped: {e.Message} No update was applied.");
             return 3;
+        }
+        catch (Man.ML.Distributed.DistributedException e)
+        {
+            Console.Error.WriteLine($"{Program}: distributed run stopped: {e.Message}");
+            return 5;
         }
         catch (Man.ML.Backend.BackendFaultException e)
         {

@@ -126,11 +126,30 @@ internal sealed class ModelOptions
         Description = "Last segment of every pipeline stage but the last, comma-separated (default: balanced by estimated cost).",
     };
 
+    public Option<string> Distributed { get; } = new("--distributed")
+    {
+        Description = "none (default), or mpi: data-parallel over the ranks of an MPI job started by mpirun or srun (each rank runs the same " +
+                      "command; --batch-size is each rank's share of the global batch).",
+        DefaultValueFactory = _ => Choices.Name(Defaults.Distributed),
+    };
+    public Option<int> MicroBatches { get; } = new("--micro-batches")
+    {
+        Description = "Run each batch (each rank's shard) as m micro-batches with their gradients summed: batch norm sees each alone, as m " +
+                      "data-parallel ranks would (default 1).",
+        DefaultValueFactory = _ => Defaults.MicroBatches,
+    };
+    public Option<double> CollectiveTimeout { get; } = new("--collective-timeout")
+    {
+        Description = "Seconds a rank of a distributed run waits for the others before ending the job with a message (default " +
+                      $"{TrainingOptions.DefaultCollectiveTimeoutSeconds}).",
+        DefaultValueFactory = _ => Defaults.CollectiveTimeoutSeconds,
+    };
+
     public IEnumerable<Option> All => new Option[]
     {
         Preset, Dataset, Arch, K, Split, ImageSize, Workers, MaxImagePixels, Rule, Man, NoMan, ManAblation, ManInit, EmaMomentum, ManMix, DglHead,
         AuxConfig, InfoProLoss, Lambda, LambdaSchedule, Epochs, BatchSize, Lr, WeightDecay, InitFrom, Seed, Threads, Device, ConvWorkaround,
-        Precision, Pipeline, PipelineDepth, StageDevices, StageThreads, StageEnds,
+        Precision, Pipeline, PipelineDepth, StageDevices, StageThreads, StageEnds, Distributed, MicroBatches, CollectiveTimeout,
     };
 
     private static int ParsePipeline(string text) =>
@@ -228,6 +247,9 @@ internal sealed class ModelOptions
             StageDevices = Given(parse, StageDevices) ? parse.GetValue(StageDevices)!.Split(',').Select(d => d.Trim()).ToArray() : baseline.StageDevices,
             StageThreads = Given(parse, StageThreads) ? parse.GetValue(StageThreads) : baseline.StageThreads,
             StageEnds = Given(parse, StageEnds) ? ParseEnds(parse.GetValue(StageEnds)!) : baseline.StageEnds,
+            Distributed = ChoiceOf(Distributed, baseline.Distributed),
+            MicroBatches = Pick(MicroBatches, baseline.MicroBatches),
+            CollectiveTimeoutSeconds = Pick(CollectiveTimeout, baseline.CollectiveTimeoutSeconds),
             Augmentation = dataset.Augmentation,
             Normalization = dataset.Normalization,
         };

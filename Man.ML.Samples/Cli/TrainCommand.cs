@@ -125,6 +125,10 @@ internal static class TrainCommand
             model.ApplyProcessSettings(parse);
             var options = model.ToTrainingOptions(parse);
             options.Validate();
+            // Every rank of a distributed run trains; rank 0 alone prints and writes the run's files.
+            bool mainRank = options.Distributed == Distributed.DistributedMode.None || Distributed.MpiJob.Rank == 0;
+            if (!mainRank)
+                AnsiConsole.Console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null) });
             var dataset = options.Dataset;
             var resumeDir = parse.GetValue(resume);
             var outDir = resumeDir is not null && parse.GetResult(output) is null or { Implicit: true } ? resumeDir : parse.GetValue(output)!;
@@ -141,12 +145,12 @@ internal static class TrainCommand
             var policy = Choices.Parse<NonFinitePolicy>(parse.GetValue(onNonFinite)!, onNonFinite.Name);
             // One run at a time in a folder; a run that fails before its first run checkpoint takes back what it wrote
             // there (a resumed run keeps everything: the folder is the earlier run's).
-            using var folder = OutputFolder.Acquire(outDir, output.Name, CliErrors.CommandLine(parse));
+            using var folder = mainRank ? OutputFolder.Acquire(outDir, output.Name, CliErrors.CommandLine(parse)) : null;
             bool keep = resumeDir is not null;
             try { return Train(keepFolder: () => keep = true); }
             catch
             {
-                if (!keep) folder.RemoveCreated();
+                if (!keep) folder?.RemoveCreated();
                 throw;
             }
 
@@ -174,7 +178,7 @@ internal static class TrainCommand
                 // The arguments a --resume continues with, written once the data and the plan have been checked.
                 void WriteArguments()
                 {
-                    if (every > 0 && resumeDir is null)
+                    if (every > 0 && resumeDir is null && mainRank)
                         AtomicFile.WriteText(Path.Combine(outDir, ArgumentsFile), JsonSerializer.Serialize(
                             parse.Tokens.Where(t => t.Type != System.CommandLine.Parsing.TokenType.Command).Select(t => t.Value).ToArray()));
                 }
@@ -300,6 +304,7 @@ internal static class TrainCommand
         if (options.BatchSize > trainCount)
             throw new CliException($"--batch-size {options.BatchSize} is larger than the {trainCount} training images: give at most {trainCount}.");
         var plan = trainer.Prepare(classes, imageSize);
+        if (plan.Distributed is { WritesFiles: false }) return plan.ToJson();
         // The model file as measured from the network; with run checkpoints the trainer checks the whole, once its engine exists.
         trainer.FinalOutputBytes = OutputSpace.ModelFileBytes(trainer.PreparedNetwork!) + OutputSpace.HeaderSlackBytes;
         if (trainer.CheckpointPath is null)
@@ -309,6 +314,9 @@ internal static class TrainCommand
                                Markup.Escape(FormattableString.Invariant($"{trainCount} training / {valCount} validation images at {imageSize}x{imageSize}, ") +
                                              FormattableString.Invariant($"{options.Epochs} epochs, batch {options.BatchSize}, lr {plan.LearningRate:0.###}")));
         if (plan.Pipeline is { } pipeline) AnsiConsole.MarkupLine(Markup.Escape($"pipeline: {pipeline.Describe()}"));
+        if (plan.Distributed is { } job)
+            AnsiConsole.MarkupLine(Markup.Escape($"distributed: {job.Ranks} ranks × batch {options.BatchSize} = global batch {plan.GlobalBatchSize}" +
+                                                 (options.MicroBatches > 1 ? $" ({options.MicroBatches} micro-batches per rank)" : "") + $"; {job.Library}"));
         if (plan.InitialWeights is { } w)
             AnsiConsole.MarkupLine(Markup.Escape($"initialised from {w.Path} ({Choices.Name(w.Format)}, {w.TensorsLoaded} tensors)" +
                 (w.HeadReplaced
@@ -321,6 +329,7 @@ internal static class TrainCommand
     private static void Finish(Trainer trainer, TrainingResult result, JsonObject config, string outDir, IReadOnlyList<string> classNames)
     {
         var plan = result.Plan;
+        if (plan.Distributed is { WritesFiles: false }) return; // rank 0 writes the run's files
         ModelCheckpoint.Save(Path.Combine(outDir, "model.ckpt"), result.Network, new CheckpointInfo
         {
             Architecture = plan.Architecture,

@@ -269,44 +269,84 @@ public sealed class LocalTrainer : IDisposable
     /// <summary>One mini-batch with a policy for NaN or infinite losses and gradients.</summary>
     /// <exception cref="NonFiniteException">A loss or gradient is not finite and the policy is
     /// <see cref="NonFinitePolicy.Stop"/>; no update was made.</exception>
-    public StepResult Step(Tensor images, Tensor labels, NonFinitePolicy policy)
+    public StepResult Step(Tensor images, Tensor labels, NonFinitePolicy policy) =>
+        Step(images, labels, policy, 1, labels.shape[0], null, 0, 0);
+
+    /// <summary>
+    /// One step of a batch that may be split into <paramref name="microBatches"/> micro-batches (each segment runs its
+    /// forward and backward on every micro-batch in turn, gradients summed, batch norm seeing each micro-batch alone)
+    /// and may be one rank's shard of a global batch of <paramref name="globalRows"/> rows (each micro-batch's loss is
+    /// scaled by its share of the global batch, and <paramref name="averager"/> sums each segment's gradients across
+    /// ranks as soon as its backward is done). With one micro-batch and no other rank it is the plain step, bit for bit.
+    /// </summary>
+    internal StepResult Step(Tensor images, Tensor labels, NonFinitePolicy policy, int microBatches, long globalRows,
+        Distributed.GradientAverager? averager, int epoch, int step)
     {
         optimizer.zero_grad();
-        var targets = new LocalTargets(labels, images);
+        long rows = labels.shape[0];
+        int m = (int)Math.Clamp(microBatches, 1, rows);
+        bool scaled = m > 1 || globalRows != rows;
+        var inputs = new Tensor[m];
+        var xs = new Tensor[m];
+        var targets = new LocalTargets[m];
+        var shares = new double[m];
+        var weights = new double[m];
+        for (int i = 0; i < m; i++)
+        {
+            long start = rows * i / m, n = rows * (i + 1) / m - start;
+            var (x, y) = m == 1 ? (images, labels) : (images.narrow(0, start, n), labels.narrow(0, start, n));
+            inputs[i] = xs[i] = x;
+            targets[i] = new LocalTargets(y, x);
+            shares[i] = (double)n / globalRows;
+            weights[i] = (double)n / rows;
+        }
         var segmentLosses = new float[Split.K];
         long correct = 0;
-        Tensor x = images;
         // A dropped step must leave no trace: batch-norm statistics move during the forward passes, so keep them.
         // (and MAN's EMA copies move after each local backward).
         var buffers = policy == NonFinitePolicy.SkipStep
             ? Network.buffers().Concat(auxiliary.buffers()).Concat(auxiliary.parameters().Where(p => !p.requires_grad)).ToList()
             : null;
         var saved = buffers?.Select(b => b.detach().clone().DetachFromDisposeScope()).ToList();
+        void Release()
+        {
+            for (int i = 0; i < m; i++)
+                if (!ReferenceEquals(xs[i], inputs[i])) xs[i]?.Dispose();
+            if (m > 1) foreach (var x in inputs) x.Dispose();
+        }
         try
         {
             for (int j = 0; j < Split.K; j++)
             {
-                var result = TrainSegment(j, x, targets);
-                segmentLosses[j] = result.Loss;
-                correct = result.Correct;
-                if (!ReferenceEquals(x, images)) x.Dispose();
-                x = result.Output!;
+                double loss = 0;
+                for (int i = 0; i < m; i++)
+                {
+                    var result = TrainSegment(j, xs[i], targets[i], null, scaled ? shares[i] : 1, firstMicroBatch: i == 0, lastMicroBatch: i == m - 1);
+                    loss += m == 1 ? result.Loss : result.Loss * weights[i];
+                    if (j == Split.K - 1) correct += result.Correct;
+                    if (!ReferenceEquals(xs[i], inputs[i])) xs[i].Dispose();
+                    xs[i] = result.Output!;
+                }
+                segmentLosses[j] = (float)loss;
+                averager?.Start(j, step);
             }
+            averager?.Finish(epoch, step);
             CheckGradients();
         }
         catch (NonFiniteException) when (policy == NonFinitePolicy.SkipStep)
         {
-            if (!ReferenceEquals(x, images)) x?.Dispose();
+            Release();
             optimizer.zero_grad();
             using (no_grad()) foreach (var (buffer, copy) in buffers!.Zip(saved!)) buffer.copy_(copy);
-            return new StepResult(float.NaN, 0, labels.shape[0], segmentLosses, Skipped: true);
+            return new StepResult(float.NaN, 0, rows, segmentLosses, Skipped: true);
         }
         finally
         {
             if (saved is not null) foreach (var copy in saved) copy.Dispose();
         }
+        Release();
         optimizer.step();
-        return new StepResult(segmentLosses[^1], correct, labels.shape[0], segmentLosses);
+        return new StepResult(segmentLosses[^1], correct, rows, segmentLosses);
     }
 
     // Every gradient at once, with one read from the device (FiniteGradients).
@@ -329,8 +369,13 @@ public sealed class LocalTrainer : IDisposable
     /// <param name="nextUnitParameters">With MAN, what segment j's EMA copy follows: null for next(j)'s live parameters
     /// (the sequential step), or a pipelined run's snapshot of them, asked for only when it is read (after the local
     /// backward, or before the forward for the parameter-copy ablation).</param>
+    /// <param name="lossScale">What the loss is multiplied by before its backward (a micro-batch's or a rank's share of
+    /// the batch); 1 leaves it as it is.</param>
+    /// <param name="firstMicroBatch">Whether this is the step's first pass of the segment (MAN's parameter-copy ablation
+    /// copies then).</param>
+    /// <param name="lastMicroBatch">Whether this is the step's last pass of the segment (MAN's EMA moves then, once a step).</param>
     internal SegmentResult TrainSegment(int segment, Tensor input, LocalTargets targets,
-        Func<IReadOnlyList<Tensor>>? nextUnitParameters = null)
+        Func<IReadOnlyList<Tensor>>? nextUnitParameters = null, double lossScale = 1, bool firstMicroBatch = true, bool lastMicroBatch = true)
     {
         Tensor? handOver = null;
         float lossValue;
@@ -339,7 +384,7 @@ public sealed class LocalTrainer : IDisposable
         using (MixedPrecision.Enter(precision))
         {
             var range = Split.Segments[segment];
-            if (segment < Split.K - 1 && man?.Options.Ablation == ManAblation.ParameterCopy)
+            if (firstMicroBatch && segment < Split.K - 1 && man?.Options.Ablation == ManAblation.ParameterCopy)
                 man.BeforeForward(segment, nextUnitParameters?.Invoke());
             var h = Network.ForwardUnits(input, range.Start, range.End);  // (B, C, H, W) of the segment's last unit
             Tensor loss;
@@ -357,9 +402,9 @@ public sealed class LocalTrainer : IDisposable
             }
             lossValue = loss.item<float>();
             if (!float.IsFinite(lossValue)) throw new NonFiniteException("The local loss", segment); // before any gradient is made
-            loss.backward();
+            (lossScale == 1 ? loss : loss * lossScale).backward();
         }
-        if (segment < Split.K - 1 && man is not null && man.Options.Ablation != ManAblation.ParameterCopy)
+        if (lastMicroBatch && segment < Split.K - 1 && man is not null && man.Options.Ablation != ManAblation.ParameterCopy)
             man.AfterLocalBackward(segment, nextUnitParameters?.Invoke());
         return new SegmentResult(handOver, lossValue, correct);
     }

@@ -7,6 +7,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Man.ML.Data;
 using Man.ML.Interop;
+using Man.ML.Distributed;
 using Man.ML.Local;
 using Man.ML.Models;
 
@@ -70,7 +71,7 @@ public sealed record RunPlan
     /// <summary>InfoPro's resolved settings (InfoPro runs only).</summary>
     public InfoProPlan? InfoPro { get; init; }
 
-    /// <summary>The learning rate actually used (the linear-scaling rule when none was given).</summary>
+    /// <summary>The learning rate actually used (when none was given, the linear-scaling rule 0.1·B/128 on the global batch).</summary>
     public required double LearningRate { get; init; }
 
     /// <summary>Canonical device name.</summary>
@@ -82,6 +83,12 @@ public sealed record RunPlan
 
     /// <summary>The pipeline's stages (<see cref="TrainingOptions.PipelineStages"/>), or null for the sequential step.</summary>
     public PipelinePlan? Pipeline { get; init; }
+
+    /// <summary>The MPI job a distributed run spreads over (<see cref="TrainingOptions.Distributed"/>), or null for one process.</summary>
+    public DistributedPlan? Distributed { get; init; }
+
+    /// <summary>Images per optimizer step over every rank: <see cref="TrainingOptions.BatchSize"/> times the ranks.</summary>
+    public int GlobalBatchSize => Options.BatchSize * (Distributed?.Ranks ?? 1);
 
     /// <summary>What was loaded from <see cref="TrainingOptions.InitFrom"/> (null without one).</summary>
     public WeightsLoadReport? InitialWeights { get; init; }
@@ -103,7 +110,9 @@ public sealed record RunPlan
     /// <summary>One line: architecture, K, split, rule, MAN, and the precision when it is not float32.</summary>
     public string Summary => $"{Architecture}, K={K} ({(SplitTable is { } t ? $"reference split '{t}'" : "balanced split")}), " +
         $"rule {Choices.Name(Rule)}{(Man is null ? "" : " + MAN")}{(Precision == TrainingPrecision.Float32 ? "" : $", {Choices.Name(Precision)}")}" +
-        (Pipeline is { } p ? $", pipelined in {p.Stages.Count} stages (depth {p.Depth})" : "");
+        (Pipeline is { } p ? $", pipelined in {p.Stages.Count} stages (depth {p.Depth})" : "") +
+        (Distributed is { } d ? $", data-parallel over {d.Ranks} MPI ranks" : "") +
+        (Options.MicroBatches > 1 ? $", {Options.MicroBatches} micro-batches" : "");
 
     /// <summary>
     /// Resolves <paramref name="options"/> for data of <paramref name="classes"/> classes at <paramref name="imageSize"/>
@@ -142,6 +151,8 @@ public sealed record RunPlan
         var device = Devices.Resolve(options.Device);
         foreach (var stageDevice in options.StageDevices ?? Array.Empty<string>()) Devices.Resolve(stageDevice, nameof(TrainingOptions.StageDevices));
         var precision = BFloat16Support.Resolve(options.Precision, device.type, nameof(TrainingOptions.Precision));
+        var distributed = options.Distributed == DistributedMode.Mpi ? DistributedPlan.OfThisJob() : null;
+        int globalBatch = options.BatchSize * (distributed?.Ranks ?? 1);
         var settings = options.RuleSettings with { InfoPro = options.RuleSettings.InfoPro with { Dataset = options.Dataset.Name } };
         var rule = LocalLearningRules.Create(options.Rule, settings);
         using var callers = get_rng_state();
@@ -176,7 +187,8 @@ public sealed record RunPlan
                 SplitDescription = split.Describe(network),
                 Heads = contexts.Select(rule.DescribeHead).ToArray(),
                 InfoPro = infoPro,
-                LearningRate = options.EffectiveLearningRate,
+                LearningRate = options.LearningRate ?? 0.1 * globalBatch / 128.0,
+                Distributed = distributed,
                 Device = Devices.Canonical(options.Device),
                 Precision = precision,
                 InitialWeights = initial,
@@ -323,6 +335,8 @@ public sealed record RunPlan
             } : null,
             ["pipeline_devices"] = Pipeline is { } placed ? new JsonArray(placed.Stages.Select(st => (JsonNode)st.Device).ToArray()) : null,
             ["pipeline_threads"] = Pipeline?.ThreadsPerStage,
+            ["distributed"] = Distributed is { } job ? new JsonObject { ["backend"] = "mpi", ["ranks"] = job.Ranks } : null,
+            ["micro_batches"] = o.MicroBatches == 1 ? null : o.MicroBatches,
             ["device"] = Device,
             ["precision"] = Choices.Name(Precision),
             ["evaluation_batch_size"] = o.EvaluationBatchSize,

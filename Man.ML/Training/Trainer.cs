@@ -194,6 +194,9 @@ public sealed class Trainer
         if (Options.BatchSize > train.Count)
             throw new InvalidOptionException(nameof(TrainingOptions.BatchSize),
                 $"The batch size {Options.BatchSize} is larger than the {train.Count} training images; give at most {train.Count}.");
+        if (Options.Distributed != Distributed.DistributedMode.None && OnNonFinite == NonFinitePolicy.SkipStep)
+            throw new InvalidOptionException(nameof(OnNonFinite),
+                "A distributed run stops at a NaN or infinite value (every rank must take the same steps); skip-step is not available with it.");
         if (EarlyStopping is { } stopping)
         {
             stopping.Validate(nameof(EarlyStopping));
@@ -204,11 +207,18 @@ public sealed class Trainer
         }
         using var local = CreateLocalTrainer(train.ClassNames.Count, train.ImageSize);
         var plan = Plan!;
+        if (plan.Distributed is { } job)
+        {
+            if ((long)Options.BatchSize * job.Ranks > train.Count)
+                throw new InvalidOptionException(nameof(TrainingOptions.BatchSize),
+                    $"The global batch ({job.Ranks} ranks × {Options.BatchSize}) is larger than the {train.Count} training images.");
+            DataParallel.EnsureSamePlan(plan, Options.CollectiveTimeoutSeconds);
+        }
         using var callers = get_rng_state();
         try
         {
             if (ResumeFrom is not null) TrainingCheckpoint.EnsureSameRun(ResumeFrom, plan); // before anything costly
-            if (CheckpointPath is not null) EnsureRoomForCheckpoints(plan, local);
+            if (CheckpointPath is not null && (plan.Distributed?.WritesFiles ?? true)) EnsureRoomForCheckpoints(plan, local);
             // A wrong gradient stops the run here, with the layer, the shape and the remedy, not as a NaN hours later.
             if (CheckBackend) BackendReport = BackendCheck.EnsureCorrect(local);
             return Run(plan, local, train, validation, tests, local.Device, cancellation);
@@ -248,11 +258,23 @@ public sealed class Trainer
     {
         var (network, split) = (local.Network, local.Split);
 
-        int batches = (train.Count + Options.BatchSize - 1) / Options.BatchSize;
-        // A last batch of one image would break batch norm: fold it into the previous one.
-        if (batches > 1 && train.Count % Options.BatchSize == 1) batches--;
+        var job = runPlan.Distributed;
+        int ranks = job?.Ranks ?? 1, globalBatch = runPlan.GlobalBatchSize;
+        int batches = (train.Count + globalBatch - 1) / globalBatch;
+        // A last batch too small to give each rank's micro-batches 2 images would break batch norm: fold it into the
+        // previous one (one image in one process).
+        int remainder = train.Count % globalBatch;
+        if (batches > 1 && remainder > 0 && remainder < 2 * ranks * Options.MicroBatches) batches--;
         var ranges = Enumerable.Range(0, batches)
-            .Select(b => (b * Options.BatchSize, b == batches - 1 ? train.Count : (b + 1) * Options.BatchSize)).ToList();
+            .Select(b => (b * globalBatch, b == batches - 1 ? train.Count : (b + 1) * globalBatch)).ToList();
+        // A rank reads its shard of each global batch: the source draws by position (image files), or the global batch
+        // is drawn whole, as one process would, and sliced (augmentation then continues exactly as in one process).
+        var shards = job is null ? null : ranges.Select(r => DataParallel.Shard(r, job.Rank, ranks)).ToList();
+        var world = job is null ? null : Distributed.MpiWorld.Instance;
+        using var averager = world is null ? null
+            : new Distributed.GradientAverager(world, Enumerable.Range(0, split.K).Select(j => local.TrainableParameters(j, j)).ToList(),
+                Options.CollectiveTimeoutSeconds);
+        bool writesFiles = job?.WritesFiles ?? true;
         var schedule = new CosineWarmupSchedule(runPlan.LearningRate, Options.Epochs, batches);
         var epochs = new List<EpochMetrics>();
         string? lastCheckpoint = null;
@@ -276,7 +298,8 @@ public sealed class Trainer
             long correct = 0, seen = 0;
             int skipped = 0;
             var segmentSums = new double[split.K];
-            using var batchesOfEpoch = train.Epoch(new EpochSpec(Options.Seed, epoch, ranges), cancellation);
+            bool sliceShards = shards is not null && !train.DrawsByPosition;
+            using var batchesOfEpoch = train.Epoch(new EpochSpec(Options.Seed, epoch, shards is null || sliceShards ? ranges : shards), cancellation);
             void Record(int b, StepResult result)
             {
                 if (result.Skipped)
@@ -292,7 +315,7 @@ public sealed class Trainer
                 BatchCompleted?.Invoke(new BatchProgress(epoch + 1, b + 1, batches, result.Loss, schedule.Rate(epoch, b)));
             }
             NonFiniteTrainingException Stopped(NonFiniteException e, int b) => new(
-                $"{e.What} of segment {e.Segment} became NaN or infinite at epoch {epoch + 1}, step {b + 1}; " +
+                (job is null ? "" : $"rank {job.Rank} of {job.Ranks}: ") + $"{e.What} of segment {e.Segment} became NaN or infinite at epoch {epoch + 1}, step {b + 1}; " +
                 (pipeline is null ? "training stopped before applying it. "
                     : "training stopped before that segment's stage applied it (earlier stages may have). ") +
                 (lastCheckpoint is null ? "There is no checkpoint of this run."
@@ -327,14 +350,33 @@ public sealed class Trainer
                 {
                     if (!batchesOfEpoch.MoveNext()) throw new InvalidOperationException($"The data gave {b} batches of the {batches} an epoch needs.");
                     var (images, labels) = batchesOfEpoch.Current;
+                    if (sliceShards)
+                    {
+                        var (start, end) = shards![b];
+                        (images, labels) = (images.narrow(0, start - ranges[b].Item1, end - start), labels.narrow(0, start - ranges[b].Item1, end - start));
+                    }
                     var x = images.to(device);
-                    try { result = local.Step(x, labels.to(device), OnNonFinite); }
+                    try
+                    {
+                        result = local.Step(x, labels.to(device), OnNonFinite, Options.MicroBatches, ranges[b].Item2 - ranges[b].Item1,
+                            averager, epoch, b);
+                    }
                     catch (NonFiniteException e)
                     {
                         throw Stopped(e, b);
                     }
                 }
                 Record(b, result);
+            }
+            Distributed.CommunicationFigures? communication = null;
+            if (world is not null)
+            {
+                // The epoch's figures over every rank; batch-norm statistics made the same on every rank before the
+                // evaluation and the checkpoint (each rank's are of its own shards).
+                (lossSum, correct, seen, segmentSums) = DataParallel.SumFigures(world, lossSum, correct, seen, segmentSums,
+                    Options.CollectiveTimeoutSeconds, epoch);
+                DataParallel.AverageStatistics(world, local, Options.CollectiveTimeoutSeconds, epoch);
+                communication = averager!.TakeFigures();
             }
             double seconds = clock.Elapsed.TotalSeconds;
             trainSeconds += seconds;
@@ -357,12 +399,13 @@ public sealed class Trainer
                 EvalSeconds = evalClock.Elapsed.TotalSeconds,
                 SegmentLosses = segmentSums.Select(s => s / seen).ToArray(),
                 SkippedSteps = skipped,
+                Communication = communication,
             };
             epochs.Add(metrics);
             EpochCompleted?.Invoke(metrics);
             stoppedEarly = monitor?.Observe(metrics, network) == true && epoch < Options.Epochs - 1;
             bool last = epoch == Options.Epochs - 1 || stoppedEarly;
-            if (CheckpointPath is not null && (last || (CheckpointEvery > 0 && (epoch + 1) % CheckpointEvery == 0)))
+            if (CheckpointPath is not null && writesFiles && (last || (CheckpointEvery > 0 && (epoch + 1) % CheckpointEvery == 0)))
             {
                 TrainingCheckpoint.Save(CheckpointPath, runPlan, local, epochs);
                 lastCheckpoint = CheckpointPath;

@@ -43,6 +43,10 @@ public sealed record EpochMetrics
 
     /// <summary>Steps of this epoch dropped for a NaN or infinite loss or gradient (<see cref="Local.NonFinitePolicy.SkipStep"/>).</summary>
     public int SkippedSteps { get; init; }
+
+    /// <summary>A distributed run's gradient exchange in this epoch (bytes, seconds, the share hidden behind compute);
+    /// null in one process.</summary>
+    public Distributed.CommunicationFigures? Communication { get; init; }
 }
 
 /// <summary>Figures at the end of a run: of the last epoch, or with early stopping of the best epoch, whose weights the run returns.</summary>

@@ -1,5 +1,6 @@
 // Everything that defines a training run, with the paper's defaults where the paper has one.
 using Man.ML.Data;
+using Man.ML.Distributed;
 using Man.ML.Local;
 
 namespace Man.ML.Training;
@@ -139,6 +140,33 @@ public sealed record TrainingOptions
     /// </summary>
     public IReadOnlyList<int>? StageEnds { get; init; }
 
+    /// <summary>
+    /// How the run is spread over processes (docs/DISTRIBUTED.md): none, or data-parallel over the ranks of an MPI job
+    /// (every rank runs the same options; <see cref="BatchSize"/> is each rank's share of a global batch R times as
+    /// large, read in the single-process order; each segment's gradients are summed across ranks as soon as its local
+    /// backward is done). Not combined with a pipeline. Default <see cref="DistributedMode.None"/>.
+    /// </summary>
+    public DistributedMode Distributed { get; init; } = DistributedMode.None;
+
+    /// <summary>Default of <see cref="CollectiveTimeoutSeconds"/>: 300 s, longer than any step or evaluation of a sane run.</summary>
+    public const double DefaultCollectiveTimeoutSeconds = 300;
+
+    /// <summary>
+    /// Longest a rank waits for the others at any exchange (gradients, metrics, batch-norm statistics) before it ends
+    /// the run with a <see cref="DistributedException"/> naming itself and the step. It covers the other ranks'
+    /// work in between (their evaluation included), so it must exceed the longest of those. Default
+    /// <see cref="DefaultCollectiveTimeoutSeconds"/>.
+    /// </summary>
+    public double CollectiveTimeoutSeconds { get; init; } = DefaultCollectiveTimeoutSeconds;
+
+    /// <summary>
+    /// m: each batch (each rank's shard of it when distributed) runs as m micro-batches, each segment's forward and
+    /// backward on one after another with their gradients summed before the optimizer steps: the same update with
+    /// batch norm seeing each micro-batch alone, as m data-parallel ranks would, and each segment's graph held for one
+    /// micro-batch at a time. 1 to <see cref="BatchSize"/> / 2. Default 1.
+    /// </summary>
+    public int MicroBatches { get; init; } = 1;
+
     /// <summary>Batch size for evaluation. Default 256.</summary>
     public int EvaluationBatchSize { get; init; } = 256;
 
@@ -151,7 +179,8 @@ public sealed record TrainingOptions
     /// </summary>
     public Normalization Normalization { get; init; } = Normalization.Cifar;
 
-    /// <summary>The learning rate actually used.</summary>
+    /// <summary>The learning rate actually used in one process (the linear-scaling rule on <see cref="BatchSize"/>; a
+    /// distributed run scales by its global batch: <see cref="RunPlan.LearningRate"/>).</summary>
     public double EffectiveLearningRate => LearningRate ?? 0.1 * BatchSize / 128.0;
 
     /// <summary>
@@ -180,6 +209,13 @@ public sealed record TrainingOptions
         Check(Enum.IsDefined(Precision), nameof(Precision), $"Unknown precision {(int)Precision}.");
         Man?.Validate(nameof(Man));
         ValidatePipeline();
+        Check(MicroBatches >= 1 && MicroBatches <= BatchSize / 2, nameof(MicroBatches),
+            $"Micro-batches must be 1 to half the batch size ({BatchSize / 2}), so that each has 2 images for batch norm (got {MicroBatches}).");
+        Check(Enum.IsDefined(Distributed), nameof(Distributed), $"Unknown distributed mode {(int)Distributed}.");
+        Check(CollectiveTimeoutSeconds > 0 && double.IsFinite(CollectiveTimeoutSeconds), nameof(CollectiveTimeoutSeconds),
+            FormattableString.Invariant($"The collective timeout must be a positive number of seconds (got {CollectiveTimeoutSeconds})."));
+        Check(Distributed == DistributedMode.None || ResolvedPipelineStages == 1, nameof(Distributed),
+            "Distributed training runs the sequential step on every rank; it is not combined with a pipeline (give --pipeline 1).");
         CheckStructure(Rule != LearningRule.EndToEnd, Choices.Name(Rule), K, Man);
         Check(Architecture.Length > 0, nameof(Architecture), "The architecture is empty.");
         try { _ = Models.Architectures.Canonical(Architecture); }

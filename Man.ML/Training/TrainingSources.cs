@@ -45,6 +45,10 @@ internal interface ITrainingSource
     /// <summary>Seconds the last epoch waited for batches.</summary>
     double WaitSeconds { get; }
 
+    /// <summary>Whether an image's augmentation depends on its position in the epoch's order alone (not on the images
+    /// drawn before it), so a rank may read just its shard's positions.</summary>
+    bool DrawsByPosition => false;
+
     /// <summary>The epoch's batches, created when MoveNext is called (so inside the caller's dispose scope).</summary>
     IEnumerator<(Tensor Images, Tensor Labels)> Epoch(EpochSpec epoch, CancellationToken cancellation);
 
@@ -80,6 +84,7 @@ internal sealed class FileSource(ImageFileSet files, ImageNetTransform transform
     public int ImageSize => transform.CropSize;
     public IReadOnlyList<string> ClassNames => files.ClassNames;
     public double WaitSeconds => loader.WaitSeconds;
+    public bool DrawsByPosition => true;
 
     public IEnumerator<(Tensor Images, Tensor Labels)> Epoch(EpochSpec epoch, CancellationToken cancellation) =>
         loader.Batches(epoch.Draw(Count).Order, epoch.Batches, train: true, epoch.Seed, epoch.Epoch, cancellation).GetEnumerator();
