@@ -17,6 +17,7 @@ root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(ProfileCommand.Create());
 root.Subcommands.Add(MeasureSpeedCommand.Create());
 root.Subcommands.Add(PipelineCommand.Create());
+root.Subcommands.Add(DataParallelCommand.Create());
 root.Subcommands.Add(MeasureCommands.Memory());
 root.Subcommands.Add(ScoringThroughputCommand.Create());
 return CliErrors.Invoke(root, args);

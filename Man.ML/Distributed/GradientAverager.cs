@@ -9,12 +9,17 @@ using TorchSharp.Modules;
 
 namespace Man.ML.Distributed;
 
-/// <summary>What a run's gradient exchange cost: bytes sent into the all-reduce per step, and seconds.</summary>
+/// <summary>What a run's gradient exchange cost: bytes each rank puts into the all-reduces per step, and seconds.</summary>
 /// <param name="Steps">Steps exchanged.</param>
 /// <param name="BytesPerStep">Gradient bytes each rank contributes per step (all segments).</param>
-/// <param name="CommunicationSeconds">Sum over steps and segments of each all-reduce's time from start to seen complete.</param>
-/// <param name="ExposedSeconds">Seconds the step waited for all-reduces after its last segment (communication not hidden).</param>
-public sealed record CommunicationFigures(long Steps, long BytesPerStep, double CommunicationSeconds, double ExposedSeconds)
+/// <param name="CommunicationSeconds">Sum over steps and segments of each all-reduce's time in flight, from its start
+/// to when it was seen complete (it is tested between segments, so this is an upper bound of its transfer).</param>
+/// <param name="ExposedSeconds">Seconds the steps waited for all-reduces after their last segment: communication not
+/// hidden behind compute, together with the wait for a slower rank.</param>
+/// <param name="SegmentBytes">Each segment's gradient bytes per step.</param>
+/// <param name="SegmentSeconds">Each segment's all-reduce time in flight, summed over the steps.</param>
+public sealed record CommunicationFigures(long Steps, long BytesPerStep, double CommunicationSeconds, double ExposedSeconds,
+    IReadOnlyList<long> SegmentBytes, IReadOnlyList<double> SegmentSeconds)
 {
     /// <summary>The share of communication time hidden behind compute, in [0, 1] (1 when nothing was communicated).</summary>
     public double HiddenFraction => CommunicationSeconds <= 0 ? 1 : Math.Clamp(1 - ExposedSeconds / CommunicationSeconds, 0, 1);
@@ -27,6 +32,7 @@ internal sealed class GradientAverager : IDisposable
     private readonly Segment[] segments;
     private long steps;
     private double communicationSeconds, exposedSeconds;
+    private readonly double[] segmentSeconds;
 
     private sealed class Segment(IReadOnlyList<Parameter> parameters, float[] values, GCHandle pin, Tensor flat)
     {
@@ -55,6 +61,7 @@ internal sealed class GradientAverager : IDisposable
             return new Segment(ps, values, pin, flat);
         }).ToArray();
         BytesPerStep = segmentParameters.Sum(ps => ps.Sum(p => p.numel())) * sizeof(float);
+        segmentSeconds = new double[segments.Length];
     }
 
     public long BytesPerStep { get; }
@@ -62,8 +69,10 @@ internal sealed class GradientAverager : IDisposable
     /// <summary>The figures so far, and resets them.</summary>
     public CommunicationFigures TakeFigures()
     {
-        var figures = new CommunicationFigures(steps, BytesPerStep, communicationSeconds, exposedSeconds);
+        var figures = new CommunicationFigures(steps, BytesPerStep, communicationSeconds, exposedSeconds,
+            segments.Select(s => s.Parameters.Sum(p => p.numel()) * sizeof(float)).ToArray(), segmentSeconds.ToArray());
         (steps, communicationSeconds, exposedSeconds) = (0, 0, 0);
+        Array.Clear(segmentSeconds);
         return figures;
     }
 
@@ -110,10 +119,13 @@ internal sealed class GradientAverager : IDisposable
         exposedSeconds += Stopwatch.GetElapsedTime(waitStart).TotalSeconds;
         using (no_grad())
         {
-            foreach (var s in segments)
+            for (int j = 0; j < segments.Length; j++)
             {
+                var s = segments[j];
                 if (s.Request is not { } r) continue;
-                communicationSeconds += Stopwatch.GetElapsedTime(r.Started, r.Completed).TotalSeconds;
+                double inFlight = Stopwatch.GetElapsedTime(r.Started, r.Completed).TotalSeconds;
+                communicationSeconds += inFlight;
+                segmentSeconds[j] += inFlight;
                 s.Request = null;
                 long offset = 0;
                 foreach (var p in s.Parameters)

@@ -180,6 +180,25 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         public IReadOnlyList<int>? StageEnds { get => training.StageEnds; set => training = training with { StageEnds = value }; }
 
         /// <summary>
+        /// Data-parallel training over the ranks of an MPI job (<see cref="TrainingOptions.Distributed"/>; docs/DISTRIBUTED.md):
+        /// every rank runs the same pipeline on the same data, <see cref="BatchSize"/> is each rank's share of the global
+        /// batch, and every rank's <c>Fit</c> returns the same model; save it on rank 0 (<see cref="global::Man.ML.Distributed.MpiJob.Rank"/>).
+        /// Default <see cref="global::Man.ML.Distributed.DistributedMode.None"/>.
+        /// </summary>
+        public global::Man.ML.Distributed.DistributedMode Distributed { get => training.Distributed; set => training = training with { Distributed = value }; }
+
+        /// <summary>Micro-batches each batch runs as (<see cref="TrainingOptions.MicroBatches"/>). Default 1.</summary>
+        public int MicroBatches { get => training.MicroBatches; set => training = training with { MicroBatches = value }; }
+
+        /// <summary>Longest wait of a rank for the others (<see cref="TrainingOptions.CollectiveTimeoutSeconds"/>). Default
+        /// <see cref="TrainingOptions.DefaultCollectiveTimeoutSeconds"/>.</summary>
+        public double CollectiveTimeoutSeconds
+        {
+            get => training.CollectiveTimeoutSeconds;
+            set => training = training with { CollectiveTimeoutSeconds = value };
+        }
+
+        /// <summary>
         /// A PyTorch state dict (torch.save or safetensors, torchvision's names) to start the backbone from: fine-tuning a
         /// pretrained network. A final classifier of another class count is replaced by a fresh one (PyTorch's nn.Linear
         /// initialisation under <see cref="Seed"/>). Default null: a fresh initialisation.
