@@ -100,6 +100,52 @@ public sealed class DistributedTests
         Assert.IsTrue(parameters >= 10, $"only {parameters} parameters were compared");
     }
 
+    [TestMethod]
+    [TestCategory("Slow")]
+    public void ATwoRankRunKilledAfterItsFirstCheckpointAndResumedEndsIdenticalToOneNeverStopped()
+    {
+        using var whole = new TestSupport.TempDir();
+        using var resumed = new TestSupport.TempDir();
+        string[] Job(string dir) => MpiArgs(2, new[]
+        {
+            "train", "--data", TestSupport.BundledSample, "--train-limit", "2048", "--val-split", "64", "--arch", "resnet8", "--k", "2",
+            "--rule", "dgl", "--man", "--epochs", "3", "--batch-size", "32", "--seed", "2", "--threads", "1", "--no-backend-check",
+            "--distributed", "mpi", "--checkpoint-every", "1", "--out", dir,
+        });
+        var r = TestSupport.Run(mpirun!, Job(whole.Path), environment: MpiEnvironment, timeoutSeconds: 300);
+        Assert.AreEqual(0, r.ExitCode, r.Stderr + r.Stdout);
+
+        // The same job, killed (mpirun and both ranks) as soon as its first run checkpoint exists.
+        var info = new ProcessStartInfo(mpirun!) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var arg in Job(resumed.Path)) info.ArgumentList.Add(arg);
+        foreach (var (k, v) in MpiEnvironment) info.Environment[k] = v;
+        using (var job = Process.Start(info)!)
+        {
+            var output = job.StandardOutput.ReadToEndAsync();
+            var errors = job.StandardError.ReadToEndAsync();
+            var clock = Stopwatch.StartNew();
+            string checkpoint = Path.Combine(resumed.Path, "run.ckpt");
+            while (!File.Exists(checkpoint) && !job.HasExited && clock.Elapsed.TotalSeconds < 240) Thread.Sleep(20);
+            if (job.HasExited) Assert.Fail("the job ended before it could be killed: " + output.Result + errors.Result);
+            // The ranks first: once mpirun is gone they would no longer be its children.
+            foreach (var rank in RankPids(job.Id)) Process.GetProcessById(rank).Kill();
+            job.Kill(entireProcessTree: true);
+            job.WaitForExit();
+        }
+        Assert.IsFalse(File.Exists(Path.Combine(resumed.Path, "model.ckpt")), "the killed job had already finished");
+        var again = TestSupport.Run(mpirun!, MpiArgs(2, new[] { "train", "--resume", resumed.Path }), environment: MpiEnvironment, timeoutSeconds: 300);
+        Assert.AreEqual(0, again.ExitCode, again.Stderr + again.Stdout);
+
+        var a = Tensors(Path.Combine(whole.Path, "model.ckpt"));
+        var b = Tensors(Path.Combine(resumed.Path, "model.ckpt"));
+        foreach (var (name, value) in a) Assert.IsTrue(value.eq(b[name]).all().item<bool>(), $"{name} differs after the resume");
+
+        // The checkpoint records the job's size: one process cannot continue it.
+        var alone = TestSupport.RunManml(new[] { "train", "--resume", resumed.Path, "--distributed", "none", "--out", TestSupport.NewTempFolder() });
+        Assert.AreNotEqual(0, alone.ExitCode);
+        StringAssert.Contains(alone.Stderr, "distributed", alone.Stderr);
+    }
+
     private static int[] RankPids(int mpirunPid) =>
         Directory.GetDirectories("/proc").Select(Path.GetFileName).Where(n => int.TryParse(n, out _)).Select(int.Parse!)
             .Where(pid => ParentOf(pid) == mpirunPid && CommandLine(pid).Contains("manml.dll")).ToArray();

@@ -66,7 +66,7 @@ internal static class TrainCommand
         ["man_ablation"] = "--man-ablation", ["man_init"] = "--man-init", ["ema_momentum"] = "--ema-momentum", ["man_mix"] = "--man-mix",
         ["epochs"] = "--epochs", ["batch_size"] = "--batch-size", ["lr"] = "--lr", ["weight_decay"] = "--weight-decay", ["seed"] = "--seed",
         ["init_from"] = "--init-from", ["init_classifier"] = "--init-from",
-        ["augmentation"] = "--dataset",
+        ["augmentation"] = "--dataset", ["distributed"] = "--distributed (and mpirun -np)", ["micro_batches"] = "--micro-batches",
     };
 
     public static Command Create()
