@@ -46,8 +46,10 @@ public sealed class DataParallelTests
             var actual = value - start[name];
             // Updates are differences of float32 weights: each carries up to an ulp of the weight besides the update's own rounding.
             double scale = expected.abs().max().item<float>(), weight = value.abs().max().item<float>();
-            double error = (actual - expected).abs().max().item<float>(), allowed = 1e-4 * scale + 4.0 * (MathF.BitIncrement((float)weight) - (float)weight) + 1e-12;
-            Assert.IsTrue(error <= allowed, $"{name}: the micro-batch step's update differs from the halves' mean by {error:E2} (allowed {allowed:E2}, update {scale:E2})");
+            double error = (actual - expected).abs().max().item<float>();
+            double allowed = 1e-4 * scale + 4.0 * (MathF.BitIncrement((float)weight) - (float)weight) + 1e-12;
+            Assert.IsTrue(error <= allowed,
+                $"{name}: the micro-batch step's update differs from the halves' mean by {error:E2} (allowed {allowed:E2}, update {scale:E2})");
             compared++;
         }
         Assert.IsTrue(compared > 20, $"only {compared} parameters compared");

@@ -22,7 +22,8 @@ public sealed class DistributedTests
         if (mpirun is null)
         {
             var install = TestSupport.Run("bash", new[] { Path.Combine(TestSupport.RepositoryRoot, "scripts", "install-mpi.sh") }, timeoutSeconds: 600);
-            Assert.AreEqual(0, install.ExitCode, "Open MPI is not installed and scripts/install-mpi.sh could not install it: " + install.Stderr + install.Stdout);
+            Assert.AreEqual(0, install.ExitCode,
+                "Open MPI is not installed and scripts/install-mpi.sh could not install it: " + install.Stderr + install.Stdout);
             mpirun = Which("mpirun");
         }
         Assert.IsNotNull(mpirun, "scripts/install-mpi.sh ran but mpirun is still not on PATH.");
@@ -232,7 +233,8 @@ public sealed class DistributedTests
         var (code, output, seconds, ranks, _) = TwoRanksAnd(p => Process.Start("kill", new[] { "-STOP", p.Id.ToString() })!.WaitForExit(),
             "--collective-timeout", "10");
         Assert.AreEqual(5, code, output);
-        StringAssert.Matches(output, new System.Text.RegularExpressions.Regex(@"rank [01] of 2: the gradient all-reduce of segment \d at epoch \d+, step \d+ "), output);
+        StringAssert.Matches(output,
+            new System.Text.RegularExpressions.Regex(@"rank [01] of 2: the gradient all-reduce of segment \d at epoch \d+, step \d+ "), output);
         StringAssert.Contains(output, "did not complete within 10 s; another rank has stopped or hangs.", output);
         Assert.IsTrue(seconds < 60, $"the job took {seconds:0} s to end with a 10 s timeout");
         AssertGone(ranks);

@@ -19,17 +19,21 @@ internal static class DataParallelCommand
     public static Command Create()
     {
         var model = new ModelOptions();
-        var ranks = new Option<int>("--ranks") { Description = "R, the ranks of the measured job (mpirun -np R on this machine).", DefaultValueFactory = _ => 2 };
+        var ranks = new Option<int>("--ranks") { Description = "R, the ranks of the measured job (mpirun -np R on this machine).",
+            DefaultValueFactory = _ => 2 };
         var hosts = new Option<string>("--hosts") { Description = "Host counts to predict (comma-separated).", DefaultValueFactory = _ => "4,8,16" };
-        var links = new Option<string>("--link-gbps") { Description = "Link bandwidths to predict (Gbit/s, comma-separated).", DefaultValueFactory = _ => "10,100" };
-        var trainLimit = new Option<int>("--train-limit") { Description = "Images of the bundled sample each measured epoch trains on.", DefaultValueFactory = _ => 2048 };
+        var links = new Option<string>("--link-gbps") { Description = "Link bandwidths to predict (Gbit/s, comma-separated).",
+            DefaultValueFactory = _ => "10,100" };
+        var trainLimit = new Option<int>("--train-limit") { Description = "Images of the bundled sample each measured epoch trains on.",
+            DefaultValueFactory = _ => 2048 };
         var rounds = new Option<int>("--rounds") { Description = "Alternating rounds of the measurement.", DefaultValueFactory = _ => 2 };
         var steps = new Option<int>("--steps") { Description = "Steps of the per-segment timing.", DefaultValueFactory = _ => 4 };
         var predictOnly = new Option<bool>("--predict-only") { Description = "Time the segments and predict; start no job." };
         var command = new Command("data-parallel", "Data-parallel training over MPI: measured images/s and communication, and the cost model for R hosts.");
         foreach (var o in model.All) command.Options.Add(o);
         foreach (var o in new Option[] { ranks, hosts, links, trainLimit, rounds, steps, predictOnly }) command.Options.Add(o);
-        var own = new HashSet<string> { ranks.Name, hosts.Name, links.Name, trainLimit.Name, rounds.Name, steps.Name, predictOnly.Name, "--threads", "--batch-size" };
+        var own = new HashSet<string> { ranks.Name, hosts.Name, links.Name, trainLimit.Name, rounds.Name, steps.Name, predictOnly.Name, "--threads",
+            "--batch-size" };
         command.SetAction(parse => CliErrors.Run(() =>
         {
             model.ApplyProcessSettings(parse);
@@ -47,7 +51,8 @@ internal static class DataParallelCommand
                 var ms = segments.Select(s => s.Milliseconds).ToArray();
                 var bytes = Enumerable.Range(0, local.Split.K).Select(j => local.TrainableParameters(j, j).Sum(p => p.numel()) * 4L).ToArray();
                 var prediction = new Table().Title(string.Create(CultureInfo.InvariantCulture,
-                        $"{options.Architecture} K={local.Split.K} {Choices.Name(options.Rule)}{(options.Man is null ? "" : "+man")}: predicted, per-rank batch {perRank}, " +
+                        $"{options.Architecture} K={local.Split.K} {Choices.Name(options.Rule)}{(options.Man is null ? "" : "+man")}: " +
+                        $"predicted, per-rank batch {perRank}, " +
                         $"compute {ms.Sum():0} ms/step at 1 thread, {bytes.Sum() / 1048576.0:0.00} MiB of gradients in {bytes.Length} all-reduces"))
                     .AddColumns("hosts", "link Gbit/s", "communication ms", "exposed ms", "hidden", "step ms", "speed-up over 1 host");
                 foreach (int h in hosts.Ints(parse))
@@ -72,7 +77,8 @@ internal static class DataParallelCommand
             {
                 ("one process, 1 thread", dir => ("dotnet", Train(manml, passOn, dir, limit, batch, 1, false))),
                 ("one process, 2 threads", dir => ("dotnet", Train(manml, passOn, dir, limit, batch, 2, false))),
-                ($"{r} ranks × 1 thread (mpirun)", dir => (mpirun, new List<string> { "-np", I(r), "dotnet" }.Concat(Train(manml, passOn, dir, limit, perRank, 1, true)).ToList())),
+                ($"{r} ranks × 1 thread (mpirun)", dir => (mpirun, new List<string> { "-np", I(r), "dotnet" }.Concat(Train(manml, passOn, dir, limit,
+                    perRank, 1, true)).ToList())),
             };
             var results = kinds.Select(_ => new List<(double ImagesPerSecond, JsonNode? Communication)>()).ToArray();
             for (int round = 0; round < parse.GetValue(rounds); round++)
@@ -104,12 +110,15 @@ internal static class DataParallelCommand
                 string exchange = "";
                 if (results[i].Select(x => x.Communication).LastOrDefault(c => c is not null) is { } c)
                 {
-                    double count = c["steps"]!.GetValue<double>(), comm = c["communication_seconds"]!.GetValue<double>(), exposed = c["exposed_seconds"]!.GetValue<double>();
+                    double count = c["steps"]!.GetValue<double>(), comm = c["communication_seconds"]!.GetValue<double>();
+                    double exposed = c["exposed_seconds"]!.GetValue<double>();
                     exchange = string.Create(CultureInfo.InvariantCulture,
-                        $"{c["bytes_per_step"]!.GetValue<long>() / 1048576.0:0.00} MiB/step; {1000 * comm / count:0.0} ms/step of all-reduces in flight, {1000 * exposed / count:0.0} ms/step exposed " +
+                        $"{c["bytes_per_step"]!.GetValue<long>() / 1048576.0:0.00} MiB/step; " +
+                        $"{1000 * comm / count:0.0} ms/step of all-reduces in flight, {1000 * exposed / count:0.0} ms/step exposed " +
                         $"({(comm <= 0 ? 1 : Math.Clamp(1 - exposed / comm, 0, 1)):P0} hidden)");
                 }
-                measured.AddRow(kinds[i].Name, string.Join(", ", ips.Select(v => F(v, "0.0"))), F(ips.Average(), "0.0"), F(ips.Average() / baseline, "0.00") + "×", exchange);
+                measured.AddRow(kinds[i].Name, string.Join(", ", ips.Select(v => F(v, "0.0"))), F(ips.Average(), "0.0"), F(ips.Average() / baseline,
+                    "0.00") + "×", exchange);
             }
             AnsiConsole.Write(measured);
             return 0;

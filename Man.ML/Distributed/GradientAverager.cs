@@ -54,7 +54,8 @@ internal sealed class GradientAverager : IDisposable
         segments = segmentParameters.Select(ps =>
         {
             long n = ps.Sum(p => p.numel());
-            if (n > int.MaxValue) throw new InvalidOptionException("Distributed", $"A segment has {n} parameters; one all-reduce takes at most {int.MaxValue}.");
+            if (n > int.MaxValue) throw new InvalidOptionException("Distributed",
+                $"A segment has {n} parameters; one all-reduce takes at most {int.MaxValue}.");
             var values = new float[Math.Max(1, n)];
             var pin = GCHandle.Alloc(values, GCHandleType.Pinned);
             var flat = frombuffer(values, ScalarType.Float32, n, 0, false).DetachFromDisposeScope();

@@ -21,7 +21,8 @@ internal sealed class MpiLibrary
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)] public delegate int FlagFn(out int flag);
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)] public delegate int NoArgsFn();
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)] public delegate int CommIntFn(IntPtr comm, out int value);
-    [UnmanagedFunctionPointer(CallingConvention.Cdecl)] public delegate int IallreduceFn(IntPtr send, IntPtr receive, int count, IntPtr type, IntPtr op, IntPtr comm, out IntPtr request);
+    [UnmanagedFunctionPointer(CallingConvention.Cdecl)] public delegate int IallreduceFn(IntPtr send, IntPtr receive, int count, IntPtr type,
+        IntPtr op, IntPtr comm, out IntPtr request);
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)] public delegate int TestFn(ref IntPtr request, out int flag, IntPtr status);
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)] public delegate int AbortFn(IntPtr comm, int code);
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)] public delegate int VersionFn(IntPtr buffer, out int length);

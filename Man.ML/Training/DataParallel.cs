@@ -29,7 +29,8 @@ internal static class DataParallel
         var (min, max) = world.MinMax(hash, timeoutSeconds, () => "the check that every rank runs the same plan");
         if (min != max)
             throw new DistributedException(world.Rank,
-                $"rank {world.Rank} of {world.Size}: the ranks were started with different options (their run plans differ); start every rank with the same command.");
+                $"rank {world.Rank} of {world.Size}: the ranks were started with different options (their run plans differ); " +
+                "start every rank with the same command.");
     }
 
     /// <summary>The epoch's training figures summed over every rank.</summary>

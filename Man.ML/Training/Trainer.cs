@@ -315,7 +315,8 @@ public sealed class Trainer
                 BatchCompleted?.Invoke(new BatchProgress(epoch + 1, b + 1, batches, result.Loss, schedule.Rate(epoch, b)));
             }
             NonFiniteTrainingException Stopped(NonFiniteException e, int b) => new(
-                (job is null ? "" : $"rank {job.Rank} of {job.Ranks}: ") + $"{e.What} of segment {e.Segment} became NaN or infinite at epoch {epoch + 1}, step {b + 1}; " +
+                (job is null ? "" : $"rank {job.Rank} of {job.Ranks}: ") +
+                $"{e.What} of segment {e.Segment} became NaN or infinite at epoch {epoch + 1}, step {b + 1}; " +
                 (pipeline is null ? "training stopped before applying it. "
                     : "training stopped before that segment's stage applied it (earlier stages may have). ") +
                 (lastCheckpoint is null ? "There is no checkpoint of this run."
