@@ -320,7 +320,7 @@ internal static class BackendCheck
             var (y64, gx64, gw64, gb64) = Gradients(x64, w64, b64, shape, float64, CPU, channelsLast: false, bf16, convolution:
                 (x, w, b, s) => nn.functional.conv2d(x, w, b, new long[] { s.Stride, s.Stride }, new long[] { s.Padding, s.Padding }, groups: s.Groups));
             var route = ConvolutionRouting.RouteFor(policy, device.type, shape.InputGradient, w64.shape, shape.Stride,
-                shape.Padding, shape.Groups, channelsLast);
+                shape.Padding, shape.Groups, channelsLast, bf16);
             double weightError = Math.Max(RelativeError(gw, gw64), gb is null ? 0 : RelativeError(gb, gb64!));
             return new ConvolutionCheck(shape, layers, route, RelativeError(y, y64), gx is null ? 0 : RelativeError(gx, gx64!), weightError, precision);
         }

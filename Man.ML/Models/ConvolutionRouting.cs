@@ -22,6 +22,17 @@
 //    already, so a 1x1 convolution of it is one matrix product with the (C, O) weight, whose result is the NHWC output;
 //    no convolution kernel runs. It is used for every channels-last 1x1 convolution, forward included, on any device.
 //
+// 4. Wrong bf16 gradients: where libtorch runs bf16 convolutions natively (measured: AMD EPYC family 26, AVX-512 with
+//    AVX512-BF16), the input gradient of a bf16 convolution whose input channel count is not a multiple of 16 is wrong
+//    (15–50 % of its norm), and so are gradients through few output channels (InfoPro's 12→3 decoder: not finite).
+//    Where the probe (once per process, in bf16) finds it, such convolutions run with input and output channels
+//    zero-padded to multiples of 16 (extra channels add nothing to the true outputs; the true channels' gradients are
+//    sliced back), or as shifted taps (no convolution kernel) when the outputs are few enough.
+// 5. Garbage bf16 weight gradients on tiny inputs: on the same CPU, a bf16 convolution whose input is no larger than its
+//    padding (a 3x3 stride-2 convolution of a 1x1 map, in InfoPro's ImageNet classifier on small images) gives weight
+//    gradients that are NaN or 1e31 from run to run. Padding the input explicitly and convolving without padding computes
+//    the same sums through a kernel that is right; it is done for every bf16 convolution on the CPU with such an input.
+//
 // The first two rewrites do not run when no input gradient is taken (inference, the first layer of a segment): forward passes and
 // weight gradients are right on every CPU measured.
 
@@ -61,6 +72,13 @@ internal enum ConvolutionRoute
 
     /// <summary>A 1x1 convolution of a channels-last input as one matrix product (subsampled first when strided).</summary>
     PointwiseProduct,
+
+    /// <summary>bf16: input and output channels zero-padded to multiples of 16 (input, weights and bias), the extra
+    /// outputs sliced away.</summary>
+    PaddedChannels,
+
+    /// <summary>bf16 on inputs no larger than the padding: the input zero-padded first, the convolution unpadded.</summary>
+    ExplicitPadding,
 }
 
 /// <summary>The convolution routes, the process's default policy and the probe that decides where the workaround is needed.</summary>
@@ -80,6 +98,7 @@ internal static class ConvolutionRouting
     private static readonly ProcessChoice<ConvolutionWorkaround> workaround =
         new(EnvironmentVariable, "The convolution workaround", ConvolutionWorkaround.Auto);
     private static readonly Lazy<bool> smallOutputFault = new(ProbeSmallOutputFault, LazyThreadSafetyMode.ExecutionAndPublication);
+    private static readonly Lazy<bool> bfloat16SmallChannelFault = new(ProbeBFloat16SmallChannelFault, LazyThreadSafetyMode.ExecutionAndPublication);
 
     /// <summary>The policy of networks built without one: the value of <c>MANML_CONV_WORKAROUND</c>, read once, else
     /// <see cref="ConvolutionWorkaround.Auto"/>. Read-only: a network or run chooses its own (<see cref="BackendOptions"/>,
@@ -93,6 +112,12 @@ internal static class ConvolutionRouting
     /// </summary>
     public static bool SmallOutputChannelFault => smallOutputFault.Value;
 
+    /// <summary>
+    /// Whether this CPU's libtorch computes wrong input gradients for bf16 convolutions whose input channel count is not a
+    /// multiple of 16 (probed once per process on first use, in bf16).
+    /// </summary>
+    public static bool BFloat16SmallChannelFault => bfloat16SmallChannelFault.Value;
+
     /// <summary>Parses auto, always or never (case-insensitive).</summary>
     /// <exception cref="InvalidOptionException">Another value.</exception>
     public static ConvolutionWorkaround Parse(string text) => Choices.Parse<ConvolutionWorkaround>(text, "The convolution workaround");
@@ -100,7 +125,7 @@ internal static class ConvolutionRouting
     /// <summary>The route a convolution of <paramref name="weight"/> on <paramref name="input"/> takes under <paramref name="policy"/>.</summary>
     internal static ConvolutionRoute RouteFor(ConvolutionWorkaround policy, Tensor input, Tensor weight, int stride, int padding, int groups) =>
         RouteFor(policy, input.device_type, input.requires_grad && is_grad_enabled(), weight.shape, stride, padding, groups,
-            ActivationLayouts.IsChannelsLast(input));
+            ActivationLayouts.IsChannelsLast(input), input.dtype == ScalarType.BFloat16, Math.Min(input.shape[2], input.shape[3]));
 
     /// <summary>The route for a convolution described by its parts
     /// (see <see cref="RouteFor(ConvolutionWorkaround, Tensor, Tensor, int, int, int)"/>).</summary>
@@ -112,23 +137,36 @@ internal static class ConvolutionRouting
     /// <param name="padding">Zero padding (both directions).</param>
     /// <param name="groups">Groups.</param>
     /// <param name="channelsLast">Whether the input is laid out channels-last.</param>
+    /// <param name="bfloat16">Whether it computes in bf16.</param>
+    /// <param name="inputSide">The input's smaller spatial side.</param>
     internal static ConvolutionRoute RouteFor(ConvolutionWorkaround policy, DeviceType device, bool inputGradient, long[] weightShape,
-        int stride, int padding, int groups, bool channelsLast = false)
+        int stride, int padding, int groups, bool channelsLast = false, bool bfloat16 = false, long inputSide = long.MaxValue)
     {
+        // The same arithmetic on a padded copy of a tiny input: cheap, so not probed (item 5 above).
+        if (bfloat16 && policy != ConvolutionWorkaround.Never && device == DeviceType.CPU && padding > 0 && inputSide <= padding)
+            return ConvolutionRoute.ExplicitPadding;
         if (channelsLast && policy != ConvolutionWorkaround.Never && groups == 1 && padding == 0 && weightShape[2] == 1 && weightShape[3] == 1)
             return ConvolutionRoute.PointwiseProduct;
         if (policy == ConvolutionWorkaround.Never || !inputGradient) return ConvolutionRoute.Direct;
         if (policy == ConvolutionWorkaround.Auto && device != DeviceType.CPU) return ConvolutionRoute.Direct;
         bool pointwise = weightShape[2] == 1 && weightShape[3] == 1;
         if (pointwise && stride > 1 && padding == 0) return ConvolutionRoute.SubsampledInput;
+        if (bfloat16 && groups == 1 && (weightShape[1] % ChannelBlock != 0 || weightShape[0] % ChannelBlock != 0)
+            && (policy == ConvolutionWorkaround.Always || BFloat16SmallChannelFault))
+            return Shiftable(weightShape, stride, padding) ? ConvolutionRoute.ShiftedTaps : ConvolutionRoute.PaddedChannels;
         if (groups == 1 && weightShape[0] % ChannelBlock != 0
             && (policy == ConvolutionWorkaround.Always || SmallOutputChannelFault))
         {
-            long k = weightShape[2];
-            bool shiftable = stride == 1 && k == weightShape[3] && k % 2 == 1 && padding == k / 2 && weightShape[0] * k * k <= MaxShiftedTapMaps;
-            return shiftable ? ConvolutionRoute.ShiftedTaps : ConvolutionRoute.PaddedOutputChannels;
+            return Shiftable(weightShape, stride, padding) ? ConvolutionRoute.ShiftedTaps : ConvolutionRoute.PaddedOutputChannels;
         }
         return ConvolutionRoute.Direct;
+    }
+
+    // Few enough outputs for a channel mixing per tap: stride 1, an odd square kernel with "same" padding.
+    private static bool Shiftable(long[] weightShape, int stride, int padding)
+    {
+        long k = weightShape[2];
+        return stride == 1 && k == weightShape[3] && k % 2 == 1 && padding == k / 2 && weightShape[0] * k * k <= MaxShiftedTapMaps;
     }
 
     /// <summary>conv2d(input, weight, bias) with square stride and padding, computed along <paramref name="route"/>.</summary>
@@ -153,6 +191,26 @@ internal static class ConvolutionRouting
                 var y = nn.functional.conv2d(input, paddedWeight, paddedBias, strides, paddings, groups: groups); // (B, out + extra, H', W')
                 // A copy of the true outputs, so the padded map is freed now rather than kept by whatever saves its input.
                 return y.narrow(1, 0, outputs).contiguous().MoveToOuterDisposeScope();
+            }
+            case ConvolutionRoute.PaddedChannels:
+            {
+                using var scope = NewDisposeScope();
+                long inputs = input.shape[1], outputs = weight.shape[0];
+                long extraIn = Padded(inputs) - inputs, extraOut = Padded(outputs) - outputs;
+                var x = extraIn == 0 ? input
+                    : cat(new[] { input, zeros(new[] { input.shape[0], extraIn, input.shape[2], input.shape[3] }, input.dtype, input.device) }, 1);
+                var w = extraIn == 0 ? weight
+                    : cat(new[] { weight, zeros(new[] { outputs, extraIn, weight.shape[2], weight.shape[3] }, weight.dtype, weight.device) }, 1);
+                if (extraOut > 0) w = cat(new[] { w, zeros(new[] { extraOut, w.shape[1], w.shape[2], w.shape[3] }, w.dtype, w.device) }, 0);
+                var b = bias is null || extraOut == 0 ? bias : cat(new[] { bias, zeros(new[] { extraOut }, bias.dtype, bias.device) }, 0);
+                var y = nn.functional.conv2d(x, w, b, strides, paddings, groups: groups); // (B, padded out, H', W')
+                return (extraOut == 0 ? y : y.narrow(1, 0, outputs).contiguous()).MoveToOuterDisposeScope();
+            }
+            case ConvolutionRoute.ExplicitPadding:
+            {
+                using var scope = NewDisposeScope();
+                var padded = nn.functional.pad(input, new long[] { padding, padding, padding, padding }); // (B, C, H + 2p, W + 2p)
+                return nn.functional.conv2d(padded, weight, bias, strides, new long[] { 0, 0 }, groups: groups).MoveToOuterDisposeScope();
             }
             case ConvolutionRoute.ShiftedTaps:
                 return ShiftedTaps(input, weight, bias);
@@ -221,6 +279,30 @@ internal static class ConvolutionRouting
         {
             set_num_threads(threads);
         }
+    }
+
+    private static long Padded(long channels) => (channels + ChannelBlock - 1) / ChannelBlock * ChannelBlock;
+
+    // The input gradient of bf16 3x3 convolutions with 12 and 3 input channels against float64 on the same bf16-rounded
+    // operands (fixed patterns: the random generator is left alone).
+    private static bool ProbeBFloat16SmallChannelFault()
+    {
+        using var scope = NewDisposeScope();
+        using var grad = enable_grad();
+        foreach (var (cin, cout, side) in new[] { (12, 16, 8), (3, 16, 9) })
+        {
+            var x64 = Pattern(new long[] { 2, cin, side, side }, 0.7).to(bfloat16).to(float64);
+            var w64 = Pattern(new long[] { cout, cin, 3, 3 }, 1.3).mul_(0.1).to(bfloat16).to(float64);
+            var gy64 = Pattern(new long[] { 2, cout, side, side }, 0.9).to(bfloat16).to(float64);
+            var x = x64.to(bfloat16).requires_grad_(true);
+            nn.functional.conv2d(x, w64.to(bfloat16), padding: new long[] { 1, 1 }).backward(new[] { gy64.to(bfloat16) });
+            var reference = nn.functional.conv_transpose2d(gy64, w64, padding: new long[] { 1, 1 });
+            var got = x.grad!.to(float64);
+            if (!got.isfinite().all().item<bool>()) return true;
+            // bf16 keeps 8 bits: a right kernel stays within a few 2⁻⁸ of the norm, the fault is off by 15 % and more.
+            if ((got - reference).norm().item<double>() > 0.03 * reference.norm().item<double>()) return true;
+        }
+        return false;
     }
 
     /// <summary>Whether libtorch's plain float32 CPU convolution gives the float64 input gradient for a 3x3 convolution.</summary>
