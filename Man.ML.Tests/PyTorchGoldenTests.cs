@@ -50,7 +50,12 @@ public sealed class PyTorchGoldenTests
     public void LogitsLossAndGradientNormsMatchPyTorchs(string arch, ScalarType precision)
     {
         bool exact = precision == ScalarType.Float64;
-        double logitTolerance = exact ? 1e-9 : 1e-4, lossTolerance = exact ? 1e-9 : 1e-4, normTolerance = exact ? 1e-9 : 1e-2;
+        // float32: at 64 px ResNet-50's layer4 normalises 2x2 maps of a batch of 4, 16 values per channel, and its batch-norm
+        // backward amplifies float32 rounding into every gradient before it: measured on an AVX-512 EPYC (family 26),
+        // every conv weight gradient of the float32 network is 4 % off the float64 one's (uniformly: no layer stands
+        // out, as a faulty kernel would), and gradient norms up to 1.5 %, 0.2 % apart between 1 and 2 threads. A wrong
+        // structure or weight mapping is off by O(1).
+        double logitTolerance = exact ? 1e-9 : 1e-4, lossTolerance = exact ? 1e-9 : 1e-4, normTolerance = exact ? 1e-9 : 3e-2;
         var golden = Model(arch);
         int classes = golden.GetProperty("classes").GetInt32(), size = golden.GetProperty("image_size").GetInt32();
         using var scope = NewDisposeScope();
