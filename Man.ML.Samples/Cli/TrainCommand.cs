@@ -313,7 +313,14 @@ internal static class TrainCommand
         AnsiConsole.MarkupLine(Markup.Escape($"manml train {plan.Summary}, ") +
                                Markup.Escape(FormattableString.Invariant($"{trainCount} training / {valCount} validation images at {imageSize}x{imageSize}, ") +
                                              FormattableString.Invariant($"{options.Epochs} epochs, batch {options.BatchSize}, lr {plan.LearningRate:0.###}")));
-        if (plan.Pipeline is { } pipeline) AnsiConsole.MarkupLine(Markup.Escape($"pipeline: {pipeline.Describe()}"));
+        if (plan.Pipeline is { } pipeline)
+        {
+            AnsiConsole.MarkupLine(Markup.Escape($"pipeline: {pipeline.Describe()}"));
+            // glibc's per-thread arenas cost the stages a quarter of their speed; only the environment at start changes them.
+            if (OperatingSystem.IsLinux() && Environment.GetEnvironmentVariable("MALLOC_ARENA_MAX") is null)
+                AnsiConsole.MarkupLine(Markup.Escape(
+                    "note: start pipelined runs with MALLOC_ARENA_MAX=1 in the environment for full speed (docs/PIPELINE.md)"));
+        }
         if (plan.Distributed is { } job)
             AnsiConsole.MarkupLine(Markup.Escape($"distributed: {job.Ranks} ranks × batch {options.BatchSize} = global batch {plan.GlobalBatchSize}" +
                                                  (options.MicroBatches > 1 ? $" ({options.MicroBatches} micro-batches per rank)" : "") + $"; {job.Library}"));
