@@ -67,7 +67,7 @@ internal static class DataParallelCommand
             if (parse.GetValue(predictOnly)) return 0;
 
             // The measurement: three kinds of job, alternating, each a process of its own.
-            var passOn = Groups(parse.Tokens.Where(t => t.Type != System.CommandLine.Parsing.TokenType.Command).Select(t => t.Value))
+            var passOn = TrainCommand.Groups(parse.Tokens.Where(t => t.Type != System.CommandLine.Parsing.TokenType.Command).Select(t => t.Value))
                 .Where(g => !own.Contains(g[0])).SelectMany(g => g).ToList();
             int limit = parse.GetValue(trainLimit);
             var manml = Path.Combine(AppContext.BaseDirectory, "manml.dll");
@@ -158,21 +158,6 @@ internal static class DataParallelCommand
             "--no-backend-check", "--out", dir });
         if (distributed) args.AddRange(new[] { "--distributed", "mpi" });
         return args;
-    }
-
-    private static IEnumerable<List<string>> Groups(IEnumerable<string> tokens)
-    {
-        List<string>? group = null;
-        foreach (var t in tokens)
-        {
-            if (t.StartsWith("--", StringComparison.Ordinal) || group is null)
-            {
-                if (group is not null) yield return group;
-                group = new List<string> { t };
-            }
-            else group.Add(t);
-        }
-        if (group is not null) yield return group;
     }
 
     private static int[] Ints(this Option<string> option, ParseResult parse) =>

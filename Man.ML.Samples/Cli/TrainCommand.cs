@@ -39,7 +39,7 @@ internal static class TrainCommand
     }
 
     // An option token and the values after it; --man and --no-man are one switch.
-    private static IEnumerable<List<string>> Groups(IEnumerable<string> tokens)
+    internal static IEnumerable<List<string>> Groups(IEnumerable<string> tokens)
     {
         List<string>? group = null;
         foreach (var t in tokens)
