@@ -3,6 +3,7 @@ using Man.ML.Local;
 using Man.ML.Models;
 using Man.ML.Training;
 using static TorchSharp.torch;
+using Man.ML.Backend;
 
 namespace Man.ML.Tests;
 
@@ -65,12 +66,12 @@ public sealed class AblationAndPresetTests
         branch.eval();
         using (no_grad())
         {
-            using (no_grad()) branch.Mix.fill_(0.3f);
+            using (no_grad()) branch.Mix.Filled(0.3);
             using var h = randn(2, 16, 32, 32);
-            using var expected = branch.Learnable!.call(h) * 0.3f + branch.Ema!.call(h) * 1.7f;
+            using var expected = branch.Learnable!.call(h).Times(0.3).PlusInPlace(branch.Ema!.call(h).Times(1.7));
             using var actual = branch.call(h);
             Assert.IsTrue(actual.allclose(expected, rtol: 1e-5, atol: 1e-5));
-            branch.Mix.fill_(1f);
+            branch.Mix.Filled(1);
         }
         trainer.SetTraining(true);
         var (x, y) = Batch(8);
@@ -94,7 +95,7 @@ public sealed class AblationAndPresetTests
             manual_seed(0);
             using var data = CifarBinary.Read(new[] { TestSupport.BundledSample });
             using var batch = data.Slice(0, 64);
-            using var x = Normalization.Cifar.Apply(batch.Images.to_type(ScalarType.Float32) / 255f);
+            using var x = Normalization.Cifar.Apply(batch.Images.to_type(ScalarType.Float32).DividedBy(255));
             using var net = new CifarResNet(8);
             // K = 2: MAN's λ schedule (stage of the copied unit over K − 2) is only defined at K = 2 or at the paper's larger K.
             using var trainer = new LocalTrainer(net, SplitPlan.Create(net, 2), rule, new MomentumOptions(),

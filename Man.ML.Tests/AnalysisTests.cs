@@ -3,6 +3,7 @@ using Man.ML.Diagnostics;
 using Man.ML.Models;
 using Man.ML.Training;
 using static TorchSharp.torch;
+using Man.ML.Backend;
 
 namespace Man.ML.Tests;
 
@@ -22,11 +23,11 @@ public sealed class AnalysisTests
     {
         manual_seed(2);
         using var x = randn(120, 10);
-        using var y = randn(120, 12) + x.matmul(randn(10, 12));
+        using var y = randn(120, 12).PlusInPlace(x.matmul(randn(10, 12)));
         double baseline = Cka.Compute(x, y, 40);
         var (q, _) = linalg.qr(randn(12, 12));
         Assert.AreEqual(baseline, Cka.Compute(x, y.matmul(q), 40), 1e-6, "orthogonal transform");
-        Assert.AreEqual(baseline, Cka.Compute(x * 7.5, y, 40), 1e-9, "isotropic scaling");
+        Assert.AreEqual(baseline, Cka.Compute(x.Times(7.5), y, 40), 1e-9, "isotropic scaling");
         using var unrelated = randn(120, 12);
         Assert.IsTrue(Cka.Compute(x, unrelated, 40) < 0.3 * baseline, "unrelated features should align much less");
     }

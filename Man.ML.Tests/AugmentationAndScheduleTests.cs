@@ -1,6 +1,7 @@
 using Man.ML.Data;
 using Man.ML.Training;
 using static TorchSharp.torch;
+using Man.ML.Backend;
 
 namespace Man.ML.Tests;
 
@@ -10,7 +11,7 @@ public sealed class AugmentationAndScheduleTests
     [TestMethod]
     public void NormalizationUsesTheCifarConstants()
     {
-        using var x = full(1, 3, 2, 2, 0.5f);
+        using var x = HeldScalars.Full(new long[] { 1, 3, 2, 2 }, 0.5);
         using var y = Normalization.Cifar.Apply(x);
         Assert.AreEqual((0.5 - 125.3 / 255) / (63.0 / 255), y[0, 0, 0, 0].item<float>(), 1e-5);
         Assert.AreEqual((0.5 - 113.9 / 255) / (66.7 / 255), y[0, 2, 1, 1].item<float>(), 1e-5);
@@ -20,7 +21,8 @@ public sealed class AugmentationAndScheduleTests
     public void CropAndFlipAreDrawnPerSample()
     {
         // 64 copies of one image with distinct pixels: per-sample augmentation makes (almost all) copies differ.
-        using var one = arange(3 * 32 * 32).remainder(251).to_type(ScalarType.Byte).view(1, 3, 32, 32);
+        using var modulus = TorchSharp.ScalarExtensionMethods.ToScalar(251);
+        using var one = HeldScalars.Arange(3 * 32 * 32).remainder(modulus).to_type(ScalarType.Byte).view(1, 3, 32, 32);
         using var batch = one.expand(64, 3, 32, 32).contiguous();
         using var augmented = ImageAugmentation.Cifar.Apply(batch, new Random(1), Normalization.Cifar);
         CollectionAssert.AreEqual(new long[] { 64, 3, 32, 32 }, augmented.shape);
@@ -29,7 +31,7 @@ public sealed class AugmentationAndScheduleTests
         // Without padding and flipping it is plain normalisation.
         var plain = ImageAugmentation.None;
         using var p = plain.Apply(batch, new Random(1), Normalization.Cifar);
-        using var expected = Normalization.Cifar.Apply(batch.to_type(ScalarType.Float32) / 255f);
+        using var expected = Normalization.Cifar.Apply(batch.to_type(ScalarType.Float32).DividedBy(255));
         Assert.IsTrue(p.allclose(expected));
     }
 
@@ -37,7 +39,7 @@ public sealed class AugmentationAndScheduleTests
     public void ReflectPaddingCropReproducesAKnownShift()
     {
         // With padding 1 and a forced offset the crop is the image shifted by one pixel with reflected borders.
-        using var img = arange(16).to_type(ScalarType.Byte).view(1, 1, 4, 4);
+        using var img = HeldScalars.Arange(16).to_type(ScalarType.Byte).view(1, 1, 4, 4);
         var aug = new ImageAugmentation(1, true, false);
         var identity = new Normalization(new[] { 0f }, new[] { 1f / 255 });
         // Random(…) draws dy then dx in 0..2; search a seed giving dy = 0, dx = 2 (shift up-left by one row, right by one column).

@@ -63,7 +63,7 @@ public sealed class BackendTests
                      (new long[] { 5, 16, 1, 1 }, 1, 0, 7), (new long[] { 1, 16, 5, 5 }, 1, 2, 8) })
         {
             using var x = randn(4, 16, side, side, requires_grad: true);
-            using var w = randn(weight) * 0.1;
+            using var w = randn(weight).TimesInPlace(0.1);
             using var b = randn(weight[0]);
             using var expected = nn.functional.conv2d(x, w, b, new long[] { stride, stride }, new long[] { padding, padding });
             // Subsampling is what a strided 1x1 convolution without padding is; padding the outputs applies to any shape.
@@ -105,7 +105,7 @@ public sealed class BackendTests
                 var x = Data(new long[] { 3, 16, 9, 9 }, 0.7);
                 if (route == ConvolutionRoute.PointwiseProduct) x = ActivationLayouts.ToChannelsLast(x); // the layout it is taken for
                 x.requires_grad_(true);
-                var w = Data(weight, 1.3).mul_(0.1).requires_grad_(true);
+                var w = Data(weight, 1.3).TimesInPlace(0.1).requires_grad_(true);
                 var b = Data(new[] { weight[0] }, 2.1).requires_grad_(true);
                 var y = ConvolutionRouting.Convolve(x, w, b, stride, padding, 1, route);
                 (y * Data(y.shape, 0.37)).sum().backward();
@@ -235,7 +235,7 @@ public sealed class BackendTests
         {
             var right = nn.functional.conv2d(x, w, b, padding: new long[] { 1, 1 });
             var other = nn.functional.conv2d(x, w.flip(2), b, padding: new long[] { 1, 1 });
-            return right.detach() + other - other.detach();
+            return right.detach().Plus(other) - other.detach();
         });
         Assert.IsFalse(wrong.Correct);
         Assert.IsTrue(wrong.OutputError < 1e-5, $"the forward value was right (error {wrong.OutputError})");
@@ -252,7 +252,7 @@ public sealed class BackendTests
         var nan = BackendCheck.Check(shape, new[] { "layer" }, CPU, ConvolutionWorkaround.Auto, (x, w, b, s) =>
         {
             var y = nn.functional.conv2d(x, w, b, padding: new long[] { 1, 1 });
-            return y.detach() + (y - y.detach()) * float.NaN;
+            return y.detach().Plus((y - y.detach()).Times(double.NaN));
         });
         Assert.IsTrue(double.IsNaN(nan.InputGradientError) && !nan.Correct);
         StringAssert.Contains(Assert.ThrowsExactly<BackendFaultException>(() =>

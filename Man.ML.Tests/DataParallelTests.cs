@@ -3,6 +3,7 @@ using Man.ML.Distributed;
 using Man.ML.Local;
 using Man.ML.Training;
 using static TorchSharp.torch;
+using Man.ML.Backend;
 
 namespace Man.ML.Tests;
 
@@ -22,7 +23,7 @@ public sealed class DataParallelTests
         // micro-batches (each loss weighted by its half) is the mean of two plain steps on the halves from the same start.
         var options = new TrainingOptions { Architecture = "resnet8", K = 2, Rule = LearningRule.Dgl, Man = new MomentumOptions(), BatchSize = 16, Seed = 7 };
         using var images = TestSupport.SampleImages(0, 16);
-        var x = images.Images.to_type(ScalarType.Float32).div(255f);
+        var x = images.Images.to_type(ScalarType.Float32).DividedBy(255);
         var y = images.Labels;
         var halves = new[] { (x.narrow(0, 0, 8), y.narrow(0, 0, 8)), (x.narrow(0, 8, 8), y.narrow(0, 8, 8)) };
         using var split = new Trainer(options).CreateLocalTrainer(10, 32);
@@ -42,7 +43,7 @@ public sealed class DataParallelTests
         int compared = 0;
         foreach (var (name, value) in moved)
         {
-            var expected = (deltas[0][name] + deltas[1][name]) / 2;
+            var expected = deltas[0][name].Plus(deltas[1][name]).DividedBy(2);
             var actual = value - start[name];
             // Updates are differences of float32 weights: each carries up to an ulp of the weight besides the update's own rounding.
             double scale = expected.abs().max().item<float>(), weight = value.abs().max().item<float>();
@@ -60,7 +61,7 @@ public sealed class DataParallelTests
     {
         var options = new TrainingOptions { Architecture = "resnet8", K = 2, Rule = LearningRule.Dgl, Man = new MomentumOptions(), BatchSize = 16, Seed = 3 };
         using var images = TestSupport.SampleImages(0, 16);
-        var x = images.Images.to_type(ScalarType.Float32).div(255f);
+        var x = images.Images.to_type(ScalarType.Float32).DividedBy(255);
         using var a = new Trainer(options).CreateLocalTrainer(10, 32);
         using var b = new Trainer(options).CreateLocalTrainer(10, 32);
         a.Step(x, images.Labels);

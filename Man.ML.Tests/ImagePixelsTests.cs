@@ -1,5 +1,6 @@
 using Man.ML.Data;
 using static TorchSharp.torch;
+using Man.ML.Backend;
 
 namespace Man.ML.Tests;
 
@@ -28,7 +29,7 @@ public sealed class ImagePixelsTests
         var region = tensor(planar, new long[] { 1, 3, height, width }, dtype: ScalarType.Byte)
             .narrow(2, y, h).narrow(3, x, w).to_type(ScalarType.Float32);
         var resized = nn.functional.interpolate(region, new long[] { size, size }, mode: InterpolationMode.Bilinear, align_corners: false, antialias: true);
-        var theirs = resized.round().clamp(0, 255).to_type(ScalarType.Byte).contiguous().data<byte>().ToArray();
+        var theirs = resized.round().Clamped(0, 255).to_type(ScalarType.Byte).contiguous().data<byte>().ToArray();
 
         int differing = 0, largest = 0;
         for (int i = 0; i < ours.Length; i++)

@@ -5,6 +5,7 @@ using Microsoft.ML;
 using Microsoft.ML.Data;
 using SkiaSharp;
 using static TorchSharp.torch;
+using Man.ML.Backend;
 
 namespace Man.ML.Tests;
 
@@ -117,7 +118,7 @@ public sealed class MLNetDataTests
     {
         using var network = Models.Architectures.Create("resnet8", 10, 32);
         var weight = network.parameters().First();
-        void Set(float v) { using var _ = no_grad(); weight.fill_(v); }
+        void Set(float v) { using var _ = no_grad(); weight.Filled(v); }
         using (var monitor = new EarlyStoppingMonitor(new EarlyStopping(EarlyStoppingMetric.Loss, Patience: 2, MinDelta: 0.1)))
         {
             Set(1); Assert.IsFalse(monitor.Observe(new EpochMetrics { Epoch = 1, ValLoss = 2.0, ValAccuracy = 0.1 }, network));

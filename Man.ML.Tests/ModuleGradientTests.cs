@@ -7,6 +7,7 @@ using Man.ML.Local;
 using Man.ML.Models;
 using TorchSharp;
 using static TorchSharp.torch;
+using Man.ML.Backend;
 
 namespace Man.ML.Tests;
 
@@ -30,7 +31,7 @@ public sealed class ModuleGradientTests
     {
         using var scope = NewDisposeScope();
         output = MixedPrecision.Float32(output); // a bf16 map's loss in float32, as training computes losses
-        var pattern = arange(output.numel(), dtype: float64, device: output.device).mul_(0.37).add_(1).sin_()
+        var pattern = HeldScalars.Arange(output.numel(), float64, output.device).TimesInPlace(0.37).add_(HeldScalars.One, HeldScalars.One).sin_()
             .view(output.shape).to(output.dtype);
         return (output * pattern).sum().MoveToOuterDisposeScope();
     }
@@ -44,8 +45,8 @@ public sealed class ModuleGradientTests
     private static Func<nn.Module, Tensor, Tensor> HeadLoss(FeatureShape image) => (m, x) =>
     {
         using var scope = NewDisposeScope();
-        var images = arange(x.shape[0] * image.Elements, dtype: float64).mul_(0.11).sin_().view(x.shape[0], image.Channels, image.Height, image.Width)
-            .to(x.dtype);
+        var images = HeldScalars.Arange(x.shape[0] * image.Elements, float64).TimesInPlace(0.11).sin_()
+            .view(x.shape[0], image.Channels, image.Height, image.Width).to(x.dtype);
         return ((AuxiliaryHead)m).Loss(x, new LocalTargets(LabelsFor(x), images)).MoveToOuterDisposeScope();
     };
 
@@ -330,7 +331,7 @@ internal static class GradientComparison
         module.train();
         var x = (randomInput
                 ? randn(c.Input, dtype: float64, generator: new Generator((ulong)seed + 1000))
-                : arange(c.Input.Aggregate(1L, (a, b) => a * b), dtype: float64).mul_(0.7).cos_().view(c.Input)).to(dtype);
+                : HeldScalars.Arange(c.Input.Aggregate(1L, (a, b) => a * b), float64).TimesInPlace(0.7).cos_().view(c.Input)).to(dtype);
         if (channelsLast && x.dim() == 4)
         {
             x = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2);

@@ -2,6 +2,7 @@ using Man.ML.Local;
 using Man.ML.Models;
 using TorchSharp;
 using static TorchSharp.torch;
+using Man.ML.Backend;
 
 namespace Man.ML.Tests;
 
@@ -106,7 +107,7 @@ public sealed class MomentumTests
         Assert.IsTrue(nextAfter.Zip(nextBefore).Any(p => !p.First.allclose(p.Second)), "the optimizer did not move next(j)");
         for (int t = 0; t < emaAfter.Count; t++)
         {
-            using var expected = emaBefore[t] * m + nextBefore[t] * (1 - m);
+            using var expected = emaBefore[t].Times(m).PlusInPlace(nextBefore[t].Times(1 - m));
             Assert.IsTrue(emaAfter[t].allclose(expected, rtol: 0, atol: 1e-6), $"EMA tensor {t} does not follow next(j) as it was before the step");
         }
     }
@@ -126,7 +127,8 @@ public sealed class MomentumTests
         // Parameter copy: EMA holds next(j)'s live parameters at every forward.
         using var copy = new MomentumAuxiliaryNetwork(net, plan, new MomentumOptions { Ablation = ManAblation.ParameterCopy });
         var nextUnit = net.Units[plan.NextUnit(0)];
-        using (no_grad()) foreach (var p in nextUnit.parameters()) p.add_(0.25);
+        using var quarter = 0.25.ToScalar();
+        using (no_grad()) foreach (var p in nextUnit.parameters()) p.add_(quarter, HeldScalars.One);
         copy.BeforeForward(0);
         Assert.IsTrue(copy[0].Ema!.parameters().Zip(nextUnit.parameters()).All(p => p.First.allclose(p.Second, rtol: 0, atol: 0)));
 

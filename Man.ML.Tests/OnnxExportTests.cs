@@ -11,6 +11,7 @@ using Microsoft.ML.Data;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
 using static TorchSharp.torch;
+using Man.ML.Backend;
 
 namespace Man.ML.Tests;
 
@@ -44,18 +45,18 @@ public sealed class OnnxExportTests
             network.eval();
             var normalization = new Normalization(new[] { 0.5f, 0.4f, 0.3f }, new[] { 0.2f, 0.25f, 0.3f });
             var (probe, _) = ProbeBatch.Create(size, 10);
-            using var pixels = ((probe + 1) * 127.5f).round();               // (4, 3, S, S) in 0..255
+            using var pixels = probe.Plus(1).TimesInPlace(127.5).round();               // (4, 3, S, S) in 0..255
             using (no_grad())
             {
                 // Random weights give logits in the hundreds; scale the classifier so the probabilities are not all 0 or 1.
-                using var raw = network.call(normalization.Apply(pixels / 255f));
+                using var raw = network.call(normalization.Apply(pixels.DividedBy(255)));
                 var last = network.Head.parameters().ToList();
                 double shrink = 3 / raw.abs().max().item<float>();
-                foreach (var p in last.TakeLast(2)) p.mul_(shrink);
+                foreach (var p in last.TakeLast(2)) p.TimesInPlace(shrink);
             }
             float[] expected;
             using (no_grad())
-            using (var logits = network.call(normalization.Apply(pixels / 255f)))
+            using (var logits = network.call(normalization.Apply(pixels.DividedBy(255))))
                 expected = nn.functional.softmax(logits, 1).data<float>().ToArray();
 
             var path = Path.Combine(dir, "model.onnx");

@@ -147,7 +147,7 @@ public sealed class PrecisionTests
         using var local = OnAnyCpu(() => trainer.CreateLocalTrainer(10, 32));
         Assert.AreEqual(precision, local.Precision);
         using var scope = NewDisposeScope();
-        var x = Data.Normalization.Cifar.Apply(train.Images.to_type(ScalarType.Float32).div(255f));
+        var x = Data.Normalization.Cifar.Apply(train.Images.to_type(ScalarType.Float32).DividedBy(255));
         var y = train.Labels;
         local.SetTraining(true);
         local.Optimizer.zero_grad();
@@ -187,7 +187,7 @@ public sealed class PrecisionTests
         var wrong = BackendCheck.Check(shape, new[] { "layer" }, CPU, ConvolutionWorkaround.Auto, (x, w, b, s) =>
         {
             var y = BackendCheck.Candidate(ConvolutionWorkaround.Auto)(x, w, b, s);
-            return y + (y - y.detach()) * 0.1; // same output, gradient scaled by 1.1
+            return y.Plus((y - y.detach()).Times(0.1)); // same output, gradient scaled by 1.1
         }, precision: precision);
         Assert.IsFalse(wrong.Correct, $"input gradient error {wrong.InputGradientError} passed the bf16 tolerance {wrong.Tolerance}");
         Assert.AreEqual(BackendCheck.BFloat16Tolerance, wrong.Tolerance);

@@ -3,6 +3,7 @@ using Man.ML.Local;
 using Man.ML.Models;
 using Man.ML.Training;
 using static TorchSharp.torch;
+using Man.ML.Backend;
 
 namespace Man.ML.Tests;
 
@@ -90,7 +91,7 @@ public sealed class ResumeTests
         using var net = new CifarResNet(8);
         using var trainer = new LocalTrainer(net, SplitPlan.Create(net, 2), new DglRule(), new MomentumOptions(), new OptimizerSettings(), CPU);
         trainer.SetTraining(true);
-        using var bad = full(4, 3, 32, 32, float.NaN);
+        using var bad = HeldScalars.Full(new long[] { 4, 3, 32, 32 }, double.NaN);
         using var labels = tensor(new long[] { 0, 1, 2, 3 });
         var e = Assert.ThrowsExactly<NonFiniteException>(() => trainer.Step(bad, labels));
         Assert.AreEqual(0, e.Segment);
@@ -130,7 +131,7 @@ public sealed class ResumeTests
             trainer.Optimizer.zero_grad();
             using (var h = trainer.TrainSegment(0, x, targets).Output) trainer.TrainSegment(1, h!, targets);
             trainer.CheckGradients(); // all finite: no exception
-            using (no_grad()) victim.grad!.view(-1)[0].fill_(float.NaN);
+            using (no_grad()) victim.grad!.view(-1)[0].Filled(double.NaN);
             var e = Assert.ThrowsExactly<NonFiniteException>(trainer.CheckGradients);
             Assert.AreEqual("A gradient", e.What);
             Assert.AreEqual(segment, e.Segment);

@@ -6,6 +6,7 @@ using Man.ML.Local;
 using Man.ML.Models;
 using Man.ML.Training;
 using static TorchSharp.torch;
+using Man.ML.Backend;
 
 namespace Man.ML.Tests;
 
@@ -242,7 +243,7 @@ public sealed class RunPlanTests
         using var data = TestSupport.SampleImages(0, 32);
         var trainer = new Trainer(Tiny(k: 4) with { Man = new MomentumOptions() }) { CheckBackend = false };
         using var local = trainer.CreateLocalTrainer(10, 32);
-        using var x = Data.Normalization.Cifar.Apply(data.Images.to_type(ScalarType.Float32).div(255));
+        using var x = Data.Normalization.Cifar.Apply(data.Images.to_type(ScalarType.Float32).DividedBy(255));
         using (NewDisposeScope()) Assert.IsFalse(local.Step(x, data.Labels).Skipped);
 
         // The step's gradients, by segment: each segment's units and auxiliary head (K = 4 with MAN: dozens of tensors).

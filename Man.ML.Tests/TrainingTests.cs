@@ -3,6 +3,7 @@ using Man.ML.Local;
 using Man.ML.Models;
 using Man.ML.Training;
 using static TorchSharp.torch;
+using Man.ML.Backend;
 
 namespace Man.ML.Tests;
 
@@ -17,7 +18,7 @@ public sealed class TrainingTests
         using var net = new CifarResNet(8);
         var plan = SplitPlan.Create(net, 2);
         using var trainer = new LocalTrainer(net, plan, new DglRule(), new MomentumOptions(), new OptimizerSettings { LearningRate = 0.05 }, CPU);
-        using var x = Normalization.Cifar.Apply(data.Images.to_type(ScalarType.Float32) / 255f);
+        using var x = Normalization.Cifar.Apply(data.Images.to_type(ScalarType.Float32).DividedBy(255));
         trainer.SetTraining(true);
         var losses = Enumerable.Range(0, 25).Select(_ => trainer.Step(x, data.Labels)).ToList();
         float first = losses[0].Loss, last = losses[^1].Loss;

@@ -6,6 +6,7 @@ using Man.ML.Local;
 using Man.ML.Models;
 using TorchSharp;
 using static TorchSharp.torch;
+using Man.ML.Backend;
 
 namespace Man.ML.Tests;
 
@@ -14,14 +15,14 @@ public sealed class UpsampledConvolutionTests
 {
     // Fixed data (not from the generator): sin of the element index at a frequency.
     private static Tensor Pattern(long[] shape, double frequency) =>
-        arange(shape.Aggregate(1L, (a, b) => a * b), dtype: float64).mul_(frequency).sin_().view(shape);
+        HeldScalars.Arange(shape.Aggregate(1L, (a, b) => a * b), float64).TimesInPlace(frequency).sin_().view(shape);
 
     // Value and gradients (input, weight, bias) of Σ conv(up(x)) · pattern along either route.
     private static (Tensor Output, Tensor Input, Tensor Weight, Tensor? Bias) Run(bool separable, long[] inputShape, long outChannels, int kernel,
         bool withBias, int height, int width, ScalarType dtype)
     {
         var x = Pattern(inputShape, 0.7).to(dtype).requires_grad_(true);
-        var w = Pattern(new[] { outChannels, inputShape[1], kernel, kernel }, 1.3).mul_(0.2).to(dtype).requires_grad_(true);
+        var w = Pattern(new[] { outChannels, inputShape[1], kernel, kernel }, 1.3).TimesInPlace(0.2).to(dtype).requires_grad_(true);
         var b = withBias ? Pattern(new[] { outChannels }, 2.1).to(dtype).requires_grad_(true) : null;
         var y = separable
             ? UpsampledConvolution.Separable(w, b, x, height, width)

@@ -2,6 +2,7 @@
 // vectors, Score read row by row) against the engine scoring the same images as tensors directly (normalise, forward,
 // softmax, copy out), in batches of the same size, alternating rounds on one machine.
 using System.Diagnostics;
+using Man.ML.Backend;
 using Man.ML.Data;
 using Man.ML.MLNet;
 using Microsoft.ML;
@@ -71,7 +72,7 @@ internal static class ScoringThroughput
             {
                 using var scope = NewDisposeScope();
                 int count = Math.Min(model.ScoringBatchSize, n - start);
-                var x = floats.narrow(0, start, count).div(255f);
+                var x = floats.narrow(0, start, count).DividedBy(255);
                 var p = nn.functional.softmax(model.Network.call(model.Normalization.Apply(x)), 1).cpu();
                 p.data<float>().CopyTo(output, start * model.ClassCount);
             }

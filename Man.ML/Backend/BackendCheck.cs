@@ -306,7 +306,7 @@ internal static class BackendCheck
         bool bf16 = precision != TrainingPrecision.Float32;
         var x64 = Pattern(new long[] { Batch, shape.InChannels, shape.Height, shape.Width }, 0.7);
         var w64 = Pattern(new long[] { shape.OutChannels, shape.InChannels / shape.Groups, shape.Kernel, shape.Kernel }, 1.3)
-            .mul_(1.0 / Math.Sqrt((double)shape.InChannels / shape.Groups * shape.Kernel * shape.Kernel));
+            .TimesInPlace(1.0 / Math.Sqrt((double)shape.InChannels / shape.Groups * shape.Kernel * shape.Kernel));
         var b64 = shape.HasBias ? Pattern(new long[] { shape.OutChannels }, 2.1) : null;
         if (bf16)
         {

@@ -1,6 +1,7 @@
 // Turning uint8 batches into network inputs: per-sample random crop with padding and horizontal flip for training
 // (one coin and one offset per image, not per batch), and per-channel normalisation (docs/METHOD.md §4).
 
+using Man.ML.Backend;
 namespace Man.ML.Data;
 
 /// <summary>Per-channel normalisation: (x − mean) / std on images scaled to [0, 1].</summary>
@@ -41,7 +42,7 @@ public sealed record ImageAugmentation(int Padding, bool Reflect, bool Flip)
     public Tensor Apply(Tensor images, Random random, Normalization normalization)
     {
         using var scope = NewDisposeScope();
-        var x = images.to_type(ScalarType.Float32).div_(255f);              // (B, C, H, W) in [0, 1]
+        var x = images.to_type(ScalarType.Float32).DividedByInPlace(255);              // (B, C, H, W) in [0, 1]
         long batch = x.shape[0], height = x.shape[2], width = x.shape[3];
         if (Padding > 0)
         {

@@ -5,6 +5,7 @@
 // outputs.
 using Man.ML.Data;
 using Man.ML.Models;
+using Man.ML.Backend;
 
 namespace Man.ML.Diagnostics;
 
@@ -18,12 +19,12 @@ public static class Cka
         long n = k.shape[0];
         if (n < 4) throw new InvalidOptionException("batch size", $"The unbiased HSIC needs at least 4 samples per minibatch (got {n}).");
         var eye = TorchSharp.torch.eye(n, dtype: ScalarType.Float64, device: k.device);
-        var kt = k.to_type(ScalarType.Float64) * (1 - eye);   // zero diagonals
-        var lt = l.to_type(ScalarType.Float64) * (1 - eye);
+        var kt = k.to_type(ScalarType.Float64) * eye.SubtractedFrom(1);   // zero diagonals
+        var lt = l.to_type(ScalarType.Float64) * eye.SubtractedFrom(1);
         var trace = (kt * lt.t()).sum();                         // tr(K̃L̃)
-        var sums = kt.sum() * lt.sum() / ((n - 1) * (n - 2));
-        var cross = kt.sum(dim: 0).dot(lt.sum(dim: 1)) * 2 / (n - 2);      // 2·1ᵀK̃L̃1/(n−2)
-        return ((trace + sums - cross) / (n * (n - 3))).item<double>();
+        var sums = (kt.sum() * lt.sum()).DividedBy((n - 1) * (n - 2));
+        var cross = kt.sum(dim: 0).dot(lt.sum(dim: 1)).Times(2).DividedBy(n - 2);      // 2·1ᵀK̃L̃1/(n−2)
+        return (trace.Plus(sums) - cross).DividedBy(n * (n - 3)).item<double>();
     }
 
     /// <summary>Accumulates the minibatch estimator.</summary>

@@ -3,6 +3,7 @@
 using Man.ML.Data;
 using Man.ML.Models;
 using SkiaSharp;
+using Man.ML.Backend;
 
 namespace Man.ML.Diagnostics;
 
@@ -18,14 +19,14 @@ public static class FeatureMaps
         network.eval();
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
-        var x = normalization.Apply(image.unsqueeze(0).to_type(ScalarType.Float32).div(255f));
+        var x = normalization.Apply(image.unsqueeze(0).to_type(ScalarType.Float32).DividedBy(255));
         foreach (var u in network.Units.Take(unit + 1)) x = u.call(x);
         var maps = x[0];                                                  // (C, H, W)
         long c = maps.shape[0], h = maps.shape[1], w = maps.shape[2];
         var flat = maps.reshape(c, -1);
         var lo = flat.min(1, keepdim: true).values;
         var hi = flat.max(1, keepdim: true).values;
-        var scaled = ((flat - lo) / (hi - lo + 1e-8) * 255).clamp(0, 255).to_type(ScalarType.Byte).data<byte>().ToArray();
+        var scaled = ((flat - lo) / (hi - lo).Plus(1e-8)).Times(255).Clamped(0, 255).to_type(ScalarType.Byte).data<byte>().ToArray();
         int columns = (int)Math.Ceiling(Math.Sqrt(c)), rows = (int)Math.Ceiling(c / (double)columns), gap = 2;
         int tileW = (int)w * scale, tileH = (int)h * scale;
         using var surface = SKSurface.Create(new SKImageInfo(columns * (tileW + gap) + gap, rows * (tileH + gap) + gap));

@@ -2,6 +2,7 @@
 // globally pooled features of every unit, its accuracy on held-out images reported per unit. Features are
 // standardised with the training set's statistics; the classifier is trained full-batch with Adam.
 
+using Man.ML.Backend;
 namespace Man.ML.Diagnostics;
 
 /// <summary>Trains and scores linear probes.</summary>
@@ -22,7 +23,7 @@ public static class LinearProbe
         var x = tensor(trainFeatures, new long[] { n, d });
         var xv = tensor(valFeatures, new long[] { m, d });
         var mean = x.mean(new long[] { 0 }, keepdim: true);
-        var std = x.std(0, keepdim: true) + 1e-6;
+        var std = x.std(0, keepdim: true).Plus(1e-6);
         x = (x - mean) / std;
         xv = (xv - mean) / std;
         var y = tensor(trainLabels);

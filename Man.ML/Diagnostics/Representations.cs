@@ -2,6 +2,7 @@
 // features after every unit, the full feature maps of one unit, batch by batch under no_grad in evaluation mode.
 using Man.ML.Data;
 using Man.ML.Models;
+using Man.ML.Backend;
 
 namespace Man.ML.Diagnostics;
 
@@ -22,7 +23,7 @@ public static class Representations
         {
             using var scope = NewDisposeScope();
             int count = Math.Min(batchSize, data.Count - start);
-            var x = normalization.Apply(data.Images.narrow(0, start, count).to_type(ScalarType.Float32).div_(255f)).to(device);
+            var x = normalization.Apply(data.Images.narrow(0, start, count).to_type(ScalarType.Float32).DividedByInPlace(255)).to(device);
             var outputs = new List<Tensor>();
             foreach (var unit in network.Units)
             {

@@ -10,6 +10,7 @@ using Man.ML.Data;
 using Man.ML.Models;
 using Onnx;
 using TorchSharp.Modules;
+using Man.ML.Backend;
 
 namespace Man.ML.Interop;
 
@@ -202,9 +203,9 @@ public static class OnnxExport
         var beta = bn.bias!.detach().cpu().to_type(ScalarType.Float64);
         var mean = bn.running_mean!.cpu().to_type(ScalarType.Float64);
         var variance = bn.running_var!.cpu().to_type(ScalarType.Float64);
-        var factor = gamma / (variance + bn.eps).sqrt();
+        var factor = gamma / variance.Plus(bn.eps).sqrt();
         var folded = (w * factor.view(-1, 1, 1, 1)).to_type(ScalarType.Float32).contiguous();
-        var foldedBias = ((b - mean) * factor + beta).to_type(ScalarType.Float32).contiguous();
+        var foldedBias = ((b - mean) * factor).Plus(beta).to_type(ScalarType.Float32).contiguous();
         var weightName = g.Constant(name + "_weight", folded.data<float>().ToArray(), folded.shape);
         var biasName = g.Constant(name + "_bias", foldedBias.data<float>().ToArray(), foldedBias.shape);
         long k = conv.KernelSize, p = conv.Padding, s = conv.Stride;

@@ -6,6 +6,7 @@
 using Man.ML.Data;
 using Man.ML.Models;
 using TorchSharp.Modules;
+using Man.ML.Backend;
 
 namespace Man.ML.Local;
 
@@ -391,8 +392,8 @@ internal static class InfoProLoss
         var loss = zeros(1, dtype: MixedPrecision.Float32(features).dtype, device: features.device).squeeze(); // never bf16 (MixedPrecision.cs)
         if (reconstructionWeight != 0)
         {
-            var target = targets.Images.mul(std.to(features.device)).add_(mean.to(features.device)).clamp_(zero, one); // de-normalised input
-            loss = loss + nn.functional.binary_cross_entropy(MixedPrecision.Float32(reconstruct(features)), target).mul_(lambda1);
+            var target = targets.Images.mul(std.to(features.device)).PlusInPlace(mean.to(features.device)).clamp_(zero, one); // de-normalised input
+            loss = loss.Plus(nn.functional.binary_cross_entropy(MixedPrecision.Float32(reconstruct(features)), target).mul_(lambda1));
         }
         if (classificationWeight != 0)
         {
@@ -400,7 +401,7 @@ internal static class InfoProLoss
             var term = mode == InfoProLossMode.CrossEntropy
                 ? nn.functional.cross_entropy(output, targets.Labels)
                 : SupervisedContrastiveLoss.Compute(output, targets.Labels);
-            loss = loss + term.mul(lambda2);
+            loss = loss.Plus(term.mul(lambda2));
         }
         return loss.MoveToOuterDisposeScope();
     }
@@ -424,13 +425,14 @@ internal static class SupervisedContrastiveLoss
         var f = nn.functional.normalize(MixedPrecision.Float32(features), dim: 1); // (B, D), in float32 whatever the precision
         using var t = temperature.ToScalar();                                    // explicit: alive through the calls (KeepAliveSgd.cs)
         using var scale = (-(temperature / baseTemperature)).ToScalar();
+        using var zero = 0L.ToScalar();
         var logits = f.matmul(f.t()).div_(t);                                    // (B, B)
         logits = logits - logits.max(1, keepdim: true).values.detach();
         var notSelf = ones(b, b, device: features.device) - eye(b, device: features.device);
         var positives = labels.unsqueeze(1).eq(labels.unsqueeze(0)).to_type(ScalarType.Float32) * notSelf;
         var logProb = logits - (logits.exp() * notSelf).sum(1, keepdim: true).log();
         var count = positives.sum(1);
-        count = where(count.eq(0), ones_like(count), count);
+        count = where(count.eq(zero), ones_like(count), count);
         var meanPositive = (positives * logProb).sum(1) / count;
         return meanPositive.mean().mul_(scale).MoveToOuterDisposeScope();
     }

@@ -5,6 +5,7 @@
 // segments are done.
 using Man.ML.Models;
 using TorchSharp.Modules;
+using Man.ML.Backend;
 
 namespace Man.ML.Local;
 
@@ -402,7 +403,7 @@ public sealed class LocalTrainer : IDisposable
             }
             lossValue = loss.item<float>();
             if (!float.IsFinite(lossValue)) throw new NonFiniteException("The local loss", segment); // before any gradient is made
-            (lossScale == 1 ? loss : loss * lossScale).backward();
+            (lossScale == 1 ? loss : loss.Times(lossScale)).backward();
         }
         if (lastMicroBatch && segment < Split.K - 1 && man is not null && man.Options.Ablation != ManAblation.ParameterCopy)
             man.AfterLocalBackward(segment, nextUnitParameters?.Invoke());

@@ -5,6 +5,7 @@
 // picture of what the next segment will make of x. Gradients flow through both copies into segment j. At inference
 // MAN disappears with the auxiliary heads.
 using Man.ML.Models;
+using Man.ML.Backend;
 
 namespace Man.ML.Local;
 
@@ -141,9 +142,9 @@ internal sealed class MomentumBranch : nn.Module<Tensor, Tensor>, IHasCost
         {
             var lb = learnable!.call(x);
             var s = mix.to(lb.dtype); // a bf16 scale for bf16 maps (MixedPrecision.cs); the identity in float32
-            y = s * lb + s.neg().add_(Two) * ema!.call(x); // MAN++: s·LB + (2 − s)·EMA
+            y = (s * lb).Plus(s.neg().add_(Two, HeldScalars.One) * ema!.call(x)); // MAN++: s·LB + (2 − s)·EMA
         }
-        else if (learnable is not null && ema is not null) y = learnable.call(x) + ema.call(x); // (B, C', H', W')
+        else if (learnable is not null && ema is not null) y = learnable.call(x).Plus(ema.call(x)); // (B, C', H', W')
         else y = (learnable ?? ema)!.call(x);
         return y.MoveToOuterDisposeScope();
     }

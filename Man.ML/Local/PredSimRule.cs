@@ -4,6 +4,7 @@
 // at most 1,024 features, then a linear classifier); the local loss is 0.99·sim + 0.01·pred.
 using Man.ML.Models;
 using TorchSharp.Modules;
+using Man.ML.Backend;
 
 namespace Man.ML.Local;
 
@@ -91,7 +92,7 @@ internal sealed class PredSimHead : AuxiliaryHead, IHasCost
         var predLoss = nn.functional.cross_entropy(MixedPrecision.Float32(call(features)), targets.Labels);
         using var beta = PredSimRule.SimilarityWeight.ToScalar();   // explicit Scalars, alive through the calls (KeepAliveSgd.cs)
         using var rest = PredSimRule.PredictionWeight.ToScalar();
-        return simLoss.mul(beta).add_(predLoss.mul(rest)).MoveToOuterDisposeScope();
+        return simLoss.mul(beta).PlusInPlace(predLoss.mul(rest)).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -119,7 +120,7 @@ internal sealed class PredSimHead : AuxiliaryHead, IHasCost
             ? x.view(x.shape[0], x.shape[1], -1).std(2)                             // (B, C), unbiased as torch.std
             : x.reshape(x.shape[0], -1);
         var centred = rows - rows.mean(new long[] { 1 }, keepdim: true);
-        var normalised = centred / (centred.norm(1, keepdim: true) + 1e-8);
-        return normalised.matmul(normalised.t()).clamp(-1, 1).MoveToOuterDisposeScope();
+        var normalised = centred / centred.norm(1, keepdim: true).Plus(1e-8);
+        return normalised.matmul(normalised.t()).Clamped(-1, 1).MoveToOuterDisposeScope();
     }
 }

@@ -13,6 +13,7 @@ using Man.ML.Models;
 using Man.ML.Training;
 using Microsoft.ML;
 using Microsoft.ML.Data;
+using Man.ML.Backend;
 
 namespace Man.ML.MLNet;
 
@@ -275,7 +276,7 @@ internal sealed class DataViewSource(DataViewImages rows, ImageRecipe recipe, Im
         var sizes = Enumerable.Range(0, (Count + batchSize - 1) / batchSize).Select(b => Math.Min(batchSize, Count - b * batchSize));
         var stream = rows.Rows(null, 0, (_, w, h) => ScoringCrop(w, h), null, cancellation);
         return Evaluation.Score(network, Batched(stream, sizes, cancellation)
-            .Select(b => (normalization.Apply(b.Images.to_type(ScalarType.Float32).div_(255f)), b.Labels)), Count, device, cancellation);
+            .Select(b => (normalization.Apply(b.Images.to_type(ScalarType.Float32).DividedByInPlace(255)), b.Labels)), Count, device, cancellation);
     }
 
     // Groups the rows into uint8 (B, 3, S, S) and int64 (B) batches of the given sizes, the rows read (and decoded) on a

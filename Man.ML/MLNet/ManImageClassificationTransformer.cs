@@ -6,6 +6,7 @@ using Man.ML.Data;
 using Man.ML.Models;
 using Microsoft.ML;
 using Microsoft.ML.Data;
+using Man.ML.Backend;
 
 namespace Man.ML.MLNet;
 
@@ -136,7 +137,7 @@ public sealed class ManImageClassificationTransformer : ITransformer, IDisposabl
             using var noGrad = no_grad();
             using var scope = NewDisposeScope();
             var x = tensor(pixels.AsSpan(0, count * 3 * ImageSize * ImageSize).ToArray(), new long[] { count, 3, ImageSize, ImageSize }, dtype: ScalarType.Byte)
-                .to(device).to_type(ScalarType.Float32).div_(255f);               // (B, 3, S, S) in [0, 1]
+                .to(device).to_type(ScalarType.Float32).DividedByInPlace(255);               // (B, 3, S, S) in [0, 1]
             var probabilities = nn.functional.softmax(Network.call(Normalization.Apply(x)), 1).cpu(); // (B, classes)
             return probabilities.data<float>().ToArray();
         }

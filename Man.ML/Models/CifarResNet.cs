@@ -3,6 +3,7 @@
 // (1x1 conv + BN, "option B") where the shape changes, then global average pooling and a linear layer.
 // Laid out after torchvision's resnet.py: small helpers, blocks that state their shape, one initialisation loop.
 using TorchSharp.Modules;
+using Man.ML.Backend;
 
 namespace Man.ML.Models;
 
@@ -56,7 +57,7 @@ internal sealed class BasicBlock : nn.Module<Tensor, Tensor>, IHasCost
         var h = bn1.call(conv1.call(x)).relu_();          // (B, out, H/s, W/s)
         h = bn2.call(conv2.call(h));
         var identity = downsample is null ? x : downsample.call(x);
-        return h.add_(identity).relu_().MoveToOuterDisposeScope();
+        return h.PlusInPlace(identity).relu_().MoveToOuterDisposeScope();
     }
 
     /// <summary>

@@ -36,6 +36,7 @@
 // The first two rewrites do not run when no input gradient is taken (inference, the first layer of a segment): forward passes and
 // weight gradients are right on every CPU measured.
 
+using Man.ML.Backend;
 namespace Man.ML.Models;
 
 /// <summary>Whether Man.ML steers its convolutions around the known libtorch CPU faults.</summary>
@@ -252,9 +253,9 @@ internal static class ConvolutionRouting
                 long sy = dy - p, sx = dx - p; // y[i, j] takes tap[i + sy, j + sx]
                 var shifted = nn.functional.pad(taps[dy * k + dx], new[] { Math.Max(-sx, 0), Math.Max(sx, 0), Math.Max(-sy, 0), Math.Max(sy, 0) })
                     .narrow(2, Math.Max(sy, 0), h).narrow(3, Math.Max(sx, 0), w);               // (B, O, H, W)
-                y = y is null ? shifted : y.add(shifted);
+                y = y is null ? shifted : y.Plus(shifted);
             }
-        if (bias is not null) y = y!.add(bias.view(1, -1, 1, 1));
+        if (bias is not null) y = y!.Plus(bias.view(1, -1, 1, 1));
         return y!.contiguous().MoveToOuterDisposeScope();
     }
 
@@ -292,7 +293,7 @@ internal static class ConvolutionRouting
         foreach (var (cin, cout, side) in new[] { (12, 16, 8), (3, 16, 9) })
         {
             var x64 = Pattern(new long[] { 2, cin, side, side }, 0.7).to(bfloat16).to(float64);
-            var w64 = Pattern(new long[] { cout, cin, 3, 3 }, 1.3).mul_(0.1).to(bfloat16).to(float64);
+            var w64 = Pattern(new long[] { cout, cin, 3, 3 }, 1.3).TimesInPlace(0.1).to(bfloat16).to(float64);
             var gy64 = Pattern(new long[] { 2, cout, side, side }, 0.9).to(bfloat16).to(float64);
             var x = x64.to(bfloat16).requires_grad_(true);
             nn.functional.conv2d(x, w64.to(bfloat16), padding: new long[] { 1, 1 }).backward(new[] { gy64.to(bfloat16) });
@@ -311,7 +312,7 @@ internal static class ConvolutionRouting
         using var scope = NewDisposeScope();
         using var grad = enable_grad();
         var x64 = Pattern(new long[] { batch, inChannels, side, side }, 0.7 + phase);
-        var w64 = Pattern(new long[] { outChannels, inChannels, 3, 3 }, 1.3 + phase).mul_(0.1);
+        var w64 = Pattern(new long[] { outChannels, inChannels, 3, 3 }, 1.3 + phase).TimesInPlace(0.1);
         var gy64 = Pattern(new long[] { batch, outChannels, side, side }, 0.9 + phase);
         var x = x64.to(float32).requires_grad_(true);
         nn.functional.conv2d(x, w64.to(float32), padding: new long[] { 1, 1 }).backward(new[] { gy64.to(float32) });
@@ -322,6 +323,9 @@ internal static class ConvolutionRouting
     }
 
     /// <summary>sin(frequency · i) over the elements, in float64: fixed test data that leaves the random generator alone.</summary>
-    internal static Tensor Pattern(long[] shape, double frequency) =>
-        arange(shape.Aggregate(1L, (a, b) => a * b), dtype: float64).mul_(frequency).sin_().view(shape);
+    internal static Tensor Pattern(long[] shape, double frequency)
+    {
+        using var count = shape.Aggregate(1L, (a, b) => a * b).ToScalar();
+        return arange(count, dtype: float64).TimesInPlace(frequency).sin_().view(shape);
+    }
 }

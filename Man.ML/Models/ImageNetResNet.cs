@@ -4,6 +4,7 @@
 // pooling and a linear layer. The reference MAN/InfoPro ImageNet code builds exactly these (docs/REFERENCE.md §6.1).
 // As a chain of units: the stem, then every block in order.
 using TorchSharp.Modules;
+using Man.ML.Backend;
 
 namespace Man.ML.Models;
 
@@ -75,7 +76,7 @@ internal sealed class Bottleneck : nn.Module<Tensor, Tensor>, IHasCost
         h = bn2.call(conv2.call(h)).relu_();                     // (B, width, H/s, W/s)
         h = bn3.call(conv3.call(h));                             // (B, 4·planes, H/s, W/s)
         var identity = downsample is null ? x : downsample.call(x);
-        return h.add_(identity).relu_().MoveToOuterDisposeScope();
+        return h.PlusInPlace(identity).relu_().MoveToOuterDisposeScope();
     }
 
     /// <summary>

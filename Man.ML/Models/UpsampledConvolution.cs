@@ -12,6 +12,7 @@
 // skipped.
 // The result equals the plain path's up to float32 rounding (another summation order).
 
+using Man.ML.Backend;
 namespace Man.ML.Models;
 
 /// <summary>How <see cref="UpsampledConvolution"/> computes conv(up(x)).</summary>
@@ -100,7 +101,7 @@ internal static class UpsampledConvolution
         // Width: contract (dx, column) likewise; the product comes out as (B, O, H, W), contiguous.
         var y = byHeight.view(b, o, k, w, height).permute(0, 1, 4, 2, 3).reshape(b * o * height, k * w)
             .mm(columns).view(b, o, height, width);
-        if (bias is not null) y = y.add(bias.view(1, -1, 1, 1));
+        if (bias is not null) y = y.Plus(bias.view(1, -1, 1, 1));
         return y.MoveToOuterDisposeScope();
     }
 

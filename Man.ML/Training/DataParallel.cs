@@ -5,6 +5,7 @@ using System.Security.Cryptography;
 using System.Text;
 using Man.ML.Distributed;
 using Man.ML.Local;
+using Man.ML.Backend;
 
 namespace Man.ML.Training;
 
@@ -57,7 +58,7 @@ internal static class DataParallel
         using var guard = no_grad();
         var values = cat(buffers.Select(b => b.detach().reshape(-1).to(ScalarType.Float64, CPU)).ToArray()).data<double>().ToArray();
         world.Sum(values, timeoutSeconds, () => $"the average of epoch {epoch + 1}'s batch-norm statistics");
-        var mean = tensor(values, ScalarType.Float64).div_(world.Size);
+        var mean = tensor(values, ScalarType.Float64).DividedByInPlace(world.Size);
         long offset = 0;
         foreach (var b in buffers)
         {

@@ -1,6 +1,7 @@
 // Scoring a trained backbone: per-batch scopes under no_grad, batch norm in evaluation mode; top-1 and top-5 accuracy.
 using Man.ML.Data;
 using Man.ML.Models;
+using Man.ML.Backend;
 
 namespace Man.ML.Training;
 
@@ -23,7 +24,7 @@ internal static class Evaluation
             for (int start = 0; start < data.Count; start += batchSize)
             {
                 int count = Math.Min(batchSize, data.Count - start);
-                yield return (normalization.Apply(data.Images.narrow(0, start, count).to_type(ScalarType.Float32).div_(255f)),
+                yield return (normalization.Apply(data.Images.narrow(0, start, count).to_type(ScalarType.Float32).DividedByInPlace(255)),
                     data.Labels.narrow(0, start, count));
             }
         }
