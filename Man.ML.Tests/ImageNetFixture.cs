@@ -32,7 +32,7 @@ internal static class ImageNetFixture
                 var path = train ? Path.Combine(trainDir, name) : Path.Combine(root, "val", name);
                 Directory.CreateDirectory(Path.GetDirectoryName(path)!);
                 using var source = sources[c][i];
-                using var scaled = source.Resize(new SKImageInfo(Width, Height), SKFilterQuality.High);
+                using var scaled = source.Resize(new SKImageInfo(Width, Height), new SKSamplingOptions(SKCubicResampler.Mitchell));
                 using var data = scaled.Encode(SKEncodedImageFormat.Jpeg, 90);
                 File.WriteAllBytes(path, data.ToArray());
                 if (!train) labels.Add($"{Path.GetFileNameWithoutExtension(name)} {Classes[c]}");

@@ -104,6 +104,8 @@ public sealed class MLNetDataTests
         // The returned model is epoch 1's: its accuracy on the validation set is the one measured after epoch 1.
         var metrics = mlContext.MulticlassClassification.Evaluate(model.Transform(preprocessing.Transform(validation)));
         Assert.AreEqual(epochs[0].ValAccuracy!.Value, metrics.MicroAccuracy, 1e-9);
+        // The model says what it is: 3 of the 10 planned epochs ran, and it holds epoch 1's weights.
+        Assert.AreEqual("resnet8 dgl+man K=2, 3 of 10 epochs run, weights of epoch 1, seed 2", model.TrainedWith);
 
         var without = new ManImageClassificationTrainer.Options { Architecture = "resnet8", K = 2, EarlyStopping = new EarlyStopping() };
         var e = Assert.ThrowsExactly<InvalidOptionException>(() => mlContext.MulticlassClassification.Trainers.ManImageClassification(without));

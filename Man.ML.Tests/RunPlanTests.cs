@@ -17,6 +17,18 @@ public sealed class RunPlanTests
     private static TrainingOptions Tiny(int k = 2) => new() { Architecture = "resnet8", K = k, Epochs = 2, BatchSize = 32, Seed = 5, LearningRate = 0.05 };
 
     [TestMethod]
+    public void ATrainedModelSaysHowManyEpochsRanAndWhoseWeightsItHolds()
+    {
+        var plan = RunPlan.Resolve(Tiny() with { Epochs = 4, Man = new MomentumOptions() }, 10, 32);
+        Assert.AreEqual("resnet8 dgl+man K=2, 4 epochs, seed 5", plan.TrainedWith);
+        Assert.AreEqual(plan.TrainedWith, plan.DescribeTrained(4, 4));
+        Assert.AreEqual("resnet8 dgl+man K=2, 4 epochs, weights of epoch 3, seed 5", plan.DescribeTrained(4, 3));
+        Assert.AreEqual("resnet8 dgl+man K=2, 2 of 4 epochs run, weights of epoch 1, seed 5", plan.DescribeTrained(2, 1));
+        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => plan.DescribeTrained(5, 1));
+        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => plan.DescribeTrained(2, 3));
+    }
+
+    [TestMethod]
     public void ChoiceNamesParseInAnyCaseAndAnUnknownNameListsTheKnownOnes()
     {
         foreach (var text in new[] { "InfoPro", "infopro", "INFOPRO", " infopro " })

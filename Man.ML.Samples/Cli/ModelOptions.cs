@@ -93,6 +93,15 @@ internal sealed class ModelOptions
         Description = "Start the backbone from a PyTorch state dict (torch.save or safetensors, torchvision's names): fine-tuning; " +
                       "a classifier for another class count is replaced.",
     };
+    public Option<string?> Pretrained { get; } = new("--pretrained")
+    {
+        Description = "Start the backbone from published pretrained weights: imagenet (torchvision's IMAGENET1K_V1 of --arch) or a torchvision " +
+                      "weights name such as IMAGENET1K_V2; downloaded once, verified by SHA-256, cached; their normalisation (ImageNet's) is used.",
+    };
+    public Option<string?> PretrainedCache { get; } = new("--pretrained-cache")
+    {
+        Description = "Folder of the pretrained-weights cache (default $MANML_PRETRAINED_CACHE, else ~/.cache/manml/pretrained).",
+    };
     public Option<int> Seed { get; } = CommonOptions.Seed();
     public Option<int?> Threads { get; } = CommonOptions.Threads();
     public Option<string> Device { get; } = CommonOptions.Device();
@@ -148,7 +157,8 @@ internal sealed class ModelOptions
     public IEnumerable<Option> All => new Option[]
     {
         Preset, Dataset, Arch, K, Split, ImageSize, Workers, MaxImagePixels, Rule, Man, NoMan, ManAblation, ManInit, EmaMomentum, ManMix, DglHead,
-        AuxConfig, InfoProLoss, Lambda, LambdaSchedule, Epochs, BatchSize, Lr, WeightDecay, InitFrom, Seed, Threads, Device, ConvWorkaround,
+        AuxConfig, InfoProLoss, Lambda, LambdaSchedule, Epochs, BatchSize, Lr, WeightDecay, InitFrom, Pretrained, PretrainedCache, Seed, Threads, Device,
+        ConvWorkaround,
         Precision, Pipeline, PipelineDepth, StageDevices, StageThreads, StageEnds, Distributed, MicroBatches, CollectiveTimeout,
     };
 
@@ -237,6 +247,8 @@ internal sealed class ModelOptions
             WeightDecay = Pick(WeightDecay, baseline.WeightDecay),
             Seed = Pick(Seed, baseline.Seed),
             InitFrom = Given(parse, InitFrom) ? parse.GetValue(InitFrom) : baseline.InitFrom,
+            Pretrained = Given(parse, Pretrained) ? parse.GetValue(Pretrained) : baseline.Pretrained,
+            PretrainedCache = Given(parse, PretrainedCache) ? parse.GetValue(PretrainedCache) : baseline.PretrainedCache,
             ConvolutionWorkaround = Given(parse, ConvWorkaround)
                 ? Choices.Parse<Models.ConvolutionWorkaround>(parse.GetValue(ConvWorkaround)!, ConvWorkaround.Name)
                 : baseline.ConvolutionWorkaround,
@@ -251,7 +263,10 @@ internal sealed class ModelOptions
             MicroBatches = Pick(MicroBatches, baseline.MicroBatches),
             CollectiveTimeoutSeconds = Pick(CollectiveTimeout, baseline.CollectiveTimeoutSeconds),
             Augmentation = dataset.Augmentation,
-            Normalization = dataset.Normalization,
+            // Pretrained weights were trained on their own normalisation (ImageNet's for torchvision's).
+            Normalization = Given(parse, Pretrained)
+                ? global::Man.ML.Interop.PretrainedWeights.Find(archName, parse.GetValue(Pretrained)!, Pretrained.Name).Normalization
+                : dataset.Normalization,
         };
     }
 

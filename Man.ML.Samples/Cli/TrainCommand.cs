@@ -110,6 +110,10 @@ internal static class TrainCommand
         {
             Description = "On a NaN or infinite loss or gradient: stop (default) or skip-step.", DefaultValueFactory = _ => "stop",
         };
+        var tensorBoard = new Option<string?>("--tensorboard")
+        {
+            Description = "Write each epoch's figures (losses, accuracies, learning rate, every segment's local loss) as TensorBoard event files into DIR.",
+        };
         var noBackendCheck = new Option<bool>("--no-backend-check")
         {
             Description = "Skip the check, before the first step, that this machine's libtorch computes every convolution of the run correctly against " +
@@ -118,7 +122,7 @@ internal static class TrainCommand
 
         var command = new Command("train", "Train a network by supervised local learning (DGL + MAN at K = 16 by default).");
         foreach (var o in model.All.Concat(
-            new Option[] { data, trainLimit, valSplit, val, test, output, checkpointEvery, resume, valLabels, onNonFinite, noBackendCheck }))
+            new Option[] { data, trainLimit, valSplit, val, test, output, checkpointEvery, resume, valLabels, onNonFinite, noBackendCheck, tensorBoard }))
             command.Options.Add(o);
         command.SetAction((parse, cancellation) => Task.FromResult(CliErrors.Run(() =>
         {
@@ -129,6 +133,7 @@ internal static class TrainCommand
             bool mainRank = options.Distributed == Distributed.DistributedMode.None || Distributed.MpiJob.Rank == 0;
             if (!mainRank)
                 AnsiConsole.Console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null) });
+            if (options.Pretrained is { } pretrained && mainRank) FetchWithProgress(options, pretrained);
             var dataset = options.Dataset;
             var resumeDir = parse.GetValue(resume);
             var outDir = resumeDir is not null && parse.GetResult(output) is null or { Implicit: true } ? resumeDir : parse.GetValue(output)!;
@@ -173,6 +178,7 @@ internal static class TrainCommand
                     ResumeFrom = resumeFrom,
                     OnNonFinite = policy,
                     CheckBackend = !parse.GetValue(noBackendCheck),
+                    TensorBoardDirectory = parse.GetValue(tensorBoard),
                 };
                 trainer.CheckpointWritten += (_, _) => keepFolder(); // a checkpoint to --resume from is never taken back
                 // The arguments a --resume continues with, written once the data and the plan have been checked.
@@ -236,6 +242,28 @@ internal static class TrainCommand
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
         DictionaryKeyPolicy = null,
     };
+
+    // Downloaded here, with a progress bar, so that the plan finds the weights in the cache (other ranks wait for none:
+    // each verifies the cached file, or downloads its own copy under a temporary name).
+    private static void FetchWithProgress(TrainingOptions options, string name)
+    {
+        var source = Man.ML.Interop.PretrainedWeights.Find(options.Architecture, name, "--pretrained");
+        var cached = Man.ML.Interop.PretrainedWeights.CachedPath(source, options.PretrainedCache);
+        if (File.Exists(cached) && Man.ML.Interop.PretrainedWeights.HashMatches(cached, source.Sha256)) return;
+        AnsiConsole.MarkupLineInterpolated($"pretrained: {source.Architecture} {source.Name} from {source.Url.ToString()} into {cached}");
+        AnsiConsole.Progress()
+            .AutoClear(false)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new DownloadedColumn(), new TransferSpeedColumn())
+            .Start(context =>
+            {
+                var task = context.AddTask(source.FileName, autoStart: true, maxValue: 1);
+                Man.ML.Interop.PretrainedWeights.Fetch(source, options.PretrainedCache, p =>
+                {
+                    task.MaxValue = p.Total ?? Math.Max(p.Received, 1);
+                    task.Value = p.Received;
+                });
+            });
+    }
 
     private static TrainingResult RunWithProgress(Trainer trainer, int epochs, Func<TrainingResult> train)
     {
@@ -345,7 +373,7 @@ internal static class TrainCommand
             ClassNames = classNames.ToArray(),
             NormalizationMean = plan.Options.Normalization.Mean,
             NormalizationStd = plan.Options.Normalization.Std,
-            TrainedWith = plan.TrainedWith,
+            TrainedWith = result.TrainedWith,
             // What --dataset trained with: image folders get ImageNet's crops, the in-memory data sets CIFAR's whole image.
             ImageRecipe = plan.Options.Dataset.IsImageFolder ? ImageRecipe.ImageNet : ImageRecipe.Cifar,
         });

@@ -1,7 +1,6 @@
-// Small PNG charts (lines with markers, grouped bars) drawn with SkiaSharp. ScottPlot 5 would be the natural choice, but
-// it needs SkiaSharp 3, and ML.NET ImageAnalytics 5.0.1 (which Man.ML's ML.NET face uses) fails with SkiaSharp 3
-// (MissingMethodException in MLImage.Pixels); one process can load only one SkiaSharp. So the few charts Man.ML
-// draws are drawn here, on the SkiaSharp 2.88 that ImageAnalytics brings.
+// Small PNG charts (lines with markers, grouped bars) drawn with SkiaSharp, on the SkiaSharp 3 that ML.NET
+// ImageAnalytics 6.0.0 brings (one process can load only one SkiaSharp). They were written when ImageAnalytics 5.0.1
+// held the process to SkiaSharp 2.88, which ScottPlot 5 cannot use; a few charts did not justify moving to it since.
 using SkiaSharp;
 
 namespace Man.ML.Samples.Tooling;
@@ -79,13 +78,14 @@ public static class Charts
         using var surface = SKSurface.Create(new SKImageInfo(Width, Height));
         var canvas = surface.Canvas;
         canvas.Clear(SKColors.White);
-        using var titlePaint = new SKPaint { Color = SKColors.Black, TextSize = 20, IsAntialias = true, TextAlign = SKTextAlign.Center, FakeBoldText = true };
-        canvas.DrawText(title, (Width - Right + Left) / 2f, 30, titlePaint);
-        using var label = new SKPaint { Color = SKColors.Black, TextSize = 15, IsAntialias = true, TextAlign = SKTextAlign.Center };
-        canvas.DrawText(xLabel, (Width - Right + Left) / 2f, Height - 15, label);
+        using var ink = new SKPaint { Color = SKColors.Black, IsAntialias = true };
+        using var titleFont = new SKFont { Size = 20, Embolden = true };
+        canvas.DrawText(title, (Width - Right + Left) / 2f, 30, SKTextAlign.Center, titleFont, ink);
+        using var labelFont = new SKFont { Size = 15 };
+        canvas.DrawText(xLabel, (Width - Right + Left) / 2f, Height - 15, SKTextAlign.Center, labelFont, ink);
         canvas.Save();
         canvas.RotateDegrees(-90, 22, Height / 2f);
-        canvas.DrawText(yLabel, 22, Height / 2f, label);
+        canvas.DrawText(yLabel, 22, Height / 2f, SKTextAlign.Center, labelFont, ink);
         canvas.Restore();
         body(canvas);
         using var image = surface.Snapshot();
@@ -97,27 +97,28 @@ public static class Charts
     {
         using var axis = new SKPaint { Color = SKColors.Black, StrokeWidth = 1.5f, IsAntialias = true };
         using var grid = new SKPaint { Color = new SKColor(225, 225, 225), StrokeWidth = 1 };
-        using var text = new SKPaint { Color = SKColors.Black, TextSize = 13, IsAntialias = true, TextAlign = SKTextAlign.Center };
-        using var yText = new SKPaint { Color = SKColors.Black, TextSize = 13, IsAntialias = true, TextAlign = SKTextAlign.Right };
+        using var ink = new SKPaint { Color = SKColors.Black, IsAntialias = true };
+        using var font = new SKFont { Size = 13 };
         foreach (var (y, t) in yTicks)
         {
             canvas.DrawLine(Left, y, Width - Right, y, grid);
-            canvas.DrawText(t, Left - 8, y + 4, yText);
+            canvas.DrawText(t, Left - 8, y + 4, SKTextAlign.Right, font, ink);
         }
-        foreach (var (x, t) in xTicks) canvas.DrawText(t, x, Height - Bottom + 20, text);
+        foreach (var (x, t) in xTicks) canvas.DrawText(t, x, Height - Bottom + 20, SKTextAlign.Center, font, ink);
         canvas.DrawLine(Left, Height - Bottom, Width - Right, Height - Bottom, axis);
         canvas.DrawLine(Left, Top, Left, Height - Bottom, axis);
     }
 
     private static void Legend(SKCanvas canvas, IReadOnlyList<string> names)
     {
-        using var text = new SKPaint { Color = SKColors.Black, TextSize = 13, IsAntialias = true };
+        using var ink = new SKPaint { Color = SKColors.Black, IsAntialias = true };
+        using var font = new SKFont { Size = 13 };
         for (int i = 0; i < names.Count; i++)
         {
             using var swatch = new SKPaint { Color = Palette[i % Palette.Length] };
             float y = Top + 10 + 22 * i;
             canvas.DrawRect(new SKRect(Width - Right + 15, y - 10, Width - Right + 29, y + 2), swatch);
-            canvas.DrawText(names[i], Width - Right + 36, y, text);
+            canvas.DrawText(names[i], Width - Right + 36, y, SKTextAlign.Left, font, ink);
         }
     }
 

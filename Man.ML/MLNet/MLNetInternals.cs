@@ -1,4 +1,4 @@
-// The few places where ML.NET 5.0.1 keeps from third-party components what its own trainers use: the environment
+// The few places where ML.NET (6.0.0, as 5.0.1 before it) keeps from third-party components what its own trainers use: the environment
 // behind a catalog (for logging through MLContext.Log), the environment's cancellation flag, and SchemaShape.Column's
 // constructor (docs/PLATFORM.md §ML.NET). Reached by reflection, each with a clear error should ML.NET change.
 using System.Reflection;
@@ -25,7 +25,7 @@ internal static class MLNetInternals
             var property = iface.GetProperty("Environment");
             if (property is not null && property.GetValue(catalog) is IHostEnvironment env) return env;
         }
-        throw new NotSupportedException($"Cannot find the MLContext behind {catalog.GetType().Name}; this Man.ML was built against ML.NET 5.0.1.");
+        throw new NotSupportedException($"Cannot find the MLContext behind {catalog.GetType().Name}; this Man.ML was built against ML.NET 6.0.0.");
     }
 
     /// <summary>Whether ML.NET's internal cancellation (MLContext.CancelExecution) was requested on this host.</summary>
@@ -45,7 +45,7 @@ internal static class MLNetInternals
         SchemaShape? annotations = null)
     {
         if (ColumnConstructor is null)
-            throw new NotSupportedException("SchemaShape.Column cannot be constructed; this Man.ML was built against ML.NET 5.0.1.");
+            throw new NotSupportedException("SchemaShape.Column cannot be constructed; this Man.ML was built against ML.NET 6.0.0.");
         return (SchemaShape.Column)ColumnConstructor.Invoke(new object?[] { name, kind, itemType, isKey, annotations });
     }
 }

@@ -4,6 +4,7 @@
 // cancellation is honoured between batches (Options.CancellationToken, or ML.NET's own cancellation of the MLContext:
 // ML.NET 5 keeps CancelExecution internal, so it is read through MLNetInternals).
 using Man.ML.Data;
+using Man.ML.Interop;
 using Man.ML.Local;
 using Man.ML.Models;
 using Man.ML.Training;
@@ -205,6 +206,22 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         /// </summary>
         public string? InitFrom { get => training.InitFrom; set => training = training with { InitFrom = value }; }
 
+        /// <summary>
+        /// Published pretrained weights to start the backbone from, by name, as ImageClassificationTrainer starts from its
+        /// own: <c>imagenet</c> (torchvision's IMAGENET1K_V1 of <see cref="Architecture"/>), <c>IMAGENET1K_V2</c> where
+        /// torchvision has it, or a name registered with <see cref="PretrainedWeights.Register"/>. Downloaded once (with
+        /// progress in <c>MLContext.Log</c>) into <see cref="PretrainedCache"/>, verified against the published SHA-256
+        /// before every use; the weights' own normalisation (ImageNet's) is used unless <see cref="Normalization"/> is
+        /// given. Not with <see cref="InitFrom"/>. Default null.
+        /// </summary>
+        public string? Pretrained { get => training.Pretrained; set => training = training with { Pretrained = value }; }
+
+        /// <summary>
+        /// The cache folder of <see cref="Pretrained"/> weights (as ImageClassificationTrainer's workspace); null:
+        /// <c>$MANML_PRETRAINED_CACHE</c>, else <c>~/.cache/manml/pretrained</c>. Default null.
+        /// </summary>
+        public string? PretrainedCache { get => training.PretrainedCache; set => training = training with { PretrainedCache = value }; }
+
         /// <summary>Training augmentation of the <see cref="ImageRecipe"/> (CIFAR: reflect-pad 4, random crop, flip; ImageNet:
         /// random-resized crop, flip); off, training images get the scoring crop. Default true.</summary>
         public bool Augment { get; set; } = true;
@@ -244,6 +261,12 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
         /// then throws <see cref="Backend.BackendFaultException"/> naming the layer, the shape and the remedy. Default true.
         /// </summary>
         public bool CheckBackend { get; set; } = true;
+
+        /// <summary>
+        /// A folder for TensorBoard event files: each epoch's losses, accuracies, learning rate and every segment's local
+        /// loss are written there as it ends (<see cref="TensorBoardLog"/>). Default none.
+        /// </summary>
+        public string? TensorBoardDirectory { get; set; }
 
         /// <summary>
         /// Most pixels (width·height) an image may have; a larger one is an error naming the row, its size and the limit,
@@ -371,17 +394,30 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
                 $"BatchSize {options.BatchSize} is larger than the {train.Count} training rows; give at most {train.Count}.");
         var recipe = Recipe;
 
-        var normalization = options.Normalization ?? initialModel?.Normalization
+        var pretrained = options.Pretrained is { } weights ? PretrainedWeights.Find(options.Architecture, weights, nameof(Options.Pretrained)) : null;
+        if (pretrained is not null)
+        {
+            channel.Info(MessageSensitivity.None, $"Man.ML pretrained weights: {pretrained.Architecture} {pretrained.Name} from {pretrained.Url}, " +
+                $"cached in {PretrainedWeights.CacheFolder(options.PretrainedCache)}.");
+            Action<DownloadProgress> progress = p => channel.Info(MessageSensitivity.None,
+                $"Man.ML downloading {pretrained.FileName}: {p.Received >> 20} MiB{(p.Total is { } t ? $" of {t >> 20} MiB" : "")}.");
+            PretrainedWeights.Fetch(pretrained, options.PretrainedCache, progress, cancellation: token);
+        }
+        var normalization = options.Normalization ?? initialModel?.Normalization ?? pretrained?.Normalization
             ?? train.MeasureNormalization(NormalizationSampleSize, (w, h) => ImageRecipes.ScoringCrop(recipe, options.ImageSize, w, h), token);
         channel.Info(MessageSensitivity.None, FormattableString.Invariant(
-            $"Man.ML normalisation{(options.Normalization is not null ? " as given" : initialModel is not null ? " of the initial model" : "")}") +
-            (options.Normalization is null && initialModel is null
+            $"Man.ML normalisation{(options.Normalization is not null ? " as given" : initialModel is not null ? " of the initial model"
+                : pretrained is not null ? " of the pretrained weights" : "")}") +
+            (options.Normalization is null && initialModel is null && pretrained is null
                 ? $" measured on {Math.Min(train.Count, NormalizationSampleSize)} training images"
                 : "") +
             FormattableString.Invariant($": mean {string.Join(", ", normalization.Mean.Select(m => m.ToString("0.0000")))}, ") +
             FormattableString.Invariant($"std {string.Join(", ", normalization.Std.Select(m => m.ToString("0.0000")))}."));
         var trainingOptions = ToTrainingOptions(normalization);
-        var trainer = new Trainer(trainingOptions) { CheckBackend = options.CheckBackend, EarlyStopping = options.EarlyStopping };
+        var trainer = new Trainer(trainingOptions) 
+        {
+            CheckBackend = options.CheckBackend, EarlyStopping = options.EarlyStopping, TensorBoardDirectory = options.TensorBoardDirectory,
+        };
         var plan = trainer.Prepare(train.ClassNames.Count, options.ImageSize);
         if (initialModel is not null) Continue(trainer.PreparedNetwork!, plan, initialModel, train.ClassNames);
         int bufferRows = BufferRows;
@@ -426,7 +462,7 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
             $"{(result.Final.ValAccuracy is { } f ? f.ToString("P2") : "n/a")}.");
         return new ManImageClassificationTransformer(result.Network, train.KeyValues, trainingOptions.Normalization,
             options.ImageColumnName, options.ImageSize, options.ScoringBatchSize, options.Device,
-            plan.TrainedWith, recipe) { MaxImagePixels = options.MaxImagePixels };
+            result.TrainedWith, recipe) { MaxImagePixels = options.MaxImagePixels };
     }
 
     // The initial model's weights and statistics into the freshly built network, after checking they describe the same thing.

@@ -121,13 +121,13 @@ public sealed class ManImageClassificationTransformer : ITransformer, IDisposabl
     public IRowToRowMapper GetRowToRowMapper(DataViewSchema inputSchema) => new ScoringRowMapper(this, inputSchema, GetOutputSchema(inputSchema));
 
     /// <summary>
-    /// ML.NET 5.0.1 does not let a third-party transformer write itself through <c>mlContext.Model.Save</c> (its save
+    /// ML.NET (6.0.0) does not let a third-party transformer write itself through <c>mlContext.Model.Save</c> (its save
     /// context is internal); save with <c>mlContext.Model.SaveManModel</c> instead.
     /// </summary>
     void ICanSaveModel.Save(ModelSaveContext ctx) =>
         throw new NotSupportedException(
             "A model containing a Man.ML transformer is saved with mlContext.Model.SaveManModel(model, inputSchema, path) and " +
-            "loaded with mlContext.Model.LoadManModel(path, out schema): ML.NET 5.0.1 keeps its save context internal.");
+            "loaded with mlContext.Model.LoadManModel(path, out schema): ML.NET keeps its save context internal.");
 
     /// <summary>Scores <paramref name="count"/> images held as uint8 planar RGB (count·3·S·S bytes); returns count·classes probabilities.</summary>
     internal float[] Score(byte[] pixels, int count)

@@ -1,4 +1,4 @@
-// Saving and loading pipelines that contain a Man.ML transformer. ML.NET 5.0.1 keeps its model-save context internal,
+// Saving and loading pipelines that contain a Man.ML transformer. ML.NET (6.0.0, as 5.0.1) keeps its model-save context internal,
 // so a third-party transformer cannot write itself into mlContext.Model.Save's zip (docs/PLATFORM.md §ML.NET). One file
 // still holds the whole pipeline: a zip with the ML.NET transformers before and after the Man.ML one (each saved by
 // mlContext.Model.Save, input schema included), the trained backbone, and a JSON description of the Man.ML transformer

@@ -107,6 +107,25 @@ public sealed record RunPlan
     public string TrainedWith => $"{Architecture} {Choices.Name(Rule)}{(Man is null ? "" : "+man")} K={K}, {Options.Epochs} epochs, seed {Options.Seed}" +
         (Precision == TrainingPrecision.Float32 ? "" : $", {Choices.Name(Precision)}");
 
+    /// <summary>
+    /// What a model from this run says of itself once trained: <see cref="TrainedWith"/> when all the planned epochs ran
+    /// and the model holds the last one's weights; otherwise, for example, <c>resnet8 dgl+man K=2, 2 of 4 epochs run,
+    /// weights of epoch 1, seed 2</c>.
+    /// </summary>
+    /// <param name="epochsRun">Epochs that ran (early stopping may end a run before <c>Options.Epochs</c>).</param>
+    /// <param name="weightsEpoch">The epoch whose weights the model holds (1-based).</param>
+    public string DescribeTrained(int epochsRun, int weightsEpoch)
+    {
+        if (epochsRun < 1 || epochsRun > Options.Epochs)
+            throw new ArgumentOutOfRangeException(nameof(epochsRun), epochsRun, $"must be 1 to {Options.Epochs}");
+        if (weightsEpoch < 1 || weightsEpoch > epochsRun)
+            throw new ArgumentOutOfRangeException(nameof(weightsEpoch), weightsEpoch, $"must be 1 to {epochsRun}");
+        string epochs = epochsRun == Options.Epochs ? $"{epochsRun} epochs" : $"{epochsRun} of {Options.Epochs} epochs run";
+        string weights = weightsEpoch == epochsRun ? "" : $", weights of epoch {weightsEpoch}";
+        return $"{Architecture} {Choices.Name(Rule)}{(Man is null ? "" : "+man")} K={K}, {epochs}{weights}, seed {Options.Seed}" +
+            (Precision == TrainingPrecision.Float32 ? "" : $", {Choices.Name(Precision)}");
+    }
+
     /// <summary>One line: architecture, K, split, rule, MAN, and the precision when it is not float32.</summary>
     public string Summary => $"{Architecture}, K={K} ({(SplitTable is { } t ? $"reference split '{t}'" : "balanced split")}), " +
         $"rule {Choices.Name(Rule)}{(Man is null ? "" : " + MAN")}{(Precision == TrainingPrecision.Float32 ? "" : $", {Choices.Name(Precision)}")}" +
@@ -162,7 +181,10 @@ public sealed record RunPlan
         {
             // Before the split and the heads: the balancing rule reads nothing of the weights, but MAN's copies are
             // made from this network when the run starts.
-            var initial = options.InitFrom is { } from ? PyTorchWeights.Load(network, from, replaceClassifierOnClassMismatch: true) : null;
+            var from = options.InitFrom ?? (options.Pretrained is { } name
+                ? PretrainedWeights.Fetch(PretrainedWeights.Find(options.Architecture, name), options.PretrainedCache)
+                : null);
+            var initial = from is not null ? PyTorchWeights.Load(network, from, replaceClassifierOnClassMismatch: true) : null;
             var split = SplitPlan.Create(network, options.K, options.SplitTable,
                 rule.IsLocal ? b => BoundaryCost(options, network, rule, b) : null);
             var contexts = HeadContext.ForSegments(network, split, options.Man is not null, options.Normalization);
@@ -327,6 +349,7 @@ public sealed record RunPlan
                 ["std"] = new JsonArray(o.Normalization.Std.Select(v => (JsonNode)(double)(decimal)v).ToArray()),
             },
             ["init_from"] = o.InitFrom,
+            ["pretrained"] = o.Pretrained,
             ["init_classifier"] = InitialWeights is { } w ? (w.HeadReplaced ? "replaced" : "loaded") : null,
             ["pipeline"] = Pipeline is { } pipeline ? new JsonObject
             {

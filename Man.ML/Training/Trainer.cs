@@ -18,7 +18,14 @@ public sealed class NonFiniteTrainingException(string message, Exception inner) 
 /// <param name="Final">The returned model's figures.</param>
 /// <param name="Plan">The run as it happened.</param>
 public sealed record TrainingResult(UnitChainNetwork Network, SplitPlan Split, IReadOnlyList<EpochMetrics> Epochs,
-    FinalMetrics Final, RunPlan Plan);
+    FinalMetrics Final, RunPlan Plan)
+{
+    /// <summary>
+    /// What the returned model says of itself: the plan's description with the epochs run and, where early stopping
+    /// returned another epoch's weights, that epoch (<see cref="RunPlan.DescribeTrained"/>).
+    /// </summary>
+    public string TrainedWith => Plan.DescribeTrained(Epochs.Count, Final.BestEpoch ?? Epochs.Count);
+}
 
 /// <summary>Trains networks by supervised local learning.</summary>
 public sealed class Trainer
@@ -41,6 +48,12 @@ public sealed class Trainer
     /// <see cref="IOException"/> naming the folder when there is not.
     /// </summary>
     public string? CheckpointPath { get; init; }
+
+    /// <summary>
+    /// A folder for TensorBoard event files (null: none): each epoch's figures are written there as it ends
+    /// (<see cref="TensorBoardLog"/>; in a data-parallel run by rank 0 only).
+    /// </summary>
+    public string? TensorBoardDirectory { get; init; }
 
     /// <summary>Write a run checkpoint every this many epochs (0: never; the last epoch always when a path is set).</summary>
     public int CheckpointEvery { get; init; }
@@ -275,6 +288,7 @@ public sealed class Trainer
             : new Distributed.GradientAverager(world, Enumerable.Range(0, split.K).Select(j => local.TrainableParameters(j, j)).ToList(),
                 Options.CollectiveTimeoutSeconds);
         bool writesFiles = job?.WritesFiles ?? true;
+        var tensorBoard = TensorBoardDirectory is not null && writesFiles ? new TensorBoardLog(TensorBoardDirectory) : null;
         var schedule = new CosineWarmupSchedule(runPlan.LearningRate, Options.Epochs, batches);
         var epochs = new List<EpochMetrics>();
         string? lastCheckpoint = null;
@@ -403,6 +417,7 @@ public sealed class Trainer
                 Communication = communication,
             };
             epochs.Add(metrics);
+            tensorBoard?.Write(metrics);
             EpochCompleted?.Invoke(metrics);
             stoppedEarly = monitor?.Observe(metrics, network) == true && epoch < Options.Epochs - 1;
             bool last = epoch == Options.Epochs - 1 || stoppedEarly;

@@ -32,6 +32,21 @@ public sealed record TrainingOptions
     /// </summary>
     public string? InitFrom { get; init; }
 
+    /// <summary>
+    /// Published pretrained weights the backbone starts from, by name: <c>imagenet</c> (torchvision's IMAGENET1K_V1 of
+    /// <see cref="Architecture"/>), a torchvision weights name such as <c>IMAGENET1K_V2</c>, or one an application
+    /// registered (<see cref="Interop.PretrainedWeights.Register"/>). Downloaded once into <see cref="PretrainedCache"/>
+    /// and verified against its published SHA-256 before every use; loaded as <see cref="InitFrom"/> loads a file (the
+    /// classifier replaced for another class count). Not together with <see cref="InitFrom"/>. Default null.
+    /// </summary>
+    public string? Pretrained { get; init; }
+
+    /// <summary>
+    /// The folder pretrained weights are cached in; null: <c>$MANML_PRETRAINED_CACHE</c>, else
+    /// <c>~/.cache/manml/pretrained</c> (<see cref="Interop.PretrainedWeights.CacheFolder"/>). Default null.
+    /// </summary>
+    public string? PretrainedCache { get; init; }
+
     /// <summary>Side of the network input for image-file data (ImageNet layout); null: 224. Data held in memory keeps its own size.</summary>
     public int? ImageSize { get; init; }
 
@@ -221,6 +236,9 @@ public sealed record TrainingOptions
         try { _ = Models.Architectures.Canonical(Architecture); }
         catch (ArgumentException e) { throw new InvalidOptionException(nameof(Architecture), e.Message); }
         Check(InitFrom is null || File.Exists(InitFrom), nameof(InitFrom), $"The weights file '{InitFrom}' to initialise from does not exist.");
+        Check(Pretrained is null || InitFrom is null, nameof(Pretrained),
+            "Give either pretrained weights by name or a weights file to initialise from, not both.");
+        if (Pretrained is { } pretrained) _ = Interop.PretrainedWeights.Find(Architecture, pretrained, nameof(Pretrained));
         var device = Devices.Canonical(Device);
         // bf16 where the device cannot compute it natively is refused here, before any data is read.
         _ = Models.BFloat16Support.Resolve(Precision, device == "cpu" ? DeviceType.CPU : DeviceType.CUDA, nameof(Precision));
