@@ -269,4 +269,27 @@ public sealed class ImageLimitTests
             Assert.AreEqual(1, r.Stderr.Trim().Split('\n').Length, "one line of error:\n" + r.Stderr);
         }
     }
+
+    [TestMethod]
+    public void ATruncatedPngOrJpegIsRefusedWhereTheDecoderWouldFillItWithBlankPixels()
+    {
+        using var bitmap = new SkiaSharp.SKBitmap(48, 40);
+        for (int y = 0; y < 40; y++)
+            for (int x = 0; x < 48; x++) bitmap.SetPixel(x, y, new SkiaSharp.SKColor((byte)(x * 5), (byte)(y * 6), (byte)(x ^ y)));
+        foreach (var (format, name) in new[] { (SkiaSharp.SKEncodedImageFormat.Png, "PNG"), (SkiaSharp.SKEncodedImageFormat.Jpeg, "JPEG") })
+        {
+            var whole = bitmap.Encode(format, 90).ToArray();
+            using (var image = ImageHeader.Decode(new MemoryStream(whole), ImageHeader.DefaultMaxPixels))
+                Assert.AreEqual(48, image.Width, $"the whole {name} decodes");
+            // With padding after the trailer (some writers add it) the file is still whole.
+            using (var padded = ImageHeader.Decode(new MemoryStream(whole.Concat(new byte[16]).ToArray()), ImageHeader.DefaultMaxPixels))
+                Assert.AreEqual(40, padded.Height);
+            foreach (var keep in new[] { whole.Length / 3, whole.Length * 2 / 3, whole.Length - 1 })
+            {
+                var e = Assert.ThrowsExactly<InvalidDataException>(() => ImageHeader.Decode(new MemoryStream(whole[..keep]), ImageHeader.DefaultMaxPixels),
+                    $"{name} cut to {keep} of {whole.Length} bytes");
+                StringAssert.Contains(e.Message, "truncated");
+            }
+        }
+    }
 }

@@ -174,6 +174,38 @@ public sealed class MLNetTests
     }
 
     [TestMethod]
+    public void TransformAndEnginesFromSeveralThreadsAtOnceGiveTheSequentialScores()
+    {
+        // One transformer shared by 6 threads: each Transforms the validation set, bit for bit as one thread alone does.
+        var sequential = ScoreBits(model, validationData).Select(r => string.Join(",", r)).ToArray();
+        var concurrent = new string[6][];
+        using (var start = new Barrier(6))
+            Parallel.For(0, 6, new ParallelOptions { MaxDegreeOfParallelism = 6 }, t =>
+            {
+                start.SignalAndWait();
+                concurrent[t] = ScoreBits(model, validationData).Select(r => string.Join(",", r)).ToArray();
+            });
+        for (int t = 0; t < 6; t++) CollectionAssert.AreEqual(sequential, concurrent[t], $"thread {t}'s Transform");
+
+        // PredictionEngine is not thread-safe (ML.NET's rule): one engine per thread over the shared model.
+        float[] Predict(PredictionEngine<ImageRow, EnginePrediction> engine, int i) => engine.Predict(validationRows[i]).Score;
+        var rows = Enumerable.Range(0, 24).ToArray();
+        float[][] alone;
+        using (var engine = mlContext.Model.CreatePredictionEngine<ImageRow, EnginePrediction>(model, new PredictionEngineOptions { OwnsTransformer = false }))
+            alone = rows.Select(i => Predict(engine, i)).ToArray();
+        var together = new float[6][][];
+        Parallel.For(0, 6, new ParallelOptions { MaxDegreeOfParallelism = 6 }, t =>
+        {
+            using var engine = mlContext.Model.CreatePredictionEngine<ImageRow, EnginePrediction>(model,
+                new PredictionEngineOptions { OwnsTransformer = false });
+            together[t] = rows.Select(i => Predict(engine, (i + 5 * t) % rows.Length)).ToArray();
+        });
+        for (int t = 0; t < 6; t++)
+            for (int j = 0; j < rows.Length; j++)
+                CollectionAssert.AreEqual(alone[(j + 5 * t) % rows.Length], together[t][j], $"thread {t}, image {(j + 5 * t) % rows.Length}");
+    }
+
+    [TestMethod]
     public void APredictionEngineAgreesWithBatchedScoring()
     {
         var batched = model.Transform(validationData).GetColumn<VBuffer<float>>("Score").Take(3).Select(v => v.DenseValues().ToArray()).ToList();

@@ -68,11 +68,39 @@ internal static class ImageHeader
     {
         var (width, height) = ReadSize(stream);
         Check(width, height, maxPixels);
+        CheckComplete(stream);
         try { return MLImage.CreateFromStream(stream); }
         catch (Exception e) when (e is not OperationCanceledException)
         {
             throw new InvalidDataException($"the {width}x{height} image cannot be decoded (truncated or damaged).", e);
         }
+    }
+
+    // The decoder under MLImage fills what a truncated PNG or JPEG lacks with blank pixels and reports no error, so a cut
+    // transfer or a half-written file would be scored as an image. Both formats end with a fixed trailer: PNG with its
+    // empty IEND chunk (whose CRC is fixed), JPEG with the EOI marker FF D9 (which cannot occur in entropy-coded data,
+    // where FF is followed by 00 or a restart marker); a few bytes of padding after it are allowed. Other formats are
+    // left to the decoder.
+    private static void CheckComplete(Stream stream)
+    {
+        if (!stream.CanSeek) return;
+        long start = stream.Position, length = stream.Length - start;
+        if (length < 16) return; // ReadSize has already refused what has no header
+        Span<byte> head = stackalloc byte[4];
+        var tail = new byte[(int)Math.Min(length, 64)];
+        try
+        {
+            stream.ReadExactly(head);
+            stream.Position = stream.Length - tail.Length;
+            stream.ReadExactly(tail);
+        }
+        finally { stream.Position = start; }
+        bool png = head[0] == 0x89 && head[1] == (byte)'P' && head[2] == (byte)'N' && head[3] == (byte)'G';
+        bool jpeg = head[0] == 0xFF && head[1] == 0xD8;
+        if (png && tail.AsSpan().IndexOf(new byte[] { 0, 0, 0, 0, (byte)'I', (byte)'E', (byte)'N', (byte)'D', 0xAE, 0x42, 0x60, 0x82 }) < 0)
+            throw new InvalidDataException("the PNG file is truncated: it ends before its IEND chunk.");
+        if (jpeg && tail.AsSpan().IndexOf(new byte[] { 0xFF, 0xD9 }) < 0)
+            throw new InvalidDataException("the JPEG file is truncated: it ends before its end-of-image marker.");
     }
 
     /// <summary>Decodes the image file <paramref name="path"/> (a regular file) within <paramref name="maxPixels"/>.</summary>

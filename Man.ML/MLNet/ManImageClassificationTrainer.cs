@@ -419,6 +419,9 @@ public sealed class ManImageClassificationTrainer : IEstimator<ManImageClassific
             CheckBackend = options.CheckBackend, EarlyStopping = options.EarlyStopping, TensorBoardDirectory = options.TensorBoardDirectory,
         };
         var plan = trainer.Prepare(train.ClassNames.Count, options.ImageSize);
+        if (plan.InitialWeights is { } loaded)
+            channel.Info(MessageSensitivity.None, $"Man.ML initial weights: {loaded.Path} ({Choices.Name(loaded.Format)}, {loaded.TensorsLoaded} tensors)" +
+                (loaded.HeadReplaced ? $"; its classifier has another class count and was replaced by a fresh {train.ClassNames.Count}-class one." : "."));
         if (initialModel is not null) Continue(trainer.PreparedNetwork!, plan, initialModel, train.ClassNames);
         int bufferRows = BufferRows;
         int passes = (train.Count + bufferRows - 1) / bufferRows;

@@ -1,0 +1,107 @@
+// manml-serve: a trained Man.ML model behind HTTP.
+//   POST /predict   body: the image's bytes (PNG, JPEG, BMP, …) → 200 {"label", "probability", "scores"}; 400 for a body that
+//                   is empty, too large or not an image, with one line saying which, and the service keeps answering
+//   GET  /healthz   200 while the process runs
+//   GET  /ready     200 once the model is loaded, 503 before
+// Settings (appsettings.json, environment MANML_..., or --Key value): Model (a SaveManModel zip, required), Scoring
+// (EnginePool or Batching), MaxBatch, MaxRequestBytes.
+using Man.ML.MLNet;
+using Man.ML.Serving;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.ML;
+
+var builder = WebApplication.CreateBuilder(args);
+builder.Configuration.AddEnvironmentVariables("MANML_");
+var settings = builder.Configuration.Get<ServingSettings>() ?? new ServingSettings();
+builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = settings.MaxRequestBytes + 1);
+builder.Services.AddSingleton(settings);
+builder.Services.AddSingleton<ModelHost>();
+builder.Services.AddHostedService(s => s.GetRequiredService<ModelHost>());
+var app = builder.Build();
+
+app.MapGet("/healthz", () => Results.Ok("ok"));
+app.MapGet("/ready", (ModelHost host) => host.Scorer is null ? Results.StatusCode(503) : Results.Ok(host.Description));
+app.MapPost("/predict", async (HttpRequest request, ModelHost host, CancellationToken cancellation) =>
+{
+    if (host.Scorer is not { } scorer) return Results.StatusCode(503);
+    if (request.ContentLength > settings.MaxRequestBytes)
+        return Results.BadRequest(new { error = $"The image is larger than {settings.MaxRequestBytes} bytes." });
+    var body = new MemoryStream();
+    try
+    {
+        var buffer = new byte[81920];
+        int n;
+        while ((n = await request.Body.ReadAsync(buffer, cancellation)) > 0)
+        {
+            if (body.Length + n > settings.MaxRequestBytes)
+                return Results.BadRequest(new { error = $"The image is larger than {settings.MaxRequestBytes} bytes." });
+            body.Write(buffer, 0, n);
+        }
+    }
+    catch (BadHttpRequestException e) // Kestrel's own body limit
+    {
+        return Results.BadRequest(new { error = $"The image is larger than {settings.MaxRequestBytes} bytes: {e.Message}" });
+    }
+    if (body.Length == 0) return Results.BadRequest(new { error = "The request body is empty: send the image's bytes." });
+    try { return Results.Ok(await scorer.ScoreAsync(body.ToArray())); }
+    catch (BadImageException e) { return Results.BadRequest(new { error = $"The body is not an image Man.ML can read: {e.Message.ReplaceLineEndings(" ")}" }); }
+});
+
+app.Run();
+
+/// <summary>The service's settings.</summary>
+public sealed class ServingSettings
+{
+    /// <summary>The model: a zip written by <c>mlContext.Model.SaveManModel</c>.</summary>
+    public string Model { get; set; } = "";
+
+    /// <summary>How concurrent requests are scored.</summary>
+    public ScoringMode Scoring { get; set; } = ScoringMode.Batching;
+
+    /// <summary>Most images one batched Transform takes.</summary>
+    public int MaxBatch { get; set; } = 32;
+
+    /// <summary>The largest request body accepted (bytes).</summary>
+    public long MaxRequestBytes { get; set; } = 8 << 20;
+}
+
+/// <summary>Loads the model at start-up (readiness follows it) and holds the scorer.</summary>
+public sealed class ModelHost(ServingSettings settings, ILogger<ModelHost> log) : IHostedService, IAsyncDisposable
+{
+    private ManImageClassificationTransformer? model;
+
+    /// <summary>The scorer, once the model is loaded.</summary>
+    public ImageScorer? Scorer { get; private set; }
+
+    /// <summary>What is served.</summary>
+    public string Description { get; private set; } = "";
+
+    /// <inheritdoc />
+    public Task StartAsync(CancellationToken cancellationToken) => Task.Run(() =>
+    {
+        if (string.IsNullOrWhiteSpace(settings.Model))
+            throw new InvalidOperationException("No model: give --Model PATH (a zip written by mlContext.Model.SaveManModel) or MANML_MODEL.");
+        var loaded = new MLContext().Model.LoadManModel(settings.Model, out _);
+        model = Find(loaded) ?? throw new InvalidOperationException($"'{settings.Model}' holds no Man.ML transformer.");
+        Scorer = new ImageScorer(model, settings.Scoring, settings.MaxBatch);
+        Description = $"{model.TrainedWith}; {model.ClassCount} classes at {model.ImageSize}x{model.ImageSize}; scoring {settings.Scoring}";
+        log.LogInformation("Serving {Model}: {Description}", settings.Model, Description);
+    }, cancellationToken);
+
+    private static ManImageClassificationTransformer? Find(ITransformer transformer) => transformer switch
+    {
+        ManImageClassificationTransformer man => man,
+        IEnumerable<ITransformer> chain => chain.Select(Find).FirstOrDefault(m => m is not null),
+        _ => null,
+    };
+
+    /// <inheritdoc />
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    /// <inheritdoc />
+    public async ValueTask DisposeAsync()
+    {
+        if (Scorer is not null) await Scorer.DisposeAsync();
+        model?.Dispose();
+    }
+}
