@@ -144,7 +144,8 @@ public sealed class ImageScorer : IAsyncDisposable
         try { return score(); }
         catch (Exception e) when (e is InvalidDataException or ArgumentException or InvalidOperationException)
         {
-            throw new BadImageException(e.Message, e);
+            // The row number is the scorer's, not the client's: drop it.
+            throw new BadImageException(System.Text.RegularExpressions.Regex.Replace(e.Message, @"^Image column '[^']*', row \d+: ", ""), e);
         }
     }
 

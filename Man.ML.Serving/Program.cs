@@ -2,7 +2,7 @@
 //   POST /predict   body: the image's bytes (PNG, JPEG, BMP, …) → 200 {"label", "probability", "scores"}; 400 for a body that
 //                   is empty, too large or not an image, with one line saying which, and the service keeps answering
 //   GET  /healthz   200 while the process runs
-//   GET  /ready     200 once the model is loaded, 503 before
+//   GET  /ready     200 with what is served (the model is loaded before the server listens)
 // Settings (appsettings.json, environment MANML_..., or --Key value): Model (a SaveManModel zip, required), Scoring
 // (EnginePool or Batching), MaxBatch, MaxRequestBytes.
 using Man.ML.MLNet;
@@ -15,9 +15,18 @@ builder.Configuration.AddEnvironmentVariables("MANML_");
 var settings = builder.Configuration.Get<ServingSettings>() ?? new ServingSettings();
 builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = settings.MaxRequestBytes + 1);
 builder.Services.AddSingleton(settings);
-builder.Services.AddSingleton<ModelHost>();
-builder.Services.AddHostedService(s => s.GetRequiredService<ModelHost>());
+// The model is loaded before the server listens: a missing or damaged file is one line and exit code 2.
+ModelHost modelHost;
+try { modelHost = ModelHost.Load(settings); }
+catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or IOException
+                              or UnauthorizedAccessException or InvalidOperationException or NotSupportedException or ArgumentException)
+{
+    Console.Error.WriteLine($"manml-serve: error: {e.Message.ReplaceLineEndings(" ")}");
+    return 2;
+}
+builder.Services.AddSingleton(modelHost);
 var app = builder.Build();
+app.Logger.LogInformation("Serving {Model}: {Description}", settings.Model, modelHost.Description);
 
 app.MapGet("/healthz", () => Results.Ok("ok"));
 app.MapGet("/ready", (ModelHost host) => host.Scorer is null ? Results.StatusCode(503) : Results.Ok(host.Description));
@@ -48,6 +57,7 @@ app.MapPost("/predict", async (HttpRequest request, ModelHost host, Cancellation
 });
 
 app.Run();
+return 0;
 
 /// <summary>The service's settings.</summary>
 public sealed class ServingSettings
@@ -65,28 +75,38 @@ public sealed class ServingSettings
     public long MaxRequestBytes { get; set; } = 8 << 20;
 }
 
-/// <summary>Loads the model at start-up (readiness follows it) and holds the scorer.</summary>
-public sealed class ModelHost(ServingSettings settings, ILogger<ModelHost> log) : IHostedService, IAsyncDisposable
+/// <summary>The loaded model and its scorer.</summary>
+public sealed class ModelHost : IAsyncDisposable
 {
-    private ManImageClassificationTransformer? model;
+    private readonly ManImageClassificationTransformer model;
 
-    /// <summary>The scorer, once the model is loaded.</summary>
-    public ImageScorer? Scorer { get; private set; }
+    private ModelHost(ManImageClassificationTransformer model, ImageScorer scorer, string description)
+    {
+        this.model = model;
+        Scorer = scorer;
+        Description = description;
+    }
+
+    /// <summary>The scorer.</summary>
+    public ImageScorer? Scorer { get; }
 
     /// <summary>What is served.</summary>
-    public string Description { get; private set; } = "";
+    public string Description { get; }
 
-    /// <inheritdoc />
-    public Task StartAsync(CancellationToken cancellationToken) => Task.Run(() =>
+    /// <summary>Loads <see cref="ServingSettings.Model"/>.</summary>
+    /// <exception cref="InvalidOperationException">No model given, or the file holds no Man.ML transformer.</exception>
+    /// <exception cref="FileNotFoundException">No such file.</exception>
+    /// <exception cref="InvalidDataException">Not a SaveManModel zip, or a damaged one.</exception>
+    public static ModelHost Load(ServingSettings settings)
     {
         if (string.IsNullOrWhiteSpace(settings.Model))
             throw new InvalidOperationException("No model: give --Model PATH (a zip written by mlContext.Model.SaveManModel) or MANML_MODEL.");
         var loaded = new MLContext().Model.LoadManModel(settings.Model, out _);
-        model = Find(loaded) ?? throw new InvalidOperationException($"'{settings.Model}' holds no Man.ML transformer.");
-        Scorer = new ImageScorer(model, settings.Scoring, settings.MaxBatch);
-        Description = $"{model.TrainedWith}; {model.ClassCount} classes at {model.ImageSize}x{model.ImageSize}; scoring {settings.Scoring}";
-        log.LogInformation("Serving {Model}: {Description}", settings.Model, Description);
-    }, cancellationToken);
+        var model = Find(loaded) ?? throw new InvalidOperationException($"'{settings.Model}' holds no Man.ML transformer.");
+        var scorer = new ImageScorer(model, settings.Scoring, settings.MaxBatch);
+        return new ModelHost(model, scorer,
+            $"{model.TrainedWith}; {model.ClassCount} classes at {model.ImageSize}x{model.ImageSize}; scoring {settings.Scoring}");
+    }
 
     private static ManImageClassificationTransformer? Find(ITransformer transformer) => transformer switch
     {
@@ -96,12 +116,9 @@ public sealed class ModelHost(ServingSettings settings, ILogger<ModelHost> log) 
     };
 
     /// <inheritdoc />
-    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
-
-    /// <inheritdoc />
     public async ValueTask DisposeAsync()
     {
         if (Scorer is not null) await Scorer.DisposeAsync();
-        model?.Dispose();
+        model.Dispose();
     }
 }
