@@ -24,13 +24,30 @@ public enum ScoringMode
 /// <param name="Label">The most probable class.</param>
 /// <param name="Probability">Its probability.</param>
 /// <param name="Scores">Every class's probability, by class name.</param>
-public sealed record Prediction(string Label, float Probability, IReadOnlyDictionary<string, float> Scores);
+public sealed record Prediction(string Label, float Probability, IReadOnlyDictionary<string, float> Scores)
+{
+    /// <summary>The prediction of one image's class probabilities.</summary>
+    public static Prediction From(float[] scores, string[] classes)
+    {
+        int best = 0;
+        for (int c = 1; c < scores.Length; c++) if (scores[c] > scores[best]) best = c;
+        return new Prediction(classes[best], scores[best], classes.Select((name, c) => (name, c)).ToDictionary(x => x.name, x => scores[x.c]));
+    }
+}
+
+/// <summary>Scores encoded images from any number of threads.</summary>
+public interface IImageScorer : IAsyncDisposable
+{
+    /// <summary>Scores one encoded image (PNG, JPEG, …).</summary>
+    /// <exception cref="BadImageException">The bytes are not an image Man.ML can read, or exceed its pixel limit.</exception>
+    Task<Prediction> ScoreAsync(byte[] image);
+}
 
 /// <summary>The body was not an image Man.ML can read (the message says why).</summary>
 public sealed class BadImageException(string message, Exception? inner = null) : Exception(message, inner);
 
 /// <summary>Scores encoded images with a Man.ML transformer from any number of threads.</summary>
-public sealed class ImageScorer : IAsyncDisposable
+public sealed class ImageScorer : IImageScorer
 {
     private sealed class Input
     {
@@ -87,8 +104,7 @@ public sealed class ImageScorer : IAsyncDisposable
         public override bool Return(PredictionEngine<Input, Output> engine) => true;
     }
 
-    /// <summary>Scores one encoded image (PNG, JPEG, …).</summary>
-    /// <exception cref="BadImageException">The bytes are not an image Man.ML can read, or exceed its pixel limit.</exception>
+    /// <inheritdoc />
     public Task<Prediction> ScoreAsync(byte[] image)
     {
         if (pool is not null)
@@ -149,12 +165,7 @@ public sealed class ImageScorer : IAsyncDisposable
         }
     }
 
-    private Prediction ToPrediction(float[] scores)
-    {
-        int best = 0;
-        for (int c = 1; c < scores.Length; c++) if (scores[c] > scores[best]) best = c;
-        return new Prediction(classes[best], scores[best], classes.Select((name, c) => (name, c)).ToDictionary(x => x.name, x => scores[x.c]));
-    }
+    private Prediction ToPrediction(float[] scores) => Prediction.From(scores, classes);
 
     /// <summary>Stops the scoring loop once the queued requests are scored.</summary>
     public async ValueTask DisposeAsync()

@@ -3,7 +3,7 @@
 //                   is empty, too large or not an image, with one line saying which, and the service keeps answering
 //   GET  /healthz   200 while the process runs
 //   GET  /ready     200 with what is served (the model is loaded before the server listens)
-// Settings (appsettings.json, environment MANML_..., or --Key value): Model (a SaveManModel zip, required), Scoring
+// Settings (appsettings.json, environment MANML_..., or --Key value): Model (a SaveManModel zip or an exported .onnx, required), Scoring
 // (EnginePool or Batching), MaxBatch, MaxRequestBytes.
 using Man.ML.MLNet;
 using Man.ML.Serving;
@@ -78,9 +78,9 @@ public sealed class ServingSettings
 /// <summary>The loaded model and its scorer.</summary>
 public sealed class ModelHost : IAsyncDisposable
 {
-    private readonly ManImageClassificationTransformer model;
+    private readonly IDisposable? model;
 
-    private ModelHost(ManImageClassificationTransformer model, ImageScorer scorer, string description)
+    private ModelHost(IDisposable? model, IImageScorer scorer, string description)
     {
         this.model = model;
         Scorer = scorer;
@@ -88,19 +88,25 @@ public sealed class ModelHost : IAsyncDisposable
     }
 
     /// <summary>The scorer.</summary>
-    public ImageScorer? Scorer { get; }
+    public IImageScorer? Scorer { get; }
 
     /// <summary>What is served.</summary>
     public string Description { get; }
 
-    /// <summary>Loads <see cref="ServingSettings.Model"/>.</summary>
+    /// <summary>Loads <see cref="ServingSettings.Model"/>: a SaveManModel zip, or an exported ONNX model (.onnx).</summary>
     /// <exception cref="InvalidOperationException">No model given, or the file holds no Man.ML transformer.</exception>
     /// <exception cref="FileNotFoundException">No such file.</exception>
-    /// <exception cref="InvalidDataException">Not a SaveManModel zip, or a damaged one.</exception>
+    /// <exception cref="InvalidDataException">Not a SaveManModel zip or a Man.ML ONNX model, or a damaged one.</exception>
     public static ModelHost Load(ServingSettings settings)
     {
         if (string.IsNullOrWhiteSpace(settings.Model))
-            throw new InvalidOperationException("No model: give --Model PATH (a zip written by mlContext.Model.SaveManModel) or MANML_MODEL.");
+            throw new InvalidOperationException("No model: give --Model PATH (a zip written by mlContext.Model.SaveManModel, or model.onnx) or MANML_MODEL.");
+        if (settings.Model.EndsWith(".onnx", StringComparison.OrdinalIgnoreCase))
+        {
+            if (!File.Exists(settings.Model)) throw new FileNotFoundException($"Model file '{settings.Model}' does not exist.", settings.Model);
+            var onnx = new OnnxImageScorer(settings.Model);
+            return new ModelHost(null, onnx, onnx.Description);
+        }
         var loaded = new MLContext().Model.LoadManModel(settings.Model, out _);
         var model = Find(loaded) ?? throw new InvalidOperationException($"'{settings.Model}' holds no Man.ML transformer.");
         var scorer = new ImageScorer(model, settings.Scoring, settings.MaxBatch);
@@ -119,6 +125,6 @@ public sealed class ModelHost : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         if (Scorer is not null) await Scorer.DisposeAsync();
-        model.Dispose();
+        model?.Dispose();
     }
 }
