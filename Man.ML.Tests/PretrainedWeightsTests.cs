@@ -3,6 +3,8 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
 using Man.ML.Interop;
+using Man.ML.MLNet;
+using Microsoft.ML;
 using Man.ML.Models;
 using Man.ML.Training;
 using TorchSharp;
@@ -152,6 +154,25 @@ public sealed class PretrainedWeightsTests
             Assert.IsTrue(double.IsFinite(result.Epochs[^1].TrainLoss));
             result.Network.Dispose();
 
+            // The same through ML.NET: the weights from the cache, their normalisation, both said in MLContext.Log.
+            var mlContext = new Microsoft.ML.MLContext(0);
+            var messages = new List<string>();
+            mlContext.Log += (_, e) => { if (e.Message.Contains("Man.ML")) lock (messages) messages.Add(e.Message); };
+            var rows = Man.ML.Samples.MLNet.ImageFolderSample.ListImages(ImageFolderFixture.Train).Where((_, i) => i % 10 == 0).ToList();
+            var data = mlContext.Data.LoadFromEnumerable(rows);
+            using var fitted = mlContext.Transforms.Conversion.MapValueToKey("Label")
+                .Append(mlContext.Transforms.LoadImages("Image", imageFolder: "", inputColumnName: nameof(Man.ML.Samples.MLNet.ImageRow.ImagePath)))
+                .Append(mlContext.MulticlassClassification.Trainers.ManImageClassification(new Man.ML.MLNet.ManImageClassificationTrainer.Options
+                {
+                    Architecture = "resnet8", K = 2, Epochs = 1, BatchSize = 50, Seed = 1, Pretrained = "loopback-test", PretrainedCache = cache,
+                }))
+                .Fit(data);
+            var log = string.Join("\n", messages);
+            StringAssert.Contains(log, "pretrained weights: resnet8 loopback-test from http://127.0.0.1:");
+            StringAssert.Contains(log, "normalisation of the pretrained weights");
+            StringAssert.Contains(log, "its classifier has another class count and was replaced by a fresh 10-class one");
+            CollectionAssert.AreEqual(Data.Normalization.Cifar.Mean, fitted.LastTransformer.Normalization.Mean);
+
             // A cached file changed on disk is not used: with no server it cannot be fetched again, and says so.
             var onDisk = File.ReadAllBytes(cached);
             onDisk[^10] ^= 1;
@@ -190,6 +211,18 @@ public sealed class PretrainedWeightsTests
         var both = Assert.ThrowsExactly<InvalidOptionException>(() =>
             new Trainer(new TrainingOptions { Architecture = "resnet18", Pretrained = "imagenet", InitFrom = Path.GetTempFileName() }));
         Assert.AreEqual("Pretrained", both.Option);
+    }
+
+    [TestMethod]
+    public void TheCommandLineNamesAnArchitectureWithoutPublishedWeightsInOneLine()
+    {
+        var r = TestSupport.RunManml(new[] { "train", "--arch", "resnet32", "--pretrained", "imagenet", "--epochs", "1" });
+        Assert.AreEqual(2, r.ExitCode, r.Stderr + r.Stdout);
+        StringAssert.Contains(r.Stderr, "No pretrained weights are published for resnet32");
+        Assert.AreEqual(1, r.Stderr.Trim().Split('\n').Length, r.Stderr);
+        var both = TestSupport.RunManml(new[] { "train", "--arch", "resnet18", "--pretrained", "imagenet1k_v3" });
+        Assert.AreEqual(2, both.ExitCode, both.Stderr + both.Stdout);
+        StringAssert.Contains(both.Stderr, "it has imagenet (IMAGENET1K_V1)");
     }
 
     [TestMethod]
