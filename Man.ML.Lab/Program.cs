@@ -20,4 +20,5 @@ root.Subcommands.Add(PipelineCommand.Create());
 root.Subcommands.Add(DataParallelCommand.Create());
 root.Subcommands.Add(MeasureCommands.Memory());
 root.Subcommands.Add(ScoringThroughputCommand.Create());
+root.Subcommands.Add(ServeLoadCommand.Create());
 return CliErrors.Invoke(root, args);

@@ -153,12 +153,23 @@ public static class PretrainedWeights
         return path;
     }
 
-    /// <summary>Whether the file's SHA-256 (hex) starts with <paramref name="sha256"/> (all of it when 64 digits are given).</summary>
+    /// <summary>
+    /// Whether the file's SHA-256 (hex) starts with <paramref name="sha256"/> (all of it when 64 digits are given). A
+    /// file that matched is not hashed again in this process while its size and modification time stay the same (a run
+    /// checks the cached file when the command line fetches it and again when the plan loads it).
+    /// </summary>
     public static bool HashMatches(string path, string sha256)
     {
-        using var stream = File.OpenRead(path);
-        return Convert.ToHexStringLower(SHA256.HashData(stream)).StartsWith(sha256, StringComparison.OrdinalIgnoreCase);
+        var info = new FileInfo(path);
+        var key = (info.FullName, sha256.ToLowerInvariant());
+        if (Verified.TryGetValue(key, out var seen) && seen == (info.Length, info.LastWriteTimeUtc)) return true;
+        using var stream = info.OpenRead();
+        bool matches = Convert.ToHexStringLower(SHA256.HashData(stream)).StartsWith(sha256, StringComparison.OrdinalIgnoreCase);
+        if (matches) Verified[key] = (info.Length, info.LastWriteTimeUtc);
+        return matches;
     }
+
+    private static readonly ConcurrentDictionary<(string Path, string Sha256), (long Length, DateTime Written)> Verified = new();
 
     private static readonly Lazy<HttpClient> Shared = new(() => new HttpClient { Timeout = Timeout.InfiniteTimeSpan });
 
