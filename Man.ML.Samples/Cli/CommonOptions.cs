@@ -81,6 +81,28 @@ internal static class CommonOptions
         foreach (var path in paths) Data.ImageHeader.CheckFile(path, maxPixels);
     }
 
+    public static Option<string?> InitFrom() => new("--init-from")
+    {
+        Description = "Start the backbone from a PyTorch state dict (torch.save or safetensors, torchvision's names): fine-tuning; " +
+                      "a classifier for another class count is replaced.",
+    };
+
+    public static Option<string?> Pretrained() => new("--pretrained")
+    {
+        Description = "Start the backbone from published pretrained weights: imagenet (torchvision's IMAGENET1K_V1 of --arch) or a torchvision " +
+                      "weights name such as IMAGENET1K_V2; downloaded once, verified by SHA-256, cached; their normalisation (ImageNet's) is used.",
+    };
+
+    public static Option<string?> PretrainedCache() => new("--pretrained-cache")
+    {
+        Description = "Folder of the pretrained-weights cache (default $MANML_PRETRAINED_CACHE, else ~/.cache/manml/pretrained).",
+    };
+
+    public static Option<string?> TensorBoard() => new("--tensorboard")
+    {
+        Description = "Write each epoch's figures (losses, accuracies, learning rate, every segment's local loss) as TensorBoard event files into DIR.",
+    };
+
     public static Option<int?> Threads() => new("--threads")
     {
         Description = $"CPU threads for libtorch, 1 to {Training.TrainingOptions.MaxThreads} (4 per core, at least 64; default: all cores).",

@@ -38,25 +38,15 @@ internal static class ImageFolderCommand
         var maxPixels = CommonOptions.MaxImagePixels();
         var precision = CommonOptions.Precision();
         var output = new Option<string>("--out") { Description = "Output folder for the saved model.", DefaultValueFactory = _ => "runs/image-folder" };
-        var pretrained = new Option<string?>("--pretrained")
-        {
-            Description = "Start from published pretrained weights: imagenet (torchvision's IMAGENET1K_V1 of --arch) or a torchvision weights name; " +
-                          "downloaded once, verified, cached; their normalisation is used.",
-        };
-        var pretrainedCache = new Option<string?>("--pretrained-cache")
-        {
-            Description = "Folder of the pretrained-weights cache (default $MANML_PRETRAINED_CACHE, else ~/.cache/manml/pretrained).",
-        };
-        var initFrom = new Option<string?>("--init-from")
-        {
-            Description = "Start from a PyTorch state dict (torchvision's names); the classifier is replaced.",
-        };
+        var pretrained = CommonOptions.Pretrained();
+        var pretrainedCache = CommonOptions.PretrainedCache();
+        var initFrom = CommonOptions.InitFrom();
         var normalization = new Option<string?>("--normalization")
         {
             Description = "Input normalisation: cifar, imagenet, or measured on the training images (default; the pretrained weights' with --pretrained).",
         };
         var lr = new Option<double?>("--lr") { Description = "Initial learning rate (default 0.1·B/128)." };
-        var tensorBoard = new Option<string?>("--tensorboard") { Description = "Write each epoch's figures as TensorBoard event files into DIR." };
+        var tensorBoard = CommonOptions.TensorBoard();
         var command = new Command("image-folder", "ML.NET sample: train a MAN-enhanced ResNet on an image folder, evaluate, save, load, predict.")
         {
             images, epochs, arch, k, batch, seed, size, rule, withoutMan, recipe, patience, maxPixels, precision, output,

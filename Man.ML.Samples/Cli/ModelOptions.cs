@@ -88,20 +88,9 @@ internal sealed class ModelOptions
     public Option<int> BatchSize { get; } = CommonOptions.BatchSize();
     public Option<double?> Lr { get; } = new("--lr") { Description = "Initial learning rate (default 0.1·B/128)." };
     public Option<double> WeightDecay { get; } = new("--weight-decay") { Description = "Weight decay.", DefaultValueFactory = _ => Defaults.WeightDecay };
-    public Option<string?> InitFrom { get; } = new("--init-from")
-    {
-        Description = "Start the backbone from a PyTorch state dict (torch.save or safetensors, torchvision's names): fine-tuning; " +
-                      "a classifier for another class count is replaced.",
-    };
-    public Option<string?> Pretrained { get; } = new("--pretrained")
-    {
-        Description = "Start the backbone from published pretrained weights: imagenet (torchvision's IMAGENET1K_V1 of --arch) or a torchvision " +
-                      "weights name such as IMAGENET1K_V2; downloaded once, verified by SHA-256, cached; their normalisation (ImageNet's) is used.",
-    };
-    public Option<string?> PretrainedCache { get; } = new("--pretrained-cache")
-    {
-        Description = "Folder of the pretrained-weights cache (default $MANML_PRETRAINED_CACHE, else ~/.cache/manml/pretrained).",
-    };
+    public Option<string?> InitFrom { get; } = CommonOptions.InitFrom();
+    public Option<string?> Pretrained { get; } = CommonOptions.Pretrained();
+    public Option<string?> PretrainedCache { get; } = CommonOptions.PretrainedCache();
     public Option<int> Seed { get; } = CommonOptions.Seed();
     public Option<int?> Threads { get; } = CommonOptions.Threads();
     public Option<string> Device { get; } = CommonOptions.Device();

@@ -110,10 +110,7 @@ internal static class TrainCommand
         {
             Description = "On a NaN or infinite loss or gradient: stop (default) or skip-step.", DefaultValueFactory = _ => "stop",
         };
-        var tensorBoard = new Option<string?>("--tensorboard")
-        {
-            Description = "Write each epoch's figures (losses, accuracies, learning rate, every segment's local loss) as TensorBoard event files into DIR.",
-        };
+        var tensorBoard = CommonOptions.TensorBoard();
         var noBackendCheck = new Option<bool>("--no-backend-check")
         {
             Description = "Skip the check, before the first step, that this machine's libtorch computes every convolution of the run correctly against " +
