@@ -257,6 +257,28 @@ public sealed class BackendTests
         Assert.IsTrue(double.IsNaN(nan.InputGradientError) && !nan.Correct);
         StringAssert.Contains(Assert.ThrowsExactly<BackendFaultException>(() =>
             new BackendReport(BackendCheck.DescribeEnvironment(), "cpu", new[] { nan }, 0).EnsureCorrect()).Message, "not finite");
+
+        // The same fault found on a GPU names that device, not this machine's CPU or oneDNN, and gives no CPU remedy.
+        var onGpu = new BackendReport(BackendCheck.DescribeEnvironment(), "cuda:0, cpu", new[] { wrong with { Device = "cuda:0" } }, 0.01);
+        var gpu = Assert.ThrowsExactly<BackendFaultException>(onGpu.EnsureCorrect).Message;
+        StringAssert.Contains(gpu, "wrong convolution gradient on cuda:0: conv 16→16 3x3");
+        StringAssert.Contains(gpu, "no workaround of Man.ML covers this shape on cuda:0");
+        Assert.IsFalse(gpu.Contains("oneDNN", StringComparison.Ordinal) || gpu.Contains("ONEDNN_MAX_CPU_ISA", StringComparison.Ordinal), gpu);
+    }
+
+    [TestMethod]
+    public void EachStageDevicesShapesAreTracedOnThatDevice()
+    {
+        // A pipelined network's segments sit on their stages' devices; the check traces each segment where it runs and
+        // groups the shapes by device (two CPU "devices" here: one group, the shapes of the whole network).
+        var trainer = new Trainer(new TrainingOptions { PipelineStages = 2, StageDevices = new[] { "cpu", "cpu" } });
+        using var local = trainer.CreateLocalTrainer(10, 32);
+        var byDevice = BackendCheck.ShapesByDevice(local);
+        Assert.HasCount(1, byDevice);
+        Assert.AreEqual("cpu", byDevice[0].Device.ToString());
+        CollectionAssert.AreEquivalent(BackendCheck.Shapes(local).Keys.ToList(), byDevice[0].Shapes.Keys.ToList());
+        var report = BackendCheck.Run(local);
+        Assert.IsTrue(report.Convolutions.All(c => c.Device == "cpu") && report.Device == "cpu", report.Device);
     }
 
     [TestMethod]

@@ -43,8 +43,10 @@ internal sealed record ConvolutionShape(int InChannels, int OutChannels, int Ker
 /// <param name="InputGradientError">The same for the input gradient (0 when none is taken); NaN when not finite.</param>
 /// <param name="WeightGradientError">The same for the weight and bias gradients; NaN when not finite.</param>
 /// <param name="Precision">The precision it was computed in (float32, bf16 or emulated bf16).</param>
+/// <param name="Device">The device it was computed on.</param>
 internal sealed record ConvolutionCheck(ConvolutionShape Shape, IReadOnlyList<string> Layers, ConvolutionRoute Route,
-    double OutputError, double InputGradientError, double WeightGradientError, TrainingPrecision Precision = TrainingPrecision.Float32)
+    double OutputError, double InputGradientError, double WeightGradientError, TrainingPrecision Precision = TrainingPrecision.Float32,
+    string Device = "cpu")
 {
     /// <summary>The largest error accepted in <see cref="Precision"/> (<see cref="BackendCheck.ToleranceFor"/>).</summary>
     public double Tolerance => BackendCheck.ToleranceFor(Precision);
@@ -89,14 +91,18 @@ internal sealed record BackendReport(BackendEnvironment Environment, string Devi
             : !(first.WeightGradientError <= first.Tolerance) ? $"weight gradient off by {Error(first.WeightGradientError)}"
             : $"output off by {Error(first.OutputError)}";
         bool bf16 = first.Precision != TrainingPrecision.Float32;
+        bool onGpu = first.Device.StartsWith("cuda", StringComparison.Ordinal);
+        var inPrecision = bf16 ? $"in {Choices.Name(first.Precision)}" : "";
+        var where = onGpu ? $"on {first.Device}{(bf16 ? " " + inPrecision : "")}"
+            : $"on this machine ({Environment.Cpu}; oneDNN {Environment.OneDnnIsa}; {Environment.Threads} threads{(bf16 ? "; " + inPrecision : "")})";
         var remedy = bf16 ? $"train in float32 (precision fp32; this check ran in {Choices.Name(first.Precision)}, whose kernels are other code)"
+            : onGpu ? $"no workaround of Man.ML covers this shape on {first.Device}: train on another device or in bf16"
             : Environment.Workaround == ConvolutionWorkaround.Never
             ? "turn Man.ML's convolution workaround back on (auto or always; it is 'never' now)"
             : "no workaround of Man.ML covers this shape: set ONEDNN_MAX_CPU_ISA=AVX in the environment before starting the process " +
               "(oneDNN's AVX kernels computed every shape correctly where this was measured, at some cost in speed), or train on another device";
         throw new BackendFaultException(this, string.Create(CultureInfo.InvariantCulture,
-            $"libtorch {Environment.LibTorch} computes a wrong convolution gradient on this machine ({Environment.Cpu}; " +
-            $"oneDNN {Environment.OneDnnIsa}; {Environment.Threads} threads{(bf16 ? $"; in {Choices.Name(first.Precision)}" : "")}): " +
+            $"libtorch {Environment.LibTorch} computes a wrong convolution gradient {where}: " +
             $"{first.Shape}, in {first.Layers[0]}{(first.Layers.Count > 1 ? $" and {first.Layers.Count - 1} more layers" : "")}, " +
             $"{what} (route {first.Route}). " +
             $"{(wrong.Count > 1 ? $"{wrong.Count - 1} more shapes are wrong. " : "")}Remedy: {remedy}. " +
@@ -147,12 +153,15 @@ internal static class BackendCheck
     public static BackendReport Run(LocalTrainer trainer)
     {
         var clock = Stopwatch.StartNew();
-        var device = trainer.Network.parameters().First().device;
         var policy = trainer.Network.Workaround;
-        bool channelsLast = trainer.Network.ChannelsLastOn(device.type);
-        var checks = Shapes(trainer).Select(u => Check(u.Key, u.Value, device, policy, Candidate(policy), channelsLast, trainer.Precision)).ToList();
-        return new BackendReport(DescribeEnvironment(policy), device.ToString(), checks, clock.Elapsed.TotalSeconds, trainer.Precision);
+        var byDevice = ShapesByDevice(trainer);
+        var checks = byDevice.SelectMany(d => d.Shapes.Select(u =>
+            Check(u.Key, u.Value, d.Device, policy, Candidate(policy), trainer.Network.ChannelsLastOn(d.Device.type), trainer.Precision))).ToList();
+        return new BackendReport(DescribeEnvironment(policy), DeviceNames(byDevice), checks, clock.Elapsed.TotalSeconds, trainer.Precision);
     }
+
+    private static string DeviceNames(IEnumerable<(Device Device, IReadOnlyDictionary<ConvolutionShape, IReadOnlyList<string>> Shapes)> byDevice) =>
+        string.Join(", ", byDevice.Select(d => d.Device.ToString()));
 
     /// <summary>Checks one convolution shape on <paramref name="device"/> (see <see cref="Run"/>) under
     /// <see cref="ConvolutionRouting.DefaultWorkaround"/>.</summary>
@@ -201,15 +210,17 @@ internal static class BackendCheck
     internal static BackendReport EnsureCorrect(LocalTrainer trainer)
     {
         var clock = Stopwatch.StartNew();
-        var device = trainer.Network.parameters().First().device;
         int threads = get_num_threads();
         var policy = trainer.Network.Workaround;
-        bool channelsLast = trainer.Network.ChannelsLastOn(device.type);
         var precision = trainer.Precision;
-        var checks = Shapes(trainer).Select(u => Checked.GetOrAdd((u.Key, device.ToString(), threads, policy, channelsLast, precision),
-            _ => Check(u.Key, u.Value, device, policy, Candidate(policy), channelsLast, precision)))
-            .ToList();
-        var report = new BackendReport(DescribeEnvironment(policy), device.ToString(), checks, clock.Elapsed.TotalSeconds, precision);
+        var byDevice = ShapesByDevice(trainer);
+        var checks = byDevice.SelectMany(d =>
+        {
+            bool channelsLast = trainer.Network.ChannelsLastOn(d.Device.type);
+            return d.Shapes.Select(u => Checked.GetOrAdd((u.Key, d.Device.ToString(), threads, policy, channelsLast, precision),
+                _ => Check(u.Key, u.Value, d.Device, policy, Candidate(policy), channelsLast, precision)));
+        }).ToList();
+        var report = new BackendReport(DescribeEnvironment(policy), DeviceNames(byDevice), checks, clock.Elapsed.TotalSeconds, precision);
         report.EnsureCorrect();
         return report;
     }
@@ -246,9 +257,38 @@ internal static class BackendCheck
     /// that run it, found by one forward pass of a batch of two through every segment, its head and MAN's copies (in
     /// evaluation mode, so no statistic moves).
     /// </summary>
-    public static IReadOnlyDictionary<ConvolutionShape, IReadOnlyList<string>> Shapes(LocalTrainer trainer)
+    public static IReadOnlyDictionary<ConvolutionShape, IReadOnlyList<string>> Shapes(LocalTrainer trainer) =>
+        Group(Trace(trainer, out var names), names);
+
+    /// <summary>The shapes of <see cref="Shapes"/> by the device each layer runs on (a pipelined run's stages may sit on
+    /// several), in the order the segments first reach each device.</summary>
+    public static IReadOnlyList<(Device Device, IReadOnlyDictionary<ConvolutionShape, IReadOnlyList<string>> Shapes)> ShapesByDevice(LocalTrainer trainer)
     {
-        var names = new Dictionary<Conv2dLayer, string>(ReferenceEqualityComparer.Instance);
+        var calls = Trace(trainer, out var names);
+        return calls.GroupBy(c => c.Layer.Weight.device.ToString())
+            .Select(g => (g.First().Layer.Weight.device, Group(g.ToList(), names))).ToList();
+    }
+
+    private static IReadOnlyDictionary<ConvolutionShape, IReadOnlyList<string>> Group(
+        IReadOnlyList<(Conv2dLayer Layer, long[] InputShape, bool RequiresGrad)> calls, Dictionary<Conv2dLayer, string> names)
+    {
+        var shapes = new Dictionary<ConvolutionShape, List<string>>();
+        foreach (var (layer, inputShape, requiresGrad) in calls)
+        {
+            var shape = new ConvolutionShape(layer.InChannels, layer.OutChannels, layer.KernelSize, layer.Stride, layer.Padding, layer.Groups,
+                layer.Bias is not null, (int)inputShape[2], (int)inputShape[3], requiresGrad);
+            if (!shapes.TryGetValue(shape, out var list)) shapes[shape] = list = new List<string>();
+            var name = names.TryGetValue(layer, out var n) ? n : layer.GetName();
+            if (!list.Contains(name)) list.Add(name);
+        }
+        return shapes.ToDictionary(p => p.Key, p => (IReadOnlyList<string>)p.Value);
+    }
+
+    // Every convolution call of one training step on a batch of two, each segment on the device its units sit on.
+    private static IReadOnlyList<(Conv2dLayer Layer, long[] InputShape, bool RequiresGrad)> Trace(LocalTrainer trainer,
+        out Dictionary<Conv2dLayer, string> names)
+    {
+        names = new Dictionary<Conv2dLayer, string>(ReferenceEqualityComparer.Instance);
         foreach (var (name, m) in trainer.Network.named_modules()) if (m is Conv2dLayer c) names.TryAdd(c, "network." + name);
         foreach (var (name, m) in trainer.AuxiliaryModule.named_modules()) if (m is Conv2dLayer c) names.TryAdd(c, "auxiliary." + name);
 
@@ -271,6 +311,12 @@ internal static class BackendCheck
                 for (int j = 0; j < trainer.Split.K; j++)
                 {
                     var range = trainer.Split.Segments[j];
+                    var at = network.Units[range.Start].parameters().First().device;
+                    if (h.device != at)
+                    {
+                        h = h.to(at);
+                        targets = new LocalTargets(targets.Labels.to(at), targets.Images.to(at));
+                    }
                     h = network.ForwardUnits(h.detach(), range.Start, range.End);
                     if (j < trainer.Split.K - 1)
                         trainer.Heads[j].Loss(trainer.Man is { } man ? man[j].call(h) : h, targets);
@@ -283,16 +329,7 @@ internal static class BackendCheck
         {
             trainer.SetTraining(training);
         }
-        var shapes = new Dictionary<ConvolutionShape, List<string>>();
-        foreach (var (layer, inputShape, requiresGrad) in calls)
-        {
-            var shape = new ConvolutionShape(layer.InChannels, layer.OutChannels, layer.KernelSize, layer.Stride, layer.Padding, layer.Groups,
-                layer.Bias is not null, (int)inputShape[2], (int)inputShape[3], requiresGrad);
-            if (!shapes.TryGetValue(shape, out var list)) shapes[shape] = list = new List<string>();
-            var name = names.TryGetValue(layer, out var n) ? n : layer.GetName();
-            if (!list.Contains(name)) list.Add(name);
-        }
-        return shapes.ToDictionary(p => p.Key, p => (IReadOnlyList<string>)p.Value);
+        return calls;
     }
 
     /// <summary>One shape: computed on <paramref name="device"/> through <paramref name="candidate"/> in
@@ -322,7 +359,8 @@ internal static class BackendCheck
             var route = ConvolutionRouting.RouteFor(policy, device.type, shape.InputGradient, w64.shape, shape.Stride,
                 shape.Padding, shape.Groups, channelsLast, bf16);
             double weightError = Math.Max(RelativeError(gw, gw64), gb is null ? 0 : RelativeError(gb, gb64!));
-            return new ConvolutionCheck(shape, layers, route, RelativeError(y, y64), gx is null ? 0 : RelativeError(gx, gx64!), weightError, precision);
+            return new ConvolutionCheck(shape, layers, route, RelativeError(y, y64), gx is null ? 0 : RelativeError(gx, gx64!), weightError,
+                precision, device.ToString());
         }
 
         using (MixedPrecision.Enter(precision))

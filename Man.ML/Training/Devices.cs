@@ -24,6 +24,19 @@ internal static class Devices
         if (!cuda.is_available())
             throw new InvalidOptionException(option,
                 $"Device '{name}' was asked for but CUDA is not available (reference a TorchSharp CUDA backend and run on a GPU machine).");
+        UseFloat32OnCuda();
         return device(canonical);
     }
+
+    // libtorch lets cuDNN compute float32 convolutions in TF32 (10-bit mantissas) by default; Man.ML's fp32 is IEEE
+    // float32 on every device, which its backend check holds it to (TF32's errors are about 1e-3 of a result's size).
+    // The tensor cores' speed is what the bf16 precision is for. A process-wide libtorch setting, set once.
+    private static void UseFloat32OnCuda()
+    {
+        if (Interlocked.Exchange(ref float32OnCuda, 1) != 0) return;
+        backends.cudnn.allow_tf32 = false;
+        backends.cuda.matmul.allow_tf32 = false;
+    }
+
+    private static int float32OnCuda;
 }

@@ -55,8 +55,8 @@ internal static class Evaluation
             using var scope = NewDisposeScope();
             if (!enumerator.MoveNext()) break;
             var x = enumerator.Current.Images.to(device);
-            var y = enumerator.Current.Labels.to(device);
             var logits = network.call(x);                                           // (B, classes)
+            var y = enumerator.Current.Labels.to(logits.device); // a pipelined network ends on its last stage's device
             correct += logits.argmax(1).eq(y).sum().item<long>();
             int k = (int)Math.Min(5, logits.shape[1]);
             top5 += logits.topk(k, dim: 1).indexes.eq(y.unsqueeze(1)).any(1).sum().item<long>(); // (B, k) → (B)
