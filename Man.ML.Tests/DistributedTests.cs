@@ -103,6 +103,63 @@ public sealed class DistributedTests
 
     [TestMethod]
     [TestCategory("Slow")]
+    public void TwoRanksAsPipelineStagesComputeTheInProcessPipelineAndAtLockStepTheSequentialRun()
+    {
+        // Two epochs of 8 batches of 32: activations, images and labels go down to rank 1, MAN's snapshots of rank 1's
+        // first unit come up to rank 0 every step, every batch's result goes to both, and each stage's state is broadcast
+        // from its rank between the epochs. One thread per stage everywhere: the same arithmetic in both layouts.
+        static string[] TwoEpochs(string[] args)
+        {
+            args[Array.IndexOf(args, "--epochs") + 1] = "2";
+            return args;
+        }
+        string[] Pipelined(string dir, int depth, params string[] more) =>
+            TwoEpochs(Run(dir, 32, new[] { "--pipeline", "2", "--pipeline-depth", depth.ToString(), "--stage-threads", "1" }.Concat(more).ToArray()));
+        using var inProcess = new TestSupport.TempDir();
+        using var ranks = new TestSupport.TempDir();
+        using var sequential = new TestSupport.TempDir();
+        using var lockStep = new TestSupport.TempDir();
+        var one = TestSupport.RunManml(Pipelined(inProcess.Path, 1));
+        Assert.AreEqual(0, one.ExitCode, one.Stderr + one.Stdout);
+        var two = TestSupport.Run(mpirun!, MpiArgs(2, Pipelined(ranks.Path, 1, "--distributed", "mpi")), environment: MpiEnvironment, timeoutSeconds: 300);
+        Assert.AreEqual(0, two.ExitCode, two.Stderr + two.Stdout);
+        StringAssert.Contains(two.Stdout, "distributed: 2 ranks, one pipeline stage each");
+        var seq = TestSupport.RunManml(TwoEpochs(Run(sequential.Path, 32)));
+        Assert.AreEqual(0, seq.ExitCode, seq.Stderr + seq.Stdout);
+        var locked = TestSupport.Run(mpirun!, MpiArgs(2, Pipelined(lockStep.Path, 0, "--distributed", "mpi")), environment: MpiEnvironment,
+            timeoutSeconds: 300);
+        Assert.AreEqual(0, locked.ExitCode, locked.Stderr + locked.Stdout);
+
+        void Same(string expectedDir, string actualDir, string what)
+        {
+            var expected = Tensors(Path.Combine(expectedDir, "model.ckpt"));
+            var actual = Tensors(Path.Combine(actualDir, "model.ckpt"));
+            Assert.HasCount(expected.Count, actual);
+            foreach (var (name, value) in expected)
+                Assert.IsTrue(actual[name].eq(value).all().item<bool>(), $"{name}: {what} differs");
+            JsonNode Epochs(string dir) => JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "metrics.json")))!["epochs"]!;
+            foreach (var key in new[] { "train_loss", "val_accuracy", "segment_losses" })
+                Assert.AreEqual(Epochs(expectedDir).AsArray().Select(e => e![key]!.ToJsonString()).Aggregate((a, b) => a + b),
+                    Epochs(actualDir).AsArray().Select(e => e![key]!.ToJsonString()).Aggregate((a, b) => a + b), $"{key}: {what}");
+        }
+        Same(inProcess.Path, ranks.Path, "two ranks at depth 1 against one process's pipeline at depth 1");
+        Same(sequential.Path, lockStep.Path, "two ranks in lock-step against the sequential run");
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(ranks.Path, "metrics.json")))!["config"]!;
+        Assert.IsTrue(config["distributed"]!["stages_as_ranks"]!.GetValue<bool>());
+        Assert.AreEqual(0.025, config["lr"]!.GetValue<double>(), 1e-12, "whole batches of 32 on every rank: 0.1·32/128");
+
+        // A pipeline of 3 stages on 2 ranks is refused on every rank, in one line, before training.
+        using var refused = new TestSupport.TempDir();
+        var fourSegments = Run(Path.Combine(refused.Path, "out"), 32, "--pipeline", "3", "--distributed", "mpi");
+        fourSegments[Array.IndexOf(fourSegments, "--k") + 1] = "4";
+        var wrong = TestSupport.Run(mpirun!, MpiArgs(2, fourSegments), environment: MpiEnvironment, timeoutSeconds: 120);
+        Assert.AreNotEqual(0, wrong.ExitCode);
+        StringAssert.Contains(wrong.Stderr + wrong.Stdout, "3 stages need 3 ranks (mpirun -np 3), and this job has 2");
+        Assert.IsFalse(Directory.Exists(Path.Combine(refused.Path, "out")), "a refused run leaves no output folder");
+    }
+
+    [TestMethod]
+    [TestCategory("Slow")]
     public void ATwoRankRunKilledAfterItsFirstCheckpointAndResumedEndsIdenticalToOneNeverStopped()
     {
         using var whole = new TestSupport.TempDir();

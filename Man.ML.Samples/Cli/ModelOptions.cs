@@ -127,7 +127,8 @@ internal sealed class ModelOptions
     public Option<string> Distributed { get; } = new("--distributed")
     {
         Description = "none (default), or mpi: data-parallel over the ranks of an MPI job started by mpirun or srun (each rank runs the same " +
-                      "command; --batch-size is each rank's share of the global batch).",
+                      "command; --batch-size is each rank's share of the global batch); with --pipeline W, the W ranks of the job are the " +
+                      "pipeline's stages instead (mpirun -np W).",
         DefaultValueFactory = _ => Choices.Name(Defaults.Distributed),
     };
     public Option<int> MicroBatches { get; } = new("--micro-batches")

@@ -346,7 +346,10 @@ internal static class TrainCommand
                 AnsiConsole.MarkupLine(Markup.Escape(
                     "note: start pipelined runs with MALLOC_ARENA_MAX=1 in the environment for full speed (docs/PIPELINE.md)"));
         }
-        if (plan.Distributed is { } job)
+        if (plan.Distributed is { StagesAsRanks: true } stages)
+            AnsiConsole.MarkupLine(Markup.Escape($"distributed: {stages.Ranks} ranks, one pipeline stage each (rank s trains stage s), " +
+                                                 $"batch {options.BatchSize}; {stages.Library}"));
+        else if (plan.Distributed is { } job)
             AnsiConsole.MarkupLine(Markup.Escape($"distributed: {job.Ranks} ranks × batch {options.BatchSize} = global batch {plan.GlobalBatchSize}" +
                                                  (options.MicroBatches > 1 ? $" ({options.MicroBatches} micro-batches per rank)" : "") + $"; {job.Library}"));
         if (plan.InitialWeights is { } w)

@@ -24,6 +24,10 @@ internal sealed class MpiLibrary
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)] public delegate int IallreduceFn(IntPtr send, IntPtr receive, int count, IntPtr type,
         IntPtr op, IntPtr comm, out IntPtr request);
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)] public delegate int TestFn(ref IntPtr request, out int flag, IntPtr status);
+    [UnmanagedFunctionPointer(CallingConvention.Cdecl)] public delegate int PointToPointFn(IntPtr buffer, int count, IntPtr type, int peer, int tag,
+        IntPtr comm, out IntPtr request);
+    [UnmanagedFunctionPointer(CallingConvention.Cdecl)] public delegate int IbcastFn(IntPtr buffer, int count, IntPtr type, int root, IntPtr comm,
+        out IntPtr request);
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)] public delegate int AbortFn(IntPtr comm, int code);
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)] public delegate int VersionFn(IntPtr buffer, out int length);
 
@@ -36,12 +40,16 @@ internal sealed class MpiLibrary
     public required CommIntFn CommSize { get; init; }
     public required IallreduceFn Iallreduce { get; init; }
     public required TestFn Test { get; init; }
+    public required PointToPointFn Isend { get; init; }
+    public required PointToPointFn Irecv { get; init; }
+    public required IbcastFn Ibcast { get; init; }
     public required AbortFn Abort { get; init; }
     public required VersionFn LibraryVersion { get; init; }
     public required IntPtr CommWorld { get; init; }
     public required IntPtr Float { get; init; }
     public required IntPtr Double { get; init; }
     public required IntPtr LongLong { get; init; }
+    public required IntPtr Byte { get; init; }
     public required IntPtr Sum { get; init; }
     public required IntPtr Max { get; init; }
     public required IntPtr Min { get; init; }
@@ -90,12 +98,16 @@ internal sealed class MpiLibrary
                 CommSize = Fn<CommIntFn>("MPI_Comm_size"),
                 Iallreduce = Fn<IallreduceFn>("MPI_Iallreduce"),
                 Test = Fn<TestFn>("MPI_Test"),
+                Isend = Fn<PointToPointFn>("MPI_Isend"),
+                Irecv = Fn<PointToPointFn>("MPI_Irecv"),
+                Ibcast = Fn<IbcastFn>("MPI_Ibcast"),
                 Abort = Fn<AbortFn>("MPI_Abort"),
                 LibraryVersion = Fn<VersionFn>("MPI_Get_library_version"),
                 CommWorld = world,
                 Float = NativeLibrary.GetExport(handle, "ompi_mpi_float"),
                 Double = NativeLibrary.GetExport(handle, "ompi_mpi_double"),
                 LongLong = NativeLibrary.GetExport(handle, "ompi_mpi_long_long_int"),
+                Byte = NativeLibrary.GetExport(handle, "ompi_mpi_byte"),
                 Sum = NativeLibrary.GetExport(handle, "ompi_mpi_op_sum"),
                 Max = NativeLibrary.GetExport(handle, "ompi_mpi_op_max"),
                 Min = NativeLibrary.GetExport(handle, "ompi_mpi_op_min"),

@@ -158,6 +158,50 @@ internal sealed class MpiWorld
         }
     }
 
+    /// <summary>Starts sending <paramref name="count"/> bytes at <paramref name="buffer"/> (pinned until the request
+    /// completes) to rank <paramref name="to"/>; messages between two ranks with one tag arrive in the order sent.</summary>
+    public MpiRequest StartSend(IntPtr buffer, int count, int to, int tag)
+    {
+        lock (calls)
+        {
+            Check(mpi.Isend(buffer, count, mpi.Byte, to, tag, mpi.CommWorld, out var handle), "MPI_Isend", Rank);
+            return new MpiRequest { Handle = handle, Started = Stopwatch.GetTimestamp() };
+        }
+    }
+
+    /// <summary>Starts receiving at most <paramref name="count"/> bytes from rank <paramref name="from"/> into
+    /// <paramref name="buffer"/> (pinned until the request completes).</summary>
+    public MpiRequest StartReceive(IntPtr buffer, int count, int from, int tag)
+    {
+        lock (calls)
+        {
+            Check(mpi.Irecv(buffer, count, mpi.Byte, from, tag, mpi.CommWorld, out var handle), "MPI_Irecv", Rank);
+            return new MpiRequest { Handle = handle, Started = Stopwatch.GetTimestamp() };
+        }
+    }
+
+    /// <summary>Copies rank <paramref name="root"/>'s <paramref name="values"/> into every rank's, waiting at most
+    /// <paramref name="timeoutSeconds"/>.</summary>
+    public void Broadcast(byte[] values, int root, double timeoutSeconds, Func<string> what)
+    {
+        if (values.Length == 0) return;
+        var pin = GCHandle.Alloc(values, GCHandleType.Pinned);
+        try
+        {
+            MpiRequest request;
+            lock (calls)
+            {
+                Check(mpi.Ibcast(pin.AddrOfPinnedObject(), values.Length, mpi.Byte, root, mpi.CommWorld, out var handle), "MPI_Ibcast", Rank);
+                request = new MpiRequest { Handle = handle, Started = Stopwatch.GetTimestamp() };
+            }
+            Wait(request, timeoutSeconds, what);
+        }
+        finally
+        {
+            pin.Free();
+        }
+    }
+
     /// <summary>Advances <paramref name="request"/> (Open MPI progresses non-blocking collectives inside MPI calls) and
     /// says whether it has completed.</summary>
     public bool Test(MpiRequest request)
@@ -177,11 +221,16 @@ internal sealed class MpiWorld
 
     /// <summary>Waits for <paramref name="request"/> at most <paramref name="timeoutSeconds"/>.</summary>
     /// <exception cref="DistributedException">It did not complete in time: another rank stopped or hangs.</exception>
-    public void Wait(MpiRequest request, double timeoutSeconds, Func<string> what)
+    public void Wait(MpiRequest request, double timeoutSeconds, Func<string> what) => Wait(request, timeoutSeconds, what, CancellationToken.None);
+
+    /// <summary>Waits for <paramref name="request"/> at most <paramref name="timeoutSeconds"/>, or until
+    /// <paramref name="cancellation"/> is cancelled (then throws <see cref="OperationCanceledException"/>).</summary>
+    public void Wait(MpiRequest request, double timeoutSeconds, Func<string> what, CancellationToken cancellation)
     {
         long start = Stopwatch.GetTimestamp();
         while (!Test(request))
         {
+            cancellation.ThrowIfCancellationRequested();
             var waited = Stopwatch.GetElapsedTime(start);
             if (waited.TotalSeconds > timeoutSeconds)
                 throw new DistributedException(Rank, FormattableString.Invariant(

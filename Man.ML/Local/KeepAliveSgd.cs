@@ -41,6 +41,17 @@ internal static class KeepAlive
             using (no_grad()) foreach (var param in parameters) Update(param, scalars);
         }
 
+        /// <summary>The momentum buffer of <paramref name="param"/>, or null before its first step.</summary>
+        public Tensor? MomentumOf(Parameter param) => ((State)_state[param.Handle]).momentum_buffer;
+
+        /// <summary>Gives <paramref name="param"/> a momentum buffer of zeros (to be filled) and returns it.</summary>
+        public Tensor ZeroMomentum(Parameter param)
+        {
+            var buffer = zeros_like(param).DetachFromDisposeScope();
+            ((State)_state[param.Handle]).momentum_buffer = buffer;
+            return buffer;
+        }
+
         private void Update(Parameter param, StepScalars s)
         {
             var grad = param.grad;

@@ -211,6 +211,12 @@ public sealed class LocalTrainer : IDisposable
         return trainable.Where(p => mine.Contains(p.Handle)).ToList();
     }
 
+    /// <summary>SGD's momentum buffer of <paramref name="parameter"/>, or null before its first step.</summary>
+    internal Tensor? MomentumOf(Parameter parameter) => optimizer.MomentumOf(parameter);
+
+    /// <summary>Gives <paramref name="parameter"/> a momentum buffer of zeros, to be filled, and returns it.</summary>
+    internal Tensor ZeroMomentum(Parameter parameter) => optimizer.ZeroMomentum(parameter);
+
     /// <summary>What a step of segments <paramref name="first"/> to <paramref name="last"/> changes besides the trained
     /// parameters (batch-norm statistics, MAN's EMA copies): a dropped step puts it back.</summary>
     internal IReadOnlyList<Tensor> StepState(int first, int last)

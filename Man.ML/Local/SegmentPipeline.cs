@@ -37,7 +37,7 @@ internal sealed class PipelineStepException(Exception inner, int batch, int stag
 }
 
 /// <summary>Runs a <see cref="LocalTrainer"/>'s steps as a pipeline of stages on worker threads.</summary>
-internal sealed class SegmentPipeline : IDisposable
+internal sealed partial class SegmentPipeline : IDisposable
 {
     // One long-lived thread per stage, for every epoch of the run: a thread keeps its libtorch thread budget, and its
     // native heap arena stays warm from one epoch to the next. Each epoch is one job per worker.
@@ -166,12 +166,14 @@ internal sealed class SegmentPipeline : IDisposable
         }
     }
 
-    private Snapshot TakeSnapshot(int stage, long version)
+    // For the stage before (in one process: on its device; between ranks: on the CPU, where the message is made).
+    private Snapshot TakeSnapshot(int stage, long version) => TakeSnapshot(stage, version, Link is null ? layout.Devices[stage - 1] : CPU);
+
+    private Snapshot TakeSnapshot(int stage, long version, Device target)
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         var unit = local.Network.Units[local.Split.Segments[layout.Stages[stage].First].Start];
-        var target = layout.Devices[stage - 1];
         return new Snapshot(version, unit.parameters().Select(p => p.detach().clone().to(target).DetachFromDisposeScope()).ToArray());
     }
 
@@ -193,6 +195,11 @@ internal sealed class SegmentPipeline : IDisposable
     public void RunEpoch(long firstStep, int batches, Func<int, (Tensor Images, Tensor Labels)> nextBatch, Func<int, double> rate,
         NonFinitePolicy policy, Action<int, StepResult> onResult, CancellationToken cancellation)
     {
+        if (Link is { } link)
+        {
+            RunEpochAsRank(link, firstStep, batches, nextBatch, rate, policy, onResult, cancellation);
+            return;
+        }
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
         var token = stop.Token;
         // Readers block on their own thread (not awaiting), so a write wakes the reader directly rather than through a
@@ -324,7 +331,7 @@ internal sealed class SegmentPipeline : IDisposable
                 // Parameters after this step, for the previous stage's EMA copy (also after a dropped step: versions
                 // count steps, taken or not).
                 if (toPrevious is not null && !Write(toPrevious, TakeSnapshot(stage, step + 1), token)) return;
-                if (stage + 1 < layout.Stages.Count) Carry(item, layout.Devices[stage + 1]);
+                if (stage + 1 < layout.Stages.Count && Link is null) Carry(item, layout.Devices[stage + 1]);
                 var sent = item;
                 item = null;
                 if (!Write(output, sent, token)) return;

@@ -88,7 +88,7 @@ public sealed record RunPlan
     public DistributedPlan? Distributed { get; init; }
 
     /// <summary>Images per optimizer step over every rank: <see cref="TrainingOptions.BatchSize"/> times the ranks.</summary>
-    public int GlobalBatchSize => Options.BatchSize * (Distributed?.Ranks ?? 1);
+    public int GlobalBatchSize => Options.BatchSize * (Distributed is { StagesAsRanks: false } job ? job.Ranks : 1);
 
     /// <summary>What was loaded from <see cref="TrainingOptions.InitFrom"/> (null without one).</summary>
     public WeightsLoadReport? InitialWeights { get; init; }
@@ -130,7 +130,7 @@ public sealed record RunPlan
     public string Summary => $"{Architecture}, K={K} ({(SplitTable is { } t ? $"reference split '{t}'" : "balanced split")}), " +
         $"rule {Choices.Name(Rule)}{(Man is null ? "" : " + MAN")}{(Precision == TrainingPrecision.Float32 ? "" : $", {Choices.Name(Precision)}")}" +
         (Pipeline is { } p ? $", pipelined in {p.Stages.Count} stages (depth {p.Depth})" : "") +
-        (Distributed is { } d ? $", data-parallel over {d.Ranks} MPI ranks" : "") +
+        (Distributed is { } d ? d.StagesAsRanks ? $", its stages on {d.Ranks} MPI ranks" : $", data-parallel over {d.Ranks} MPI ranks" : "") +
         (Options.MicroBatches > 1 ? $", {Options.MicroBatches} micro-batches" : "");
 
     /// <summary>
@@ -170,8 +170,14 @@ public sealed record RunPlan
         var device = Devices.Resolve(options.Device);
         foreach (var stageDevice in options.StageDevices ?? Array.Empty<string>()) Devices.Resolve(stageDevice, nameof(TrainingOptions.StageDevices));
         var precision = BFloat16Support.Resolve(options.Precision, device.type, nameof(TrainingOptions.Precision));
-        var distributed = options.Distributed == DistributedMode.Mpi ? DistributedPlan.OfThisJob() : null;
-        int globalBatch = options.BatchSize * (distributed?.Ranks ?? 1);
+        var distributed = options.Distributed == DistributedMode.Mpi
+            ? DistributedPlan.OfThisJob() with { StagesAsRanks = options.ResolvedPipelineStages > 1 }
+            : null;
+        if (distributed is { StagesAsRanks: true } && distributed.Ranks != options.ResolvedPipelineStages)
+            throw new InvalidOptionException(nameof(TrainingOptions.PipelineStages), FormattableString.Invariant(
+                $"A pipeline over MPI runs one stage per rank: {options.ResolvedPipelineStages} stages need {options.ResolvedPipelineStages} ranks ") +
+                FormattableString.Invariant($"(mpirun -np {options.ResolvedPipelineStages}), and this job has {distributed.Ranks}."));
+        int globalBatch = options.BatchSize * (distributed is { StagesAsRanks: false } ? distributed.Ranks : 1);
         var settings = options.RuleSettings with { InfoPro = options.RuleSettings.InfoPro with { Dataset = options.Dataset.Name } };
         var rule = LocalLearningRules.Create(options.Rule, settings);
         using var callers = get_rng_state();
@@ -358,7 +364,10 @@ public sealed record RunPlan
             } : null,
             ["pipeline_devices"] = Pipeline is { } placed ? new JsonArray(placed.Stages.Select(st => (JsonNode)st.Device).ToArray()) : null,
             ["pipeline_threads"] = Pipeline?.ThreadsPerStage,
-            ["distributed"] = Distributed is { } job ? new JsonObject { ["backend"] = "mpi", ["ranks"] = job.Ranks } : null,
+            ["distributed"] = Distributed is { } job
+                ? job.StagesAsRanks ? new JsonObject { ["backend"] = "mpi", ["ranks"] = job.Ranks, ["stages_as_ranks"] = true }
+                    : new JsonObject { ["backend"] = "mpi", ["ranks"] = job.Ranks }
+                : null,
             ["micro_batches"] = o.MicroBatches == 1 ? null : o.MicroBatches,
             ["device"] = Device,
             ["precision"] = Choices.Name(Precision),

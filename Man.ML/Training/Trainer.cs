@@ -272,7 +272,8 @@ public sealed class Trainer
         var (network, split) = (local.Network, local.Split);
 
         var job = runPlan.Distributed;
-        int ranks = job?.Ranks ?? 1, globalBatch = runPlan.GlobalBatchSize;
+        bool stagesAsRanks = job?.StagesAsRanks == true; // a pipeline whose stages are the ranks: whole batches on every rank
+        int ranks = stagesAsRanks ? 1 : job?.Ranks ?? 1, globalBatch = runPlan.GlobalBatchSize;
         int batches = (train.Count + globalBatch - 1) / globalBatch;
         // A last batch too small to give each rank's micro-batches 2 images would break batch norm: fold it into the
         // previous one (one image in one process).
@@ -282,9 +283,9 @@ public sealed class Trainer
             .Select(b => (b * globalBatch, b == batches - 1 ? train.Count : (b + 1) * globalBatch)).ToList();
         // A rank reads its shard of each global batch: the source draws by position (image files), or the global batch
         // is drawn whole, as one process would, and sliced (augmentation then continues exactly as in one process).
-        var shards = job is null ? null : ranges.Select(r => DataParallel.Shard(r, job.Rank, ranks)).ToList();
+        var shards = job is null || stagesAsRanks ? null : ranges.Select(r => DataParallel.Shard(r, job.Rank, ranks)).ToList();
         var world = job is null ? null : Distributed.MpiWorld.Instance;
-        using var averager = world is null ? null
+        using var averager = world is null || stagesAsRanks ? null
             : new Distributed.GradientAverager(world, Enumerable.Range(0, split.K).Select(j => local.TrainableParameters(j, j)).ToList(),
                 Options.CollectiveTimeoutSeconds);
         bool writesFiles = job?.WritesFiles ?? true;
@@ -299,7 +300,12 @@ public sealed class Trainer
         }
         double trainSeconds = epochs.Sum(e => e.Seconds);
         using var monitor = EarlyStopping is null ? null : new EarlyStoppingMonitor(EarlyStopping);
-        using var pipeline = runPlan.Pipeline is { } pipelinePlan ? new SegmentPipeline(local, PipelineLayoutOf(pipelinePlan)) : null;
+        using var pipeline = runPlan.Pipeline is { } pipelinePlan
+            ? new SegmentPipeline(local, PipelineLayoutOf(pipelinePlan))
+            {
+                Link = stagesAsRanks ? new Distributed.StageLink(world!, Options.CollectiveTimeoutSeconds) : null,
+            }
+            : null;
         var firstDevice = pipeline?.Layout.Devices[0] ?? device;
         bool stoppedEarly = false;
         long imagesSeen = (long)epochs.Count * train.Count;
@@ -384,7 +390,12 @@ public sealed class Trainer
                 Record(b, result);
             }
             Distributed.CommunicationFigures? communication = null;
-            if (world is not null)
+            if (stagesAsRanks)
+            {
+                // Every rank received every batch's result (the same figures); each stage's state goes to every rank.
+                pipeline!.ShareStages();
+            }
+            else if (world is not null)
             {
                 // The epoch's figures over every rank; batch-norm statistics made the same on every rank before the
                 // evaluation and the checkpoint (each rank's are of its own shards).

@@ -159,7 +159,8 @@ public sealed record TrainingOptions
     /// How the run is spread over processes (docs/DISTRIBUTED.md): none, or data-parallel over the ranks of an MPI job
     /// (every rank runs the same options; <see cref="BatchSize"/> is each rank's share of a global batch R times as
     /// large, read in the single-process order; each segment's gradients are summed across ranks as soon as its local
-    /// backward is done). Not combined with a pipeline. Default <see cref="DistributedMode.None"/>.
+    /// backward is done). With <see cref="PipelineStages"/> W above 1, the job's R = W ranks are the pipeline's stages
+    /// instead: rank s trains stage s on whole batches of <see cref="BatchSize"/>. Default <see cref="DistributedMode.None"/>.
     /// </summary>
     public DistributedMode Distributed { get; init; } = DistributedMode.None;
 
@@ -229,8 +230,8 @@ public sealed record TrainingOptions
         Check(Enum.IsDefined(Distributed), nameof(Distributed), $"Unknown distributed mode {(int)Distributed}.");
         Check(CollectiveTimeoutSeconds > 0 && double.IsFinite(CollectiveTimeoutSeconds), nameof(CollectiveTimeoutSeconds),
             FormattableString.Invariant($"The collective timeout must be a positive number of seconds (got {CollectiveTimeoutSeconds})."));
-        Check(Distributed == DistributedMode.None || ResolvedPipelineStages == 1, nameof(Distributed),
-            "Distributed training runs the sequential step on every rank; it is not combined with a pipeline (give --pipeline 1).");
+        Check(Distributed == DistributedMode.None || ResolvedPipelineStages == 1 || MicroBatches == 1, nameof(MicroBatches),
+            "Pipelined stages on MPI ranks train whole batches; micro-batches belong to data-parallel runs (give --micro-batches 1).");
         CheckStructure(Rule != LearningRule.EndToEnd, Choices.Name(Rule), K, Man);
         Check(Architecture.Length > 0, nameof(Architecture), "The architecture is empty.");
         try { _ = Models.Architectures.Canonical(Architecture); }
