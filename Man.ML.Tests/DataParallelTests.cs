@@ -71,7 +71,7 @@ public sealed class DataParallelTests
     }
 
     [TestMethod]
-    public void OptionsRefuseMicroBatchesOfFewerThanTwoImagesAPipelineWithMpiAndABadTimeout()
+    public void OptionsRefuseMicroBatchesOfFewerThanTwoImagesOrInAPipelineOverMpiAndABadTimeout()
     {
         void Refused(TrainingOptions o, string option, string text)
         {
@@ -81,7 +81,10 @@ public sealed class DataParallelTests
         }
         Refused(new TrainingOptions { BatchSize = 16, MicroBatches = 9 }, nameof(TrainingOptions.MicroBatches), "half the batch size (8)");
         Refused(new TrainingOptions { MicroBatches = 0 }, nameof(TrainingOptions.MicroBatches), "got 0");
-        Refused(new TrainingOptions { Distributed = DistributedMode.Mpi, PipelineStages = 2 }, nameof(TrainingOptions.Distributed), "--pipeline 1");
+        // A pipeline over MPI (its stages are the ranks) is allowed; micro-batches, which belong to data-parallel runs, are not.
+        new TrainingOptions { Distributed = DistributedMode.Mpi, PipelineStages = 2 }.Validate();
+        Refused(new TrainingOptions { Distributed = DistributedMode.Mpi, PipelineStages = 2, MicroBatches = 2 }, nameof(TrainingOptions.MicroBatches),
+            "--micro-batches 1");
         Refused(new TrainingOptions { CollectiveTimeoutSeconds = 0 }, nameof(TrainingOptions.CollectiveTimeoutSeconds), "positive");
         new TrainingOptions { BatchSize = 16, MicroBatches = 8 }.Validate();
     }
