@@ -296,4 +296,25 @@ public sealed class DistributedTests
         Assert.IsTrue(seconds < 60, $"the job took {seconds:0} s to end with a 10 s timeout");
         AssertGone(ranks);
     }
+
+    [TestMethod]
+    [TestCategory("Slow")]
+    public void PipelineStagesAsRanksEndTheJobWhenARankDiesOrHangsNamingTheRankAndTheStep()
+    {
+        // A killed stage: mpirun ends the job and names the rank.
+        var (code, output, seconds, ranks, _) = TwoRanksAnd(p => p.Kill(), "--pipeline", "2");
+        Assert.AreNotEqual(0, code, output);
+        StringAssert.Matches(output, new System.Text.RegularExpressions.Regex(@"process rank [01] with PID \d+ on node \S+ exited on signal 9"), output);
+        Assert.IsTrue(seconds < 60, $"the job took {seconds:0} s to end after a stage's rank was killed");
+        AssertGone(ranks);
+
+        // A stage that hangs: the other rank waits for its messages at most --collective-timeout, names what it waited
+        // for (the stage, the step, the rank), and ends the job.
+        (code, output, seconds, ranks, _) = TwoRanksAnd(p => Process.Start("kill", new[] { "-STOP", p.Id.ToString() })!.WaitForExit(),
+            "--pipeline", "2", "--collective-timeout", "10");
+        Assert.AreEqual(5, code, output);
+        StringAssert.Matches(output, new System.Text.RegularExpressions.Regex(@"rank [01] of 2: .*step \d+.* rank [01] did not complete within 10 s"), output);
+        Assert.IsTrue(seconds < 60, $"the job took {seconds:0} s to end with a 10 s timeout");
+        AssertGone(ranks);
+    }
 }
