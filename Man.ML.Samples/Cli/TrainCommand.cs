@@ -128,6 +128,9 @@ internal static class TrainCommand
             options.Validate();
             // Every rank of a distributed run trains; rank 0 alone prints and writes the run's files.
             bool mainRank = options.Distributed == Distributed.DistributedMode.None || Distributed.MpiJob.Rank == 0;
+            // Every rank refuses a job of the wrong size before rank 0 creates the output folder: the launcher may kill
+            // rank 0 as soon as another rank exits, before it could take the folder back.
+            RunPlan.DistributedOf(options);
             if (!mainRank)
                 AnsiConsole.Console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null) });
             if (options.Pretrained is { } pretrained && mainRank) FetchWithProgress(options, pretrained);

@@ -159,6 +159,22 @@ public sealed record RunPlan
     }
 
     /// <summary>
+    /// The job a distributed run is part of (null for one process), checked against the options: a pipeline over MPI
+    /// needs one rank per stage. Callers that write files check this before creating any.
+    /// </summary>
+    internal static DistributedPlan? DistributedOf(TrainingOptions options)
+    {
+        var distributed = options.Distributed == DistributedMode.Mpi
+            ? DistributedPlan.OfThisJob() with { StagesAsRanks = options.ResolvedPipelineStages > 1 }
+            : null;
+        if (distributed is { StagesAsRanks: true } && distributed.Ranks != options.ResolvedPipelineStages)
+            throw new InvalidOptionException(nameof(TrainingOptions.PipelineStages), FormattableString.Invariant(
+                $"A pipeline over MPI runs one stage per rank: {options.ResolvedPipelineStages} stages need {options.ResolvedPipelineStages} ranks ") +
+                FormattableString.Invariant($"(mpirun -np {options.ResolvedPipelineStages}), and this job has {distributed.Ranks}."));
+        return distributed;
+    }
+
+    /// <summary>
     /// The one place a run is resolved from validated options: resolves the device, builds the seeded network, splits
     /// it, derives every head's context and describes the heads. The caller's state of libtorch's global generator is
     /// given back.
@@ -170,13 +186,7 @@ public sealed record RunPlan
         var device = Devices.Resolve(options.Device);
         foreach (var stageDevice in options.StageDevices ?? Array.Empty<string>()) Devices.Resolve(stageDevice, nameof(TrainingOptions.StageDevices));
         var precision = BFloat16Support.Resolve(options.Precision, device.type, nameof(TrainingOptions.Precision));
-        var distributed = options.Distributed == DistributedMode.Mpi
-            ? DistributedPlan.OfThisJob() with { StagesAsRanks = options.ResolvedPipelineStages > 1 }
-            : null;
-        if (distributed is { StagesAsRanks: true } && distributed.Ranks != options.ResolvedPipelineStages)
-            throw new InvalidOptionException(nameof(TrainingOptions.PipelineStages), FormattableString.Invariant(
-                $"A pipeline over MPI runs one stage per rank: {options.ResolvedPipelineStages} stages need {options.ResolvedPipelineStages} ranks ") +
-                FormattableString.Invariant($"(mpirun -np {options.ResolvedPipelineStages}), and this job has {distributed.Ranks}."));
+        var distributed = DistributedOf(options);
         int globalBatch = options.BatchSize * (distributed is { StagesAsRanks: false } ? distributed.Ranks : 1);
         var settings = options.RuleSettings with { InfoPro = options.RuleSettings.InfoPro with { Dataset = options.Dataset.Name } };
         var rule = LocalLearningRules.Create(options.Rule, settings);
