@@ -145,10 +145,13 @@ internal sealed class GradientAverager : IDisposable
         steps++;
     }
 
+    // An all-reduce still in flight writes into its buffer: a run abandoned mid-step (cancelled, or failed on this rank)
+    // leaves that buffer pinned rather than let MPI write into freed memory.
     public void Dispose()
     {
         foreach (var s in segments)
         {
+            if (s.Request is { Done: false }) continue;
             s.Flat.Dispose();
             if (s.Pin.IsAllocated) s.Pin.Free();
         }

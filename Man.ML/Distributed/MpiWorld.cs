@@ -56,8 +56,10 @@ internal sealed class MpiRequest
 {
     internal IntPtr Handle;
 
-    /// <summary>Whether it has completed.</summary>
-    public bool Done { get; internal set; }
+    private volatile bool done;
+
+    /// <summary>Whether it has completed (set under the world's lock; read by any thread).</summary>
+    public bool Done { get => done; internal set => done = value; }
 
     /// <summary>When it was started, and when it was first seen complete (Stopwatch ticks).</summary>
     public long Started { get; internal init; }
@@ -209,6 +211,7 @@ internal sealed class MpiWorld
         if (request.Done) return true;
         lock (calls)
         {
+            if (request.Done) return true; // completed by another thread while this one waited for the lock
             Check(mpi.Test(ref request.Handle, out int flag, IntPtr.Zero), "MPI_Test", Rank);
             if (flag != 0)
             {
