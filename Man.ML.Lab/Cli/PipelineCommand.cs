@@ -1,6 +1,7 @@
 // manml-lab pipeline: per-segment step times, the stage boundaries they balance to, the cost model's prediction for W
 // stages, and (unless --predict-only) the measured images/s of the sequential step at 1 and 2 threads and of the
-// pipeline at one thread per stage, in alternating rounds.
+// pipeline at one thread per stage (at the ends a run would use, and at the measured-alone balance when that differs),
+// in alternating rounds.
 using System.CommandLine;
 using System.Globalization;
 using Man.ML.Diagnostics;
@@ -81,22 +82,30 @@ internal static class PipelineCommand
             AnsiConsole.Write(prediction);
             if (parse.GetValue(predictOnly)) return 0;
 
+            // The pipeline as a run without --stage-ends trains it (the product's default: the estimated balance) and,
+            // when they differ, at the ends the segment times measured alone balance to.
             int stagesMeasured = ws[0];
             var measuredEnds = StageBalance.Ends(ms, stagesMeasured);
-            var layout = new PipelineLayout(StageBalance.Stages(measuredEnds, k), options.PipelineDepth,
-                Enumerable.Repeat(TorchSharp.torch.CPU, stagesMeasured).ToArray(), 1);
+            var defaultEnds = StageBalance.Ends(estimates, stagesMeasured);
+            var pipelines = new List<(string Label, int[] Ends)> { ("the default, estimated balance", defaultEnds) };
+            if (!measuredEnds.SequenceEqual(defaultEnds)) pipelines.Add(("balanced by segment times measured alone", measuredEnds));
             using var twin = new Trainer(options).CreateLocalTrainer(dataset.Classes, options.ImageSize ?? dataset.ImageSize);
-            var modes = new (string Name, Func<double> Run, double? Predicted)[]
+            var modes = new List<(string Name, Func<double> Run, int[]? Ends)>
             {
                 ("two independent sequential runs at once, 1 thread each", () => PipelineProbe.ConcurrentImagesPerSecond(local, twin, batch, n), null),
                 ("sequential, 1 thread", () => PipelineProbe.SequentialImagesPerSecond(local, batch, n, 1), null),
                 ("sequential, 2 threads", () => PipelineProbe.SequentialImagesPerSecond(local, batch, n, 2), null),
-                ($"pipelined W={stagesMeasured} (ends {string.Join(",", measuredEnds)}, depth {options.PipelineDepth}), 1 thread per stage",
-                    () => PipelineProbe.PipelinedImagesPerSecond(local, layout, batch, n), null),
             };
+            foreach (var (label, ends) in pipelines)
+            {
+                var layout = new PipelineLayout(StageBalance.Stages(ends, k), options.PipelineDepth,
+                    Enumerable.Repeat(TorchSharp.torch.CPU, stagesMeasured).ToArray(), 1);
+                modes.Add(($"pipelined W={stagesMeasured} (ends {string.Join(",", ends)}: {label}; depth {options.PipelineDepth}), 1 thread per stage",
+                    () => PipelineProbe.PipelinedImagesPerSecond(local, layout, batch, n), ends));
+            }
             var results = modes.Select(_ => new List<double>()).ToArray();
             for (int r = 0; r < parse.GetValue(rounds); r++)
-                for (int m = 0; m < modes.Length; m++) results[m].Add(modes[m].Run());
+                for (int m = 0; m < modes.Count; m++) results[m].Add(modes[m].Run());
             var measured = new Table().Title($"images/s, {parse.GetValue(rounds)} alternating rounds of {n} steps (synthetic data)")
                 .AddColumns("mode", "rounds", "mean", "vs sequential at 1 thread", "predicted", "prediction error");
             double baseline = results[1].Average();
@@ -106,19 +115,24 @@ internal static class PipelineCommand
             double sequentialMs = batch * 1000 / baseline;
             double scale = sequentialMs / ms.Sum();
             double slowdown = 2 * baseline / results[0].Average();
-            var calibrated = PipelineCostModel.Predict(ms.Select(t => t * scale).ToArray(), sent, measuredEnds, null, slowdown);
-            double pipelinePrediction = n * batch / (calibrated.StepMilliseconds * (n + stagesMeasured - 1) / 1000);
-            for (int m = 0; m < modes.Length; m++)
+            var scaled = ms.Select(t => t * scale).ToArray();
+            var stageTimes = new List<string>();
+            for (int m = 0; m < modes.Count; m++)
             {
                 double mean = results[m].Average();
-                double? p = m == modes.Length - 1 ? pipelinePrediction : null;
+                double? p = null;
+                if (modes[m].Ends is { } ends)
+                {
+                    var calibrated = PipelineCostModel.Predict(scaled, sent, ends, null, slowdown);
+                    p = n * batch / (calibrated.StepMilliseconds * (n + stagesMeasured - 1) / 1000);
+                    stageTimes.Add($"ends {string.Join(",", ends)}: " + string.Join(" | ", calibrated.StageMilliseconds.Select(t => F(t, "0"))) + " ms");
+                }
                 measured.AddRow(Markup.Escape(modes[m].Name), string.Join(", ", results[m].Select(v => F(v, "0.0"))), F(mean, "0.0"),
                     F(mean / baseline, "0.00") + "×", p is { } q ? F(q, "0.0") : m < 2 ? "(calibration)" : "–",
                     p is { } e ? F(100 * (e - mean) / mean, "+0.0;-0.0") + " %" : "–");
             }
-            var stageTimes = string.Join(" | ", calibrated.StageMilliseconds.Select(t => F(t, "0")));
             AnsiConsole.WriteLine(FormattableString.Invariant($"calibration: sequential step {sequentialMs:0} ms against the segments' sum {ms.Sum():0} ms ") +
-                FormattableString.Invariant($"(scale {scale:0.000}); sharing slowdown {slowdown:0.000}; stage times {stageTimes} ms"));
+                FormattableString.Invariant($"(scale {scale:0.000}); sharing slowdown {slowdown:0.000}; stage times {string.Join("; ", stageTimes)}"));
             AnsiConsole.Write(measured);
             return 0;
         }));
