@@ -144,6 +144,36 @@ public sealed class PipelineTests
     }
 
     [TestMethod]
+    public void TheCallingThreadFeedsThePipelineAtOneThreadAndGetsItsBudgetBack()
+    {
+        // The calling thread makes batches and reads results while the stages compute: at its own budget each small op
+        // would wake OpenMP workers that spin on the stages' cores. It runs at one thread for the epoch, then as before.
+        using var train = TestSupport.SampleImages(0, 64);
+        int threads = get_num_threads();
+        try
+        {
+            set_num_threads(2);
+            var seen = new List<int>();
+            var trainer = new Trainer(Tiny(2, 1) with { Epochs = 1 });
+            trainer.BatchCompleted += _ => seen.Add(get_num_threads());
+            using (trainer.Train(train, null).Network) { }
+            Assert.AreEqual(4, seen.Count);
+            Assert.IsTrue(seen.All(t => t == 1), $"the calling thread ran at {string.Join(", ", seen)} threads during the epoch");
+            Assert.AreEqual(2, get_num_threads(), "the calling thread's budget after a pipelined epoch");
+
+            using var cancel = new CancellationTokenSource();
+            var cancelled = new Trainer(Tiny(2, 1) with { Epochs = 1 });
+            cancelled.BatchCompleted += p => { if (p.Batch == 2) cancel.Cancel(); };
+            Assert.ThrowsExactly<OperationCanceledException>(() => cancelled.Train(train, null, null, cancel.Token));
+            Assert.AreEqual(2, get_num_threads(), "the calling thread's budget after a cancelled pipelined epoch");
+        }
+        finally
+        {
+            set_num_threads(threads);
+        }
+    }
+
+    [TestMethod]
     public void ANonFiniteStepStopsThePipelineNamingSegmentAndStepOrSkipsIt()
     {
         using var train = TestSupport.SampleImages(0, 64);

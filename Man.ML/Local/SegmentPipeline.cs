@@ -180,7 +180,8 @@ internal sealed partial class SegmentPipeline : IDisposable
     /// <summary>
     /// Trains one epoch's <paramref name="batches"/> batches, which <paramref name="nextBatch"/> makes on the calling
     /// thread (images and labels, on stage 0's device, owned by the pipeline from then on); <paramref name="onResult"/>
-    /// is called on the calling thread for each batch, in batch order. Returns when every stage has finished the epoch
+    /// is called on the calling thread for each batch, in batch order. In one process the calling thread runs at one
+    /// libtorch thread during the epoch and gets its own budget back afterwards. Returns when every stage has finished the epoch
     /// (the pipeline drains: evaluation and checkpoints see one consistent network).
     /// </summary>
     /// <param name="firstStep">The run's step count before this epoch (e₀).</param>
@@ -200,6 +201,23 @@ internal sealed partial class SegmentPipeline : IDisposable
             RunEpochAsRank(link, firstStep, batches, nextBatch, rate, policy, onResult, cancellation);
             return;
         }
+        // The calling thread makes the batches and reads the results while the stages compute on the same cores: at its
+        // own intra-op budget every small op it runs would wake OpenMP workers that then spin on the stages' cores.
+        int callerThreads = get_num_threads();
+        set_num_threads(1);
+        try
+        {
+            RunEpochInProcess(firstStep, batches, nextBatch, rate, policy, onResult, cancellation);
+        }
+        finally
+        {
+            set_num_threads(callerThreads);
+        }
+    }
+
+    private void RunEpochInProcess(long firstStep, int batches, Func<int, (Tensor Images, Tensor Labels)> nextBatch,
+        Func<int, double> rate, NonFinitePolicy policy, Action<int, StepResult> onResult, CancellationToken cancellation)
+    {
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
         var token = stop.Token;
         // Readers block on their own thread (not awaiting), so a write wakes the reader directly rather than through a
