@@ -1,3 +1,4 @@
+using Man.ML.Backend;
 using Man.ML.Models;
 using static TorchSharp.torch;
 
@@ -25,6 +26,62 @@ public sealed class ModelTests
             cinStage = w;
         }
         return total + 64L * classes + classes;
+    }
+
+    // BatchNormLayer replaces TorchSharp's BatchNorm1d/2d only to hold the Scalar that counts batches (a finalized one
+    // crashed pipelined runs); everything it computes must be what TorchSharp's computes, bit for bit.
+    [TestMethod]
+    [DataRow(new long[] { 6, 5, 4, 3 })]
+    [DataRow(new long[] { 8, 5 })]
+    [DataRow(new long[] { 4, 5, 7 })]
+    public void BatchNormLayerComputesWhatTorchSharpsBatchNormComputes(long[] shape)
+    {
+        manual_seed(11);
+        bool images = shape.Length == 4;
+        using var ours = images ? BatchNormLayer.TwoDimensional(5) : BatchNormLayer.OneDimensional(5);
+        using nn.Module<Tensor, Tensor> theirs = images ? nn.BatchNorm2d(5) : nn.BatchNorm1d(5);
+        using (no_grad())
+            foreach (var m in new nn.Module[] { ours, theirs })
+            {
+                var p = m.named_parameters().ToDictionary(x => x.name, x => x.parameter);
+                p["weight"].copy_(linspace(0.5, 1.5, 5));
+                p["bias"].copy_(linspace(-0.2, 0.3, 5));
+            }
+        CollectionAssert.AreEqual(theirs.state_dict().Keys.ToArray(), ours.state_dict().Keys.ToArray(), "state-dict names");
+        for (int step = 0; step < 3; step++)
+        {
+            foreach (bool training in new[] { true, false })
+            {
+                ours.train(training);
+                theirs.train(training);
+                using var input = randn(shape).Times(2).Plus(step);
+                using var x1 = input.clone().requires_grad_(true);
+                using var x2 = input.clone().requires_grad_(true);
+                using var y1 = ours.call(x1);
+                using var y2 = theirs.call(x2);
+                Assert.IsTrue(Same(y1, y2), $"output, step {step}, training {training}");
+                using var weights = randn(shape);
+                using var l1 = (y1 * weights).sum();
+                using var l2 = (y2 * weights).sum();
+                l1.backward();
+                l2.backward();
+                Assert.IsTrue(Same(x1.grad!, x2.grad!), $"input gradient, step {step}, training {training}");
+            }
+        }
+        var a = ours.state_dict();
+        var b = theirs.state_dict();
+        foreach (var key in b.Keys) Assert.IsTrue(Same(a[key], b[key]), $"{key} after three training steps");
+        var grads = ours.parameters().Zip(theirs.parameters());
+        foreach (var (g1, g2) in grads) Assert.IsTrue(Same(g1.grad!, g2.grad!), "weight and bias gradients");
+        Assert.AreEqual(3L, a["num_batches_tracked"].item<long>());
+        Assert.ThrowsExactly<ArgumentException>(() => ours.call(zeros(images ? new long[] { 2, 5 } : new long[] { 2, 5, 3, 3 })));
+    }
+
+    private static bool Same(Tensor a, Tensor b)
+    {
+        if (!a.shape.SequenceEqual(b.shape) || a.dtype != b.dtype) return false;
+        using var same = a.eq(b).all();
+        return same.item<bool>();
     }
 
     [TestMethod]

@@ -262,7 +262,7 @@ internal static class GradientComparison
             double globalNorm = Math.Sqrt(g64.Values.Sum(g => g.Sum(v => v * v)));
             bool conditioned;
             using (var probe = c.Build())
-                conditioned = probe.modules().Any(m => m is TorchSharp.Modules.BatchNorm1d or TorchSharp.Modules.BatchNorm2d or TorchSharp.Modules.MaxPool2d);
+                conditioned = probe.modules().Any(m => m is TorchSharp.Modules.BatchNorm or TorchSharp.Modules.MaxPool2d);
             var (tolerance, floor) = conditioned ? (BFloat16ConditionedTolerance, BFloat16ConditionedFloor) : (BFloat16Tolerance, BFloat16Floor);
             var failures = new List<string>();
             double largest = 0;

@@ -122,7 +122,7 @@ public sealed class UpsampledConvolutionTests
             var layers = head.named_modules().Where(m => m.name.StartsWith("decoder.", StringComparison.Ordinal)).Select(m => m.module).ToList();
             var conv1 = (Conv2dLayer)layers[0];
             var conv2 = (Conv2dLayer)layers[3];
-            var bn = (TorchSharp.Modules.BatchNorm2d)layers[1];
+            var bn = (TorchSharp.Modules.BatchNorm)layers[1];
             var up = nn.functional.interpolate(x, new long[] { 32, 32 }, mode: InterpolationMode.Bilinear, align_corners: true);
             var h = nn.functional.conv2d(up, conv1.Weight, conv1.Bias, padding: new long[] { 1, 1 });
             h = nn.functional.batch_norm(h, null, null, bn.weight, bn.bias, training: true);

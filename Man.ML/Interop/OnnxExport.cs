@@ -195,7 +195,7 @@ public static class OnnxExport
     private static string ConvBn(GraphBuilder g, nn.Module parent, string convName, string bnName, string x, string name)
     {
         var conv = (Conv2dLayer)Child(parent, convName);
-        var bn = (BatchNorm2d)Child(parent, bnName);
+        var bn = (BatchNorm)Child(parent, bnName);
         using var scope = NewDisposeScope();
         var w = conv.Weight.detach().cpu().to_type(ScalarType.Float64);
         var b = conv.Bias is { } bias ? bias.detach().cpu().to_type(ScalarType.Float64) : zeros(conv.OutChannels, ScalarType.Float64);

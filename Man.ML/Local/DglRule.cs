@@ -68,16 +68,16 @@ internal sealed class DglHead : AuxiliaryHead, IHasCost
         firstPool = (side + 3) / 4;                 // ceil(S/4)
         secondPool = Math.Min(firstPool, 2);
         convs = nn.Sequential(
-            new Conv2dLayer(c, c, 1, bias: false), nn.BatchNorm2d(c), nn.ReLU(inplace: true),
-            new Conv2dLayer(c, c, 1, bias: false), nn.BatchNorm2d(c), nn.ReLU(inplace: true),
-            new Conv2dLayer(c, c, 1, bias: false), nn.BatchNorm2d(c), nn.ReLU(inplace: true));
+            new Conv2dLayer(c, c, 1, bias: false), BatchNormLayer.TwoDimensional(c), nn.ReLU(inplace: true),
+            new Conv2dLayer(c, c, 1, bias: false), BatchNormLayer.TwoDimensional(c), nn.ReLU(inplace: true),
+            new Conv2dLayer(c, c, 1, bias: false), BatchNormLayer.TwoDimensional(c), nn.ReLU(inplace: true));
         int features = c * secondPool * secondPool;
         hiddenLinears = imageNet ? 3 : 2;
         var layers = new List<nn.Module<Tensor, Tensor>>();
         for (int i = 0; i < hiddenLinears; i++)
         {
             layers.Add(new LinearLayer(features, features, hasBias: imageNet));
-            layers.Add(nn.BatchNorm1d(features));
+            layers.Add(BatchNormLayer.OneDimensional(features));
             layers.Add(nn.ReLU(inplace: true));
         }
         layers.Add(new LinearLayer(features, classes));
@@ -131,14 +131,14 @@ internal sealed class DglManPlusPlusHead : AuxiliaryHead, IHasCost
     {
         convs = nn.Sequential(
             nn.AdaptiveAvgPool2d(8),
-            new Conv2dLayer(input.Channels, Width, 1, bias: false), nn.BatchNorm2d(Width), nn.ReLU(inplace: true),
-            new Conv2dLayer(Width, Width, 1, bias: false), nn.BatchNorm2d(Width), nn.ReLU(inplace: true),
-            new Conv2dLayer(Width, Width, 1, bias: false), nn.BatchNorm2d(Width), nn.ReLU(inplace: true),
+            new Conv2dLayer(input.Channels, Width, 1, bias: false), BatchNormLayer.TwoDimensional(Width), nn.ReLU(inplace: true),
+            new Conv2dLayer(Width, Width, 1, bias: false), BatchNormLayer.TwoDimensional(Width), nn.ReLU(inplace: true),
+            new Conv2dLayer(Width, Width, 1, bias: false), BatchNormLayer.TwoDimensional(Width), nn.ReLU(inplace: true),
             nn.AdaptiveAvgPool2d(1), nn.Flatten());
         mlp = nn.Sequential(
-            new LinearLayer(Width, Hidden), nn.BatchNorm1d(Hidden), nn.ReLU(inplace: true),
-            new LinearLayer(Hidden, Hidden), nn.BatchNorm1d(Hidden), nn.ReLU(inplace: true),
-            new LinearLayer(Hidden, Hidden), nn.BatchNorm1d(Hidden), nn.ReLU(inplace: true),
+            new LinearLayer(Width, Hidden), BatchNormLayer.OneDimensional(Hidden), nn.ReLU(inplace: true),
+            new LinearLayer(Hidden, Hidden), BatchNormLayer.OneDimensional(Hidden), nn.ReLU(inplace: true),
+            new LinearLayer(Hidden, Hidden), BatchNormLayer.OneDimensional(Hidden), nn.ReLU(inplace: true),
             new LinearLayer(Hidden, classes));
         RegisterComponents();
         Initialization.ApplyReference(this);

@@ -47,7 +47,10 @@ internal sealed class InfoProImageNetHead : AuxiliaryHead, IHasCost
             ? new[] { (1, 64), (3, 32), (3, 12), (3, image.Channels) }
             : new[] { (3, 32), (3, 12), (3, image.Channels) };
         int first = Wide ? 192 : 128;
-        var stages = new List<Sequential> { nn.Sequential(new Conv2dLayer(input.Channels, first, 1), nn.BatchNorm2d(first), nn.ReLU(inplace: true)) };
+        var stages = new List<Sequential>
+        {
+            nn.Sequential(new Conv2dLayer(input.Channels, first, 1), BatchNormLayer.TwoDimensional(first), nn.ReLU(inplace: true)),
+        };
         var sizes = new List<long[]> { new long[] { input.Height, input.Width } };
         int width = first;
         for (int s = 0; s < steps.Length; s++)
@@ -58,7 +61,8 @@ internal sealed class InfoProImageNetHead : AuxiliaryHead, IHasCost
             sizes.Add(new long[] { Math.Max(input.Height, image.Height >> shift), Math.Max(input.Width, image.Width >> shift) });
             stages.Add(last
                 ? nn.Sequential(new Conv2dLayer(width, outWidth, kernel, padding: kernel / 2), new Float32Sigmoid())
-                : nn.Sequential(new Conv2dLayer(width, outWidth, kernel, padding: kernel / 2), nn.BatchNorm2d(outWidth), nn.ReLU(inplace: true)));
+                : nn.Sequential(new Conv2dLayer(width, outWidth, kernel, padding: kernel / 2), BatchNormLayer.TwoDimensional(outWidth),
+                    nn.ReLU(inplace: true)));
             width = outWidth;
         }
         decoder = new ModuleList<Sequential>(stages.ToArray());
@@ -66,10 +70,10 @@ internal sealed class InfoProImageNetHead : AuxiliaryHead, IHasCost
 
         int reduce = Wide ? 256 : 128;
         classifier = nn.Sequential(
-            new Conv2dLayer(input.Channels, reduce, 1, bias: false), nn.BatchNorm2d(reduce), nn.ReLU(inplace: true),
-            new Conv2dLayer(reduce, 256, 3, stride: 2, padding: 1, bias: false), nn.BatchNorm2d(256), nn.ReLU(inplace: true),
-            new Conv2dLayer(256, 512, 3, stride: 2, padding: 1, bias: false), nn.BatchNorm2d(512), nn.ReLU(inplace: true),
-            new Conv2dLayer(512, Pooled, 1, bias: false), nn.BatchNorm2d(Pooled), nn.ReLU(inplace: true),
+            new Conv2dLayer(input.Channels, reduce, 1, bias: false), BatchNormLayer.TwoDimensional(reduce), nn.ReLU(inplace: true),
+            new Conv2dLayer(reduce, 256, 3, stride: 2, padding: 1, bias: false), BatchNormLayer.TwoDimensional(256), nn.ReLU(inplace: true),
+            new Conv2dLayer(256, 512, 3, stride: 2, padding: 1, bias: false), BatchNormLayer.TwoDimensional(512), nn.ReLU(inplace: true),
+            new Conv2dLayer(512, Pooled, 1, bias: false), BatchNormLayer.TwoDimensional(Pooled), nn.ReLU(inplace: true),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
             new LinearLayer(Pooled, outputs));
         mean = tensor(normalization.Mean).view(1, -1, 1, 1);

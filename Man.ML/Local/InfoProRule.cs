@@ -260,7 +260,7 @@ internal sealed class InfoProHead : AuxiliaryHead, IHasCost
         ClassificationWeight = classificationWeight;
         imageSize = new long[] { image.Height, image.Width };
         decoder = nn.Sequential(
-            new Conv2dLayer(input.Channels, DecoderWidth, 3, padding: 1), nn.BatchNorm2d(DecoderWidth), nn.ReLU(inplace: true),
+            new Conv2dLayer(input.Channels, DecoderWidth, 3, padding: 1), BatchNormLayer.TwoDimensional(DecoderWidth), nn.ReLU(inplace: true),
             new Conv2dLayer(DecoderWidth, image.Channels, 3, padding: 1), new Float32Sigmoid());
         this.config = config;
         outputs = mode == InfoProLossMode.CrossEntropy ? classes : EmbeddingWidth;
@@ -285,7 +285,7 @@ internal sealed class InfoProHead : AuxiliaryHead, IHasCost
             int outWidth = first && channels < 64 ? 2 * channels : width;
             int stride = first && channels < 64 ? 2 : 1;
             layers.Add(new Conv2dLayer(width, outWidth, 3, stride: stride, padding: 1, bias: false));
-            layers.Add(nn.BatchNorm2d(outWidth));
+            layers.Add(BatchNormLayer.TwoDimensional(outWidth));
             layers.Add(nn.ReLU(inplace: true));
             width = outWidth;
         }

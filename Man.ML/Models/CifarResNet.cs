@@ -17,9 +17,9 @@ internal sealed class BasicBlock : nn.Module<Tensor, Tensor>, IHasCost
     public const int Expansion = 1;
 
     private readonly Conv2dLayer conv1;
-    private readonly BatchNorm2d bn1;
+    private readonly BatchNormLayer bn1;
     private readonly Conv2dLayer conv2;
-    private readonly BatchNorm2d bn2;
+    private readonly BatchNormLayer bn2;
     private readonly Sequential? downsample;
 
     /// <summary>Input channels.</summary>
@@ -41,11 +41,11 @@ internal sealed class BasicBlock : nn.Module<Tensor, Tensor>, IHasCost
         OutChannels = outChannels;
         Stride = stride;
         conv1 = CifarResNet.Conv3x3(inChannels, outChannels, stride);
-        bn1 = nn.BatchNorm2d(outChannels);
+        bn1 = BatchNormLayer.TwoDimensional(outChannels);
         conv2 = CifarResNet.Conv3x3(outChannels, outChannels, 1);
-        bn2 = nn.BatchNorm2d(outChannels);
+        bn2 = BatchNormLayer.TwoDimensional(outChannels);
         if (stride != 1 || inChannels != outChannels)
-            downsample = nn.Sequential(CifarResNet.Conv1x1(inChannels, outChannels, stride), nn.BatchNorm2d(outChannels));
+            downsample = nn.Sequential(CifarResNet.Conv1x1(inChannels, outChannels, stride), BatchNormLayer.TwoDimensional(outChannels));
         RegisterComponents();
     }
 

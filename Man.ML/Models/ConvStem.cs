@@ -10,13 +10,13 @@ namespace Man.ML.Models;
 internal sealed class ConvStem : nn.Module<Tensor, Tensor>, IHasCost
 {
     private readonly Conv2dLayer conv;
-    private readonly BatchNorm2d bn;
+    private readonly BatchNormLayer bn;
     private readonly int kernelSize;
 
     private ConvStem(string name, Conv2dLayer conv, int outChannels, int kernelSize, bool maxPool) : base(name)
     {
         this.conv = conv;
-        bn = nn.BatchNorm2d(outChannels);
+        bn = BatchNormLayer.TwoDimensional(outChannels);
         this.kernelSize = kernelSize;
         MaxPool = maxPool;
         RegisterComponents();

@@ -19,11 +19,11 @@ internal sealed class Bottleneck : nn.Module<Tensor, Tensor>, IHasCost
 
     // torchvision's names, registered in this order (the state dict's and the optimizer's order).
     private readonly Conv2dLayer conv1; // 1x1, to the base width
-    private readonly BatchNorm2d bn1;
+    private readonly BatchNormLayer bn1;
     private readonly Conv2dLayer conv2; // 3x3, with the stride and the groups
-    private readonly BatchNorm2d bn2;
+    private readonly BatchNormLayer bn2;
     private readonly Conv2dLayer conv3; // 1x1, to the expanded width
-    private readonly BatchNorm2d bn3;
+    private readonly BatchNormLayer bn3;
     private readonly Sequential? downsample;
 
     /// <summary>Input channels.</summary>
@@ -58,13 +58,13 @@ internal sealed class Bottleneck : nn.Module<Tensor, Tensor>, IHasCost
         Stride = stride;
         Groups = groups;
         conv1 = new Conv2dLayer(inChannels, Width, 1, bias: false);
-        bn1 = nn.BatchNorm2d(Width);
+        bn1 = BatchNormLayer.TwoDimensional(Width);
         conv2 = new Conv2dLayer(Width, Width, 3, stride: stride, padding: 1, groups: groups, bias: false);
-        bn2 = nn.BatchNorm2d(Width);
+        bn2 = BatchNormLayer.TwoDimensional(Width);
         conv3 = new Conv2dLayer(Width, OutChannels, 1, bias: false);
-        bn3 = nn.BatchNorm2d(OutChannels);
+        bn3 = BatchNormLayer.TwoDimensional(OutChannels);
         if (stride != 1 || inChannels != OutChannels)
-            downsample = nn.Sequential(new Conv2dLayer(inChannels, OutChannels, 1, stride: stride, bias: false), nn.BatchNorm2d(OutChannels));
+            downsample = nn.Sequential(new Conv2dLayer(inChannels, OutChannels, 1, stride: stride, bias: false), BatchNormLayer.TwoDimensional(OutChannels));
         RegisterComponents();
     }
 

@@ -20,13 +20,9 @@ internal static class Initialization
                     double std = Math.Sqrt(2.0 / (k[2] * k[3] * k[0]));
                     nn.init.normal_(conv.Weight, 0.0, std);
                     break;
-                case TorchSharp.Modules.BatchNorm2d bn:
+                case TorchSharp.Modules.BatchNorm bn:
                     nn.init.ones_(bn.weight!);
                     nn.init.zeros_(bn.bias!);
-                    break;
-                case TorchSharp.Modules.BatchNorm1d bn1:
-                    nn.init.ones_(bn1.weight!);
-                    nn.init.zeros_(bn1.bias!);
                     break;
             }
         }

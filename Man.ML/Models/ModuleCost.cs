@@ -50,7 +50,7 @@ internal static class LayerCost
         bool first = true;
         foreach (var layer in layers)
         {
-            bool keepsInput = layer is Conv2dLayer or LinearLayer or TorchSharp.Modules.BatchNorm2d or TorchSharp.Modules.BatchNorm1d;
+            bool keepsInput = layer is Conv2dLayer or LinearLayer or TorchSharp.Modules.BatchNorm;
             if (keepsInput && !lastSaved)
             {
                 if (first) savedInput = shape.Elements; else saved += shape.Elements;
@@ -71,7 +71,7 @@ internal static class LayerCost
                     shape = new FeatureShape(linear.OutFeatures, 1, 1);
                     lastSaved = false;
                     break;
-                case TorchSharp.Modules.BatchNorm2d or TorchSharp.Modules.BatchNorm1d:
+                case TorchSharp.Modules.BatchNorm:
                     lastSaved = false;  // a new tensor (its input was kept above)
                     break;
                 case TorchSharp.Modules.ReLU or TorchSharp.Modules.Sigmoid or Float32Sigmoid:

@@ -10,7 +10,7 @@ namespace Man.ML.Models;
 internal sealed class VggLayer : nn.Module<Tensor, Tensor>, IHasCost
 {
     private readonly Conv2dLayer conv;
-    private readonly BatchNorm2d bn;
+    private readonly BatchNormLayer bn;
 
     /// <summary>Whether the unit starts with a 2x2 stride-2 max-pool.</summary>
     public bool Pooled { get; }
@@ -20,7 +20,7 @@ internal sealed class VggLayer : nn.Module<Tensor, Tensor>, IHasCost
     {
         Pooled = pooled;
         conv = new Conv2dLayer(inChannels, outChannels, 3, padding: 1);
-        bn = nn.BatchNorm2d(outChannels);
+        bn = BatchNormLayer.TwoDimensional(outChannels);
         RegisterComponents();
     }
 
