@@ -84,11 +84,16 @@ internal static class PipelineCommand
 
             // The pipeline as a run without --stage-ends trains it (the product's default: the estimated balance) and,
             // when they differ, at the ends the segment times measured alone balance to.
-            int stagesMeasured = ws[0];
-            var measuredEnds = StageBalance.Ends(ms, stagesMeasured);
-            var defaultEnds = StageBalance.Ends(estimates, stagesMeasured);
-            var pipelines = new List<(string Label, int[] Ends)> { ("the default, estimated balance", defaultEnds) };
-            if (!measuredEnds.SequenceEqual(defaultEnds)) pipelines.Add(("balanced by segment times measured alone", measuredEnds));
+            // Every W of --stages; W = K (every segment a stage) has one layout. More stages than cores share the cores.
+            var pipelines = new List<(string Label, int[] Ends)>();
+            foreach (int w in ws.Where(w => w >= 2 && w <= k).Distinct())
+            {
+                var measuredEnds = StageBalance.Ends(ms, w);
+                var defaultEnds = StageBalance.Ends(estimates, w);
+                pipelines.Add((w == k ? "every segment a stage" : $"ends {string.Join(",", defaultEnds)}: the default, estimated balance", defaultEnds));
+                if (!measuredEnds.SequenceEqual(defaultEnds))
+                    pipelines.Add(($"ends {string.Join(",", measuredEnds)}: balanced by segment times measured alone", measuredEnds));
+            }
             using var twin = new Trainer(options).CreateLocalTrainer(dataset.Classes, options.ImageSize ?? dataset.ImageSize);
             var each = new List<(double A, double B)>();
             var modes = new List<(string Name, Func<double> Run, int[]? Ends)>
@@ -105,8 +110,8 @@ internal static class PipelineCommand
             foreach (var (label, ends) in pipelines)
             {
                 var layout = new PipelineLayout(StageBalance.Stages(ends, k), options.PipelineDepth,
-                    Enumerable.Repeat(TorchSharp.torch.CPU, stagesMeasured).ToArray(), 1);
-                modes.Add(($"pipelined W={stagesMeasured} (ends {string.Join(",", ends)}: {label}; depth {options.PipelineDepth}), 1 thread per stage",
+                    Enumerable.Repeat(TorchSharp.torch.CPU, ends.Length + 1).ToArray(), 1);
+                modes.Add(($"pipelined W={ends.Length + 1} ({label}; depth {options.PipelineDepth}), 1 thread per stage",
                     () => PipelineProbe.PipelinedImagesPerSecond(local, layout, batch, n), ends));
             }
             var results = modes.Select(_ => new List<double>()).ToArray();
@@ -130,7 +135,13 @@ internal static class PipelineCommand
                 if (modes[m].Ends is { } ends)
                 {
                     var calibrated = PipelineCostModel.Predict(scaled, sent, ends, null, slowdown);
-                    p = n * batch / (calibrated.StepMilliseconds * (n + stagesMeasured - 1) / 1000);
+                    int stagesOfMode = ends.Length + 1, cores = Environment.ProcessorCount;
+                    // Stages beyond the cores share them: a step takes at least the whole step's work over the cores,
+                    // and the first batch crosses every stage before the pipeline is full.
+                    double step = stagesOfMode <= cores ? calibrated.StepMilliseconds
+                        : Math.Max(calibrated.StepMilliseconds, scaled.Sum() * slowdown / cores);
+                    double fill = stagesOfMode <= cores ? (stagesOfMode - 1) * step : Math.Max(0, scaled.Sum() - step);
+                    p = n * batch / ((n * step + fill) / 1000);
                     stageTimes.Add($"ends {string.Join(",", ends)}: " + string.Join(" | ", calibrated.StageMilliseconds.Select(t => F(t, "0"))) + " ms");
                 }
                 measured.AddRow(Markup.Escape(modes[m].Name), string.Join(", ", results[m].Select(v => F(v, "0.0"))), F(mean, "0.0"),
