@@ -1,7 +1,7 @@
 // manml-lab pipeline: per-segment step times, the stage boundaries they balance to, the cost model's prediction for W
 // stages, and (unless --predict-only) the measured images/s of the sequential step at 1 and 2 threads and of the
-// pipeline at one thread per stage (at the ends a run would use, and at the measured-alone balance when that differs),
-// in alternating rounds.
+// pipeline at one thread per stage for every W asked for (at the ends a run would use, and at the measured-alone
+// balance when that differs), in alternating rounds.
 using System.CommandLine;
 using System.Globalization;
 using Man.ML.Diagnostics;
@@ -82,9 +82,9 @@ internal static class PipelineCommand
             AnsiConsole.Write(prediction);
             if (parse.GetValue(predictOnly)) return 0;
 
-            // The pipeline as a run without --stage-ends trains it (the product's default: the estimated balance) and,
-            // when they differ, at the ends the segment times measured alone balance to.
-            // Every W of --stages; W = K (every segment a stage) has one layout. More stages than cores share the cores.
+            // For every W of --stages: the pipeline at the ends a run without --stage-ends uses (the estimated balance) and,
+            // when they differ, at the ends the segment times measured alone balance to. W = K has one layout; stages
+            // beyond the cores share them.
             var pipelines = new List<(string Label, int[] Ends)>();
             foreach (int w in ws.Where(w => w >= 2 && w <= k).Distinct())
             {

@@ -24,9 +24,6 @@ internal sealed class BatchNormLayer : BatchNorm
     /// <summary>Like <c>torch.BatchNormLayer.OneDimensional(features)</c>.</summary>
     public static BatchNormLayer OneDimensional(long features) => new(features, oneDimensional: true);
 
-    /// <summary>Whether this normalises (N, C) or (N, C, L) inputs rather than images.</summary>
-    public bool IsOneDimensional => oneDimensional;
-
     protected override void ValidateInputDimensions(Tensor input)
     {
         bool valid = oneDimensional ? input.dim() is 2 or 3 : input.dim() == 4;
