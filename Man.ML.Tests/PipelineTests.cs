@@ -230,6 +230,19 @@ public sealed class PipelineTests
     }
 
     [TestMethod]
+    public void TheDefaultBoundariesOfResNet32KSixteenAreTheOnesItsMeasuredSegmentTimesBalanceTo()
+    {
+        // The ends `manml-lab pipeline` balanced measured per-segment times to on both CPU families the project ran on
+        // (docs/BENCHMARKS.md, "The default stage boundaries"): DGL + MAN at 5 on AVX-512 (6 on AVX2), InfoPro + MAN at
+        // 6 on both. The estimate must reach them without measuring, and on every machine alike.
+        foreach (var (rule, expected) in new[] { (LearningRule.Dgl, 5), (LearningRule.InfoPro, 6) })
+        {
+            var pipeline = new Trainer(new TrainingOptions { Rule = rule, PipelineStages = 2 }).Prepare(10, 32).Pipeline!;
+            Assert.AreEqual(expected, pipeline.Stages[0].LastSegment, $"{rule}: {pipeline.Describe()}");
+        }
+    }
+
+    [TestMethod]
     public void StageBalanceFindsTheBestContiguousGroupingAndTheCostModelAddsItsParts()
     {
         var random = new Random(7);

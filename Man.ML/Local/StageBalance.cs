@@ -8,10 +8,11 @@ internal static class StageBalance
 {
     /// <summary>
     /// Effective FLOPs charged per activation element a segment keeps for backward: the element-wise work (batch norm,
-    /// ReLU, sums, their backward) that matrix FLOPs leave out. Calibrated on measured per-segment times
-    /// (docs/PIPELINE.md).
+    /// ReLU, sums, their backward) that matrix FLOPs leave out. Measured per-segment times fit 200 to 1,000 depending on
+    /// the CPU's vector width and the rule (docs/PIPELINE.md); 500 is their middle, one constant on every machine so that
+    /// a plan's default boundaries do not depend on where it is resolved.
     /// </summary>
-    public const double FlopsPerActivationElement = 200;
+    public const double FlopsPerActivationElement = 500;
 
     /// <summary>A segment's estimated cost per sample, in effective FLOPs.</summary>
     public static double Estimate(SegmentCost cost) => cost.StepFlops + FlopsPerActivationElement * cost.ActivationElements;
