@@ -18,7 +18,7 @@ public sealed record PipelineStagePlan(int FirstSegment, int LastSegment, string
 /// <param name="Balanced">Whether the boundaries were chosen by estimated cost (false: given as <see cref="TrainingOptions.StageEnds"/>).</param>
 public sealed record PipelinePlan(IReadOnlyList<PipelineStagePlan> Stages, int Depth, int ThreadsPerStage, bool Balanced)
 {
-    /// <summary>One line, for example <c>2 stages: segments 0–5 | 6–15 (balanced, estimated 50 % | 50 %), depth 1, 1 thread each on cpu</c>.</summary>
+    /// <summary>One line, for example <c>2 stages: segments 0–5 | 6–15 (balanced, estimated 49 % | 51 %), depth 1, 1 thread each on cpu</c>.</summary>
     public string Describe()
     {
         var devices = Stages.Select(s => s.Device).Distinct().ToList();
